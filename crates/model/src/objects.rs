@@ -1,0 +1,290 @@
+//! Portico's own typed input objects.
+//!
+//! These are what the watcher produces from Kubernetes objects (API or YAML) and what the
+//! resolver consumes. They keep exactly the fields of SPEC section 1. Names and namespaces
+//! are already checked (Kubernetes guarantees them; the file source checks them); every
+//! other user string is kept raw here and validated by the resolver, which can attribute
+//! a bad value to the route that uses it.
+
+use crate::names::K8sName;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The kinds Portico reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    EndpointSlice,
+    HttpProxy,
+    /// voyager.appscode.com/v1beta1 Ingress.
+    VoyagerIngress,
+    Secret,
+    Service,
+    TlsCertificateDelegation,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::EndpointSlice,
+        Kind::HttpProxy,
+        Kind::VoyagerIngress,
+        Kind::Secret,
+        Kind::Service,
+        Kind::TlsCertificateDelegation,
+    ];
+
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::HttpProxy => "HTTPProxy",
+            Kind::VoyagerIngress => "Ingress",
+            Kind::Secret => "Secret",
+            Kind::Service => "Service",
+            Kind::TlsCertificateDelegation => "TLSCertificateDelegation",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::HttpProxy | Kind::TlsCertificateDelegation => "projectcontour.io/v1",
+            Kind::VoyagerIngress => "voyager.appscode.com/v1beta1",
+            Kind::Secret | Kind::Service => "v1",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which object: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub namespace: K8sName,
+    pub name: K8sName,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Namespace and name, the identity of an object within its kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Meta {
+    pub namespace: K8sName,
+    pub name: K8sName,
+}
+
+impl Meta {
+    pub fn object_ref(&self, kind: Kind) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Any object Portico reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Object {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Secret(Secret),
+    HttpProxy(HttpProxy),
+    TlsCertificateDelegation(TlsCertificateDelegation),
+    VoyagerIngress(VoyagerIngress),
+}
+
+impl Object {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Object::Service(o) => &o.meta,
+            Object::EndpointSlice(o) => &o.meta,
+            Object::Secret(o) => &o.meta,
+            Object::HttpProxy(o) => &o.meta,
+            Object::TlsCertificateDelegation(o) => &o.meta,
+            Object::VoyagerIngress(o) => &o.meta,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+            Object::HttpProxy(_) => Kind::HttpProxy,
+            Object::TlsCertificateDelegation(_) => Kind::TlsCertificateDelegation,
+            Object::VoyagerIngress(_) => Kind::VoyagerIngress,
+        }
+    }
+
+    pub fn object_ref(&self) -> ObjectRef {
+        self.meta().object_ref(self.kind())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    /// `spec.externalName`, unvalidated.
+    ExternalName(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub meta: Meta,
+    pub annotations: BTreeMap<String, String>,
+    pub service_type: ServiceType,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// Empty for an unnamed port.
+    pub name: String,
+    pub port: u16,
+    pub target_port: Option<TargetPort>,
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSlice {
+    pub meta: Meta,
+    /// The `kubernetes.io/service-name` label.
+    pub service_name: Option<String>,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPort {
+    /// Empty for an unnamed port.
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    /// `conditions.ready`; Kubernetes says an absent value means ready.
+    pub ready: bool,
+}
+
+/// A Secret. Its `Debug` never prints the data.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub meta: Meta,
+    pub secret_type: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("meta", &self.meta)
+            .field("secret_type", &self.secret_type)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProxy {
+    pub meta: Meta,
+    /// `spec.virtualhost.fqdn`; absent means the proxy answers for any host.
+    pub fqdn: Option<String>,
+    pub routes: Vec<HttpProxyRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProxyRoute {
+    /// Every `conditions[].prefix`, in order (Portico accepts at most one).
+    pub prefixes: Vec<String>,
+    /// Conditions of kinds Portico does not read (header, query...), by their key.
+    pub ignored_conditions: Vec<String>,
+    pub services: Vec<HttpProxyService>,
+    /// `requestHeadersPolicy.set` entries, in order.
+    pub set_headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProxyService {
+    pub name: String,
+    pub port: u16,
+    pub weight: Option<u32>,
+    pub protocol: Option<String>,
+    pub validation: Option<UpstreamValidation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamValidation {
+    pub ca_secret: String,
+    pub subject_name: String,
+    pub subject_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCertificateDelegation {
+    pub meta: Meta,
+    pub delegations: Vec<Delegation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    pub secret_name: String,
+    pub target_namespaces: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoyagerIngress {
+    pub meta: Meta,
+    /// `spec.backend`: the default for requests no rule matches.
+    pub backend: Option<VoyagerBackend>,
+    pub rules: Vec<VoyagerRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoyagerRule {
+    pub host: String,
+    /// `http.port`: the listener; absent means the configured HTTP port.
+    pub port: Option<u16>,
+    pub paths: Vec<VoyagerPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoyagerPath {
+    /// Absent means `/`.
+    pub path: Option<String>,
+    pub backend: VoyagerBackend,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoyagerBackend {
+    /// `name`, or Voyager's `name.namespace` form.
+    pub service_name: String,
+    /// A port number or a port name, as written.
+    pub service_port: String,
+}

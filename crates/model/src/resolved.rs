@@ -1,0 +1,218 @@
+//! The resolved model: what both renderers turn into proxy configuration.
+//!
+//! Every field is typed and every string in it has passed its grammar (see `names`), so a
+//! renderer never has to validate. Collections are sorted, so equal inputs give equal
+//! models and equal content hashes.
+
+use crate::names::{AbsPath, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
+use crate::objects::ObjectRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    /// Sorted by port.
+    pub listeners: Vec<Listener>,
+    /// Sorted by name; every cluster a route forwards to, and no other.
+    pub clusters: Vec<Cluster>,
+    /// CA bundles that clusters verify against, sorted: which Secret, and the content
+    /// hash the secrets service reported (so a rotated CA changes the model's hash).
+    pub trust: Vec<TrustRef>,
+    /// The upstream client certificate, when one is configured, valid, and used.
+    pub client_cert: Option<TrustRef>,
+}
+
+impl Model {
+    /// SHA-256 (hex) of the model's canonical JSON form. Renderers push only when it changes.
+    pub fn content_hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("the model always serializes");
+        hex(&Sha256::digest(json))
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters
+            .binary_search_by(|c| c.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.clusters[i])
+    }
+
+    /// Every route of every listener, with its listener port and host.
+    pub fn routes(&self) -> impl Iterator<Item = (u16, &HostMatch, &Route)> {
+        self.listeners.iter().flat_map(|l| {
+            l.virtual_hosts
+                .iter()
+                .flat_map(move |v| v.routes.iter().map(move |r| (l.port, &v.host, r)))
+        })
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub port: u16,
+    /// Sorted: exact hosts, then wildcards, then `Any` last (the order proxies match in).
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualHost {
+    pub host: HostMatch,
+    /// Longest prefix first, so the first match is the most specific.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub prefix: PathPrefix,
+    /// The object the route came from.
+    pub source: ObjectRef,
+    pub action: RouteAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteAction {
+    Forward {
+        /// At least one; weights as configured (all equal when none were given).
+        backends: Vec<WeightedCluster>,
+        /// A literal Host header to send upstream.
+        host_rewrite: Option<DnsName>,
+    },
+    /// The route is in error: answer 503, never forward (fail closed).
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// `<namespace>_<service>_<port>_<hash>`; the hash covers the whole `ClusterKey`, so
+    /// two different keys never share a name. Only `[a-z0-9._-]`.
+    pub name: String,
+    pub key: ClusterKey,
+    pub servers: Servers,
+}
+
+/// Everything that shapes a cluster. Two routes that resolve to equal keys share a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterKey {
+    pub namespace: K8sName,
+    pub service: K8sName,
+    /// The Service port (not the target port).
+    pub port: u16,
+    pub protocol: UpstreamProtocol,
+    /// Present exactly when `protocol` is `Tls` or `H2`.
+    pub tls: Option<TlsPolicy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 in plaintext.
+    Http,
+    /// HTTP/2 in plaintext (prior knowledge).
+    H2c,
+    /// TLS, HTTP/1.1 unless ALPN negotiates otherwise.
+    Tls,
+    /// HTTP/2 over TLS, ALPN `h2`.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Tls | UpstreamProtocol::H2)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http => "http",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Tls => "tls",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TlsPolicy {
+    /// Server name to send; `None` sends no SNI.
+    pub sni: Option<DnsName>,
+    pub verify: Verification,
+    pub alpn: Vec<Alpn>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// Present the configured client certificate.
+    pub client_cert: Option<SecretRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Verification {
+    /// The server certificate is not checked.
+    None,
+    Required {
+        ca: CaSource,
+        /// The certificate's DNS SANs must match one of these; empty checks the CA only.
+        subject_names: Vec<DnsName>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CaSource {
+    /// A Secret's `ca.crt`, validated by the secrets service.
+    Secret(SecretRef),
+    /// A file already present on the proxy host (Voyager's `ca-file`).
+    File(AbsPath),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alpn::H2 => "h2",
+            Alpn::Http11 => "http/1.1",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// The spelling HAProxy and Voyager use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Servers {
+    /// Ready endpoints (address and target port), sorted; may be empty.
+    Endpoints(Vec<SocketAddr>),
+    /// An ExternalName Service: resolve this name, connect to this port.
+    Dns { host: DnsName, port: u16 },
+}
+
+/// A Secret whose material a renderer needs, and the content hash that was validated.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TrustRef {
+    pub secret: SecretRef,
+    pub sha256: String,
+}
