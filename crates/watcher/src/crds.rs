@@ -1,0 +1,171 @@
+//! Wire types of the custom resources Portico reads: the fields of SPEC section 1, as
+//! Contour and Voyager define them. Fields that users may omit default here, so that a
+//! missing `subjectName` becomes a status error on the route (the resolver's job) rather
+//! than a document that cannot be read.
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// projectcontour.io/v1 HTTPProxy (the fields Portico reads).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "projectcontour.io",
+    version = "v1",
+    kind = "HTTPProxy",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPProxySpec {
+    #[serde(default)]
+    pub virtualhost: Option<VirtualHost>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    #[serde(default)]
+    pub fqdn: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    #[serde(default)]
+    pub conditions: Vec<MatchCondition>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub request_headers_policy: Option<HeadersPolicy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchCondition {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `header`, `queryParameter`... which Portico does not read; kept to warn about.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default)]
+    pub name: String,
+    pub port: i64,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub validation: Option<UpstreamValidation>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamValidation {
+    #[serde(default)]
+    pub ca_secret: String,
+    #[serde(default)]
+    pub subject_name: String,
+    #[serde(default)]
+    pub subject_names: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersPolicy {
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValue {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// projectcontour.io/v1 TLSCertificateDelegation.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "projectcontour.io",
+    version = "v1",
+    kind = "TLSCertificateDelegation",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TLSCertificateDelegationSpec {
+    #[serde(default)]
+    pub delegations: Vec<CertificateDelegation>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateDelegation {
+    #[serde(default)]
+    pub secret_name: String,
+    #[serde(default)]
+    pub target_namespaces: Vec<String>,
+}
+
+/// voyager.appscode.com/v1beta1 Ingress (the fields Portico reads).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "voyager.appscode.com",
+    version = "v1beta1",
+    kind = "Ingress",
+    root = "VoyagerIngress",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerIngressSpec {
+    #[serde(default)]
+    pub backend: Option<VoyagerBackend>,
+    #[serde(default)]
+    pub rules: Vec<VoyagerRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerRule {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub http: Option<VoyagerHttpRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerHttpRule {
+    #[serde(default)]
+    pub port: Option<IntOrString>,
+    #[serde(default)]
+    pub paths: Vec<VoyagerPath>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerPath {
+    #[serde(default)]
+    pub path: Option<String>,
+    pub backend: VoyagerBackend,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerBackend {
+    #[serde(default)]
+    pub service_name: String,
+    pub service_port: IntOrString,
+}
