@@ -1,0 +1,253 @@
+//! What both dialects share: finding a Service and its port, its servers, the CA-secret
+//! rules (delegation before existence, then the verdict), and the client certificate.
+
+use crate::snapshot::Snapshot;
+use crate::Config;
+use portico_model::names::quote;
+use portico_model::{
+    CaSource, DnsName, K8sName, Problem, ProblemType, Reason, SecretRef, Servers, Service,
+    ServicePort, ServiceType, TargetPort, TrustRef,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// The seed's words for a CA secret that is missing or not a valid CA bundle.
+pub const SECRET_NOT_FOUND_OR_MISCONFIGURED: &str =
+    "upstreamValidation requested but secret not found or misconfigured";
+
+/// Indexes built once per resolve.
+pub struct Index<'a> {
+    pub snapshot: &'a Snapshot,
+    pub config: &'a Config,
+    /// EndpointSlices by (namespace, service name).
+    slices: HashMap<(&'a str, &'a str), Vec<&'a portico_model::EndpointSlice>>,
+    /// Delegation entries by the namespace they delegate from.
+    delegations: HashMap<&'a str, Vec<&'a portico_model::Delegation>>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(snapshot: &'a Snapshot, config: &'a Config) -> Self {
+        let mut slices: HashMap<(&str, &str), Vec<_>> = HashMap::new();
+        for slice in snapshot.endpoint_slices.values() {
+            if let Some(service) = &slice.service_name {
+                slices
+                    .entry((slice.meta.namespace.as_str(), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        let mut delegations: HashMap<&str, Vec<_>> = HashMap::new();
+        for d in snapshot.delegations.values() {
+            delegations
+                .entry(d.meta.namespace.as_str())
+                .or_default()
+                .extend(&d.delegations);
+        }
+        Index {
+            snapshot,
+            config,
+            slices,
+            delegations,
+        }
+    }
+
+    pub fn service(&self, namespace: &K8sName, name: &str) -> Option<&'a Service> {
+        let name: K8sName = name.parse().ok()?;
+        self.snapshot.services.get(&(namespace.clone(), name))
+    }
+
+    /// Whether a secret may be used from `target_namespace`: same namespace, or a
+    /// TLSCertificateDelegation in the secret's namespace names it for that namespace or `*`.
+    pub fn delegated(&self, secret: &SecretRef, target_namespace: &K8sName) -> bool {
+        if &secret.namespace == target_namespace {
+            return true;
+        }
+        self.delegations
+            .get(secret.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .any(|d| {
+                d.secret_name == secret.name.as_str()
+                    && d.target_namespaces
+                        .iter()
+                        .any(|t| t == "*" || t == target_namespace.as_str())
+            })
+    }
+
+    /// The servers of a Service port: ready endpoints, or the external name.
+    pub fn servers(&self, service: &Service, port: &ServicePort) -> Result<Servers, String> {
+        if let ServiceType::ExternalName(name) = &service.service_type {
+            let host = DnsName::parse(name).map_err(|e| format!("ExternalName: {e}"))?;
+            return Ok(Servers::Dns {
+                host,
+                port: port.port,
+            });
+        }
+        let key = (service.meta.namespace.as_str(), service.meta.name.as_str());
+        let mut addresses = Vec::new();
+        for slice in self.slices.get(&key).into_iter().flatten() {
+            let Some(slice_port) = matching_slice_port(slice, port) else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                for address in &endpoint.addresses {
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        addresses.push(SocketAddr::new(ip, slice_port));
+                    }
+                }
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        Ok(Servers::Endpoints(addresses))
+    }
+
+    /// Check a CA secret reference for use from `from_namespace`: delegation first (so an
+    /// unauthorised reference never learns whether the secret exists), then the verdict.
+    /// `label` is the `route "...": service "..."` part of messages.
+    pub fn ca_secret(
+        &self,
+        label: &str,
+        secret: &SecretRef,
+        from_namespace: &K8sName,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<(CaSource, TrustRef), Problem> {
+        if !self.delegated(secret, from_namespace) {
+            return Err(Problem::error(
+                ProblemType::TLSError,
+                Reason::CACertificateNotDelegated,
+                format!("{label}: certificate delegation not permitted for CA secret \"{secret}\""),
+            )
+            .with_detail(format!(
+                "add a TLSCertificateDelegation in namespace \"{}\" listing secretName \"{}\" with targetNamespaces [\"{from_namespace}\"] or [\"*\"]",
+                secret.namespace, secret.name
+            )));
+        }
+        let not_valid = |detail: String| {
+            Problem::error(
+                ProblemType::TLSError,
+                Reason::SecretNotValid,
+                format!("{label}: {SECRET_NOT_FOUND_OR_MISCONFIGURED}"),
+            )
+            .with_detail(detail)
+        };
+        let verdict = self
+            .snapshot
+            .verdicts
+            .get(secret)
+            .ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
+        let info = verdict
+            .ca
+            .as_ref()
+            .map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        for w in &info.warnings {
+            warnings.push(Problem::warning(
+                ProblemType::TLSError,
+                Reason::CertificateExpiring,
+                format!("{label}: CA secret \"{secret}\": {w}"),
+            ));
+        }
+        Ok((
+            CaSource::Secret(secret.clone()),
+            TrustRef {
+                secret: secret.clone(),
+                sha256: info.sha256.clone(),
+            },
+        ))
+    }
+
+    /// The configured client certificate for a TLS upstream, if any; an error when it is
+    /// configured but missing or not valid (every TLS upstream then answers 503).
+    pub fn client_cert(
+        &self,
+        label: &str,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<Option<TrustRef>, Problem> {
+        let Some(secret) = &self.config.client_cert else {
+            return Ok(None);
+        };
+        let not_valid = |detail: String| {
+            Problem::error(
+                ProblemType::TLSError,
+                Reason::SecretNotValid,
+                format!(
+                    "{label}: client certificate secret \"{secret}\" not found or misconfigured"
+                ),
+            )
+            .with_detail(detail)
+        };
+        let verdict = self
+            .snapshot
+            .verdicts
+            .get(secret)
+            .ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
+        let info = verdict
+            .client_cert
+            .as_ref()
+            .map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        for w in &info.warnings {
+            warnings.push(Problem::warning(
+                ProblemType::TLSError,
+                Reason::CertificateExpiring,
+                format!("{label}: {w}"),
+            ));
+        }
+        Ok(Some(TrustRef {
+            secret: secret.clone(),
+            sha256: info.sha256.clone(),
+        }))
+    }
+}
+
+/// The EndpointSlice port for a Service port: by name, or for an unnamed Service port the
+/// unnamed slice port (preferring the one whose number is the numeric target port).
+fn matching_slice_port(slice: &portico_model::EndpointSlice, port: &ServicePort) -> Option<u16> {
+    if !port.name.is_empty() {
+        return slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name)
+            .and_then(|p| p.port);
+    }
+    let unnamed: Vec<u16> = slice
+        .ports
+        .iter()
+        .filter(|p| p.name.is_empty())
+        .filter_map(|p| p.port)
+        .collect();
+    let wanted = match &port.target_port {
+        Some(TargetPort::Number(n)) => Some(*n),
+        None => Some(port.port),
+        Some(TargetPort::Name(_)) => None,
+    };
+    match wanted {
+        Some(n) if unnamed.contains(&n) => Some(n),
+        _ => unnamed.first().copied(),
+    }
+}
+
+/// Error for a Service or port that cannot be found.
+pub fn unresolved(label: &str, what: String) -> Problem {
+    Problem::error(
+        ProblemType::ServiceError,
+        Reason::ServiceUnresolvedReference,
+        format!("{label}: {what}"),
+    )
+}
+
+/// `route "<prefix>": service "<name>"`, with the name quoted safely.
+pub fn service_label(prefix: &str, service: &str) -> String {
+    format!("route {}: service {}", quote(prefix), quote(service))
+}
+
+/// A warning when a cluster has nothing to send traffic to.
+pub fn no_endpoints_warning(label: &str, servers: &Servers, port: u16) -> Option<Problem> {
+    match servers {
+        Servers::Endpoints(list) if list.is_empty() => Some(Problem::warning(
+            ProblemType::ServiceError,
+            Reason::NoReadyEndpoints,
+            format!("{label}: port {port} has no ready endpoints; requests will get 503 until one is ready"),
+        )),
+        _ => None,
+    }
+}
