@@ -96,15 +96,8 @@ fn check_dns_name(value: &str) -> Result<(), GrammarError> {
         if label.len() > 63 {
             return Err(refuse(what, value, "a label is longer than 63 characters"));
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(refuse(
-                what,
-                value,
-                "only lowercase letters, digits, '-' and '.' are allowed",
-            ));
+        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(refuse(what, value, "only lowercase letters, digits, '-' and '.' are allowed"));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(refuse(what, value, "a label starts or ends with '-'"));
@@ -144,21 +137,13 @@ fn check_path_prefix(value: &str) -> Result<(), GrammarError> {
         if b == b'%' {
             let hex = |j: usize| bytes.get(j).is_some_and(|c| c.is_ascii_hexdigit());
             if !(hex(i + 1) && hex(i + 2)) {
-                return Err(refuse(
-                    what,
-                    value,
-                    "'%' must be followed by two hex digits",
-                ));
+                return Err(refuse(what, value, "'%' must be followed by two hex digits"));
             }
             i += 3;
             continue;
         }
         if !ok {
-            return Err(refuse(
-                what,
-                value,
-                "only letters, digits, '%XX' escapes and -._~/!,;=:@+ are allowed",
-            ));
+            return Err(refuse(what, value, "only letters, digits, '%XX' escapes and -._~/!,;=:@+ are allowed"));
         }
         i += 1;
     }
@@ -186,15 +171,8 @@ fn check_abs_path(value: &str) -> Result<(), GrammarError> {
     if value.len() > 4096 {
         return Err(refuse(what, value, "it is longer than 4096 characters"));
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._/+".contains(&b))
-    {
-        return Err(refuse(
-            what,
-            value,
-            "only letters, digits and -._/+ are allowed",
-        ));
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/+".contains(&b)) {
+        return Err(refuse(what, value, "only letters, digits and -._/+ are allowed"));
     }
     if value.split('/').any(|c| c == "..") {
         return Err(refuse(what, value, "'..' is not allowed"));
@@ -220,18 +198,10 @@ fn check_k8s_name(value: &str) -> Result<(), GrammarError> {
     let b = value.as_bytes();
     let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !alnum(&b[0]) || !alnum(&b[b.len() - 1]) {
-        return Err(refuse(
-            what,
-            value,
-            "it must start and end with a lowercase letter or digit",
-        ));
+        return Err(refuse(what, value, "it must start and end with a lowercase letter or digit"));
     }
     if !b.iter().all(|c| alnum(c) || *c == b'-' || *c == b'.') {
-        return Err(refuse(
-            what,
-            value,
-            "only lowercase letters, digits, '-' and '.' are allowed",
-        ));
+        return Err(refuse(what, value, "only lowercase letters, digits, '-' and '.' are allowed"));
     }
     Ok(())
 }
@@ -262,13 +232,7 @@ impl HostMatch {
             _ => match value.strip_prefix("*.") {
                 Some(suffix) => DnsName::parse(suffix)
                     .map(HostMatch::Wildcard)
-                    .map_err(|_| {
-                        refuse(
-                            "host",
-                            value,
-                            "a wildcard must be '*.' followed by a DNS name",
-                        )
-                    }),
+                    .map_err(|_| refuse("host", value, "a wildcard must be '*.' followed by a DNS name")),
                 None => DnsName::parse(value).map(HostMatch::Exact),
             },
         }
@@ -294,10 +258,7 @@ pub struct SecretRef {
 
 impl SecretRef {
     pub fn new(namespace: &str, name: &str) -> Result<Self, GrammarError> {
-        Ok(SecretRef {
-            namespace: namespace.parse()?,
-            name: name.parse()?,
-        })
+        Ok(SecretRef { namespace: namespace.parse()?, name: name.parse()? })
     }
 
     /// Parse `name` or `namespace/name`; `name` alone is in `default_namespace`.
@@ -309,11 +270,7 @@ impl SecretRef {
             _ => Err(GrammarError(String::new())),
         };
         parsed.map_err(|e| {
-            let why = if e.0.is_empty() {
-                "it has more than one '/'".to_owned()
-            } else {
-                e.0
-            };
+            let why = if e.0.is_empty() { "it has more than one '/'".to_owned() } else { e.0 };
             GrammarError(format!(
                 "secret reference {} is not of the form <name> or <namespace>/<name>: {why}",
                 quote(value)
@@ -334,24 +291,13 @@ mod tests {
 
     #[test]
     fn dns_names_follow_rfc1123_and_fold_case() {
-        assert_eq!(
-            DnsName::parse("Backend.Example.COM").unwrap().as_str(),
-            "backend.example.com"
-        );
-        for bad in [
-            "", "a..b", "-a.b", "a-.b", "a b", "a\nb", "a_b", "a.b.", "*.a.b", "\"a\"",
-        ] {
+        assert_eq!(DnsName::parse("Backend.Example.COM").unwrap().as_str(), "backend.example.com");
+        for bad in ["", "a..b", "-a.b", "a-.b", "a b", "a\nb", "a_b", "a.b.", "*.a.b", "\"a\""] {
             assert!(DnsName::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(DnsName::parse(&"a".repeat(64)).is_err());
-        assert!(
-            DnsName::parse(&["a"; 128].join(".")).is_err(),
-            "255 characters accepted"
-        );
-        assert!(
-            DnsName::parse(&["a"; 127].join(".")).is_ok(),
-            "253 characters refused"
-        );
+        assert!(DnsName::parse(&["a"; 128].join(".")).is_err(), "255 characters accepted");
+        assert!(DnsName::parse(&["a"; 127].join(".")).is_ok(), "253 characters refused");
     }
 
     #[test]
@@ -365,18 +311,10 @@ mod tests {
     #[test]
     fn path_prefixes_refuse_config_metacharacters() {
         for good in ["/", "/api/v1", "/a%20b", "/a-b_c.d~e"] {
-            assert!(
-                PathPrefix::try_from(good.to_owned()).is_ok(),
-                "{good:?} refused"
-            );
+            assert!(PathPrefix::try_from(good.to_owned()).is_ok(), "{good:?} refused");
         }
-        for bad in [
-            "", "api", "/a b", "/a#b", "/a\"b", "/a%2", "/a\\b", "/a$b", "/a\nb", "/é",
-        ] {
-            assert!(
-                PathPrefix::try_from(bad.to_owned()).is_err(),
-                "{bad:?} accepted"
-            );
+        for bad in ["", "api", "/a b", "/a#b", "/a\"b", "/a%2", "/a\\b", "/a$b", "/a\nb", "/é"] {
+            assert!(PathPrefix::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
         }
     }
 
@@ -384,23 +322,14 @@ mod tests {
     fn abs_paths_must_be_absolute_and_plain() {
         assert!(AbsPath::try_from("/etc/ssl/ca.pem".to_owned()).is_ok());
         for bad in ["ca.pem", "/etc/../x", "/etc/", "/a b", "/a\"b", "/a#b"] {
-            assert!(
-                AbsPath::try_from(bad.to_owned()).is_err(),
-                "{bad:?} accepted"
-            );
+            assert!(AbsPath::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn secret_refs_take_a_name_or_namespace_slash_name() {
-        assert_eq!(
-            SecretRef::parse("ca", "team").unwrap().to_string(),
-            "team/ca"
-        );
-        assert_eq!(
-            SecretRef::parse("infra/ca", "team").unwrap().to_string(),
-            "infra/ca"
-        );
+        assert_eq!(SecretRef::parse("ca", "team").unwrap().to_string(), "team/ca");
+        assert_eq!(SecretRef::parse("infra/ca", "team").unwrap().to_string(), "infra/ca");
         let err = SecretRef::parse("a/b/c", "team").unwrap_err().0;
         assert!(err.contains("more than one '/'"), "{err}");
         assert!(SecretRef::parse("Bad_Name", "team").is_err());
@@ -410,10 +339,7 @@ mod tests {
     #[test]
     fn host_matches_take_any_exact_or_one_wildcard() {
         assert_eq!(HostMatch::parse("").unwrap(), HostMatch::Any);
-        assert_eq!(
-            HostMatch::parse("*.Example.com").unwrap().to_string(),
-            "*.example.com"
-        );
+        assert_eq!(HostMatch::parse("*.Example.com").unwrap().to_string(), "*.example.com");
         assert!(HostMatch::parse("*.*.example.com").is_err());
         assert!(HostMatch::parse("a*.example.com").is_err());
     }

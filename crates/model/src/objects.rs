@@ -84,11 +84,7 @@ pub struct Meta {
 
 impl Meta {
     pub fn object_ref(&self, kind: Kind) -> ObjectRef {
-        ObjectRef {
-            kind,
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
+        ObjectRef { kind, namespace: self.namespace.clone(), name: self.name.clone() }
     }
 }
 

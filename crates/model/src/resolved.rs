@@ -31,19 +31,14 @@ impl Model {
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters
-            .binary_search_by(|c| c.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.clusters[i])
+        self.clusters.binary_search_by(|c| c.name.as_str().cmp(name)).ok().map(|i| &self.clusters[i])
     }
 
     /// Every route of every listener, with its listener port and host.
     pub fn routes(&self) -> impl Iterator<Item = (u16, &HostMatch, &Route)> {
-        self.listeners.iter().flat_map(|l| {
-            l.virtual_hosts
-                .iter()
-                .flat_map(move |v| v.routes.iter().map(move |r| (l.port, &v.host, r)))
-        })
+        self.listeners
+            .iter()
+            .flat_map(|l| l.virtual_hosts.iter().flat_map(move |v| v.routes.iter().map(move |r| (l.port, &v.host, r))))
     }
 }
 

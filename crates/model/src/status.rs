@@ -86,23 +86,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn error(problem_type: ProblemType, reason: Reason, message: impl Into<String>) -> Self {
-        Problem {
-            severity: Severity::Error,
-            problem_type,
-            reason,
-            message: message.into(),
-            detail: None,
-        }
+        Problem { severity: Severity::Error, problem_type, reason, message: message.into(), detail: None }
     }
 
     pub fn warning(problem_type: ProblemType, reason: Reason, message: impl Into<String>) -> Self {
-        Problem {
-            severity: Severity::Warning,
-            problem_type,
-            reason,
-            message: message.into(),
-            detail: None,
-        }
+        Problem { severity: Severity::Warning, problem_type, reason, message: message.into(), detail: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -178,11 +166,7 @@ impl ObjectStatus {
                 },
             ),
         };
-        ContourStatus {
-            current_status: current_status.to_owned(),
-            description,
-            conditions: vec![condition],
-        }
+        ContourStatus { current_status: current_status.to_owned(), description, conditions: vec![condition] }
     }
 }
 

@@ -29,16 +29,7 @@ impl BackendTls {
     }
 }
 
-const KEYWORDS: [&str; 8] = [
-    "ssl",
-    "verify",
-    "verifyhost",
-    "ca-file",
-    "sni",
-    "alpn",
-    "ssl-min-ver",
-    "ssl-max-ver",
-];
+const KEYWORDS: [&str; 8] = ["ssl", "verify", "verifyhost", "ca-file", "sni", "alpn", "ssl-min-ver", "ssl-max-ver"];
 
 /// Parse the annotation's value. The error is the message a status shows.
 pub fn parse(value: &str) -> Result<BackendTls, String> {
@@ -57,18 +48,15 @@ pub fn parse(value: &str) -> Result<BackendTls, String> {
     let mut seen: Vec<&str> = vec!["ssl"];
     while let Some(token) = tokens.next() {
         let Some(keyword) = KEYWORDS.iter().copied().find(|k| *k == token) else {
-            return Err(keyword_error(token)
-                .unwrap_or_else(|| format!("unsupported backend-tls option {}", quote(token))));
+            return Err(
+                keyword_error(token).unwrap_or_else(|| format!("unsupported backend-tls option {}", quote(token)))
+            );
         };
         if seen.contains(&keyword) {
-            return Err(format!(
-                "backend-tls option \"{keyword}\" is given more than once"
-            ));
+            return Err(format!("backend-tls option \"{keyword}\" is given more than once"));
         }
         seen.push(keyword);
-        let arg = tokens
-            .next()
-            .ok_or_else(|| format!("backend-tls option \"{keyword}\" needs an argument"))?;
+        let arg = tokens.next().ok_or_else(|| format!("backend-tls option \"{keyword}\" needs an argument"))?;
         let bad = |why: String| format!("backend-tls option \"{keyword}\": {why}");
         match keyword {
             "verify" => {
@@ -84,9 +72,7 @@ pub fn parse(value: &str) -> Result<BackendTls, String> {
                 let name = arg
                     .strip_prefix("str(")
                     .and_then(|a| a.strip_suffix(')'))
-                    .ok_or_else(|| {
-                        bad(format!("{} is not of the form str(<dns-name>)", quote(arg)))
-                    })?;
+                    .ok_or_else(|| bad(format!("{} is not of the form str(<dns-name>)", quote(arg))))?;
                 out.sni = Some(DnsName::parse(name).map_err(|e| bad(e.0))?);
             }
             "alpn" => {
@@ -119,11 +105,7 @@ pub fn parse(value: &str) -> Result<BackendTls, String> {
     }
     if let (Some(min), Some(max)) = (out.min_version, out.max_version) {
         if min > max {
-            return Err(format!(
-                "backend-tls ssl-min-ver {} is above ssl-max-ver {}",
-                min.as_str(),
-                max.as_str()
-            ));
+            return Err(format!("backend-tls ssl-min-ver {} is above ssl-max-ver {}", min.as_str(), max.as_str()));
         }
     }
     Ok(out)
@@ -134,13 +116,9 @@ fn keyword_error(token: &str) -> Option<String> {
     if token.len() < 3 || !token.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         return None;
     }
-    let (best, distance) = KEYWORDS
-        .iter()
-        .map(|k| (*k, edit_distance(token, k)))
-        .min_by_key(|(_, d)| *d)
-        .expect("keywords");
-    (distance > 0 && distance <= 2)
-        .then(|| format!("unknown keyword '{token}'; did you mean '{best}' maybe ?"))
+    let (best, distance) =
+        KEYWORDS.iter().map(|k| (*k, edit_distance(token, k))).min_by_key(|(_, d)| *d).expect("keywords");
+    (distance > 0 && distance <= 2).then(|| format!("unknown keyword '{token}'; did you mean '{best}' maybe ?"))
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -149,9 +127,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -184,14 +160,8 @@ mod tests {
         assert_eq!(got.ca_file.unwrap().as_str(), "/etc/ssl/ca.pem");
         assert_eq!(got.sni.unwrap().as_str(), "sni.example.com");
         assert_eq!(got.alpn, vec![Alpn::H2, Alpn::Http11]);
-        assert_eq!(
-            (got.min_version, got.max_version),
-            (Some(TlsVersion::Tls12), Some(TlsVersion::Tls13))
-        );
-        assert!(
-            parse("ssl").unwrap().verify_required(),
-            "verify defaults to required"
-        );
+        assert_eq!((got.min_version, got.max_version), (Some(TlsVersion::Tls12), Some(TlsVersion::Tls13)));
+        assert!(parse("ssl").unwrap().verify_required(), "verify defaults to required");
     }
 
     #[test]
@@ -208,23 +178,35 @@ mod tests {
             ("ssl verify none verify none", "backend-tls option \"verify\" is given more than once"),
             ("ssl ssl", "backend-tls option \"ssl\" is given more than once"),
             ("ssl verifyhost a_b", "backend-tls option \"verifyhost\": DNS name \"a_b\" is not valid"),
-            ("ssl ca-file ca.pem", "backend-tls option \"ca-file\": file path \"ca.pem\" is not valid: it must be an absolute path"),
-            ("ssl sni req.hdr(host)", "backend-tls option \"sni\": \"req.hdr(host)\" is not of the form str(<dns-name>)"),
+            (
+                "ssl ca-file ca.pem",
+                "backend-tls option \"ca-file\": file path \"ca.pem\" is not valid: it must be an absolute path",
+            ),
+            (
+                "ssl sni req.hdr(host)",
+                "backend-tls option \"sni\": \"req.hdr(host)\" is not of the form str(<dns-name>)",
+            ),
             ("ssl sni str(\"x\")", "backend-tls option \"sni\": DNS name \"\\\"x\\\"\" is not valid"),
             ("ssl alpn h3", "backend-tls option \"alpn\": \"h3\" is not h2 or http/1.1"),
             ("ssl alpn h2,h2", "backend-tls option \"alpn\": \"h2\" is listed twice"),
             ("ssl ssl-min-ver TLSv1.0", "backend-tls option \"ssl-min-ver\": \"TLSv1.0\" is not TLSv1.2 or TLSv1.3"),
-            ("ssl ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.2", "backend-tls ssl-min-ver TLSv1.3 is above ssl-max-ver TLSv1.2"),
-            ("ssl verify none\nserver evil 1.2.3.4:80", "backend-tls option \"verify\": \"none\\nserver\" is not none or required"),
+            (
+                "ssl ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.2",
+                "backend-tls ssl-min-ver TLSv1.3 is above ssl-max-ver TLSv1.2",
+            ),
+            (
+                "ssl verify none\nserver evil 1.2.3.4:80",
+                "backend-tls option \"verify\": \"none\\nserver\" is not none or required",
+            ),
             ("ssl verifyhost a.b#comment", "backend-tls option \"verifyhost\": DNS name \"a.b#comment\" is not valid"),
-            ("ssl ca-file /etc/ssl/ca.pem\r\nbackend x", "backend-tls option \"ca-file\": file path \"/etc/ssl/ca.pem\\r\\nbackend\" is not valid"),
+            (
+                "ssl ca-file /etc/ssl/ca.pem\r\nbackend x",
+                "backend-tls option \"ca-file\": file path \"/etc/ssl/ca.pem\\r\\nbackend\" is not valid",
+            ),
         ];
         for (value, want) in cases {
             let got = err(value);
-            assert!(
-                got.starts_with(want),
-                "for {value:?}: got {got:?}, want {want:?}"
-            );
+            assert!(got.starts_with(want), "for {value:?}: got {got:?}, want {want:?}");
         }
     }
 }

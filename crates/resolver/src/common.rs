@@ -5,8 +5,8 @@ use crate::snapshot::Snapshot;
 use crate::Config;
 use portico_model::names::quote;
 use portico_model::{
-    CaSource, DnsName, K8sName, Problem, ProblemType, Reason, SecretRef, Servers, Service,
-    ServicePort, ServiceType, TargetPort, TrustRef,
+    CaSource, DnsName, K8sName, Problem, ProblemType, Reason, SecretRef, Servers, Service, ServicePort, ServiceType,
+    TargetPort, TrustRef,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,25 +30,14 @@ impl<'a> Index<'a> {
         let mut slices: HashMap<(&str, &str), Vec<_>> = HashMap::new();
         for slice in snapshot.endpoint_slices.values() {
             if let Some(service) = &slice.service_name {
-                slices
-                    .entry((slice.meta.namespace.as_str(), service.as_str()))
-                    .or_default()
-                    .push(slice);
+                slices.entry((slice.meta.namespace.as_str(), service.as_str())).or_default().push(slice);
             }
         }
         let mut delegations: HashMap<&str, Vec<_>> = HashMap::new();
         for d in snapshot.delegations.values() {
-            delegations
-                .entry(d.meta.namespace.as_str())
-                .or_default()
-                .extend(&d.delegations);
+            delegations.entry(d.meta.namespace.as_str()).or_default().extend(&d.delegations);
         }
-        Index {
-            snapshot,
-            config,
-            slices,
-            delegations,
-        }
+        Index { snapshot, config, slices, delegations }
     }
 
     pub fn service(&self, namespace: &K8sName, name: &str) -> Option<&'a Service> {
@@ -62,26 +51,17 @@ impl<'a> Index<'a> {
         if &secret.namespace == target_namespace {
             return true;
         }
-        self.delegations
-            .get(secret.namespace.as_str())
-            .into_iter()
-            .flatten()
-            .any(|d| {
-                d.secret_name == secret.name.as_str()
-                    && d.target_namespaces
-                        .iter()
-                        .any(|t| t == "*" || t == target_namespace.as_str())
-            })
+        self.delegations.get(secret.namespace.as_str()).into_iter().flatten().any(|d| {
+            d.secret_name == secret.name.as_str()
+                && d.target_namespaces.iter().any(|t| t == "*" || t == target_namespace.as_str())
+        })
     }
 
     /// The servers of a Service port: ready endpoints, or the external name.
     pub fn servers(&self, service: &Service, port: &ServicePort) -> Result<Servers, String> {
         if let ServiceType::ExternalName(name) = &service.service_type {
             let host = DnsName::parse(name).map_err(|e| format!("ExternalName: {e}"))?;
-            return Ok(Servers::Dns {
-                host,
-                port: port.port,
-            });
+            return Ok(Servers::Dns { host, port: port.port });
         }
         let key = (service.meta.namespace.as_str(), service.meta.name.as_str());
         let mut addresses = Vec::new();
@@ -131,15 +111,9 @@ impl<'a> Index<'a> {
             )
             .with_detail(detail)
         };
-        let verdict = self
-            .snapshot
-            .verdicts
-            .get(secret)
-            .ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
-        let info = verdict
-            .ca
-            .as_ref()
-            .map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        let verdict =
+            self.snapshot.verdicts.get(secret).ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
+        let info = verdict.ca.as_ref().map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
         for w in &info.warnings {
             warnings.push(Problem::warning(
                 ProblemType::TLSError,
@@ -147,22 +121,12 @@ impl<'a> Index<'a> {
                 format!("{label}: CA secret \"{secret}\": {w}"),
             ));
         }
-        Ok((
-            CaSource::Secret(secret.clone()),
-            TrustRef {
-                secret: secret.clone(),
-                sha256: info.sha256.clone(),
-            },
-        ))
+        Ok((CaSource::Secret(secret.clone()), TrustRef { secret: secret.clone(), sha256: info.sha256.clone() }))
     }
 
     /// The configured client certificate for a TLS upstream, if any; an error when it is
     /// configured but missing or not valid (every TLS upstream then answers 503).
-    pub fn client_cert(
-        &self,
-        label: &str,
-        warnings: &mut Vec<Problem>,
-    ) -> Result<Option<TrustRef>, Problem> {
+    pub fn client_cert(&self, label: &str, warnings: &mut Vec<Problem>) -> Result<Option<TrustRef>, Problem> {
         let Some(secret) = &self.config.client_cert else {
             return Ok(None);
         };
@@ -170,21 +134,14 @@ impl<'a> Index<'a> {
             Problem::error(
                 ProblemType::TLSError,
                 Reason::SecretNotValid,
-                format!(
-                    "{label}: client certificate secret \"{secret}\" not found or misconfigured"
-                ),
+                format!("{label}: client certificate secret \"{secret}\" not found or misconfigured"),
             )
             .with_detail(detail)
         };
-        let verdict = self
-            .snapshot
-            .verdicts
-            .get(secret)
-            .ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
-        let info = verdict
-            .client_cert
-            .as_ref()
-            .map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        let verdict =
+            self.snapshot.verdicts.get(secret).ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
+        let info =
+            verdict.client_cert.as_ref().map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
         for w in &info.warnings {
             warnings.push(Problem::warning(
                 ProblemType::TLSError,
@@ -192,10 +149,7 @@ impl<'a> Index<'a> {
                 format!("{label}: {w}"),
             ));
         }
-        Ok(Some(TrustRef {
-            secret: secret.clone(),
-            sha256: info.sha256.clone(),
-        }))
+        Ok(Some(TrustRef { secret: secret.clone(), sha256: info.sha256.clone() }))
     }
 }
 
@@ -203,18 +157,9 @@ impl<'a> Index<'a> {
 /// unnamed slice port (preferring the one whose number is the numeric target port).
 fn matching_slice_port(slice: &portico_model::EndpointSlice, port: &ServicePort) -> Option<u16> {
     if !port.name.is_empty() {
-        return slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name)
-            .and_then(|p| p.port);
+        return slice.ports.iter().find(|p| p.name == port.name).and_then(|p| p.port);
     }
-    let unnamed: Vec<u16> = slice
-        .ports
-        .iter()
-        .filter(|p| p.name.is_empty())
-        .filter_map(|p| p.port)
-        .collect();
+    let unnamed: Vec<u16> = slice.ports.iter().filter(|p| p.name.is_empty()).filter_map(|p| p.port).collect();
     let wanted = match &port.target_port {
         Some(TargetPort::Number(n)) => Some(*n),
         None => Some(port.port),
@@ -228,11 +173,7 @@ fn matching_slice_port(slice: &portico_model::EndpointSlice, port: &ServicePort)
 
 /// Error for a Service or port that cannot be found.
 pub fn unresolved(label: &str, what: String) -> Problem {
-    Problem::error(
-        ProblemType::ServiceError,
-        Reason::ServiceUnresolvedReference,
-        format!("{label}: {what}"),
-    )
+    Problem::error(ProblemType::ServiceError, Reason::ServiceUnresolvedReference, format!("{label}: {what}"))
 }
 
 /// `route "<prefix>": service "<name>"`, with the name quoted safely.

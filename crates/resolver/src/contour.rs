@@ -5,9 +5,8 @@ use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, Kind,
-    PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy,
-    TlsVersion, UpstreamProtocol, Verification,
+    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, Kind, PathPrefix, Problem,
+    ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion, UpstreamProtocol, Verification,
 };
 
 pub const ANNOTATION_TLS: &str = "projectcontour.io/upstream-protocol.tls";
@@ -17,22 +16,14 @@ pub const ANNOTATION_H2: &str = "projectcontour.io/upstream-protocol.h2";
 pub const MAX_SUBJECT_NAMES: usize = 8;
 
 /// Resolve one HTTPProxy into routes, pushing its problems.
-pub fn resolve_proxy(
-    index: &Index<'_>,
-    proxy: &HttpProxy,
-    problems: &mut Vec<Problem>,
-) -> Vec<PendingRoute> {
+pub fn resolve_proxy(index: &Index<'_>, proxy: &HttpProxy, problems: &mut Vec<Problem>) -> Vec<PendingRoute> {
     let source = proxy.meta.object_ref(Kind::HttpProxy);
     let host = match &proxy.fqdn {
         None => HostMatch::Any,
         Some(fqdn) => match DnsName::parse(fqdn) {
             Ok(name) => HostMatch::Exact(name),
             Err(e) => {
-                let why = if fqdn.is_empty() {
-                    "it is empty".to_owned()
-                } else {
-                    e.0
-                };
+                let why = if fqdn.is_empty() { "it is empty".to_owned() } else { e.0 };
                 problems.push(Problem::error(
                     ProblemType::VirtualHostError,
                     Reason::InvalidValue,
@@ -63,9 +54,7 @@ pub fn resolve_proxy(
                 problems.push(Problem::error(
                     ProblemType::RouteError,
                     Reason::InvalidValue,
-                    format!(
-                        "{route_label}: more than one prefix condition; use one prefix per route"
-                    ),
+                    format!("{route_label}: more than one prefix condition; use one prefix per route"),
                 ));
                 continue;
             }
@@ -90,15 +79,15 @@ fn resolve_route(
     route_label: &str,
     problems: &mut Vec<Problem>,
 ) -> PendingAction {
-    let errors_before = problems
-        .iter()
-        .filter(|p| p.severity == portico_model::Severity::Error)
-        .count();
+    let errors_before = problems.iter().filter(|p| p.severity == portico_model::Severity::Error).count();
     for ignored in &route.ignored_conditions {
         problems.push(Problem::warning(
             ProblemType::RouteError,
             Reason::IgnoredField,
-            format!("{route_label}: condition {} is not read by Portico; the route matches on its prefix alone", quote(ignored)),
+            format!(
+                "{route_label}: condition {} is not read by Portico; the route matches on its prefix alone",
+                quote(ignored)
+            ),
         ));
     }
     let mut host_rewrite = None;
@@ -116,10 +105,7 @@ fn resolve_route(
             problems.push(Problem::warning(
                 ProblemType::RouteError,
                 Reason::IgnoredField,
-                format!(
-                    "{route_label}: requestHeadersPolicy header {} is not applied by Portico",
-                    quote(name)
-                ),
+                format!("{route_label}: requestHeadersPolicy header {} is not applied by Portico", quote(name)),
             ));
         }
     }
@@ -137,10 +123,7 @@ fn resolve_route(
             Err(problem) => problems.push(problem),
         }
     }
-    let errors_after = problems
-        .iter()
-        .filter(|p| p.severity == portico_model::Severity::Error)
-        .count();
+    let errors_after = problems.iter().filter(|p| p.severity == portico_model::Severity::Error).count();
     if errors_after > errors_before {
         return PendingAction::Reject;
     }
@@ -159,10 +142,7 @@ pub fn effective_protocol(
             "h2" => Ok(UpstreamProtocol::H2),
             "h2c" => Ok(UpstreamProtocol::H2c),
             "tls" => Ok(UpstreamProtocol::Tls),
-            other => Err(format!(
-                "unsupported protocol {} (use h2, h2c or tls)",
-                quote(other)
-            )),
+            other => Err(format!("unsupported protocol {} (use h2, h2c or tls)", quote(other))),
         };
     }
     if let Some(app_protocol) = &port.app_protocol {
@@ -210,47 +190,24 @@ fn resolve_service(
         .ports
         .iter()
         .find(|p| p.port == svc.port)
-        .ok_or_else(|| {
-            unresolved(
-                &label,
-                format!("port {} not found on the Service", svc.port),
-            )
-        })?;
-    let protocol = effective_protocol(svc.protocol.as_deref(), service, port).map_err(|e| {
-        Problem::error(
-            ProblemType::ServiceError,
-            Reason::UnsupportedProtocol,
-            format!("{label}: {e}"),
-        )
-    })?;
+        .ok_or_else(|| unresolved(&label, format!("port {} not found on the Service", svc.port)))?;
+    let protocol = effective_protocol(svc.protocol.as_deref(), service, port)
+        .map_err(|e| Problem::error(ProblemType::ServiceError, Reason::UnsupportedProtocol, format!("{label}: {e}")))?;
 
-    let tls_error = |what: String| {
-        Problem::error(
-            ProblemType::TLSError,
-            Reason::TLSUpstreamValidation,
-            format!("{label}: {what}"),
-        )
-    };
+    let tls_error =
+        |what: String| Problem::error(ProblemType::TLSError, Reason::TLSUpstreamValidation, format!("{label}: {what}"));
     let mut ca_trust = None;
     let mut verify = Verification::None;
     let mut first_subject = None;
     if let Some(v) = &svc.validation {
         if !protocol.is_tls() {
-            return Err(tls_error(format!(
-                "upstreamValidation requested but service port {} is not TLS",
-                svc.port
-            )));
+            return Err(tls_error(format!("upstreamValidation requested but service port {} is not TLS", svc.port)));
         }
         if v.subject_name.is_empty() {
-            return Err(tls_error(
-                "upstreamValidation requested but validation.subjectName is empty".to_owned(),
-            ));
+            return Err(tls_error("upstreamValidation requested but validation.subjectName is empty".to_owned()));
         }
-        let names: &[String] = if v.subject_names.is_empty() {
-            std::slice::from_ref(&v.subject_name)
-        } else {
-            &v.subject_names
-        };
+        let names: &[String] =
+            if v.subject_names.is_empty() { std::slice::from_ref(&v.subject_name) } else { &v.subject_names };
         if names[0] != v.subject_name {
             return Err(tls_error(format!(
                 "validation.subjectNames[0] {} must equal validation.subjectName {}",
@@ -266,10 +223,7 @@ fn resolve_service(
         }
         let mut subject_names = Vec::new();
         for name in names {
-            subject_names.push(
-                DnsName::parse(name)
-                    .map_err(|e| tls_error(format!("validation subject name: {e}")))?,
-            );
+            subject_names.push(DnsName::parse(name).map_err(|e| tls_error(format!("validation subject name: {e}")))?);
         }
         let secret_ref = SecretRef::parse(&v.ca_secret, namespace.as_str())
             .map_err(|e| tls_error(format!("validation.caSecret: {e}")))?;
@@ -290,9 +244,7 @@ fn resolve_service(
         verify = Verification::Required { ca, subject_names };
     }
 
-    let servers = index
-        .servers(service, port)
-        .map_err(|e| unresolved(&label, e))?;
+    let servers = index.servers(service, port).map_err(|e| unresolved(&label, e))?;
     if let Some(w) = no_endpoints_warning(&label, &servers, port.port) {
         problems.push(w);
     }
@@ -308,16 +260,10 @@ fn resolve_service(
             // SPEC: a literal Host rewrite, else the first subject name, else the external name.
             sni: host_rewrite.cloned().or(first_subject).or(external),
             verify,
-            alpn: if protocol == UpstreamProtocol::H2 {
-                vec![Alpn::H2]
-            } else {
-                Vec::new()
-            },
+            alpn: if protocol == UpstreamProtocol::H2 { vec![Alpn::H2] } else { Vec::new() },
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
-            client_cert: client_cert
-                .as_ref()
-                .map(|t: &portico_model::TrustRef| t.secret.clone()),
+            client_cert: client_cert.as_ref().map(|t: &portico_model::TrustRef| t.secret.clone()),
         });
     }
     Ok(Upstream {

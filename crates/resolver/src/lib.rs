@@ -28,10 +28,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            http_port: 8080,
-            client_cert: None,
-        }
+        Config { http_port: 8080, client_cert: None }
     }
 }
 
@@ -51,21 +48,14 @@ pub fn resolve(snapshot: &Snapshot, config: &Config) -> Resolved {
     // HTTPProxies first, then Voyager Ingresses, each by namespace and name: the order in
     // which route conflicts are decided.
     for proxy in snapshot.http_proxies.values() {
-        let list = problems
-            .entry(proxy.meta.object_ref(Kind::HttpProxy))
-            .or_default();
+        let list = problems.entry(proxy.meta.object_ref(Kind::HttpProxy)).or_default();
         routes.extend(contour::resolve_proxy(&index, proxy, list));
     }
     for ingress in snapshot.voyager_ingresses.values() {
-        let list = problems
-            .entry(ingress.meta.object_ref(Kind::VoyagerIngress))
-            .or_default();
+        let list = problems.entry(ingress.meta.object_ref(Kind::VoyagerIngress)).or_default();
         routes.extend(voyager::resolve_ingress(&index, ingress, list));
     }
     let model = build::assemble(routes, &mut problems);
-    let statuses = problems
-        .into_iter()
-        .map(|(object, problems)| ObjectStatus { object, problems })
-        .collect();
+    let statuses = problems.into_iter().map(|(object, problems)| ObjectStatus { object, problems }).collect();
     Resolved { model, statuses }
 }

@@ -59,10 +59,7 @@ impl Snapshot {
             Kind::HttpProxy => drop(self.http_proxies.remove(&key)),
             Kind::TlsCertificateDelegation => drop(self.delegations.remove(&key)),
             Kind::VoyagerIngress => drop(self.voyager_ingresses.remove(&key)),
-            Kind::Secret => drop(self.verdicts.remove(&SecretRef {
-                namespace: key.0,
-                name: key.1,
-            })),
+            Kind::Secret => drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1 })),
         }
     }
 

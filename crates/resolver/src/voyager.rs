@@ -6,9 +6,8 @@ use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, CaSource, ClusterKey, HostMatch, Kind, PathPrefix, Problem, ProblemType, Reason,
-    SecretRef, Severity, TlsPolicy, TlsVersion, UpstreamProtocol, Verification, VoyagerBackend,
-    VoyagerIngress,
+    Alpn, CaSource, ClusterKey, HostMatch, Kind, PathPrefix, Problem, ProblemType, Reason, SecretRef, Severity,
+    TlsPolicy, TlsVersion, UpstreamProtocol, Verification, VoyagerBackend, VoyagerIngress,
 };
 
 pub const ANNOTATION_BACKEND_TLS: &str = "ingress.appscode.com/backend-tls";
@@ -19,58 +18,34 @@ pub const ANNOTATION_CA_SECRET: &str = "portico.dev/upstream-ca-secret";
 pub const VERIFY_WITHOUT_CA: &str = "verify is enabled by default but no CA file specified. If you're running on a LAN where you're certain to trust the server's certificate, please set an explicit 'verify none' statement on the 'server' line, or use 'ssl-server-verify none' in the global section to disable server-side verifications by default.";
 
 /// Resolve one Voyager Ingress into routes, pushing its problems.
-pub fn resolve_ingress(
-    index: &Index<'_>,
-    ingress: &VoyagerIngress,
-    problems: &mut Vec<Problem>,
-) -> Vec<PendingRoute> {
+pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &mut Vec<Problem>) -> Vec<PendingRoute> {
     let source = ingress.meta.object_ref(Kind::VoyagerIngress);
     let mut routes = Vec::new();
-    let mut add = |listener: u16,
-                   host: HostMatch,
-                   path: &str,
-                   backend: &VoyagerBackend,
-                   problems: &mut Vec<Problem>| {
-        let prefix = match path.parse::<PathPrefix>() {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(Problem::error(
-                    ProblemType::RouteError,
-                    Reason::InvalidValue,
-                    format!("route {}: {e}", quote(path)),
-                ));
-                return;
-            }
+    let mut add =
+        |listener: u16, host: HostMatch, path: &str, backend: &VoyagerBackend, problems: &mut Vec<Problem>| {
+            let prefix = match path.parse::<PathPrefix>() {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(Problem::error(
+                        ProblemType::RouteError,
+                        Reason::InvalidValue,
+                        format!("route {}: {e}", quote(path)),
+                    ));
+                    return;
+                }
+            };
+            let errors_before = problems.iter().filter(|p| p.severity == Severity::Error).count();
+            let action = match resolve_backend(index, ingress, backend, path, problems) {
+                Ok(upstream) => PendingAction::forward(vec![(upstream, None)], None),
+                Err(problem) => {
+                    problems.push(problem);
+                    PendingAction::Reject
+                }
+            };
+            let failed = problems.iter().filter(|p| p.severity == Severity::Error).count() > errors_before;
+            let action = if failed { PendingAction::Reject } else { action };
+            routes.push(PendingRoute { listener, host, prefix, source: source.clone(), action });
         };
-        let errors_before = problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count();
-        let action = match resolve_backend(index, ingress, backend, path, problems) {
-            Ok(upstream) => PendingAction::forward(vec![(upstream, None)], None),
-            Err(problem) => {
-                problems.push(problem);
-                PendingAction::Reject
-            }
-        };
-        let failed = problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count()
-            > errors_before;
-        let action = if failed {
-            PendingAction::Reject
-        } else {
-            action
-        };
-        routes.push(PendingRoute {
-            listener,
-            host,
-            prefix,
-            source: source.clone(),
-            action,
-        });
-    };
     for rule in &ingress.rules {
         let host = match HostMatch::parse(&rule.host) {
             Ok(h) => h,
@@ -85,23 +60,11 @@ pub fn resolve_ingress(
         };
         let listener = rule.port.unwrap_or(index.config.http_port);
         for path in &rule.paths {
-            add(
-                listener,
-                host.clone(),
-                path.path.as_deref().unwrap_or("/"),
-                &path.backend,
-                problems,
-            );
+            add(listener, host.clone(), path.path.as_deref().unwrap_or("/"), &path.backend, problems);
         }
     }
     if let Some(backend) = &ingress.backend {
-        add(
-            index.config.http_port,
-            HostMatch::Any,
-            "/",
-            backend,
-            problems,
-        );
+        add(index.config.http_port, HostMatch::Any, "/", backend, problems);
     }
     routes
 }
@@ -140,16 +103,9 @@ fn resolve_backend(
             Ok(n) => p.port == n,
             Err(_) => !p.name.is_empty() && &p.name == wanted,
         })
-        .ok_or_else(|| {
-            unresolved(
-                &label,
-                format!("port {} not found on the Service", quote(wanted)),
-            )
-        })?;
+        .ok_or_else(|| unresolved(&label, format!("port {} not found on the Service", quote(wanted))))?;
 
-    let servers = index
-        .servers(service, port)
-        .map_err(|e| unresolved(&label, e))?;
+    let servers = index.servers(service, port).map_err(|e| unresolved(&label, e))?;
     if let Some(w) = no_endpoints_warning(&label, &servers, port.port) {
         problems.push(w);
     }
@@ -169,28 +125,16 @@ fn resolve_backend(
                 format!("{label}: annotation {ANNOTATION_CA_SECRET} is ignored: the Service has no {ANNOTATION_BACKEND_TLS} annotation, so the backend is plain HTTP"),
             ));
         }
-        return Ok(Upstream {
-            key: key(UpstreamProtocol::Http, None),
-            servers,
-            ca_trust: None,
-            client_cert: None,
-        });
+        return Ok(Upstream { key: key(UpstreamProtocol::Http, None), servers, ca_trust: None, client_cert: None });
     };
-    let tls_error = |what: String| {
-        Problem::error(
-            ProblemType::TLSError,
-            Reason::TLSUpstreamValidation,
-            format!("{label}: {what}"),
-        )
-    };
+    let tls_error =
+        |what: String| Problem::error(ProblemType::TLSError, Reason::TLSUpstreamValidation, format!("{label}: {what}"));
     let options = backend_tls::parse(value).map_err(&tls_error)?;
 
     let mut ca_trust = None;
     let ca = match (&options.ca_file, ca_secret) {
         (Some(_), Some(_)) => {
-            return Err(tls_error(format!(
-                "both ca-file and the {ANNOTATION_CA_SECRET} annotation are set; use one"
-            )))
+            return Err(tls_error(format!("both ca-file and the {ANNOTATION_CA_SECRET} annotation are set; use one")))
         }
         (Some(file), None) => Some(CaSource::File(file.clone())),
         (None, Some(reference)) => {
@@ -219,10 +163,7 @@ fn resolve_backend(
                 format!("{label}: no verifyhost or sni: the server certificate is checked against the CA but its name is not"),
             ));
         }
-        Verification::Required {
-            ca,
-            subject_names: name.iter().cloned().collect(),
-        }
+        Verification::Required { ca, subject_names: name.iter().cloned().collect() }
     } else {
         if ca.is_some() {
             problems.push(Problem::warning(
@@ -234,11 +175,7 @@ fn resolve_backend(
         ca_trust = None;
         Verification::None
     };
-    let protocol = if options.alpn == [Alpn::H2] {
-        UpstreamProtocol::H2
-    } else {
-        UpstreamProtocol::Tls
-    };
+    let protocol = if options.alpn == [Alpn::H2] { UpstreamProtocol::H2 } else { UpstreamProtocol::Tls };
     let client_cert = index.client_cert(&label, problems)?;
     let tls = TlsPolicy {
         sni: name,
@@ -248,10 +185,5 @@ fn resolve_backend(
         max_version: options.max_version.unwrap_or(TlsVersion::Tls13),
         client_cert: client_cert.as_ref().map(|t| t.secret.clone()),
     };
-    Ok(Upstream {
-        key: key(protocol, Some(tls)),
-        servers,
-        ca_trust,
-        client_cert,
-    })
+    Ok(Upstream { key: key(protocol, Some(tls)), servers, ca_trust, client_cert })
 }

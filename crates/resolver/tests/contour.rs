@@ -111,87 +111,30 @@ const HOST: &str = "www.example.com";
 #[test]
 fn the_upstream_protocol_follows_the_precedence_of_spec_section_2() {
     let cases = [
-        (
-            "an annotation lists the port number",
-            "{name: tls-svc, port: 8443}",
-            UpstreamProtocol::Tls,
-        ),
-        (
-            "a port absent from the annotation is plain HTTP",
-            "{name: tls-svc, port: 80}",
-            UpstreamProtocol::Http,
-        ),
-        (
-            "the protocol field beats the annotation",
-            "{name: tls-svc, port: 80, protocol: tls}",
-            UpstreamProtocol::Tls,
-        ),
-        (
-            "the protocol field h2c",
-            "{name: tls-svc, port: 8443, protocol: h2c}",
-            UpstreamProtocol::H2c,
-        ),
-        (
-            "the protocol field h2",
-            "{name: plain-svc, port: 80, protocol: h2}",
-            UpstreamProtocol::H2,
-        ),
-        (
-            "items are trimmed and names match; tls beats h2c",
-            "{name: multi, port: 1001}",
-            UpstreamProtocol::Tls,
-        ),
-        (
-            "h2c beats h2",
-            "{name: multi, port: 1002}",
-            UpstreamProtocol::H2c,
-        ),
-        (
-            "a number with spaces around it matches",
-            "{name: multi, port: 1003}",
-            UpstreamProtocol::H2,
-        ),
-        (
-            "the targetPort never matches",
-            "{name: multi, port: 1004}",
-            UpstreamProtocol::Http,
-        ),
-        (
-            "appProtocol https is TLS",
-            "{name: multi, port: 1005}",
-            UpstreamProtocol::Tls,
-        ),
-        (
-            "appProtocol kubernetes.io/h2c is h2c",
-            "{name: multi, port: 1006}",
-            UpstreamProtocol::H2c,
-        ),
+        ("an annotation lists the port number", "{name: tls-svc, port: 8443}", UpstreamProtocol::Tls),
+        ("a port absent from the annotation is plain HTTP", "{name: tls-svc, port: 80}", UpstreamProtocol::Http),
+        ("the protocol field beats the annotation", "{name: tls-svc, port: 80, protocol: tls}", UpstreamProtocol::Tls),
+        ("the protocol field h2c", "{name: tls-svc, port: 8443, protocol: h2c}", UpstreamProtocol::H2c),
+        ("the protocol field h2", "{name: plain-svc, port: 80, protocol: h2}", UpstreamProtocol::H2),
+        ("items are trimmed and names match; tls beats h2c", "{name: multi, port: 1001}", UpstreamProtocol::Tls),
+        ("h2c beats h2", "{name: multi, port: 1002}", UpstreamProtocol::H2c),
+        ("a number with spaces around it matches", "{name: multi, port: 1003}", UpstreamProtocol::H2),
+        ("the targetPort never matches", "{name: multi, port: 1004}", UpstreamProtocol::Http),
+        ("appProtocol https is TLS", "{name: multi, port: 1005}", UpstreamProtocol::Tls),
+        ("appProtocol kubernetes.io/h2c is h2c", "{name: multi, port: 1006}", UpstreamProtocol::H2c),
         (
             "another appProtocol is plain and hides the annotation",
             "{name: other-annotated, port: 1007}",
             UpstreamProtocol::Http,
         ),
-        (
-            "no annotation is plain HTTP",
-            "{name: plain-svc, port: 80}",
-            UpstreamProtocol::Http,
-        ),
+        ("no annotation is plain HTTP", "{name: plain-svc, port: 80}", UpstreamProtocol::Http),
     ];
     for (sentence, service, want) in cases {
         let w = single(service);
-        assert_eq!(
-            w.status("shop/p").current_status,
-            "valid",
-            "{sentence}: {:?}",
-            errors(&w.status("shop/p"))
-        );
+        assert_eq!(w.status("shop/p").current_status, "valid", "{sentence}: {:?}", errors(&w.status("shop/p")));
         let cluster = w.cluster_of(8080, HOST, "/");
         assert_eq!(cluster.key.protocol, want, "{sentence}");
-        assert_eq!(
-            cluster.key.tls.is_some(),
-            want.is_tls(),
-            "{sentence}: TLS policy exactly for TLS"
-        );
+        assert_eq!(cluster.key.tls.is_some(), want.is_tls(), "{sentence}: TLS policy exactly for TLS");
     }
 }
 
@@ -200,10 +143,7 @@ fn tls_without_validation_is_not_verified() {
     let w = single("{name: tls-svc, port: 8443}");
     let tls = w.cluster_of(8080, HOST, "/").key.tls.clone().unwrap();
     assert_eq!(tls.verify, Verification::None);
-    assert_eq!(
-        tls.sni, None,
-        "no validation, no host rewrite, not ExternalName: no SNI"
-    );
+    assert_eq!(tls.sni, None, "no validation, no host rewrite, not ExternalName: no SNI");
 }
 
 /// (sentence, service entry, expected description, expected reason, detail the error entry must contain)
@@ -314,70 +254,36 @@ fn route_errors_make_the_proxy_invalid_and_the_route_answer_503() {
         let w = single(service);
         let status = w.status("shop/p");
         assert_eq!(status.current_status, "invalid", "{sentence}");
-        assert!(
-            status.description.starts_with(description),
-            "{sentence}: got {:?}",
-            status.description
-        );
+        assert!(status.description.starts_with(description), "{sentence}: got {:?}", status.description);
         let errs = errors(&status);
         assert_eq!(errs[0].0, *reason, "{sentence}");
-        assert!(
-            errs[0].1.contains(detail),
-            "{sentence}: entry {:?} lacks {detail:?}",
-            errs[0].1
-        );
-        assert!(
-            w.rejects(8080, HOST, "/"),
-            "{sentence}: the route must answer 503"
-        );
-        assert!(
-            w.resolved.model.clusters.is_empty(),
-            "{sentence}: no cluster for a rejected route"
-        );
+        assert!(errs[0].1.contains(detail), "{sentence}: entry {:?} lacks {detail:?}", errs[0].1);
+        assert!(w.rejects(8080, HOST, "/"), "{sentence}: the route must answer 503");
+        assert!(w.resolved.model.clusters.is_empty(), "{sentence}: no cluster for a rejected route");
     }
 }
 
 #[test]
 fn the_description_is_exactly_the_seeds_sentence_and_the_detail_goes_in_the_entry() {
-    let status =
-        single("{name: tls-svc, port: 8443, validation: {caSecret: nope, subjectName: a.b}}")
-            .status("shop/p");
+    let status = single("{name: tls-svc, port: 8443, validation: {caSecret: nope, subjectName: a.b}}").status("shop/p");
     assert_eq!(
         status.description,
         "route \"/\": service \"tls-svc\": upstreamValidation requested but secret not found or misconfigured"
     );
     let condition = &status.conditions[0];
-    assert_eq!(
-        (condition.condition_type.as_str(), condition.status.as_str()),
-        ("Valid", "False")
-    );
+    assert_eq!((condition.condition_type.as_str(), condition.status.as_str()), ("Valid", "False"));
     assert_eq!(condition.errors[0].condition_type, "TLSError");
-    assert_eq!(
-        condition.errors[0].message,
-        format!("{}: secret \"shop/nope\" not found", status.description)
-    );
+    assert_eq!(condition.errors[0].message, format!("{}: secret \"shop/nope\" not found", status.description));
 }
 
 #[test]
 fn delegation_is_checked_before_existence() {
-    let exists = single(
-        "{name: tls-svc, port: 8443, validation: {caSecret: infra/private-ca, subjectName: a.b}}",
-    );
-    let missing = single(
-        "{name: tls-svc, port: 8443, validation: {caSecret: infra/ghost-ca, subjectName: a.b}}",
-    );
+    let exists = single("{name: tls-svc, port: 8443, validation: {caSecret: infra/private-ca, subjectName: a.b}}");
+    let missing = single("{name: tls-svc, port: 8443, validation: {caSecret: infra/ghost-ca, subjectName: a.b}}");
     let strip = |s: String| s.replace("private-ca", "X").replace("ghost-ca", "X");
     assert_eq!(
-        strip(
-            exists.status("shop/p").conditions[0].errors[0]
-                .message
-                .clone()
-        ),
-        strip(
-            missing.status("shop/p").conditions[0].errors[0]
-                .message
-                .clone()
-        ),
+        strip(exists.status("shop/p").conditions[0].errors[0].message.clone()),
+        strip(missing.status("shop/p").conditions[0].errors[0].message.clone()),
         "an unauthorised reference must not learn whether the secret exists"
     );
 }
@@ -385,91 +291,41 @@ fn delegation_is_checked_before_existence() {
 #[test]
 fn valid_validation_verifies_with_the_ca_and_the_names() {
     let cases = [
-        (
-            "a CA in the proxy's namespace needs no delegation",
-            "ca",
-            "shop/ca",
-        ),
-        (
-            "a CA written namespace/name in the same namespace",
-            "shop/ca",
-            "shop/ca",
-        ),
-        (
-            "a delegation naming the proxy's namespace allows it",
-            "infra/shared-ca",
-            "infra/shared-ca",
-        ),
-        (
-            "a delegation to * allows it",
-            "infra/star-ca",
-            "infra/star-ca",
-        ),
+        ("a CA in the proxy's namespace needs no delegation", "ca", "shop/ca"),
+        ("a CA written namespace/name in the same namespace", "shop/ca", "shop/ca"),
+        ("a delegation naming the proxy's namespace allows it", "infra/shared-ca", "infra/shared-ca"),
+        ("a delegation to * allows it", "infra/star-ca", "infra/star-ca"),
     ];
     for (sentence, ca_secret, want) in cases {
         let w = single(&format!(
             "{{name: tls-svc, port: 8443, validation: {{caSecret: {ca_secret}, subjectName: Backend.Example.com}}}}"
         ));
         let status = w.status("shop/p");
-        assert_eq!(
-            status.current_status,
-            "valid",
-            "{sentence}: {:?}",
-            errors(&status)
-        );
+        assert_eq!(status.current_status, "valid", "{sentence}: {:?}", errors(&status));
         assert_eq!(status.description, "Valid HTTPProxy");
         let tls = w.cluster_of(8080, HOST, "/").key.tls.clone().unwrap();
-        let Verification::Required {
-            ca: CaSource::Secret(secret),
-            subject_names,
-        } = tls.verify
-        else {
+        let Verification::Required { ca: CaSource::Secret(secret), subject_names } = tls.verify else {
             panic!("{sentence}: verification required expected")
         };
         assert_eq!(secret.to_string(), want, "{sentence}");
-        assert_eq!(
-            subject_names.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
-            vec!["backend.example.com"]
-        );
-        assert_eq!(
-            tls.sni.unwrap().as_str(),
-            "backend.example.com",
-            "{sentence}: SNI is the first subject name"
-        );
-        let trust: Vec<String> = w
-            .resolved
-            .model
-            .trust
-            .iter()
-            .map(|t| t.secret.to_string())
-            .collect();
-        assert_eq!(
-            trust,
-            vec![want.to_owned()],
-            "{sentence}: the model lists the CA it needs"
-        );
+        assert_eq!(subject_names.iter().map(|n| n.as_str()).collect::<Vec<_>>(), vec!["backend.example.com"]);
+        assert_eq!(tls.sni.unwrap().as_str(), "backend.example.com", "{sentence}: SNI is the first subject name");
+        let trust: Vec<String> = w.resolved.model.trust.iter().map(|t| t.secret.to_string()).collect();
+        assert_eq!(trust, vec![want.to_owned()], "{sentence}: the model lists the CA it needs");
     }
 }
 
 #[test]
 fn h2_with_validation_is_tls_with_alpn_h2() {
-    let w = single(
-        "{name: plain-svc, port: 80, protocol: h2, validation: {caSecret: ca, subjectName: a.b}}",
-    );
+    let w = single("{name: plain-svc, port: 80, protocol: h2, validation: {caSecret: ca, subjectName: a.b}}");
     let key = &w.cluster_of(8080, HOST, "/").key;
     assert_eq!(key.protocol, UpstreamProtocol::H2);
-    assert_eq!(
-        key.tls.as_ref().unwrap().alpn,
-        vec![portico_model::Alpn::H2]
-    );
+    assert_eq!(key.tls.as_ref().unwrap().alpn, vec![portico_model::Alpn::H2]);
 }
 
 #[test]
 fn several_subject_names_are_all_allowed_and_haproxy_gets_a_warning() {
-    let names = (1..=8)
-        .map(|i| format!("n{i}.example.com"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let names = (1..=8).map(|i| format!("n{i}.example.com")).collect::<Vec<_>>().join(", ");
     let w = single(&format!(
         "{{name: tls-svc, port: 8443, validation: {{caSecret: ca, subjectName: n1.example.com, subjectNames: [{names}]}}}}"
     ));
@@ -478,18 +334,10 @@ fn several_subject_names_are_all_allowed_and_haproxy_gets_a_warning() {
     let warns = warnings(&status);
     assert_eq!(warns[0].0, "VerificationWeakened");
     assert!(
-        warns[0].1.contains(
-            "HAProxy can check only one name; it checks n1.example.com and not the other 7"
-        ),
+        warns[0].1.contains("HAProxy can check only one name; it checks n1.example.com and not the other 7"),
         "{warns:?}"
     );
-    let Verification::Required { subject_names, .. } = &w
-        .cluster_of(8080, HOST, "/")
-        .key
-        .tls
-        .as_ref()
-        .unwrap()
-        .verify
+    let Verification::Required { subject_names, .. } = &w.cluster_of(8080, HOST, "/").key.tls.as_ref().unwrap().verify
     else {
         panic!()
     };
@@ -504,82 +352,36 @@ fn sni_comes_from_host_rewrite_then_subject_then_external_name() {
          \x20   services: [{{name: tls-svc, port: 8443, validation: {{caSecret: ca, subjectName: subject.example.com}}}}]\n"
     );
     let w = world(&with_host, cas());
-    let RouteAction::Forward { host_rewrite, .. } = &w.route(8080, HOST, "/").action else {
-        panic!()
-    };
-    assert_eq!(
-        host_rewrite.as_ref().unwrap().as_str(),
-        "rewritten.example.com"
-    );
-    let sni = |w: &World| {
-        w.cluster_of(8080, HOST, "/")
-            .key
-            .tls
-            .as_ref()
-            .unwrap()
-            .sni
-            .as_ref()
-            .map(|s| s.to_string())
-    };
-    assert_eq!(
-        sni(&w).as_deref(),
-        Some("rewritten.example.com"),
-        "a literal Host rewrite wins"
-    );
+    let RouteAction::Forward { host_rewrite, .. } = &w.route(8080, HOST, "/").action else { panic!() };
+    assert_eq!(host_rewrite.as_ref().unwrap().as_str(), "rewritten.example.com");
+    let sni = |w: &World| w.cluster_of(8080, HOST, "/").key.tls.as_ref().unwrap().sni.as_ref().map(|s| s.to_string());
+    assert_eq!(sni(&w).as_deref(), Some("rewritten.example.com"), "a literal Host rewrite wins");
 
     let ext = single("{name: ext, port: 443}");
-    assert_eq!(
-        sni(&ext).as_deref(),
-        Some("api.example.net"),
-        "an ExternalName Service sends its name"
-    );
+    assert_eq!(sni(&ext).as_deref(), Some("api.example.net"), "an ExternalName Service sends its name");
     assert_eq!(
         ext.cluster_of(8080, HOST, "/").servers,
-        Servers::Dns {
-            host: "api.example.net".parse().unwrap(),
-            port: 443
-        },
+        Servers::Dns { host: "api.example.net".parse().unwrap(), port: 443 },
         "ExternalName: one server, the external name and the Service port"
     );
-    let ext_validated =
-        single("{name: ext, port: 443, validation: {caSecret: ca, subjectName: sub.example.com}}");
-    assert_eq!(
-        sni(&ext_validated).as_deref(),
-        Some("sub.example.com"),
-        "a subject name beats the external name"
-    );
+    let ext_validated = single("{name: ext, port: 443, validation: {caSecret: ca, subjectName: sub.example.com}}");
+    assert_eq!(sni(&ext_validated).as_deref(), Some("sub.example.com"), "a subject name beats the external name");
 }
 
 #[test]
 fn servers_are_the_ready_endpoints_matched_by_port_name_or_number() {
     let w = single("{name: tls-svc, port: 8443}");
-    let Servers::Endpoints(list) = &w.cluster_of(8080, HOST, "/").servers else {
-        panic!()
-    };
+    let Servers::Endpoints(list) = &w.cluster_of(8080, HOST, "/").servers else { panic!() };
     let got: Vec<String> = list.iter().map(|a| a.to_string()).collect();
-    assert_eq!(
-        got,
-        vec!["10.0.0.1:9443", "10.0.0.2:9443", "10.0.1.1:9443"],
-        "ready only, from every slice, sorted"
-    );
+    assert_eq!(got, vec!["10.0.0.1:9443", "10.0.0.2:9443", "10.0.1.1:9443"], "ready only, from every slice, sorted");
 
     let by_name = single("{name: tls-svc, port: 80}");
-    let Servers::Endpoints(list) = &by_name.cluster_of(8080, HOST, "/").servers else {
-        panic!()
-    };
-    assert_eq!(
-        list.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        vec!["10.0.0.1:8080", "10.0.0.2:8080"]
-    );
+    let Servers::Endpoints(list) = &by_name.cluster_of(8080, HOST, "/").servers else { panic!() };
+    assert_eq!(list.iter().map(|a| a.to_string()).collect::<Vec<_>>(), vec!["10.0.0.1:8080", "10.0.0.2:8080"]);
 
     let unnamed = single("{name: plain-svc, port: 80}");
-    let Servers::Endpoints(list) = &unnamed.cluster_of(8080, HOST, "/").servers else {
-        panic!()
-    };
-    assert_eq!(
-        list.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        vec!["10.0.2.1:8080"]
-    );
+    let Servers::Endpoints(list) = &unnamed.cluster_of(8080, HOST, "/").servers else { panic!() };
+    assert_eq!(list.iter().map(|a| a.to_string()).collect::<Vec<_>>(), vec!["10.0.2.1:8080"]);
 }
 
 #[test]
@@ -600,34 +402,22 @@ fn one_broken_route_does_not_take_down_the_others() {
     );
     let w = world(&yaml, cas());
     assert_eq!(w.status("shop/p").current_status, "invalid");
-    assert!(w
-        .status("shop/p")
-        .description
-        .starts_with("route \"/broken\": service \"tls-svc\""));
+    assert!(w.status("shop/p").description.starts_with("route \"/broken\": service \"tls-svc\""));
     assert!(w.rejects(8080, HOST, "/broken"));
-    assert_eq!(
-        w.cluster_of(8080, HOST, "/ok").key.protocol,
-        UpstreamProtocol::Tls,
-        "the valid route still forwards"
-    );
+    assert_eq!(w.cluster_of(8080, HOST, "/ok").key.protocol, UpstreamProtocol::Tls, "the valid route still forwards");
 }
 
 #[test]
 fn a_route_with_several_services_fails_closed_when_any_fails() {
     let w = single("{name: tls-svc, port: 8443}\n    - {name: ghost, port: 1}");
-    assert!(
-        w.rejects(8080, HOST, "/"),
-        "never send a share of traffic to a broken backend"
-    );
+    assert!(w.rejects(8080, HOST, "/"), "never send a share of traffic to a broken backend");
 }
 
 #[test]
 fn weights_follow_contour() {
     let shares = |services: &str| -> Vec<u32> {
         let w = single(services);
-        let RouteAction::Forward { backends, .. } = &w.route(8080, HOST, "/").action else {
-            panic!()
-        };
+        let RouteAction::Forward { backends, .. } = &w.route(8080, HOST, "/").action else { panic!() };
         backends.iter().map(|b| b.weight).collect()
     };
     assert_eq!(
@@ -641,17 +431,14 @@ fn weights_follow_contour() {
         "unset is 0"
     );
     assert_eq!(
-        shares(
-            "{name: tls-svc, port: 8443, weight: 0}\n    - {name: plain-svc, port: 80, weight: 0}"
-        ),
+        shares("{name: tls-svc, port: 8443, weight: 0}\n    - {name: plain-svc, port: 80, weight: 0}"),
         vec![1, 1]
     );
 }
 
 #[test]
 fn a_secret_that_appears_later_makes_the_route_valid_on_the_next_resolve() {
-    let yaml =
-        proxy("{name: tls-svc, port: 8443, validation: {caSecret: late-ca, subjectName: a.b}}");
+    let yaml = proxy("{name: tls-svc, port: 8443, validation: {caSecret: late-ca, subjectName: a.b}}");
     let mut snap = snapshot(&yaml);
     let config = Config::default();
     let before = portico_resolver::resolve(&snap, &config);
@@ -659,36 +446,21 @@ fn a_secret_that_appears_later_makes_the_route_valid_on_the_next_resolve() {
     snap.set_verdict(valid_ca("shop/late-ca"));
     let after = portico_resolver::resolve(&snap, &config);
     assert!(after.statuses[0].is_valid(), "{:?}", after.statuses[0]);
-    assert!(matches!(
-        after.model.routes().next().unwrap().2.action,
-        RouteAction::Forward { .. }
-    ));
+    assert!(matches!(after.model.routes().next().unwrap().2.action, RouteAction::Forward { .. }));
     assert_ne!(before.model.content_hash(), after.model.content_hash());
     snap.remove_verdict(&secret_ref("shop/late-ca"));
-    assert_eq!(
-        portico_resolver::resolve(&snap, &config),
-        before,
-        "removing it again restores the 503"
-    );
+    assert_eq!(portico_resolver::resolve(&snap, &config), before, "removing it again restores the 503");
 }
 
 #[test]
 fn a_delegation_that_appears_later_also_heals_the_route() {
-    let yaml = proxy(
-        "{name: tls-svc, port: 8443, validation: {caSecret: infra/private-ca, subjectName: a.b}}",
-    );
-    assert_eq!(
-        world(&yaml, cas()).status("shop/p").current_status,
-        "invalid"
-    );
+    let yaml = proxy("{name: tls-svc, port: 8443, validation: {caSecret: infra/private-ca, subjectName: a.b}}");
+    assert_eq!(world(&yaml, cas()).status("shop/p").current_status, "invalid");
     let delegated = format!(
         "{yaml}---\napiVersion: projectcontour.io/v1\nkind: TLSCertificateDelegation\nmetadata: {{name: late, namespace: infra}}\n\
          spec: {{delegations: [{{secretName: private-ca, targetNamespaces: [shop]}}]}}\n"
     );
-    assert_eq!(
-        world(&delegated, cas()).status("shop/p").current_status,
-        "valid"
-    );
+    assert_eq!(world(&delegated, cas()).status("shop/p").current_status, "valid");
 }
 
 #[test]
@@ -701,55 +473,32 @@ fn clusters_differ_whenever_anything_that_shapes_them_differs() {
              \x20 - conditions: [{{prefix: /b}}]\n    services: [{b}]\n"
         );
         let w = world(&yaml, cas());
-        assert_eq!(
-            w.status("shop/p").current_status,
-            "valid",
-            "{:?}",
-            errors(&w.status("shop/p"))
-        );
-        (
-            w.cluster_of(8080, HOST, "/a").name.clone(),
-            w.cluster_of(8080, HOST, "/b").name.clone(),
-        )
+        assert_eq!(w.status("shop/p").current_status, "valid", "{:?}", errors(&w.status("shop/p")));
+        (w.cluster_of(8080, HOST, "/a").name.clone(), w.cluster_of(8080, HOST, "/b").name.clone())
     };
     let (a, b) = two(
         "{name: tls-svc, port: 8443, validation: {caSecret: shop/ca, subjectName: a.b}}",
         "{name: tls-svc, port: 8443, validation: {caSecret: infra/shared-ca, subjectName: a.b}}",
     );
-    assert_ne!(
-        a, b,
-        "policies that differ only in the CA's namespace and name get different clusters"
-    );
+    assert_ne!(a, b, "policies that differ only in the CA's namespace and name get different clusters");
     let (a, b) = two(
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b, subjectNames: [a.b, c.d]}}",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b, subjectNames: [a.b, e.f]}}",
     );
-    assert_ne!(
-        a, b,
-        "policies that differ only in a later subject name get different clusters"
-    );
+    assert_ne!(a, b, "policies that differ only in a later subject name get different clusters");
     let (a, b) = two(
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b}}",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b}}",
     );
     assert_eq!(a, b, "equal policies share a cluster");
-    assert!(
-        a.starts_with("shop_tls-svc_8443_") && a.len() == "shop_tls-svc_8443_".len() + 16,
-        "{a}"
-    );
+    assert!(a.starts_with("shop_tls-svc_8443_") && a.len() == "shop_tls-svc_8443_".len() + 16, "{a}");
 }
 
 #[test]
 fn an_expiring_ca_is_valid_with_a_warning() {
     let mut verdicts = cas();
-    verdicts.push(ca_with_warning(
-        "shop/soon",
-        "certificate 1 (CN=x) expires at 2030-01-01T00:00:00Z, within 14 days",
-    ));
-    let w = world(
-        &proxy("{name: tls-svc, port: 8443, validation: {caSecret: soon, subjectName: a.b}}"),
-        verdicts,
-    );
+    verdicts.push(ca_with_warning("shop/soon", "certificate 1 (CN=x) expires at 2030-01-01T00:00:00Z, within 14 days"));
+    let w = world(&proxy("{name: tls-svc, port: 8443, validation: {caSecret: soon, subjectName: a.b}}"), verdicts);
     let status = w.status("shop/p");
     assert_eq!(status.current_status, "valid");
     assert_eq!(
@@ -769,33 +518,22 @@ fn the_client_certificate_goes_to_every_tls_upstream_and_breaks_only_them_when_i
          \x20 - conditions: [{{prefix: /tls}}]\n    services: [{{name: tls-svc, port: 8443}}]\n\
          \x20 - conditions: [{{prefix: /plain}}]\n    services: [{{name: plain-svc, port: 80}}]\n"
     );
-    let config = Config {
-        client_cert: Some(secret_ref("portico/client")),
-        ..Config::default()
-    };
+    let config = Config { client_cert: Some(secret_ref("portico/client")), ..Config::default() };
     let mut verdicts = cas();
     verdicts.push(valid_client_cert("portico/client"));
     let ok = world_with(&yaml, verdicts, &config);
     assert_eq!(ok.status("shop/p").current_status, "valid");
     let tls = ok.cluster_of(8080, HOST, "/tls").key.tls.clone().unwrap();
     assert_eq!(tls.client_cert.unwrap().to_string(), "portico/client");
-    assert_eq!(
-        ok.resolved.model.client_cert.as_ref().unwrap().sha256,
-        "client-sha"
-    );
+    assert_eq!(ok.resolved.model.client_cert.as_ref().unwrap().sha256, "client-sha");
 
     let missing = world_with(&yaml, cas(), &config);
     let status = missing.status("shop/p");
     assert_eq!(status.current_status, "invalid");
     assert_eq!(errors(&status)[0].0, "SecretNotValid");
-    assert!(status
-        .description
-        .contains("client certificate secret \"portico/client\" not found or misconfigured"));
+    assert!(status.description.contains("client certificate secret \"portico/client\" not found or misconfigured"));
     assert!(missing.rejects(8080, HOST, "/tls"));
-    assert!(
-        !missing.rejects(8080, HOST, "/plain"),
-        "plain HTTP routes are unaffected"
-    );
+    assert!(!missing.rejects(8080, HOST, "/plain"), "plain HTTP routes are unaffected");
     assert_eq!(missing.resolved.model.client_cert, None);
 }
 
@@ -807,36 +545,25 @@ fn object_level_and_route_level_input_errors() {
             cas(),
         )
     };
-    let bad_fqdn = custom("  virtualhost: {fqdn: \"bad host\"}\n  routes: [{services: [{name: tls-svc, port: 8443}]}]\n");
+    let bad_fqdn =
+        custom("  virtualhost: {fqdn: \"bad host\"}\n  routes: [{services: [{name: tls-svc, port: 8443}]}]\n");
     assert_eq!(bad_fqdn.status("shop/p").description, "spec.virtualhost.fqdn \"bad host\": DNS name \"bad host\" is not valid: only lowercase letters, digits, '-' and '.' are allowed");
-    assert!(
-        bad_fqdn.resolved.model.listeners.is_empty(),
-        "nothing to route on"
-    );
+    assert!(bad_fqdn.resolved.model.listeners.is_empty(), "nothing to route on");
 
-    let two_prefixes = custom("  routes: [{conditions: [{prefix: /a}, {prefix: /b}], services: [{name: tls-svc, port: 8443}]}]\n");
+    let two_prefixes =
+        custom("  routes: [{conditions: [{prefix: /a}, {prefix: /b}], services: [{name: tls-svc, port: 8443}]}]\n");
     assert_eq!(
         two_prefixes.status("shop/p").description,
         "route \"/a\": more than one prefix condition; use one prefix per route"
     );
 
-    let bad_prefix = custom(
-        "  routes: [{conditions: [{prefix: \"/a b\"}], services: [{name: tls-svc, port: 8443}]}]\n",
-    );
-    assert!(bad_prefix
-        .status("shop/p")
-        .description
-        .starts_with("route \"/a b\": path prefix \"/a b\" is not valid"));
+    let bad_prefix =
+        custom("  routes: [{conditions: [{prefix: \"/a b\"}], services: [{name: tls-svc, port: 8443}]}]\n");
+    assert!(bad_prefix.status("shop/p").description.starts_with("route \"/a b\": path prefix \"/a b\" is not valid"));
 
     let no_services = custom("  routes: [{conditions: [{prefix: /x}]}]\n");
-    assert_eq!(
-        no_services.status("shop/p").description,
-        "route \"/x\": the route has no services"
-    );
-    assert!(
-        no_services.rejects(8080, "*", "/x"),
-        "a proxy without virtualhost answers for any host"
-    );
+    assert_eq!(no_services.status("shop/p").description, "route \"/x\": the route has no services");
+    assert!(no_services.rejects(8080, "*", "/x"), "a proxy without virtualhost answers for any host");
 
     let header = custom("  routes: [{conditions: [{prefix: /h}, {header: {name: x, present: true}}], services: [{name: tls-svc, port: 8443}]}]\n");
     assert_eq!(header.status("shop/p").current_status, "valid");
@@ -858,10 +585,7 @@ fn two_objects_claiming_the_same_route_the_later_gets_an_error() {
         "route \"/\": host www.example.com on port 8080 is already routed by HTTPProxy shop/a"
     );
     assert_eq!(w.route(8080, HOST, "/").source.name.as_str(), "a");
-    assert_eq!(
-        w.object_status(Kind::HttpProxy, "shop/b").problems[0].reason,
-        portico_model::Reason::DuplicateRoute
-    );
+    assert_eq!(w.object_status(Kind::HttpProxy, "shop/b").problems[0].reason, portico_model::Reason::DuplicateRoute);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 mod support;
 
 use portico_model::{
-    EndpointSlice, HttpProxy, HttpProxyRoute, HttpProxyService, Meta, Service, ServicePort,
-    ServiceType, UpstreamValidation, VoyagerBackend, VoyagerIngress, VoyagerPath, VoyagerRule,
+    EndpointSlice, HttpProxy, HttpProxyRoute, HttpProxyService, Meta, Service, ServicePort, ServiceType,
+    UpstreamValidation, VoyagerBackend, VoyagerIngress, VoyagerPath, VoyagerRule,
 };
 use portico_resolver::{backend_tls, resolve, Config, Snapshot};
 use proptest::prelude::*;
@@ -44,20 +44,12 @@ fn hostile() -> impl Strategy<Value = String> {
         Just("backend.example.com\"}".to_owned()),
         Just("8443,\n8080".to_owned()),
         Just("/a\" }, \"cluster\": \"evil".to_owned()),
-        (0usize..3).prop_map(|n| [
-            "ssl",
-            "ssl verify none",
-            "ssl verify required verifyhost a.b"
-        ][n]
-            .to_owned()),
+        (0usize..3).prop_map(|n| ["ssl", "ssl verify none", "ssl verify required verifyhost a.b"][n].to_owned()),
     ]
 }
 
 fn meta(ns: &str, name: &str) -> Meta {
-    Meta {
-        namespace: ns.parse().unwrap(),
-        name: name.parse().unwrap(),
-    }
+    Meta { namespace: ns.parse().unwrap(), name: name.parse().unwrap() }
 }
 
 #[derive(Debug, Clone)]
@@ -85,41 +77,30 @@ fn inputs() -> impl Strategy<Value = Inputs> {
         (hostile(), hostile(), hostile(), hostile(), hostile()),
         (hostile(), hostile(), hostile(), hostile(), hostile()),
     )
-        .prop_map(
-            |((a, b, c, d, e), (f, g, h, i, j), (k, l, m, n, o))| Inputs {
-                backend_tls: a,
-                ca_annotation: b,
-                contour_tls_annotation: c,
-                external_name: d,
-                fqdn: e,
-                prefix: f,
-                protocol: g,
-                ca_secret: h,
-                subject_name: i,
-                host_header: j,
-                voyager_host: k,
-                voyager_path: l,
-                service_name: m,
-                service_port: n,
-                endpoint_address: o,
-            },
-        )
+        .prop_map(|((a, b, c, d, e), (f, g, h, i, j), (k, l, m, n, o))| Inputs {
+            backend_tls: a,
+            ca_annotation: b,
+            contour_tls_annotation: c,
+            external_name: d,
+            fqdn: e,
+            prefix: f,
+            protocol: g,
+            ca_secret: h,
+            subject_name: i,
+            host_header: j,
+            voyager_host: k,
+            voyager_path: l,
+            service_name: m,
+            service_port: n,
+            endpoint_address: o,
+        })
 }
 
 fn snapshot(i: &Inputs, external: bool) -> Snapshot {
     let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "ingress.appscode.com/backend-tls".to_owned(),
-        i.backend_tls.clone(),
-    );
-    annotations.insert(
-        "portico.dev/upstream-ca-secret".to_owned(),
-        i.ca_annotation.clone(),
-    );
-    annotations.insert(
-        "projectcontour.io/upstream-protocol.tls".to_owned(),
-        i.contour_tls_annotation.clone(),
-    );
+    annotations.insert("ingress.appscode.com/backend-tls".to_owned(), i.backend_tls.clone());
+    annotations.insert("portico.dev/upstream-ca-secret".to_owned(), i.ca_annotation.clone());
+    annotations.insert("projectcontour.io/upstream-protocol.tls".to_owned(), i.contour_tls_annotation.clone());
     let service = Service {
         meta: meta("default", "web"),
         annotations,
@@ -139,10 +120,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
     let slice = EndpointSlice {
         meta: meta("default", "web-1"),
         service_name: Some("web".into()),
-        ports: vec![portico_model::EndpointPort {
-            name: "https".into(),
-            port: Some(8443),
-        }],
+        ports: vec![portico_model::EndpointPort { name: "https".into(), port: Some(8443) }],
         endpoints: vec![portico_model::Endpoint {
             addresses: vec![i.endpoint_address.clone(), "10.0.0.1".into()],
             ready: true,
@@ -174,27 +152,18 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
                     }),
                 },
             ],
-            set_headers: vec![
-                ("Host".into(), i.host_header.clone()),
-                (i.host_header.clone(), "x".into()),
-            ],
+            set_headers: vec![("Host".into(), i.host_header.clone()), (i.host_header.clone(), "x".into())],
         }],
     };
     let ingress = VoyagerIngress {
         meta: meta("default", "ing"),
-        backend: Some(VoyagerBackend {
-            service_name: "web".into(),
-            service_port: "443".into(),
-        }),
+        backend: Some(VoyagerBackend { service_name: "web".into(), service_port: "443".into() }),
         rules: vec![VoyagerRule {
             host: i.voyager_host.clone(),
             port: Some(9000),
             paths: vec![VoyagerPath {
                 path: Some(i.voyager_path.clone()),
-                backend: VoyagerBackend {
-                    service_name: i.service_name.clone(),
-                    service_port: i.service_port.clone(),
-                },
+                backend: VoyagerBackend { service_name: i.service_name.clone(), service_port: i.service_port.clone() },
             }],
         }],
     };
@@ -286,16 +255,9 @@ fn the_property_is_not_vacuous_valid_user_values_do_reach_the_model() {
             "example.org",
             "/v",
         ];
-        want.push(if external {
-            "ext.example.com"
-        } else {
-            "10.0.0.2:8443"
-        });
+        want.push(if external { "ext.example.com" } else { "10.0.0.2:8443" });
         for w in want {
-            assert!(
-                all.iter().any(|s| s == w),
-                "external={external}: {w:?} missing from the model"
-            );
+            assert!(all.iter().any(|s| s == w), "external={external}: {w:?} missing from the model");
         }
     }
 }

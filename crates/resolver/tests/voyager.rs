@@ -59,15 +59,8 @@ fn without_the_annotation_the_backend_is_plain_http() {
     let w = with("");
     assert_eq!(w.voyager_status("default/ing").current_status, "valid");
     assert_eq!(w.voyager_status("default/ing").description, "Valid Ingress");
-    assert_eq!(
-        w.cluster_of(8080, APP, "/").key.protocol,
-        UpstreamProtocol::Http
-    );
-    assert_eq!(
-        w.cluster_of(8080, "*", "/").key.protocol,
-        UpstreamProtocol::Http,
-        "spec.backend is the default route"
-    );
+    assert_eq!(w.cluster_of(8080, APP, "/").key.protocol, UpstreamProtocol::Http);
+    assert_eq!(w.cluster_of(8080, "*", "/").key.protocol, UpstreamProtocol::Http, "spec.backend is the default route");
 }
 
 #[test]
@@ -78,10 +71,7 @@ fn the_seeds_ssl_verify_none_connects_with_tls_unverified() {
     assert_eq!(key.protocol, UpstreamProtocol::Tls);
     let tls = key.tls.as_ref().unwrap();
     assert_eq!(tls.verify, Verification::None);
-    assert_eq!(
-        (tls.min_version, tls.max_version),
-        (TlsVersion::Tls12, TlsVersion::Tls13)
-    );
+    assert_eq!((tls.min_version, tls.max_version), (TlsVersion::Tls12, TlsVersion::Tls13));
 }
 
 #[test]
@@ -96,13 +86,7 @@ fn verify_required_with_a_ca_secret_checks_the_name_and_sends_it_as_sni() {
         errors(&w.voyager_status("default/ing"))
     );
     let tls = w.cluster_of(8080, APP, "/").key.tls.clone().unwrap();
-    let Verification::Required {
-        ca: CaSource::Secret(secret),
-        subject_names,
-    } = &tls.verify
-    else {
-        panic!()
-    };
+    let Verification::Required { ca: CaSource::Secret(secret), subject_names } = &tls.verify else { panic!() };
     assert_eq!(secret.to_string(), "default/web-ca");
     assert_eq!(subject_names[0].as_str(), "backend.example.com");
     assert_eq!(tls.sni.unwrap().as_str(), "backend.example.com");
@@ -111,30 +95,15 @@ fn verify_required_with_a_ca_secret_checks_the_name_and_sends_it_as_sni() {
 
 #[test]
 fn sni_alone_is_also_the_verified_name_and_ca_file_is_a_file() {
-    let w = with(
-        r#"ingress.appscode.com/backend-tls: "ssl sni str(sni.example.com) ca-file /etc/ssl/ca.pem alpn h2""#,
-    );
+    let w = with(r#"ingress.appscode.com/backend-tls: "ssl sni str(sni.example.com) ca-file /etc/ssl/ca.pem alpn h2""#);
     let key = &w.cluster_of(8080, APP, "/").key;
-    assert_eq!(
-        key.protocol,
-        UpstreamProtocol::H2,
-        "alpn h2 alone means HTTP/2"
-    );
+    assert_eq!(key.protocol, UpstreamProtocol::H2, "alpn h2 alone means HTTP/2");
     let tls = key.tls.as_ref().unwrap();
     assert_eq!(tls.alpn, vec![Alpn::H2]);
-    let Verification::Required {
-        ca: CaSource::File(file),
-        subject_names,
-    } = &tls.verify
-    else {
-        panic!()
-    };
+    let Verification::Required { ca: CaSource::File(file), subject_names } = &tls.verify else { panic!() };
     assert_eq!(file.as_str(), "/etc/ssl/ca.pem");
     assert_eq!(subject_names[0].as_str(), "sni.example.com");
-    assert!(
-        w.resolved.model.trust.is_empty(),
-        "a file CA needs no secret material"
-    );
+    assert!(w.resolved.model.trust.is_empty(), "a file CA needs no secret material");
 }
 
 /// (sentence, annotations, expected description after `route "/": service "web": `, reason)
@@ -208,25 +177,17 @@ fn backend_tls_errors_reject_the_route_with_the_exact_message() {
         let status = w.voyager_status("default/ing");
         assert_eq!(status.current_status, "invalid", "{sentence}");
         let want = format!("route \"/\": service \"web\": {what}");
-        assert!(
-            status.description.starts_with(&want),
-            "{sentence}: got {:?}, want {want:?}",
-            status.description
-        );
+        assert!(status.description.starts_with(&want), "{sentence}: got {:?}, want {want:?}", status.description);
         assert_eq!(errors(&status)[0].0, *reason, "{sentence}");
-        assert!(
-            w.rejects(8080, APP, "/") && w.rejects(8080, "*", "/"),
-            "{sentence}: every route to it answers 503"
-        );
+        assert!(w.rejects(8080, APP, "/") && w.rejects(8080, "*", "/"), "{sentence}: every route to it answers 503");
         assert!(w.resolved.model.clusters.is_empty(), "{sentence}");
     }
 }
 
 #[test]
 fn the_seeds_verify_message_is_haproxys_text() {
-    assert!(VERIFY_WITHOUT_CA.starts_with(
-        "verify is enabled by default but no CA file specified. If you're running on a LAN"
-    ));
+    assert!(VERIFY_WITHOUT_CA
+        .starts_with("verify is enabled by default but no CA file specified. If you're running on a LAN"));
     assert!(VERIFY_WITHOUT_CA.ends_with("to disable server-side verifications by default."));
 }
 
@@ -242,9 +203,7 @@ fn errors_are_reported_on_every_ingress_that_uses_the_service() {
     let other = w.voyager_status("default/other");
     assert_eq!(other.current_status, "invalid");
     assert!(
-        other
-            .description
-            .starts_with("route \"/x\": service \"web\": verify is enabled by default"),
+        other.description.starts_with("route \"/x\": service \"web\": verify is enabled by default"),
         "{}",
         other.description
     );
@@ -252,27 +211,15 @@ fn errors_are_reported_on_every_ingress_that_uses_the_service() {
 
 #[test]
 fn verify_required_without_a_name_warns_and_verify_none_with_a_ca_warns() {
-    let w =
-        with(r#"ingress.appscode.com/backend-tls: "ssl", portico.dev/upstream-ca-secret: web-ca"#);
+    let w = with(r#"ingress.appscode.com/backend-tls: "ssl", portico.dev/upstream-ca-secret: web-ca"#);
     let status = w.voyager_status("default/ing");
     assert_eq!(status.current_status, "valid");
-    assert!(warnings(&status)
-        .iter()
-        .any(|(r, m)| r == "VerificationWeakened" && m.contains("its name is not")));
-    let w = with(
-        r#"ingress.appscode.com/backend-tls: "ssl verify none", portico.dev/upstream-ca-secret: web-ca"#,
-    );
-    assert!(warnings(&w.voyager_status("default/ing"))
-        .iter()
-        .any(|(_, m)| m.contains("the CA is not used")));
-    assert!(
-        w.resolved.model.trust.is_empty(),
-        "an unused CA is not shipped to the proxies"
-    );
+    assert!(warnings(&status).iter().any(|(r, m)| r == "VerificationWeakened" && m.contains("its name is not")));
+    let w = with(r#"ingress.appscode.com/backend-tls: "ssl verify none", portico.dev/upstream-ca-secret: web-ca"#);
+    assert!(warnings(&w.voyager_status("default/ing")).iter().any(|(_, m)| m.contains("the CA is not used")));
+    assert!(w.resolved.model.trust.is_empty(), "an unused CA is not shipped to the proxies");
     let w = with(r#"portico.dev/upstream-ca-secret: web-ca"#);
-    assert!(warnings(&w.voyager_status("default/ing"))
-        .iter()
-        .any(|(r, _)| r == "IgnoredField"));
+    assert!(warnings(&w.voyager_status("default/ing")).iter().any(|(r, _)| r == "IgnoredField"));
 }
 
 #[test]
@@ -285,11 +232,7 @@ fn backends_resolve_by_port_name_listener_port_and_only_in_the_ingress_namespace
         )
     };
     let w = world(&yaml("{serviceName: web, servicePort: alt}"), cas());
-    assert_eq!(
-        w.cluster_of(9000, "x.example.com", "/p").key.port,
-        8443,
-        "a port name matches the Service port's name"
-    );
+    assert_eq!(w.cluster_of(9000, "x.example.com", "/p").key.port, 8443, "a port name matches the Service port's name");
     let w = world(&yaml("{serviceName: web.default, servicePort: 443}"), cas());
     assert_eq!(
         w.voyager_status("default/x").current_status,
@@ -300,25 +243,17 @@ fn backends_resolve_by_port_name_listener_port_and_only_in_the_ingress_namespace
     let status = w.voyager_status("default/x");
     assert_eq!(errors(&status)[0].0, "ServiceUnresolvedReference");
     assert!(
-        status
-            .description
-            .contains("backends in other namespaces are refused (namespace \"other\")"),
+        status.description.contains("backends in other namespaces are refused (namespace \"other\")"),
         "{}",
         status.description
     );
     assert!(w.rejects(9000, "x.example.com", "/p"));
     let w = world(&yaml("{serviceName: web, servicePort: nope}"), cas());
-    assert!(w
-        .voyager_status("default/x")
-        .description
-        .ends_with("port \"nope\" not found on the Service"));
+    assert!(w.voyager_status("default/x").description.ends_with("port \"nope\" not found on the Service"));
 }
 
 #[test]
 fn a_rejected_route_never_carries_a_backend() {
     let w = with(r#"ingress.appscode.com/backend-tls: "ssl verfyhost a.b""#);
-    assert!(matches!(
-        w.route(8080, APP, "/").action,
-        RouteAction::Reject
-    ));
+    assert!(matches!(w.route(8080, APP, "/").action, RouteAction::Reject));
 }

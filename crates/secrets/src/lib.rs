@@ -7,12 +7,8 @@
 
 pub mod pem;
 
-use portico_model::{
-    CaBundleInfo, CertificateInfo, ClientCertInfo, Secret, SecretRef, SecretVerdict,
-};
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
-};
+use portico_model::{CaBundleInfo, CertificateInfo, ClientCertInfo, Secret, SecretRef, SecretVerdict};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -57,10 +53,7 @@ pub enum ClientCertError {
     #[error("\"tls.crt\": unexpected block type '{0}'")]
     UnexpectedCertBlock(String),
     #[error("\"{key}\": {error}")]
-    Pem {
-        key: &'static str,
-        error: pem::PemError,
-    },
+    Pem { key: &'static str, error: pem::PemError },
     #[error("certificate {0}: invalid DER")]
     InvalidDer(usize),
     #[error("the leaf certificate has neither a CN nor a DNS or IP SAN")]
@@ -95,29 +88,20 @@ impl fmt::Debug for Material {
         f.debug_struct("Material")
             .field("secret", &self.secret)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
-            .field(
-                "client_cert",
-                &self.client_cert.as_ref().map(|_| "<redacted>"),
-            )
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
 /// Validate a Secret for both of its possible uses.
 pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, Material) {
-    let secret_ref = SecretRef {
-        namespace: secret.meta.namespace.clone(),
-        name: secret.meta.name.clone(),
-    };
+    let secret_ref = SecretRef { namespace: secret.meta.namespace.clone(), name: secret.meta.name.clone() };
     let ca = validate_ca_secret(secret, now);
     let client = validate_client_secret(secret, now);
     let material = Material {
         secret: secret_ref.clone(),
         ca_pem: ca.as_ref().ok().map(|(_, pem)| pem.clone()),
-        client_cert: client
-            .as_ref()
-            .ok()
-            .map(|(_, chain, key)| (chain.clone(), key.clone())),
+        client_cert: client.as_ref().ok().map(|(_, chain, key)| (chain.clone(), key.clone())),
     };
     let verdict = SecretVerdict {
         secret: secret_ref,
@@ -131,11 +115,7 @@ fn validate_ca_secret(secret: &Secret, now: i64) -> Result<(CaBundleInfo, String
     if !matches!(secret.secret_type.as_str(), "" | TYPE_OPAQUE | TYPE_TLS) {
         return Err(CaBundleError::WrongSecretType(secret.secret_type.clone()));
     }
-    let bytes = secret
-        .data
-        .get(CA_KEY)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let bytes = secret.data.get(CA_KEY).map(Vec::as_slice).unwrap_or_default();
     validate_ca_bundle(bytes, now)
 }
 
@@ -180,18 +160,11 @@ pub fn validate_ca_bundle(bytes: &[u8], now: i64) -> Result<(CaBundleInfo, Strin
         all_der.update(&block.der);
         normalized.push_str(&pem::encode("CERTIFICATE", &block.der));
     }
-    let info = CaBundleInfo {
-        sha256: portico_model::hex(&all_der.finalize()),
-        certificates,
-        warnings,
-    };
+    let info = CaBundleInfo { sha256: portico_model::hex(&all_der.finalize()), certificates, warnings };
     Ok((info, normalized))
 }
 
-fn validate_client_secret(
-    secret: &Secret,
-    now: i64,
-) -> Result<(ClientCertInfo, String, String), ClientCertError> {
+fn validate_client_secret(secret: &Secret, now: i64) -> Result<(ClientCertInfo, String, String), ClientCertError> {
     if secret.secret_type != TYPE_TLS {
         return Err(ClientCertError::WrongSecretType(secret.secret_type.clone()));
     }
@@ -211,10 +184,7 @@ pub fn validate_client_cert(
     key: &[u8],
     now: i64,
 ) -> Result<(ClientCertInfo, String, String), ClientCertError> {
-    let cert_blocks = pem::blocks(chain).map_err(|error| ClientCertError::Pem {
-        key: CERT_KEY,
-        error,
-    })?;
+    let cert_blocks = pem::blocks(chain).map_err(|error| ClientCertError::Pem { key: CERT_KEY, error })?;
     if cert_blocks.is_empty() {
         return Err(ClientCertError::NoCertificate);
     }
@@ -225,22 +195,16 @@ pub fn validate_client_cert(
         certificate_info(&block.der).ok_or(ClientCertError::InvalidDer(i + 1))?;
     }
     let leaf_der = &cert_blocks[0].der;
-    let (_, leaf_cert) =
-        X509Certificate::from_der(leaf_der).map_err(|_| ClientCertError::InvalidDer(1))?;
+    let (_, leaf_cert) = X509Certificate::from_der(leaf_der).map_err(|_| ClientCertError::InvalidDer(1))?;
     let has_cn = leaf_cert.subject().iter_common_name().next().is_some();
-    let has_san = leaf_cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .is_some_and(|san| {
-            san.value.general_names.iter().any(|n| {
-                matches!(
-                    n,
-                    x509_parser::extensions::GeneralName::DNSName(_)
-                        | x509_parser::extensions::GeneralName::IPAddress(_)
-                )
-            })
-        });
+    let has_san = leaf_cert.subject_alternative_name().ok().flatten().is_some_and(|san| {
+        san.value.general_names.iter().any(|n| {
+            matches!(
+                n,
+                x509_parser::extensions::GeneralName::DNSName(_) | x509_parser::extensions::GeneralName::IPAddress(_)
+            )
+        })
+    });
     if !has_cn && !has_san {
         return Err(ClientCertError::NoName);
     }
@@ -249,14 +213,8 @@ pub fn validate_client_cert(
         return Err(ClientCertError::LeafNotCurrentlyValid(problem));
     }
 
-    let key_blocks = pem::blocks(key).map_err(|error| ClientCertError::Pem {
-        key: PRIVATE_KEY_KEY,
-        error,
-    })?;
-    let keys: Vec<&pem::Block> = key_blocks
-        .iter()
-        .filter(|b| b.label.ends_with("PRIVATE KEY"))
-        .collect();
+    let key_blocks = pem::blocks(key).map_err(|error| ClientCertError::Pem { key: PRIVATE_KEY_KEY, error })?;
+    let keys: Vec<&pem::Block> = key_blocks.iter().filter(|b| b.label.ends_with("PRIVATE KEY")).collect();
     let key_block = match keys.as_slice() {
         [] => return Err(ClientCertError::NoKey),
         [one] => *one,
@@ -268,16 +226,12 @@ pub fn validate_client_cert(
         "EC PRIVATE KEY" => PrivateSec1KeyDer::from(key_block.der.clone()).into(),
         other => return Err(ClientCertError::UnsupportedKey(other.to_owned())),
     };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
-        .map_err(|_| ClientCertError::BadKey)?;
-    let chain_der: Vec<CertificateDer<'static>> = cert_blocks
-        .iter()
-        .map(|b| CertificateDer::from(b.der.clone()))
-        .collect();
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&private_key).map_err(|_| ClientCertError::BadKey)?;
+    let chain_der: Vec<CertificateDer<'static>> =
+        cert_blocks.iter().map(|b| CertificateDer::from(b.der.clone())).collect();
     // Unknown consistency (a key type that cannot report its public key) fails closed.
-    rustls::sign::CertifiedKey::new(chain_der, signing_key)
-        .keys_match()
-        .map_err(|_| ClientCertError::KeyMismatch)?;
+    rustls::sign::CertifiedKey::new(chain_der, signing_key).keys_match().map_err(|_| ClientCertError::KeyMismatch)?;
 
     let mut warnings = Vec::new();
     if leaf.not_after - now <= EXPIRY_WARNING_SECONDS {
@@ -294,15 +248,7 @@ pub fn validate_client_cert(
         chain_pem.push_str(&pem::encode("CERTIFICATE", &block.der));
     }
     let key_pem = pem::encode(&key_block.label, &key_block.der);
-    Ok((
-        ClientCertInfo {
-            sha256: portico_model::hex(&all_der.finalize()),
-            leaf,
-            warnings,
-        },
-        chain_pem,
-        key_pem,
-    ))
+    Ok((ClientCertInfo { sha256: portico_model::hex(&all_der.finalize()), leaf, warnings }, chain_pem, key_pem))
 }
 
 /// Parse one DER certificate into its summary; `None` if it is not valid X.509 DER (or has
@@ -335,9 +281,6 @@ fn validity_problem(cert: &CertificateInfo, now: i64) -> Option<String> {
 pub fn rfc3339(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("{seconds}s since the epoch"))
 }

@@ -23,10 +23,7 @@ const BEGIN: &[u8] = b"-----BEGIN ";
 const DASHES: &[u8] = b"-----";
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
 }
 
 /// Every PEM block in `input`, in order.
@@ -38,20 +35,14 @@ pub fn blocks(input: &[u8]) -> Result<Vec<Block>, PemError> {
         let label_start = start + BEGIN.len();
         let label_end = find(input, DASHES, label_start).ok_or(PemError::BadBegin { index })?;
         let label = &input[label_start..label_end];
-        if label.is_empty()
-            || label.len() > 64
-            || !label.iter().all(|b| b.is_ascii_uppercase() || *b == b' ')
-        {
+        if label.is_empty() || label.len() > 64 || !label.iter().all(|b| b.is_ascii_uppercase() || *b == b' ') {
             return Err(PemError::BadBegin { index });
         }
         let label = String::from_utf8_lossy(label).into_owned();
         let body_start = label_end + DASHES.len();
         let end_line = format!("-----END {label}-----");
-        let body_end =
-            find(input, end_line.as_bytes(), body_start).ok_or_else(|| PemError::Unterminated {
-                index,
-                label: label.clone(),
-            })?;
+        let body_end = find(input, end_line.as_bytes(), body_start)
+            .ok_or_else(|| PemError::Unterminated { index, label: label.clone() })?;
         let body: Vec<u8> = input[body_start..body_end]
             .split(|b| *b == b'\n')
             // RFC 1421 headers (`Proc-Type: ...`) are not base64; skip them.
@@ -61,10 +52,7 @@ pub fn blocks(input: &[u8]) -> Result<Vec<Block>, PemError> {
             .collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(&body)
-            .map_err(|_| PemError::BadBase64 {
-                index,
-                label: label.clone(),
-            })?;
+            .map_err(|_| PemError::BadBase64 { index, label: label.clone() })?;
         out.push(Block { label, der });
         at = body_end + end_line.len();
     }
@@ -89,23 +77,13 @@ mod tests {
 
     #[test]
     fn text_outside_blocks_is_ignored_and_blocks_round_trip() {
-        let pem = format!(
-            "# a comment\n{}trailing text\n{}",
-            encode("CERTIFICATE", b"abc"),
-            encode("X", b"de")
-        );
+        let pem = format!("# a comment\n{}trailing text\n{}", encode("CERTIFICATE", b"abc"), encode("X", b"de"));
         let found = blocks(pem.as_bytes()).unwrap();
         assert_eq!(
             found,
             vec![
-                Block {
-                    label: "CERTIFICATE".into(),
-                    der: b"abc".to_vec()
-                },
-                Block {
-                    label: "X".into(),
-                    der: b"de".to_vec()
-                },
+                Block { label: "CERTIFICATE".into(), der: b"abc".to_vec() },
+                Block { label: "X".into(), der: b"de".to_vec() },
             ]
         );
     }
@@ -114,17 +92,11 @@ mod tests {
     fn broken_blocks_say_which_and_why() {
         assert_eq!(
             blocks(b"-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap_err(),
-            PemError::Unterminated {
-                index: 1,
-                label: "CERTIFICATE".into()
-            }
+            PemError::Unterminated { index: 1, label: "CERTIFICATE".into() }
         );
         assert_eq!(
             blocks(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap_err(),
-            PemError::BadBase64 {
-                index: 1,
-                label: "CERTIFICATE".into()
-            }
+            PemError::BadBase64 { index: 1, label: "CERTIFICATE".into() }
         );
         assert_eq!(blocks(b"no pem here").unwrap(), vec![]);
     }

@@ -12,8 +12,7 @@ fn now() -> i64 {
 
 /// A self-signed certificate valid from `from` to `to` days relative to now.
 fn cert_with(from: i64, to: i64, cn: Option<&str>, sans: &[&str]) -> (String, KeyPair) {
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     if let Some(cn) = cn {
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -31,10 +30,7 @@ fn cert(from: i64, to: i64) -> String {
 }
 
 fn ca_error(bundle: &str) -> String {
-    validate_ca_bundle(bundle.as_bytes(), now())
-        .map(|_| ())
-        .unwrap_err()
-        .to_string()
+    validate_ca_bundle(bundle.as_bytes(), now()).map(|_| ()).unwrap_err().to_string()
 }
 
 #[test]
@@ -43,51 +39,19 @@ fn ca_bundle_failures_give_their_precise_reason() {
     let key_block = pem::encode("RSA PRIVATE KEY", b"not really a key");
     let bad_der = pem::encode("CERTIFICATE", b"\x30\x03\x02\x01\x01");
     let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "an empty value is empty",
-            String::new(),
-            "empty \"ca.crt\" key",
-        ),
-        (
-            "whitespace only is empty",
-            " \n\t".into(),
-            "empty \"ca.crt\" key",
-        ),
-        (
-            "text without PEM has no certificate",
-            "hello".into(),
-            "failed to locate certificate",
-        ),
-        (
-            "a private key block is refused",
-            format!("{valid}{key_block}"),
-            "unexpected block type 'RSA PRIVATE KEY'",
-        ),
-        (
-            "a bad second certificate is numbered",
-            format!("{valid}{bad_der}"),
-            "certificate 2: invalid DER",
-        ),
-        (
-            "an unterminated block says so",
-            "-----BEGIN CERTIFICATE-----\nMII".into(),
-            "no END line",
-        ),
+        ("an empty value is empty", String::new(), "empty \"ca.crt\" key"),
+        ("whitespace only is empty", " \n\t".into(), "empty \"ca.crt\" key"),
+        ("text without PEM has no certificate", "hello".into(), "failed to locate certificate"),
+        ("a private key block is refused", format!("{valid}{key_block}"), "unexpected block type 'RSA PRIVATE KEY'"),
+        ("a bad second certificate is numbered", format!("{valid}{bad_der}"), "certificate 2: invalid DER"),
+        ("an unterminated block says so", "-----BEGIN CERTIFICATE-----\nMII".into(), "no END line"),
         (
             "bad base64 says so",
             "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----".into(),
             "not valid base64",
         ),
-        (
-            "a lone expired certificate is invalid",
-            cert(-30, -1),
-            "expired at ",
-        ),
-        (
-            "a lone future certificate is invalid",
-            cert(2, 30),
-            "is not valid before ",
-        ),
+        ("a lone expired certificate is invalid", cert(-30, -1), "expired at "),
+        ("a lone future certificate is invalid", cert(2, 30), "is not valid before "),
         (
             "every certificate expired is invalid",
             format!("{}{}", cert(-30, -2), cert(-30, -1)),
@@ -96,47 +60,24 @@ fn ca_bundle_failures_give_their_precise_reason() {
     ];
     for (name, bundle, want) in cases {
         let got = ca_error(&bundle);
-        assert!(
-            got.contains(want),
-            "{name}: got {got:?}, want it to contain {want:?}"
-        );
+        assert!(got.contains(want), "{name}: got {got:?}, want it to contain {want:?}");
     }
 }
 
 #[test]
 fn ca_bundle_successes_and_warnings() {
-    let (info, normalized) =
-        validate_ca_bundle(format!("leading text\n{}", cert(-1, 365)).as_bytes(), now()).unwrap();
-    assert_eq!(
-        info.certificates.len(),
-        1,
-        "text outside blocks is tolerated"
-    );
+    let (info, normalized) = validate_ca_bundle(format!("leading text\n{}", cert(-1, 365)).as_bytes(), now()).unwrap();
+    assert_eq!(info.certificates.len(), 1, "text outside blocks is tolerated");
     assert!(info.warnings.is_empty(), "{:?}", info.warnings);
-    assert!(
-        normalized.starts_with("-----BEGIN CERTIFICATE-----"),
-        "outside text is dropped from the material"
-    );
+    assert!(normalized.starts_with("-----BEGIN CERTIFICATE-----"), "outside text is dropped from the material");
     assert_eq!(info.certificates[0].subject, "CN=test ca");
 
-    let (info, _) = validate_ca_bundle(
-        format!("{}{}", cert(-30, -1), cert(-1, 365)).as_bytes(),
-        now(),
-    )
-    .unwrap();
+    let (info, _) = validate_ca_bundle(format!("{}{}", cert(-30, -1), cert(-1, 365)).as_bytes(), now()).unwrap();
     assert_eq!(info.warnings.len(), 1, "some expired is a warning");
-    assert!(
-        info.warnings[0].starts_with("certificate 1 (CN=test ca) expired at"),
-        "{:?}",
-        info.warnings
-    );
+    assert!(info.warnings[0].starts_with("certificate 1 (CN=test ca) expired at"), "{:?}", info.warnings);
 
     let (info, _) = validate_ca_bundle(cert(-1, 10).as_bytes(), now()).unwrap();
-    assert!(
-        info.warnings[0].contains("within 14 days"),
-        "{:?}",
-        info.warnings
-    );
+    assert!(info.warnings[0].contains("within 14 days"), "{:?}", info.warnings);
 
     // A server certificate (not a CA) pinned as its own anchor is fine.
     let (leaf, _) = cert_with(-1, 365, None, &["backend.example.com"]);
@@ -147,14 +88,8 @@ fn ca_bundle_successes_and_warnings() {
 fn ca_bundle_hash_follows_the_certificates_not_the_surrounding_text() {
     let c = cert(-1, 365);
     let a = validate_ca_bundle(c.as_bytes(), now()).unwrap().0.sha256;
-    let b = validate_ca_bundle(format!("# comment\n{c}").as_bytes(), now())
-        .unwrap()
-        .0
-        .sha256;
-    let other = validate_ca_bundle(cert(-1, 365).as_bytes(), now())
-        .unwrap()
-        .0
-        .sha256;
+    let b = validate_ca_bundle(format!("# comment\n{c}").as_bytes(), now()).unwrap().0.sha256;
+    let other = validate_ca_bundle(cert(-1, 365).as_bytes(), now()).unwrap().0.sha256;
     assert_eq!(a, b);
     assert_ne!(a, other);
 }
@@ -168,36 +103,18 @@ fn client_certificate_rules() {
     let (expired, expired_key) = cert_with(-30, -1, Some("old"), &[]);
     let key_pem = key.serialize_pem();
     let two_keys = format!("{key_pem}{}", other_key.serialize_pem());
-    let check = |chain: &str, key: &str| {
-        validate_client_cert(chain.as_bytes(), key.as_bytes(), now()).map(|_| ())
-    };
+    let check = |chain: &str, key: &str| validate_client_cert(chain.as_bytes(), key.as_bytes(), now()).map(|_| ());
 
-    assert_eq!(
-        check(&leaf, &key_pem),
-        Ok(()),
-        "a leaf with its own key is valid"
-    );
-    assert_eq!(
-        check(&san_only, &san_only_key.serialize_pem()),
-        Ok(()),
-        "a SAN without CN is enough"
-    );
+    assert_eq!(check(&leaf, &key_pem), Ok(()), "a leaf with its own key is valid");
+    assert_eq!(check(&san_only, &san_only_key.serialize_pem()), Ok(()), "a SAN without CN is enough");
     let cases: Vec<(&str, Result<(), String>, &str)> = vec![
         (
             "a key of another certificate does not match",
             check(&leaf, &other_key.serialize_pem()).map_err(|e| e.to_string()),
             "does not match the leaf",
         ),
-        (
-            "two keys are refused",
-            check(&leaf, &two_keys).map_err(|e| e.to_string()),
-            "holds 2 private keys",
-        ),
-        (
-            "no key is refused",
-            check(&leaf, "nothing").map_err(|e| e.to_string()),
-            "holds no private key",
-        ),
+        ("two keys are refused", check(&leaf, &two_keys).map_err(|e| e.to_string()), "holds 2 private keys"),
+        ("no key is refused", check(&leaf, "nothing").map_err(|e| e.to_string()), "holds no private key"),
         (
             "a leaf without CN or SAN is refused",
             check(&no_name, &no_name_key.serialize_pem()).map_err(|e| e.to_string()),
@@ -218,11 +135,7 @@ fn client_certificate_rules() {
             check(&leaf, &pem::encode("PRIVATE KEY", b"x")).map_err(|e| e.to_string()),
             "cannot be loaded",
         ),
-        (
-            "no certificate is refused",
-            check("", &key_pem).map_err(|e| e.to_string()),
-            "failed to locate certificate",
-        ),
+        ("no certificate is refused", check("", &key_pem).map_err(|e| e.to_string()), "failed to locate certificate"),
     ];
     for (name, got, want) in cases {
         let err = got.expect_err(name);
@@ -232,15 +145,9 @@ fn client_certificate_rules() {
 
 fn secret(secret_type: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
-        meta: Meta {
-            namespace: "infra".parse::<K8sName>().unwrap(),
-            name: "ca".parse().unwrap(),
-        },
+        meta: Meta { namespace: "infra".parse::<K8sName>().unwrap(), name: "ca".parse().unwrap() },
         secret_type: secret_type.into(),
-        data: data
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect::<BTreeMap<_, _>>(),
+        data: data.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect::<BTreeMap<_, _>>(),
     }
 }
 
@@ -251,28 +158,16 @@ fn secret_types_and_keys_decide_each_use() {
 
     let (verdict, material) = validate_secret(&secret("Opaque", &[("ca.crt", &ca)]), now());
     assert!(verdict.ca.is_ok());
-    assert_eq!(
-        verdict.client_cert.unwrap_err(),
-        "secret type \"Opaque\" is not kubernetes.io/tls"
-    );
+    assert_eq!(verdict.client_cert.unwrap_err(), "secret type \"Opaque\" is not kubernetes.io/tls");
     assert!(material.ca_pem.is_some() && material.client_cert.is_none());
 
-    let tls = secret(
-        "kubernetes.io/tls",
-        &[("tls.crt", &leaf), ("tls.key", &key.serialize_pem())],
-    );
+    let tls = secret("kubernetes.io/tls", &[("tls.crt", &leaf), ("tls.key", &key.serialize_pem())]);
     let (verdict, material) = validate_secret(&tls, now());
     assert_eq!(verdict.ca.unwrap_err(), "empty \"ca.crt\" key");
     assert!(verdict.client_cert.is_ok());
-    assert!(
-        !format!("{material:?}").contains("PRIVATE KEY"),
-        "Debug must not print the key"
-    );
+    assert!(!format!("{material:?}").contains("PRIVATE KEY"), "Debug must not print the key");
 
-    let (verdict, _) = validate_secret(
-        &secret("kubernetes.io/dockerconfigjson", &[("ca.crt", &ca)]),
-        now(),
-    );
+    let (verdict, _) = validate_secret(&secret("kubernetes.io/dockerconfigjson", &[("ca.crt", &ca)]), now());
     assert_eq!(
         verdict.ca.unwrap_err(),
         "secret type \"kubernetes.io/dockerconfigjson\" is not Opaque or kubernetes.io/tls"

@@ -18,10 +18,7 @@ pub enum ConvertError {
     #[error("metadata.name is missing")]
     MissingName,
     #[error("metadata.{field}: {error}")]
-    BadMeta {
-        field: &'static str,
-        error: model::GrammarError,
-    },
+    BadMeta { field: &'static str, error: model::GrammarError },
     #[error("{field}: {value} is not a port number (1-65535)")]
     BadPort { field: String, value: i64 },
     #[error("{field}: {value} is not a valid weight (0-4294967295)")]
@@ -32,28 +29,15 @@ fn meta(m: &ObjectMeta) -> Result<Meta, ConvertError> {
     let name = m.name.as_deref().ok_or(ConvertError::MissingName)?;
     let namespace = m.namespace.as_deref().unwrap_or("default");
     Ok(Meta {
-        namespace: namespace
-            .parse::<K8sName>()
-            .map_err(|error| ConvertError::BadMeta {
-                field: "namespace",
-                error,
-            })?,
-        name: name
-            .parse::<K8sName>()
-            .map_err(|error| ConvertError::BadMeta {
-                field: "name",
-                error,
-            })?,
+        namespace: namespace.parse::<K8sName>().map_err(|error| ConvertError::BadMeta { field: "namespace", error })?,
+        name: name.parse::<K8sName>().map_err(|error| ConvertError::BadMeta { field: "name", error })?,
     })
 }
 
 fn port(field: impl FnOnce() -> String, value: i64) -> Result<u16, ConvertError> {
     match u16::try_from(value) {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(ConvertError::BadPort {
-            field: field(),
-            value,
-        }),
+        _ => Err(ConvertError::BadPort { field: field(), value }),
     }
 }
 
@@ -61,9 +45,7 @@ pub fn service(s: &core::Service) -> Result<model::Service, ConvertError> {
     let meta = meta(&s.metadata)?;
     let spec = s.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {
-        Some("ExternalName") => {
-            model::ServiceType::ExternalName(spec.external_name.clone().unwrap_or_default())
-        }
+        Some("ExternalName") => model::ServiceType::ExternalName(spec.external_name.clone().unwrap_or_default()),
         Some("NodePort") => model::ServiceType::NodePort,
         Some("LoadBalancer") => model::ServiceType::LoadBalancer,
         _ => model::ServiceType::ClusterIp,
@@ -72,10 +54,9 @@ pub fn service(s: &core::Service) -> Result<model::Service, ConvertError> {
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let target_port = match &p.target_port {
             None => None,
-            Some(IntOrString::Int(n)) => Some(model::TargetPort::Number(port(
-                || format!("spec.ports[{i}].targetPort"),
-                i64::from(*n),
-            )?)),
+            Some(IntOrString::Int(n)) => {
+                Some(model::TargetPort::Number(port(|| format!("spec.ports[{i}].targetPort"), i64::from(*n))?))
+            }
             Some(IntOrString::String(name)) => Some(model::TargetPort::Name(name.clone())),
         };
         ports.push(model::ServicePort {
@@ -86,30 +67,17 @@ pub fn service(s: &core::Service) -> Result<model::Service, ConvertError> {
             app_protocol: p.app_protocol.clone(),
         });
     }
-    Ok(model::Service {
-        meta,
-        annotations: s.metadata.annotations.clone().unwrap_or_default(),
-        service_type,
-        ports,
-    })
+    Ok(model::Service { meta, annotations: s.metadata.annotations.clone().unwrap_or_default(), service_type, ports })
 }
 
 pub fn endpoint_slice(e: &discovery::EndpointSlice) -> Result<model::EndpointSlice, ConvertError> {
     let meta = meta(&e.metadata)?;
-    let service_name = e
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .cloned();
+    let service_name = e.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned();
     let mut ports = Vec::new();
     for (i, p) in e.ports.iter().flatten().enumerate() {
         ports.push(model::EndpointPort {
             name: p.name.clone().unwrap_or_default(),
-            port: p
-                .port
-                .map(|n| port(|| format!("ports[{i}].port"), i64::from(n)))
-                .transpose()?,
+            port: p.port.map(|n| port(|| format!("ports[{i}].port"), i64::from(n))).transpose()?,
         });
     }
     let endpoints = e
@@ -120,31 +88,18 @@ pub fn endpoint_slice(e: &discovery::EndpointSlice) -> Result<model::EndpointSli
             ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
         })
         .collect();
-    Ok(model::EndpointSlice {
-        meta,
-        service_name,
-        ports,
-        endpoints,
-    })
+    Ok(model::EndpointSlice { meta, service_name, ports, endpoints })
 }
 
 pub fn secret(s: &core::Secret) -> Result<model::Secret, ConvertError> {
     let meta = meta(&s.metadata)?;
-    let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
+    let mut data: std::collections::BTreeMap<String, Vec<u8>> =
+        s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
     // The API server merges stringData over data on write; do the same for files.
     for (k, v) in s.string_data.iter().flatten() {
         data.insert(k.clone(), v.clone().into_bytes());
     }
-    Ok(model::Secret {
-        meta,
-        secret_type: s.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
-        data,
-    })
+    Ok(model::Secret { meta, secret_type: s.type_.clone().unwrap_or_else(|| "Opaque".to_owned()), data })
 }
 
 pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError> {
@@ -156,12 +111,7 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
             let field = |f: &str| format!("spec.routes[{r}].services[{s}].{f}");
             let weight = svc
                 .weight
-                .map(|w| {
-                    u32::try_from(w).map_err(|_| ConvertError::BadWeight {
-                        field: field("weight"),
-                        value: w,
-                    })
-                })
+                .map(|w| u32::try_from(w).map_err(|_| ConvertError::BadWeight { field: field("weight"), value: w }))
                 .transpose()?;
             services.push(model::HttpProxyService {
                 name: svc.name.clone(),
@@ -176,16 +126,8 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
             });
         }
         routes.push(model::HttpProxyRoute {
-            prefixes: route
-                .conditions
-                .iter()
-                .filter_map(|c| c.prefix.clone())
-                .collect(),
-            ignored_conditions: route
-                .conditions
-                .iter()
-                .flat_map(|c| c.other.keys().cloned())
-                .collect(),
+            prefixes: route.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
+            ignored_conditions: route.conditions.iter().flat_map(|c| c.other.keys().cloned()).collect(),
             services,
             set_headers: route
                 .request_headers_policy
@@ -198,9 +140,7 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
     Ok(model::HttpProxy { meta, fqdn, routes })
 }
 
-pub fn delegation(
-    d: &crds::TLSCertificateDelegation,
-) -> Result<model::TlsCertificateDelegation, ConvertError> {
+pub fn delegation(d: &crds::TLSCertificateDelegation) -> Result<model::TlsCertificateDelegation, ConvertError> {
     Ok(model::TlsCertificateDelegation {
         meta: meta(&d.metadata)?,
         delegations: d
@@ -223,10 +163,7 @@ fn int_or_string(v: &IntOrString) -> String {
 }
 
 fn voyager_backend(b: &crds::VoyagerBackend) -> model::VoyagerBackend {
-    model::VoyagerBackend {
-        service_name: b.service_name.clone(),
-        service_port: int_or_string(&b.service_port),
-    }
+    model::VoyagerBackend { service_name: b.service_name.clone(), service_port: int_or_string(&b.service_port) }
 }
 
 pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress, ConvertError> {
@@ -236,10 +173,7 @@ pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress
         let http = rule.http.clone().unwrap_or_default();
         let listener = match &http.port {
             None => None,
-            Some(IntOrString::Int(n)) => Some(port(
-                || format!("spec.rules[{r}].http.port"),
-                i64::from(*n),
-            )?),
+            Some(IntOrString::Int(n)) => Some(port(|| format!("spec.rules[{r}].http.port"), i64::from(*n))?),
             Some(IntOrString::String(s)) => {
                 let n = s.parse::<i64>().unwrap_or(0);
                 Some(port(|| format!("spec.rules[{r}].http.port"), n)?)
@@ -251,16 +185,9 @@ pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress
             paths: http
                 .paths
                 .iter()
-                .map(|p| model::VoyagerPath {
-                    path: p.path.clone(),
-                    backend: voyager_backend(&p.backend),
-                })
+                .map(|p| model::VoyagerPath { path: p.path.clone(), backend: voyager_backend(&p.backend) })
                 .collect(),
         });
     }
-    Ok(model::VoyagerIngress {
-        meta,
-        backend: i.spec.backend.as_ref().map(voyager_backend),
-        rules,
-    })
+    Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules })
 }

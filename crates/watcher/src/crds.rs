@@ -10,13 +10,7 @@ use std::collections::BTreeMap;
 
 /// projectcontour.io/v1 HTTPProxy (the fields Portico reads).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "projectcontour.io",
-    version = "v1",
-    kind = "HTTPProxy",
-    namespaced,
-    schema = "disabled"
-)]
+#[kube(group = "projectcontour.io", version = "v1", kind = "HTTPProxy", namespaced, schema = "disabled")]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPProxySpec {
     #[serde(default)]
@@ -96,13 +90,7 @@ pub struct HeaderValue {
 
 /// projectcontour.io/v1 TLSCertificateDelegation.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "projectcontour.io",
-    version = "v1",
-    kind = "TLSCertificateDelegation",
-    namespaced,
-    schema = "disabled"
-)]
+#[kube(group = "projectcontour.io", version = "v1", kind = "TLSCertificateDelegation", namespaced, schema = "disabled")]
 #[serde(rename_all = "camelCase")]
 pub struct TLSCertificateDelegationSpec {
     #[serde(default)]

@@ -63,9 +63,7 @@ impl Decoded {
     pub fn into_unique_objects(mut self) -> (Vec<Object>, Vec<DecodeProblem>) {
         let mut seen: BTreeMap<_, (Object, Location)> = BTreeMap::new();
         for (object, location) in std::mem::take(&mut self.objects) {
-            if let Some((_, earlier)) =
-                seen.insert(object.object_ref(), (object.clone(), location.clone()))
-            {
+            if let Some((_, earlier)) = seen.insert(object.object_ref(), (object.clone(), location.clone())) {
                 self.warnings.push(DecodeProblem {
                     location,
                     message: format!(
@@ -103,10 +101,7 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     }
     docs.push((start, current));
     docs.into_iter()
-        .filter(|(_, d)| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
+        .filter(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
         .collect()
 }
 
@@ -116,20 +111,35 @@ enum Source<'a> {
     Value(serde_yaml::Value),
 }
 
-/// The message of a serde_yaml error and its 1-based line within the document.
+/// The message of a serde_yaml error and its 1-based line within the document. The
+/// location itself is cut from the message (the caller prints it as `file:line`).
 fn yaml_error(e: &serde_yaml::Error) -> (Option<usize>, String) {
     let message = e.to_string();
     match e.location() {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let message = message
-                .strip_suffix(&suffix)
-                .map(str::to_owned)
-                .unwrap_or(message);
-            (Some(loc.line()), message)
+            (Some(loc.line()), message.replacen(&suffix, "", 1))
         }
         None => (None, message),
     }
+}
+
+/// Rewrite every `line N` in a parser message from document-relative to file-absolute.
+fn shift_lines(message: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("line ") {
+        out.push_str(&rest[..at + 5]);
+        rest = &rest[at + 5..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn typed<T: DeserializeOwned>(source: &Source<'_>) -> Result<T, (Option<usize>, String)> {
@@ -143,23 +153,14 @@ fn typed<T: DeserializeOwned>(source: &Source<'_>) -> Result<T, (Option<usize>, 
 pub fn decode_str(file: &str, text: &str, out: &mut Decoded) {
     for (start, doc) in documents(text) {
         // Without a line of its own, a problem points at the document's first content line.
-        let first = doc
-            .lines()
-            .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .unwrap_or(0)
-            + 1;
-        let at = |line: Option<usize>| Location {
-            file: file.to_owned(),
-            line: start + line.unwrap_or(first) - 1,
-        };
+        let first = doc.lines().position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).unwrap_or(0) + 1;
+        let at = |line: Option<usize>| Location { file: file.to_owned(), line: start + line.unwrap_or(first) - 1 };
         let value: serde_yaml::Value = match serde_yaml::from_str(&doc) {
             Ok(v) => v,
             Err(e) => {
                 let (line, message) = yaml_error(&e);
-                out.problems.push(DecodeProblem {
-                    location: at(line),
-                    message: format!("not valid YAML: {message}"),
-                });
+                let message = shift_lines(&message, start - 1);
+                out.problems.push(DecodeProblem { location: at(line), message: format!("not valid YAML: {message}") });
                 continue;
             }
         };
@@ -168,19 +169,9 @@ pub fn decode_str(file: &str, text: &str, out: &mut Decoded) {
         }
         let header = header(&value);
         if header.kind == "List" && header.api_version == "v1" {
-            let items = value
-                .get("items")
-                .and_then(|i| i.as_sequence())
-                .cloned()
-                .unwrap_or_default();
+            let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
             for (i, item) in items.into_iter().enumerate() {
-                decode_one(
-                    &item,
-                    Source::Value(item.clone()),
-                    &|_| at(None),
-                    &format!("items[{i}]: "),
-                    out,
-                );
+                decode_one(&item, Source::Value(item.clone()), &|_| at(None), &format!("items[{i}]: "), out);
             }
             continue;
         }
@@ -195,8 +186,7 @@ struct Header {
 }
 
 fn header(value: &serde_yaml::Value) -> Header {
-    let s =
-        |v: Option<&serde_yaml::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let s = |v: Option<&serde_yaml::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     Header {
         api_version: s(value.get("apiVersion")),
         kind: s(value.get("kind")),
@@ -216,18 +206,14 @@ fn decode_one(
     if !value.is_mapping() {
         out.problems.push(DecodeProblem {
             location: at(None),
-            message: format!(
-                "{prefix}not a Kubernetes object (expected a mapping with apiVersion and kind)"
-            ),
+            message: format!("{prefix}not a Kubernetes object (expected a mapping with apiVersion and kind)"),
         });
         return;
     }
     let h = header(value);
     if h.api_version.is_empty() || h.kind.is_empty() {
-        out.problems.push(DecodeProblem {
-            location: at(None),
-            message: format!("{prefix}apiVersion and kind are required"),
-        });
+        out.problems
+            .push(DecodeProblem { location: at(None), message: format!("{prefix}apiVersion and kind are required") });
         return;
     }
     let kind = match (h.api_version.as_str(), h.kind.as_str()) {
@@ -238,12 +224,7 @@ fn decode_one(
         ("projectcontour.io/v1", "TLSCertificateDelegation") => Kind::TlsCertificateDelegation,
         ("voyager.appscode.com/v1beta1", "Ingress") => Kind::VoyagerIngress,
         _ => {
-            out.skipped.push(Skipped {
-                location: at(None),
-                api_version: h.api_version,
-                kind: h.kind,
-                name: h.name,
-            });
+            out.skipped.push(Skipped { location: at(None), api_version: h.api_version, kind: h.kind, name: h.name });
             return;
         }
     };
@@ -270,15 +251,12 @@ fn decode_one(
     match result {
         Ok(object) => out.objects.push((object, at(None))),
         Err((line, message)) => {
-            let what = if h.name.is_empty() {
-                h.kind
-            } else {
-                format!("{} {:?}", h.kind, h.name)
+            let what = if h.name.is_empty() { h.kind } else { format!("{} {:?}", h.kind, h.name) };
+            let message = match &source {
+                Source::Text(_) => shift_lines(&message, at(Some(1)).line - 1),
+                Source::Value(_) => message,
             };
-            out.problems.push(DecodeProblem {
-                location: at(line),
-                message: format!("{prefix}{what}: {message}"),
-            });
+            out.problems.push(DecodeProblem { location: at(line), message: format!("{prefix}{what}: {message}") });
         }
     }
 }
@@ -287,10 +265,7 @@ fn decode_one(
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    ReadFailed {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFailed { path: PathBuf, source: std::io::Error },
 }
 
 /// The manifest files under `paths`: files as given, directories walked recursively for
@@ -298,10 +273,7 @@ pub enum LoadError {
 pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).map_err(|source| LoadError::ReadFailed {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = std::fs::metadata(path).map_err(|source| LoadError::ReadFailed { path: path.clone(), source })?;
         if meta.is_dir() {
             walk(path, &mut files)?;
         } else {
@@ -312,10 +284,7 @@ pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let read_failed = |source| LoadError::ReadFailed {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_failed = |source| LoadError::ReadFailed { path: dir.to_owned(), source };
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(read_failed)?
         .map(|e| e.map(|e| e.path()))
@@ -323,19 +292,13 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
         .map_err(read_failed)?;
     entries.sort();
     for path in entries {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with('.') {
             continue;
         }
         if path.is_dir() {
             walk(&path, files)?;
-        } else if [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-        {
+        } else if [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext)) {
             files.push(path);
         }
     }
@@ -350,19 +313,13 @@ pub fn load(paths: &[PathBuf]) -> Result<Decoded, LoadError> {
         let name = file.display().to_string();
         match std::fs::read(&file) {
             Err(e) => out.problems.push(DecodeProblem {
-                location: Location {
-                    file: name,
-                    line: 0,
-                },
+                location: Location { file: name, line: 0 },
                 message: format!("cannot read: {e}"),
             }),
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => decode_str(&name, &text, &mut out),
                 Err(_) => out.problems.push(DecodeProblem {
-                    location: Location {
-                        file: name,
-                        line: 1,
-                    },
+                    location: Location { file: name, line: 1 },
                     message: "not UTF-8 text".to_owned(),
                 }),
             },

@@ -101,92 +101,46 @@ fn every_kind_decodes_into_portico_objects() {
     let lines: Vec<usize> = out.objects.iter().map(|(_, l)| l.line).collect();
     assert_eq!(lines[0], 2, "a document's location is its first line");
 
-    let Object::Service(svc) = objects[0] else {
-        panic!("service")
-    };
+    let Object::Service(svc) = objects[0] else { panic!("service") };
     assert_eq!(svc.meta.to_string(), "shop/secure-backend");
-    assert_eq!(
-        svc.annotations["projectcontour.io/upstream-protocol.tls"],
-        "8443"
-    );
+    assert_eq!(svc.annotations["projectcontour.io/upstream-protocol.tls"], "8443");
     assert_eq!(svc.ports[0].target_port, Some(TargetPort::Number(9443)));
     assert_eq!(svc.ports[0].app_protocol.as_deref(), Some("https"));
 
-    let Object::Service(ext) = objects[1] else {
-        panic!("service")
-    };
-    assert_eq!(
-        ext.meta.to_string(),
-        "default/external",
-        "namespace defaults to default"
-    );
-    assert_eq!(
-        ext.service_type,
-        ServiceType::ExternalName("api.example.com".into())
-    );
+    let Object::Service(ext) = objects[1] else { panic!("service") };
+    assert_eq!(ext.meta.to_string(), "default/external", "namespace defaults to default");
+    assert_eq!(ext.service_type, ServiceType::ExternalName("api.example.com".into()));
     assert_eq!(ext.ports[0].name, "", "an unnamed port has an empty name");
-    assert_eq!(
-        ext.ports[0].target_port,
-        Some(TargetPort::Name("https".into()))
-    );
+    assert_eq!(ext.ports[0].target_port, Some(TargetPort::Name("https".into())));
 
-    let Object::EndpointSlice(slice) = objects[2] else {
-        panic!("slice")
-    };
+    let Object::EndpointSlice(slice) = objects[2] else { panic!("slice") };
     assert_eq!(slice.service_name.as_deref(), Some("secure-backend"));
     assert_eq!(slice.ports[0].port, Some(9443));
-    assert!(
-        slice.endpoints[0].ready,
-        "an absent ready condition means ready"
-    );
+    assert!(slice.endpoints[0].ready, "an absent ready condition means ready");
     assert!(!slice.endpoints[1].ready);
 
-    let Object::Secret(secret) = objects[3] else {
-        panic!("secret")
-    };
+    let Object::Secret(secret) = objects[3] else { panic!("secret") };
     assert_eq!(secret.data["ca.crt"], b"hello", "data is base64-decoded");
     assert_eq!(secret.data["other"], b"new", "stringData wins over data");
-    assert!(
-        !format!("{secret:?}").contains("hello"),
-        "Debug must not print secret data"
-    );
+    assert!(!format!("{secret:?}").contains("hello"), "Debug must not print secret data");
 
-    let Object::HttpProxy(proxy) = objects[4] else {
-        panic!("proxy")
-    };
+    let Object::HttpProxy(proxy) = objects[4] else { panic!("proxy") };
     assert_eq!(proxy.fqdn.as_deref(), Some("www.example.com"));
     let route = &proxy.routes[0];
     assert_eq!(route.prefixes, vec!["/api"]);
     assert_eq!(route.ignored_conditions, vec!["header"]);
-    assert_eq!(
-        route.set_headers,
-        vec![("Host".to_owned(), "backend.example.com".to_owned())]
-    );
+    assert_eq!(route.set_headers, vec![("Host".to_owned(), "backend.example.com".to_owned())]);
     let v = route.services[0].validation.as_ref().unwrap();
-    assert_eq!(
-        (v.ca_secret.as_str(), v.subject_name.as_str()),
-        ("infra/ca", "backend.example.com")
-    );
+    assert_eq!((v.ca_secret.as_str(), v.subject_name.as_str()), ("infra/ca", "backend.example.com"));
     assert_eq!(route.services[0].weight, Some(10));
 
-    let Object::TlsCertificateDelegation(d) = objects[5] else {
-        panic!("delegation")
-    };
+    let Object::TlsCertificateDelegation(d) = objects[5] else { panic!("delegation") };
     assert_eq!(d.delegations[0].target_namespaces, vec!["*"]);
 
-    let Object::VoyagerIngress(ing) = objects[6] else {
-        panic!("voyager")
-    };
-    assert_eq!(
-        ing.backend.as_ref().unwrap().service_port,
-        "80",
-        "a quoted port stays as written"
-    );
+    let Object::VoyagerIngress(ing) = objects[6] else { panic!("voyager") };
+    assert_eq!(ing.backend.as_ref().unwrap().service_port, "80", "a quoted port stays as written");
     assert_eq!(ing.rules[0].port, Some(8081));
-    assert_eq!(
-        ing.rules[0].paths[0].backend.service_port, "80",
-        "a numeric port is written in decimal"
-    );
+    assert_eq!(ing.rules[0].paths[0].backend.service_port, "80", "a numeric port is written in decimal");
 }
 
 #[test]
@@ -228,11 +182,7 @@ kind: Service
 metadata: {name: last}
 ";
     let out = decode(text);
-    let names: Vec<String> = out
-        .objects
-        .iter()
-        .map(|(o, _)| o.meta().name.to_string())
-        .collect();
+    let names: Vec<String> = out.objects.iter().map(|(o, _)| o.meta().name.to_string()).collect();
     assert_eq!(names, vec!["first", "last"]);
     let problems: Vec<String> = out.problems.iter().map(|p| p.to_string()).collect();
     let expect = [
@@ -245,10 +195,7 @@ metadata: {name: last}
     ];
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     for (got, want) in problems.iter().zip(expect) {
-        assert!(
-            got.starts_with(want),
-            "got {got:?}, want it to start with {want:?}"
-        );
+        assert!(got.starts_with(want), "got {got:?}, want it to start with {want:?}");
     }
 }
 
@@ -259,18 +206,9 @@ fn kinds_portico_does_not_read_are_skipped_and_listed() {
          apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: std}\n",
     );
     assert!(out.objects.is_empty() && out.problems.is_empty());
-    let skipped: Vec<(String, String, usize)> = out
-        .skipped
-        .iter()
-        .map(|s| (s.kind.clone(), s.name.clone(), s.location.line))
-        .collect();
-    assert_eq!(
-        skipped,
-        vec![
-            ("Deployment".into(), "web".into(), 1),
-            ("Ingress".into(), "std".into(), 5)
-        ]
-    );
+    let skipped: Vec<(String, String, usize)> =
+        out.skipped.iter().map(|s| (s.kind.clone(), s.name.clone(), s.location.line)).collect();
+    assert_eq!(skipped, vec![("Deployment".into(), "web".into(), 1), ("Ingress".into(), "std".into(), 5)]);
 }
 
 #[test]
@@ -281,15 +219,13 @@ fn a_list_is_read_item_by_item() {
          - {apiVersion: v1, kind: Service}\n",
     );
     assert_eq!(out.objects.len(), 1);
-    assert_eq!(
-        out.problems[0].message,
-        "items[1]: Service: metadata.name is missing"
-    );
+    assert_eq!(out.problems[0].message, "items[1]: Service: metadata.name is missing");
 }
 
 #[test]
 fn comments_empty_documents_and_markers_with_content_are_handled() {
-    let out = decode("# only a comment\n---\n---\n--- {apiVersion: v1, kind: Service, metadata: {name: inline}}\n...\n");
+    let out =
+        decode("# only a comment\n---\n---\n--- {apiVersion: v1, kind: Service, metadata: {name: inline}}\n...\n");
     assert_eq!(out.problems, vec![]);
     assert_eq!(out.objects.len(), 1);
     assert_eq!(out.objects[0].1.line, 4);
@@ -302,9 +238,7 @@ fn a_later_definition_of_the_same_object_wins_with_a_warning() {
          apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 2}]}\n",
     );
     let (objects, warnings) = out.into_unique_objects();
-    let Object::Service(s) = &objects[0] else {
-        panic!()
-    };
+    let Object::Service(s) = &objects[0] else { panic!() };
     assert_eq!(s.ports[0].port, 2);
     assert_eq!(
         warnings[0].to_string(),
@@ -320,31 +254,17 @@ fn directories_are_walked_in_order_skipping_hidden_and_other_files() {
     std::fs::create_dir(dir.path().join(".hidden")).unwrap();
     std::fs::write(dir.path().join("b.yaml"), svc("b")).unwrap();
     std::fs::write(dir.path().join("a.yml"), svc("a")).unwrap();
-    std::fs::write(
-        dir.path().join("sub/c.json"),
-        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"c"}}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sub/c.json"), r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"c"}}"#)
+        .unwrap();
     std::fs::write(dir.path().join(".hidden/d.yaml"), svc("d")).unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
     std::fs::write(dir.path().join("binary.yaml"), [0xff, 0xfe]).unwrap();
     let out = portico_watcher::load(&[dir.path().to_owned()]).unwrap();
-    let names: Vec<String> = out
-        .objects
-        .iter()
-        .map(|(o, _)| o.meta().name.to_string())
-        .collect();
+    let names: Vec<String> = out.objects.iter().map(|(o, _)| o.meta().name.to_string()).collect();
     assert_eq!(names, vec!["a", "b", "c"]);
     assert_eq!(out.problems.len(), 1);
-    assert!(out.problems[0]
-        .to_string()
-        .ends_with("binary.yaml:1: not UTF-8 text"));
+    assert!(out.problems[0].to_string().ends_with("binary.yaml:1: not UTF-8 text"));
 
-    let missing = portico_watcher::load(&[dir.path().join("nope")])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        missing.contains("nope") && missing.contains("No such file"),
-        "{missing}"
-    );
+    let missing = portico_watcher::load(&[dir.path().join("nope")]).unwrap_err().to_string();
+    assert!(missing.contains("nope") && missing.contains("No such file"), "{missing}");
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use portico_model::{
-    CaBundleInfo, ClientCertInfo, Cluster, ContourStatus, HostMatch, Kind, ObjectStatus, Route,
-    RouteAction, SecretRef, SecretVerdict,
+    CaBundleInfo, ClientCertInfo, Cluster, ContourStatus, HostMatch, Kind, ObjectStatus, Route, RouteAction, SecretRef,
+    SecretVerdict,
 };
 use portico_resolver::{resolve, Config, Resolved, Snapshot};
 
@@ -15,9 +15,7 @@ pub fn snapshot(yaml: &str) -> Snapshot {
     assert_eq!(decoded.problems, vec![], "the test's YAML must decode");
     let mut snapshot = Snapshot::default();
     for (object, _) in decoded.objects {
-        snapshot
-            .apply(object)
-            .expect("no Secrets in resolver worlds; use verdicts");
+        snapshot.apply(object).expect("no Secrets in resolver worlds; use verdicts");
     }
     snapshot
 }
@@ -31,11 +29,7 @@ pub fn secret_ref(s: &str) -> SecretRef {
 pub fn valid_ca(secret: &str) -> SecretVerdict {
     SecretVerdict {
         secret: secret_ref(secret),
-        ca: Ok(CaBundleInfo {
-            sha256: format!("sha-of-{secret}"),
-            certificates: vec![],
-            warnings: vec![],
-        }),
+        ca: Ok(CaBundleInfo { sha256: format!("sha-of-{secret}"), certificates: vec![], warnings: vec![] }),
         client_cert: Err("secret type \"Opaque\" is not kubernetes.io/tls".into()),
     }
 }
@@ -49,10 +43,7 @@ pub fn ca_with_warning(secret: &str, warning: &str) -> SecretVerdict {
 }
 
 pub fn invalid_ca(secret: &str, reason: &str) -> SecretVerdict {
-    SecretVerdict {
-        ca: Err(reason.into()),
-        ..valid_ca(secret)
-    }
+    SecretVerdict { ca: Err(reason.into()), ..valid_ca(secret) }
 }
 
 pub fn valid_client_cert(secret: &str) -> SecretVerdict {
@@ -85,9 +76,7 @@ pub fn world_with(yaml: &str, verdicts: Vec<SecretVerdict>, config: &Config) -> 
     for v in verdicts {
         snap.set_verdict(v);
     }
-    World {
-        resolved: resolve(&snap, config),
-    }
+    World { resolved: resolve(&snap, config) }
 }
 
 impl World {
@@ -95,10 +84,7 @@ impl World {
         self.resolved
             .statuses
             .iter()
-            .find(|s| {
-                s.object.kind == kind
-                    && format!("{}/{}", s.object.namespace, s.object.name) == ns_name
-            })
+            .find(|s| s.object.kind == kind && format!("{}/{}", s.object.namespace, s.object.name) == ns_name)
             .unwrap_or_else(|| panic!("no status for {kind} {ns_name}"))
     }
 
@@ -107,8 +93,7 @@ impl World {
     }
 
     pub fn voyager_status(&self, ns_name: &str) -> ContourStatus {
-        self.object_status(Kind::VoyagerIngress, ns_name)
-            .to_contour()
+        self.object_status(Kind::VoyagerIngress, ns_name).to_contour()
     }
 
     /// The route for a host and prefix on a listener.
@@ -124,10 +109,7 @@ impl World {
 
     pub fn has_route(&self, port: u16, host: &str, prefix: &str) -> bool {
         let host = HostMatch::parse(host).unwrap();
-        self.resolved
-            .model
-            .routes()
-            .any(|(p, h, r)| p == port && *h == host && r.prefix.as_str() == prefix)
+        self.resolved.model.routes().any(|(p, h, r)| p == port && *h == host && r.prefix.as_str() == prefix)
     }
 
     /// The single cluster a route forwards to; panics if it rejects.
@@ -135,10 +117,7 @@ impl World {
         match &self.route(port, host, prefix).action {
             RouteAction::Forward { backends, .. } => {
                 assert_eq!(backends.len(), 1, "one backend expected");
-                self.resolved
-                    .model
-                    .cluster(&backends[0].cluster)
-                    .expect("the cluster exists")
+                self.resolved.model.cluster(&backends[0].cluster).expect("the cluster exists")
             }
             RouteAction::Reject => panic!("route {host}{prefix} rejects"),
         }
@@ -151,17 +130,9 @@ impl World {
 
 /// The messages of a status's errors (or warnings).
 pub fn errors(status: &ContourStatus) -> Vec<(String, String)> {
-    status.conditions[0]
-        .errors
-        .iter()
-        .map(|e| (e.reason.clone(), e.message.clone()))
-        .collect()
+    status.conditions[0].errors.iter().map(|e| (e.reason.clone(), e.message.clone())).collect()
 }
 
 pub fn warnings(status: &ContourStatus) -> Vec<(String, String)> {
-    status.conditions[0]
-        .warnings
-        .iter()
-        .map(|e| (e.reason.clone(), e.message.clone()))
-        .collect()
+    status.conditions[0].warnings.iter().map(|e| (e.reason.clone(), e.message.clone())).collect()
 }

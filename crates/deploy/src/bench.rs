@@ -1,0 +1,283 @@
+//! `portico bench`: a synthetic cluster at the scale of DESIGN.md's targets (10,000
+//! HTTPProxies, 10,000 Services with EndpointSlices, 1,000 CA secrets), timed through the
+//! real secrets validation and the real resolver.
+
+use portico_model::{
+    Delegation, Endpoint, EndpointPort, EndpointSlice, HttpProxy, HttpProxyRoute, HttpProxyService, Meta, Object,
+    Secret, Service, ServicePort, ServiceType, TlsCertificateDelegation, UpstreamValidation,
+};
+use portico_resolver::{resolve, Config, Snapshot};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub proxies: usize,
+    pub services: usize,
+    pub ca_secrets: usize,
+    pub namespaces: usize,
+    pub runs: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { proxies: 10_000, services: 10_000, ca_secrets: 1_000, namespaces: 100, runs: 7 }
+    }
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub options: Options,
+    pub generate: Duration,
+    pub validate_secrets: Duration,
+    pub resolve: Vec<Duration>,
+    pub one_change: Vec<Duration>,
+    pub content_hash: Duration,
+    pub routes: usize,
+    pub clusters: usize,
+    pub invalid: usize,
+    pub model_json_bytes: usize,
+    pub peak_rss_kib: Option<u64>,
+}
+
+fn meta(ns: &str, name: &str) -> Meta {
+    Meta {
+        namespace: ns.parse().expect("generated names are valid"),
+        name: name.parse().expect("generated names are valid"),
+    }
+}
+
+/// One CA certificate PEM per secret (distinct keys, so distinct hashes).
+fn ca_pems(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.distinguished_name.push(rcgen::DnType::CommonName, format!("bench ca {i}"));
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let key = rcgen::KeyPair::generate().expect("key");
+            params.self_signed(&key).expect("self-signed").pem()
+        })
+        .collect()
+}
+
+/// The synthetic world: Services in `namespaces` namespaces, each TLS on 8443 by annotation
+/// with three ready endpoints; CA secrets spread over the namespaces plus a shared
+/// namespace delegated to all; every proxy validates its service against a CA (one in ten
+/// cross-namespace through the delegation), one in a hundred references a missing CA.
+pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
+    let ns = |i: usize| format!("ns-{}", i % options.namespaces);
+    let pems = ca_pems(options.ca_secrets.min(64));
+    let mut secrets = Vec::new();
+    for i in 0..options.ca_secrets {
+        let namespace = if i % 10 == 0 { "shared".to_owned() } else { ns(i) };
+        let mut data = BTreeMap::new();
+        data.insert("ca.crt".to_owned(), pems[i % pems.len()].clone().into_bytes());
+        secrets.push(Secret { meta: meta(&namespace, &format!("ca-{i}")), secret_type: "Opaque".into(), data });
+    }
+    // The non-shared CAs of each namespace.
+    let mut local_cas: Vec<Vec<usize>> = vec![Vec::new(); options.namespaces];
+    for c in (0..options.ca_secrets).filter(|c| c % 10 != 0) {
+        local_cas[c % options.namespaces].push(c);
+    }
+    let mut snapshot = Snapshot::default();
+    let mut objects = Vec::new();
+    objects.push(Object::TlsCertificateDelegation(TlsCertificateDelegation {
+        meta: meta("shared", "all"),
+        delegations: (0..options.ca_secrets)
+            .filter(|i| i % 10 == 0)
+            .map(|i| Delegation { secret_name: format!("ca-{i}"), target_namespaces: vec!["*".into()] })
+            .collect(),
+    }));
+    for i in 0..options.services {
+        let mut annotations = BTreeMap::new();
+        annotations.insert("projectcontour.io/upstream-protocol.tls".to_owned(), "8443".to_owned());
+        objects.push(Object::Service(Service {
+            meta: meta(&ns(i), &format!("svc-{i}")),
+            annotations,
+            service_type: ServiceType::ClusterIp,
+            ports: vec![
+                ServicePort {
+                    name: "https".into(),
+                    port: 8443,
+                    target_port: None,
+                    protocol: "TCP".into(),
+                    app_protocol: None,
+                },
+                ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target_port: None,
+                    protocol: "TCP".into(),
+                    app_protocol: None,
+                },
+            ],
+        }));
+        objects.push(Object::EndpointSlice(EndpointSlice {
+            meta: meta(&ns(i), &format!("svc-{i}-abcde")),
+            service_name: Some(format!("svc-{i}")),
+            ports: vec![
+                EndpointPort { name: "https".into(), port: Some(8443) },
+                EndpointPort { name: "http".into(), port: Some(8080) },
+            ],
+            endpoints: (0..3)
+                .map(|e| Endpoint {
+                    addresses: vec![format!("10.{}.{}.{}", i / 250 % 250, i % 250, e + 1)],
+                    ready: true,
+                })
+                .collect(),
+        }));
+    }
+    for i in 0..options.proxies {
+        let service = i % options.services.max(1);
+        let namespace = ns(service);
+        // A CA in the proxy's own namespace, or (one in ten) the shared delegated one.
+        let ca = if i % 10 == 0 {
+            format!("shared/ca-{}", (i / 10 * 10) % options.ca_secrets.max(1))
+        } else {
+            let local = &local_cas[service % options.namespaces];
+            match local.get(i % local.len().max(1)) {
+                Some(c) => format!("ca-{c}"),
+                None => "missing".to_owned(),
+            }
+        };
+        let ca = if i % 100 == 99 { "missing-ca".to_owned() } else { ca };
+        objects.push(Object::HttpProxy(HttpProxy {
+            meta: meta(&namespace, &format!("proxy-{i}")),
+            fqdn: Some(format!("app-{i}.example.com")),
+            routes: vec![HttpProxyRoute {
+                prefixes: vec![],
+                ignored_conditions: vec![],
+                services: vec![HttpProxyService {
+                    name: format!("svc-{service}"),
+                    port: 8443,
+                    weight: None,
+                    protocol: None,
+                    validation: Some(UpstreamValidation {
+                        ca_secret: ca,
+                        subject_name: format!("svc-{service}.{namespace}.svc"),
+                        subject_names: vec![],
+                    }),
+                }],
+                set_headers: vec![],
+            }],
+        }));
+    }
+    for o in objects {
+        snapshot.apply(o).expect("no secrets among the objects");
+    }
+    (snapshot, secrets)
+}
+
+/// Peak resident set size of this process (Linux), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn run(options: &Options, now: i64) -> Report {
+    let started = Instant::now();
+    let (mut snapshot, secrets) = generate(options);
+    let generate = started.elapsed();
+
+    let started = Instant::now();
+    for secret in &secrets {
+        let (verdict, _material) = portico_secrets::validate_secret(secret, now);
+        snapshot.set_verdict(verdict);
+    }
+    let validate_secrets = started.elapsed();
+
+    let config = Config::default();
+    let mut resolve_times = Vec::new();
+    let mut resolved = None;
+    for _ in 0..options.runs.max(1) {
+        let started = Instant::now();
+        let r = resolve(&snapshot, &config);
+        resolve_times.push(started.elapsed());
+        resolved = Some(r);
+    }
+    let resolved = resolved.expect("at least one run");
+
+    // A one-object change: edit one HTTPProxy's subject name and rebuild (the resolver
+    // rebuilds in full; this measures what one change costs).
+    let mut one_change = Vec::new();
+    let key = snapshot.http_proxies.keys().next().cloned();
+    for run in 0..options.runs.max(1) {
+        if let Some(key) = &key {
+            let proxy = snapshot.http_proxies.get_mut(key).expect("exists");
+            if let Some(v) = proxy.routes[0].services[0].validation.as_mut() {
+                v.subject_name = format!("changed-{run}.example.com");
+            }
+        }
+        let started = Instant::now();
+        let _ = resolve(&snapshot, &config);
+        one_change.push(started.elapsed());
+    }
+
+    let started = Instant::now();
+    let _hash = resolved.model.content_hash();
+    let content_hash = started.elapsed();
+
+    Report {
+        options: options.clone(),
+        generate,
+        validate_secrets,
+        resolve: resolve_times,
+        one_change,
+        content_hash,
+        routes: resolved.model.routes().count(),
+        clusters: resolved.model.clusters.len(),
+        invalid: resolved.statuses.iter().filter(|s| !s.is_valid()).count(),
+        model_json_bytes: serde_json::to_vec(&resolved.model).map(|v| v.len()).unwrap_or(0),
+        peak_rss_kib: peak_rss_kib(),
+    }
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let o = &self.options;
+        let min = self.resolve.iter().min().copied().unwrap_or_default();
+        let max = self.resolve.iter().max().copied().unwrap_or_default();
+        format!(
+            "portico bench: {} HTTPProxies, {} Services (+{} EndpointSlices, 3 endpoints each), {} CA secrets, {} namespaces\n\
+             generate world            {}\n\
+             validate {} CA secrets  {}\n\
+             full resolve              median {} (min {}, max {}, {} runs)\n\
+             one-object change         median {} (full rebuild)\n\
+             model content hash        {}\n\
+             result                    {} routes, {} clusters, {} invalid objects, model JSON {:.1} MiB\n\
+             peak RSS                  {}\n",
+            o.proxies,
+            o.services,
+            o.services,
+            o.ca_secrets,
+            o.namespaces,
+            ms(self.generate),
+            o.ca_secrets,
+            ms(self.validate_secrets),
+            ms(median(&self.resolve)),
+            ms(min),
+            ms(max),
+            self.resolve.len(),
+            ms(median(&self.one_change)),
+            ms(self.content_hash),
+            self.routes,
+            self.clusters,
+            self.invalid,
+            self.model_json_bytes as f64 / 1_048_576.0,
+            self.peak_rss_kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "unknown".into()),
+        )
+    }
+}

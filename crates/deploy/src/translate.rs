@@ -1,0 +1,163 @@
+//! `portico translate`: the whole pipeline in one process, from manifest files to statuses
+//! (and, with the renderers, proxy configurations). No NATS.
+
+use portico_model::{ContourStatus, Object, ObjectStatus, SecretRef};
+use portico_resolver::{resolve, Config, Resolved, Snapshot};
+use portico_watcher::{DecodeProblem, Skipped};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Options of `portico translate`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub paths: Vec<PathBuf>,
+    pub out_dir: PathBuf,
+    pub http_port: u16,
+    pub client_cert: Option<SecretRef>,
+    /// Seconds since the epoch, for certificate expiry.
+    pub now: i64,
+}
+
+/// What a translation produced, for printing and for tests.
+#[derive(Debug)]
+pub struct Outcome {
+    pub resolved: Resolved,
+    /// Documents that could not be read: the command exits non-zero when there are any.
+    pub problems: Vec<DecodeProblem>,
+    pub warnings: Vec<DecodeProblem>,
+    pub skipped: Vec<Skipped>,
+    pub secrets: usize,
+    pub objects: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error(transparent)]
+    InputUnreadable(#[from] portico_watcher::LoadError),
+    #[error("cannot write {path}: {source}")]
+    OutputFailed { path: PathBuf, source: std::io::Error },
+}
+
+/// One entry of `status.json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEntry {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub status: ContourStatus,
+}
+
+/// Sorted by kind, namespace, name (DESIGN.md, `portico translate`).
+pub fn status_entries(statuses: &[ObjectStatus]) -> Vec<StatusEntry> {
+    let mut entries: Vec<StatusEntry> = statuses
+        .iter()
+        .map(|s| StatusEntry {
+            kind: s.object.kind.as_str(),
+            namespace: s.object.namespace.to_string(),
+            name: s.object.name.to_string(),
+            status: s.to_contour(),
+        })
+        .collect();
+    entries.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    entries
+}
+
+/// Read, validate, resolve, and write the outputs.
+pub fn run(options: &Options) -> Result<Outcome, TranslateError> {
+    let decoded = portico_watcher::load(&options.paths)?;
+    let problems = decoded.problems.clone();
+    let skipped = decoded.skipped.clone();
+    let (objects, warnings) = decoded.into_unique_objects();
+
+    let mut snapshot = Snapshot::default();
+    let mut secrets = 0;
+    let count = objects.len();
+    for object in objects {
+        match object {
+            Object::Secret(secret) => {
+                secrets += 1;
+                let (verdict, _material) = portico_secrets::validate_secret(&secret, options.now);
+                snapshot.set_verdict(verdict);
+            }
+            other => snapshot.apply(other).expect("secrets are handled above"),
+        }
+    }
+    let config = Config { http_port: options.http_port, client_cert: options.client_cert.clone() };
+    let resolved = resolve(&snapshot, &config);
+
+    write(&options.out_dir.join("status.json"), &json(&status_entries(&resolved.statuses)))?;
+    write(&options.out_dir.join("model.json"), &json(&resolved.model))?;
+    Ok(Outcome { resolved, problems, warnings, skipped, secrets, objects: count })
+}
+
+fn json(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("statuses and models always serialize");
+    text.push('\n');
+    text
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), TranslateError> {
+    let failed = |source| TranslateError::OutputFailed { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    // Write then rename, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(failed)?;
+    std::fs::rename(&tmp, path).map_err(failed)
+}
+
+/// The human summary: problems, skipped kinds, and a status table.
+pub fn report(outcome: &Outcome, out_dir: &Path) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for p in &outcome.problems {
+        let _ = writeln!(s, "error: {p}");
+    }
+    for w in &outcome.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    if !outcome.skipped.is_empty() {
+        let kinds: std::collections::BTreeSet<String> =
+            outcome.skipped.iter().map(|k| format!("{} ({})", k.kind, k.api_version)).collect();
+        let _ = writeln!(
+            s,
+            "skipped {} object(s) of kinds Portico does not read: {}",
+            outcome.skipped.len(),
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let entries = status_entries(&outcome.resolved.statuses);
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|e| {
+            let warnings = e.status.conditions.iter().map(|c| c.warnings.len()).sum::<usize>();
+            let mut status = e.status.current_status.clone();
+            if warnings > 0 {
+                status = format!("{status} ({warnings} warning{})", if warnings == 1 { "" } else { "s" });
+            }
+            [e.kind.to_owned(), format!("{}/{}", e.namespace, e.name), status, e.status.description.clone()]
+        })
+        .collect();
+    let header = ["KIND", "NAME", "STATUS", "DESCRIPTION"].map(String::from);
+    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for row in std::iter::once(&header).chain(&rows) {
+        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
+    }
+    let model = &outcome.resolved.model;
+    let routes = model.routes().count();
+    let rejected = model.routes().filter(|(_, _, r)| r.action == portico_model::RouteAction::Reject).count();
+    let _ = writeln!(
+        s,
+        "\n{} objects and {} secrets read; {routes} routes ({rejected} answering 503), {} clusters; model {}",
+        outcome.objects - outcome.secrets,
+        outcome.secrets,
+        model.clusters.len(),
+        &model.content_hash()[..12]
+    );
+    let _ = writeln!(s, "wrote {}/status.json and {}/model.json", out_dir.display(), out_dir.display());
+    s
+}
