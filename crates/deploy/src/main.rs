@@ -6,6 +6,9 @@ use portico_deploy::{bench, parse_client_cert, translate, unix_now};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portico",

@@ -26,8 +26,9 @@ pub struct Model {
 impl Model {
     /// SHA-256 (hex) of the model's canonical JSON form. Renderers push only when it changes.
     pub fn content_hash(&self) -> String {
-        let json = serde_json::to_vec(self).expect("the model always serializes");
-        hex(&Sha256::digest(json))
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, self).expect("the model always serializes");
+        hex(&hasher.0.finalize())
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
@@ -42,9 +43,29 @@ impl Model {
     }
 }
 
+/// Feeds serialized bytes straight into a hasher, so hashing a large model needs no buffer.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,11 +3,11 @@
 
 use portico_model::names::quote;
 use portico_model::{
-    Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType, Reason,
+    Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectStatus, PathPrefix, Problem, ProblemType, Reason,
     Route, RouteAction, Servers, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One service reference, resolved.
 pub struct Upstream {
@@ -40,78 +40,89 @@ pub struct PendingRoute {
     pub listener: u16,
     pub host: HostMatch,
     pub prefix: PathPrefix,
-    pub source: ObjectRef,
+    /// Index of the owning object's status.
+    pub owner: usize,
     pub action: PendingAction,
 }
 
 /// Assemble the model. `routes` must come in a deterministic order: when two objects claim
 /// the same listener, host and prefix, the first keeps it and the later gets an error.
-pub fn assemble(routes: Vec<PendingRoute>, problems: &mut BTreeMap<ObjectRef, Vec<Problem>>) -> Model {
-    let mut table: BTreeMap<(u16, HostMatch, PathPrefix), (ObjectRef, PendingAction)> = BTreeMap::new();
+/// Problems found here are added to `statuses[owner]`.
+pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Model {
+    let mut table: BTreeMap<(u16, HostMatch, PathPrefix), (usize, PendingAction)> = BTreeMap::new();
     for route in routes {
         let slot = (route.listener, route.host, route.prefix);
         if let Some((owner, _)) = table.get(&slot) {
-            if owner != &route.source {
-                let message = format!(
-                    "route {}: host {} on port {} is already routed by {owner}",
-                    quote(slot.2.as_str()),
-                    slot.1,
-                    slot.0
-                );
-                problems.entry(route.source).or_default().push(Problem::error(
-                    ProblemType::RouteError,
-                    Reason::DuplicateRoute,
-                    message,
-                ));
+            let (prefix, host, port) = (quote(slot.2.as_str()), &slot.1, slot.0);
+            let message = if *owner == route.owner {
+                format!("route {prefix}: host {host} has this prefix twice; the first route is used")
             } else {
-                problems.entry(route.source).or_default().push(Problem::error(
-                    ProblemType::RouteError,
-                    Reason::DuplicateRoute,
-                    format!(
-                        "route {}: host {} has this prefix twice; the first route is used",
-                        quote(slot.2.as_str()),
-                        slot.1
-                    ),
-                ));
-            }
+                format!("route {prefix}: host {host} on port {port} is already routed by {}", statuses[*owner].object)
+            };
+            statuses[route.owner].problems.push(Problem::error(
+                ProblemType::RouteError,
+                Reason::DuplicateRoute,
+                message,
+            ));
             continue;
         }
-        table.insert(slot, (route.source, route.action));
+        table.insert(slot, (route.owner, route.action));
     }
 
-    // Clusters and their names.
-    let mut clusters: BTreeMap<ClusterKey, Servers> = BTreeMap::new();
+    // Intern clusters (one per distinct key), keeping routes' references as indices. The
+    // lookup is by the key's SHA-256, which also names the cluster; a hit is confirmed by
+    // comparing the keys, so distinct keys never merge even if their digests collided.
+    let mut by_digest: DigestMap<Vec<usize>> = DigestMap::default();
+    let mut scratch = Vec::with_capacity(256);
+    let mut clusters: Vec<(ClusterKey, Servers, [u8; 32])> = Vec::new();
     let mut trust: BTreeSet<TrustRef> = BTreeSet::new();
     let mut client_cert: Option<TrustRef> = None;
-    for (_, action) in table.values() {
-        if let PendingAction::Forward { upstreams, .. } = action {
-            for (u, _) in upstreams {
-                clusters.entry(u.key.clone()).or_insert_with(|| u.servers.clone());
-                trust.extend(u.ca_trust.clone());
-                if u.client_cert.is_some() {
-                    client_cert.clone_from(&u.client_cert);
-                }
-            }
-        }
-    }
-    let names = cluster_names(clusters.keys());
-
-    let mut listeners: BTreeMap<u16, BTreeMap<HostMatch, Vec<Route>>> = BTreeMap::new();
-    for ((port, host, prefix), (source, action)) in table {
-        let action = match action {
-            PendingAction::Reject => RouteAction::Reject,
+    let mut routes: Vec<Placed> = Vec::with_capacity(table.len());
+    for ((port, host, prefix), (owner, action)) in table {
+        let forward = match action {
+            PendingAction::Reject => None,
             PendingAction::Forward { upstreams, host_rewrite } => {
-                let mut backends: Vec<WeightedCluster> = Vec::new();
+                let mut backends: Vec<(usize, u32)> = Vec::with_capacity(upstreams.len());
                 for (u, weight) in upstreams {
-                    let cluster = names[&u.key].clone();
-                    match backends.iter_mut().find(|b| b.cluster == cluster) {
-                        Some(b) => b.weight += weight,
-                        None => backends.push(WeightedCluster { cluster, weight }),
+                    let digest = key_digest(&u.key, &mut scratch);
+                    let same = by_digest.entry(digest).or_default();
+                    let i = match same.iter().find(|&&i| clusters[i].0 == u.key) {
+                        Some(&i) => i,
+                        None => {
+                            same.push(clusters.len());
+                            clusters.push((u.key, u.servers, digest));
+                            clusters.len() - 1
+                        }
+                    };
+                    trust.extend(u.ca_trust);
+                    if u.client_cert.is_some() {
+                        client_cert = u.client_cert;
+                    }
+                    match backends.iter_mut().find(|(c, _)| *c == i) {
+                        Some((_, w)) => *w += weight,
+                        None => backends.push((i, weight)),
                     }
                 }
-                RouteAction::Forward { backends, host_rewrite }
+                Some(Forward { backends, host_rewrite })
             }
         };
+        routes.push(Placed { port, host, prefix, owner, forward });
+    }
+    let names = cluster_names(clusters.iter().map(|(k, _, d)| (k, d)));
+
+    let mut listeners: BTreeMap<u16, BTreeMap<HostMatch, Vec<Route>>> = BTreeMap::new();
+    for Placed { port, host, prefix, owner, forward } in routes {
+        let action = match forward {
+            None => RouteAction::Reject,
+            Some(Forward { backends, host_rewrite }) => RouteAction::Forward {
+                backends: backends
+                    .into_iter()
+                    .map(|(i, weight)| WeightedCluster { cluster: names[i].clone(), weight })
+                    .collect(),
+                host_rewrite,
+            },
+        };
+        let source = statuses[owner].object.clone();
         listeners.entry(port).or_default().entry(host).or_default().push(Route { prefix, source, action });
     }
     let listeners = listeners
@@ -131,9 +142,23 @@ pub fn assemble(routes: Vec<PendingRoute>, problems: &mut BTreeMap<ObjectRef, Ve
         })
         .collect();
     let mut clusters: Vec<Cluster> =
-        clusters.into_iter().map(|(key, servers)| Cluster { name: names[&key].clone(), key, servers }).collect();
+        clusters.into_iter().zip(names).map(|((key, servers, _), name)| Cluster { name, key, servers }).collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
+}
+
+/// A route that won its slot, with its backends as cluster indices (`None`: it rejects).
+struct Placed {
+    port: u16,
+    host: HostMatch,
+    prefix: PathPrefix,
+    owner: usize,
+    forward: Option<Forward>,
+}
+
+struct Forward {
+    backends: Vec<(usize, u32)>,
+    host_rewrite: Option<DnsName>,
 }
 
 /// Exact hosts first, then wildcards, then any: the order proxies should match in.
@@ -145,28 +170,47 @@ fn host_rank(host: &HostMatch) -> u8 {
     }
 }
 
-/// Hex SHA-256 of a cluster key's canonical JSON.
-pub fn key_hash(key: &ClusterKey) -> String {
-    let json = serde_json::to_vec(key).expect("a cluster key always serializes");
-    portico_model::hex(&Sha256::digest(json))
+/// SHA-256 of a cluster key's canonical encoding (bincode 2, standard config). The encoding
+/// is derived from the key's serde implementation, so every field that shapes a cluster is
+/// in it; it is compact and needs no string escaping. `buf` is scratch space, reused.
+pub fn key_digest(key: &ClusterKey, buf: &mut Vec<u8>) -> [u8; 32] {
+    buf.clear();
+    bincode::serde::encode_into_std_write(key, buf, bincode::config::standard()).expect("a cluster key always encodes");
+    Sha256::digest(buf.as_slice()).into()
 }
 
-/// `<namespace>_<service>_<port>_<hash>`. The hash is 16 hex digits of the key's SHA-256;
-/// if two different keys ever share a name, both get the full 64 digits, so distinct keys
-/// never share a cluster. `_` cannot occur in Kubernetes names, so the parts stay apart.
-pub fn cluster_names<'a>(keys: impl Iterator<Item = &'a ClusterKey>) -> BTreeMap<ClusterKey, String> {
-    let name = |key: &ClusterKey, hash: &str| format!("{}_{}_{}_{hash}", key.namespace, key.service, key.port);
-    let hashed: Vec<(&ClusterKey, String)> = keys.map(|k| (k, key_hash(k))).collect();
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for (key, hash) in &hashed {
-        *count.entry(name(key, &hash[..16])).or_default() += 1;
+/// The digests are uniformly random already: their first eight bytes are the hash.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
-    hashed
-        .into_iter()
-        .map(|(key, hash)| {
-            let short = name(key, &hash[..16]);
-            let chosen = if count[&short] > 1 { name(key, &hash) } else { short };
-            (key.clone(), chosen)
-        })
-        .collect()
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut first = [0u8; 8];
+            first[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(first);
+        }
+    }
+}
+
+type DigestMap<V> = HashMap<[u8; 32], V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// `<namespace>_<service>_<port>_<hash>`, one per key, in the keys' order. The hash is 16
+/// hex digits of the key's digest; if two different keys ever share a name, both get the
+/// full 64 digits, so distinct keys never share a cluster. `_` cannot occur in Kubernetes
+/// names, so the parts stay apart.
+pub fn cluster_names<'a>(keys: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32])>) -> Vec<String> {
+    let name = |key: &ClusterKey, hash: &str| format!("{}_{}_{}_{hash}", key.namespace, key.service, key.port);
+    let full: Vec<(&ClusterKey, String)> = keys.map(|(k, d)| (k, portico_model::hex(d))).collect();
+    let short: Vec<String> = full.iter().map(|(k, h)| name(k, &h[..16])).collect();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for n in &short {
+        *count.entry(n.as_str()).or_default() += 1;
+    }
+    let collided: Vec<bool> = short.iter().map(|n| count[n.as_str()] > 1).collect();
+    full.iter().zip(short.iter().zip(collided)).map(|((k, h), (s, c))| if c { name(k, h) } else { s.clone() }).collect()
 }

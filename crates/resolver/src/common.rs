@@ -21,6 +21,8 @@ pub struct Index<'a> {
     pub config: &'a Config,
     /// EndpointSlices by (namespace, service name).
     slices: HashMap<(&'a str, &'a str), Vec<&'a portico_model::EndpointSlice>>,
+    /// Services by (namespace, name).
+    services: HashMap<(&'a str, &'a str), &'a Service>,
     /// Delegation entries by the namespace they delegate from.
     delegations: HashMap<&'a str, Vec<&'a portico_model::Delegation>>,
 }
@@ -37,12 +39,13 @@ impl<'a> Index<'a> {
         for d in snapshot.delegations.values() {
             delegations.entry(d.meta.namespace.as_str()).or_default().extend(&d.delegations);
         }
-        Index { snapshot, config, slices, delegations }
+        let services =
+            snapshot.services.values().map(|s| ((s.meta.namespace.as_str(), s.meta.name.as_str()), s)).collect();
+        Index { snapshot, config, slices, services, delegations }
     }
 
     pub fn service(&self, namespace: &K8sName, name: &str) -> Option<&'a Service> {
-        let name: K8sName = name.parse().ok()?;
-        self.snapshot.services.get(&(namespace.clone(), name))
+        self.services.get(&(namespace.as_str(), name)).copied()
     }
 
     /// Whether a secret may be used from `target_namespace`: same namespace, or a
@@ -87,7 +90,7 @@ impl<'a> Index<'a> {
     /// `label` is the `route "...": service "..."` part of messages.
     pub fn ca_secret(
         &self,
-        label: &str,
+        label: &Label<'_>,
         secret: &SecretRef,
         from_namespace: &K8sName,
         warnings: &mut Vec<Problem>,
@@ -126,7 +129,7 @@ impl<'a> Index<'a> {
 
     /// The configured client certificate for a TLS upstream, if any; an error when it is
     /// configured but missing or not valid (every TLS upstream then answers 503).
-    pub fn client_cert(&self, label: &str, warnings: &mut Vec<Problem>) -> Result<Option<TrustRef>, Problem> {
+    pub fn client_cert(&self, label: &Label<'_>, warnings: &mut Vec<Problem>) -> Result<Option<TrustRef>, Problem> {
         let Some(secret) = &self.config.client_cert else {
             return Ok(None);
         };
@@ -172,17 +175,30 @@ fn matching_slice_port(slice: &portico_model::EndpointSlice, port: &ServicePort)
 }
 
 /// Error for a Service or port that cannot be found.
-pub fn unresolved(label: &str, what: String) -> Problem {
+pub fn unresolved(label: &Label<'_>, what: String) -> Problem {
     Problem::error(ProblemType::ServiceError, Reason::ServiceUnresolvedReference, format!("{label}: {what}"))
 }
 
-/// `route "<prefix>": service "<name>"`, with the name quoted safely.
-pub fn service_label(prefix: &str, service: &str) -> String {
-    format!("route {}: service {}", quote(prefix), quote(service))
+/// `route "<prefix>": service "<name>"`, quoted safely, formatted only when a message is
+/// actually written (most services have no problem, and this runs for every one).
+#[derive(Clone, Copy)]
+pub struct Label<'a> {
+    pub prefix: &'a str,
+    pub service: &'a str,
+}
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "route {}: service {}", quote(self.prefix), quote(self.service))
+    }
+}
+
+pub fn service_label<'a>(prefix: &'a str, service: &'a str) -> Label<'a> {
+    Label { prefix, service }
 }
 
 /// A warning when a cluster has nothing to send traffic to.
-pub fn no_endpoints_warning(label: &str, servers: &Servers, port: u16) -> Option<Problem> {
+pub fn no_endpoints_warning(label: &Label<'_>, servers: &Servers, port: u16) -> Option<Problem> {
     match servers {
         Servers::Endpoints(list) if list.is_empty() => Some(Problem::warning(
             ProblemType::ServiceError,

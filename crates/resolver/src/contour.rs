@@ -5,7 +5,7 @@ use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, Kind, PathPrefix, Problem,
+    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, PathPrefix, Problem,
     ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion, UpstreamProtocol, Verification,
 };
 
@@ -16,8 +16,12 @@ pub const ANNOTATION_H2: &str = "projectcontour.io/upstream-protocol.h2";
 pub const MAX_SUBJECT_NAMES: usize = 8;
 
 /// Resolve one HTTPProxy into routes, pushing its problems.
-pub fn resolve_proxy(index: &Index<'_>, proxy: &HttpProxy, problems: &mut Vec<Problem>) -> Vec<PendingRoute> {
-    let source = proxy.meta.object_ref(Kind::HttpProxy);
+pub fn resolve_proxy(
+    index: &Index<'_>,
+    proxy: &HttpProxy,
+    owner: usize,
+    problems: &mut Vec<Problem>,
+) -> Vec<PendingRoute> {
     let host = match &proxy.fqdn {
         None => HostMatch::Any,
         Some(fqdn) => match DnsName::parse(fqdn) {
@@ -60,13 +64,7 @@ pub fn resolve_proxy(index: &Index<'_>, proxy: &HttpProxy, problems: &mut Vec<Pr
             }
         };
         let action = resolve_route(index, proxy, route, written, &route_label, problems);
-        routes.push(PendingRoute {
-            listener: index.config.http_port,
-            host: host.clone(),
-            prefix,
-            source: source.clone(),
-            action,
-        });
+        routes.push(PendingRoute { listener: index.config.http_port, host: host.clone(), prefix, owner, action });
     }
     routes
 }

@@ -12,8 +12,7 @@ pub mod contour;
 pub mod snapshot;
 pub mod voyager;
 
-use portico_model::{Kind, Model, ObjectRef, ObjectStatus, Problem, SecretRef};
-use std::collections::BTreeMap;
+use portico_model::{Kind, Model, ObjectStatus, SecretRef};
 
 pub use snapshot::Snapshot;
 
@@ -43,19 +42,20 @@ pub struct Resolved {
 /// Resolve a snapshot into the model and statuses.
 pub fn resolve(snapshot: &Snapshot, config: &Config) -> Resolved {
     let index = common::Index::new(snapshot, config);
-    let mut problems: BTreeMap<ObjectRef, Vec<Problem>> = BTreeMap::new();
+    let mut statuses = Vec::with_capacity(snapshot.http_proxies.len() + snapshot.voyager_ingresses.len());
     let mut routes = Vec::new();
     // HTTPProxies first, then Voyager Ingresses, each by namespace and name: the order in
-    // which route conflicts are decided.
+    // which route conflicts are decided, and (Kind's order) the order of the statuses.
     for proxy in snapshot.http_proxies.values() {
-        let list = problems.entry(proxy.meta.object_ref(Kind::HttpProxy)).or_default();
-        routes.extend(contour::resolve_proxy(&index, proxy, list));
+        let mut problems = Vec::new();
+        routes.extend(contour::resolve_proxy(&index, proxy, statuses.len(), &mut problems));
+        statuses.push(ObjectStatus { object: proxy.meta.object_ref(Kind::HttpProxy), problems });
     }
     for ingress in snapshot.voyager_ingresses.values() {
-        let list = problems.entry(ingress.meta.object_ref(Kind::VoyagerIngress)).or_default();
-        routes.extend(voyager::resolve_ingress(&index, ingress, list));
+        let mut problems = Vec::new();
+        routes.extend(voyager::resolve_ingress(&index, ingress, statuses.len(), &mut problems));
+        statuses.push(ObjectStatus { object: ingress.meta.object_ref(Kind::VoyagerIngress), problems });
     }
-    let model = build::assemble(routes, &mut problems);
-    let statuses = problems.into_iter().map(|(object, problems)| ObjectStatus { object, problems }).collect();
+    let model = build::assemble(routes, &mut statuses);
     Resolved { model, statuses }
 }

@@ -6,8 +6,8 @@ use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, CaSource, ClusterKey, HostMatch, Kind, PathPrefix, Problem, ProblemType, Reason, SecretRef, Severity,
-    TlsPolicy, TlsVersion, UpstreamProtocol, Verification, VoyagerBackend, VoyagerIngress,
+    Alpn, CaSource, ClusterKey, HostMatch, PathPrefix, Problem, ProblemType, Reason, SecretRef, Severity, TlsPolicy,
+    TlsVersion, UpstreamProtocol, Verification, VoyagerBackend, VoyagerIngress,
 };
 
 pub const ANNOTATION_BACKEND_TLS: &str = "ingress.appscode.com/backend-tls";
@@ -18,8 +18,12 @@ pub const ANNOTATION_CA_SECRET: &str = "portico.dev/upstream-ca-secret";
 pub const VERIFY_WITHOUT_CA: &str = "verify is enabled by default but no CA file specified. If you're running on a LAN where you're certain to trust the server's certificate, please set an explicit 'verify none' statement on the 'server' line, or use 'ssl-server-verify none' in the global section to disable server-side verifications by default.";
 
 /// Resolve one Voyager Ingress into routes, pushing its problems.
-pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &mut Vec<Problem>) -> Vec<PendingRoute> {
-    let source = ingress.meta.object_ref(Kind::VoyagerIngress);
+pub fn resolve_ingress(
+    index: &Index<'_>,
+    ingress: &VoyagerIngress,
+    owner: usize,
+    problems: &mut Vec<Problem>,
+) -> Vec<PendingRoute> {
     let mut routes = Vec::new();
     let mut add =
         |listener: u16, host: HostMatch, path: &str, backend: &VoyagerBackend, problems: &mut Vec<Problem>| {
@@ -44,7 +48,7 @@ pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &m
             };
             let failed = problems.iter().filter(|p| p.severity == Severity::Error).count() > errors_before;
             let action = if failed { PendingAction::Reject } else { action };
-            routes.push(PendingRoute { listener, host, prefix, source: source.clone(), action });
+            routes.push(PendingRoute { listener, host, prefix, owner, action });
         };
     for rule in &ingress.rules {
         let host = match HostMatch::parse(&rule.host) {
