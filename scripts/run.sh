@@ -5,9 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --release --locked -q -p portico-deploy
 out="${1:-out}"
-./target/release/portico translate examples/upstream-tls --out-dir "$out"
+cargo run --release --locked -q -p portico-deploy -- translate examples/upstream-tls --out-dir "$out"
 echo
 echo "The HTTPProxy's status, as Portico would write it back:"
 python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0], indent=2))' "$out/status.json" 2>/dev/null \
