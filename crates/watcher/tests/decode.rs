@@ -268,3 +268,49 @@ fn directories_are_walked_in_order_skipping_hidden_and_other_files() {
     let missing = portico_watcher::load(&[dir.path().join("nope")]).unwrap_err().to_string();
     assert!(missing.contains("nope") && missing.contains("No such file"), "{missing}");
 }
+
+mod properties {
+    use super::decode;
+    use proptest::prelude::*;
+
+    /// Fragments of real manifests, so generated documents get past the YAML parser and into
+    /// the typed decoding and conversion, not only into YAML syntax errors.
+    fn manifest_text() -> impl Strategy<Value = String> {
+        let fragment = prop_oneof![
+            Just("apiVersion: v1\n".to_owned()),
+            Just("apiVersion: projectcontour.io/v1\n".to_owned()),
+            Just("apiVersion: voyager.appscode.com/v1beta1\n".to_owned()),
+            Just("kind: Service\n".to_owned()),
+            Just("kind: HTTPProxy\n".to_owned()),
+            Just("kind: Ingress\n".to_owned()),
+            Just("kind: Secret\n".to_owned()),
+            Just("kind: List\n".to_owned()),
+            Just("metadata: {name: a}\n".to_owned()),
+            Just("spec: {ports: [{port: 99999}]}\n".to_owned()),
+            Just("spec: {routes: [{services: [{name: x, port: -1}]}]}\n".to_owned()),
+            Just("data: {ca.crt: \"!!!\"}\n".to_owned()),
+            Just("items: [1, {kind: Service}]\n".to_owned()),
+            Just("---\n".to_owned()),
+            "[ -~\n\t]{0,30}",
+        ];
+        proptest::collection::vec(fragment, 0..12).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decoding_never_panics_and_every_problem_has_a_line(text in manifest_text()) {
+            let out = decode(&text);
+            let lines = text.lines().count().max(1) + 1;
+            for p in &out.problems {
+                prop_assert!(p.location.line >= 1 && p.location.line <= lines, "{} outside 1..={}", p, lines);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = decode(&text);
+        }
+    }
+}
