@@ -5,8 +5,8 @@ use crate::snapshot::Snapshot;
 use crate::Config;
 use portico_model::names::quote;
 use portico_model::{
-    CaSource, DnsName, K8sName, Problem, ProblemType, Reason, SecretRef, Servers, Service, ServicePort, ServiceType,
-    TargetPort, TrustRef,
+    CaSource, DnsName, K8sName, PathPrefix, Problem, ProblemType, Reason, SecretRef, SecretVerdict, Servers, Service,
+    ServicePort, ServiceType, Severity, TargetPort, TrustRef,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -106,17 +106,14 @@ impl<'a> Index<'a> {
                 secret.namespace, secret.name
             )));
         }
-        let not_valid = |detail: String| {
+        let info = self.usable(secret, |v| &v.ca).map_err(|detail| {
             Problem::error(
                 ProblemType::TLSError,
                 Reason::SecretNotValid,
                 format!("{label}: {SECRET_NOT_FOUND_OR_MISCONFIGURED}"),
             )
             .with_detail(detail)
-        };
-        let verdict =
-            self.snapshot.verdicts.get(secret).ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
-        let info = verdict.ca.as_ref().map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        })?;
         for w in &info.warnings {
             warnings.push(Problem::warning(
                 ProblemType::TLSError,
@@ -127,24 +124,31 @@ impl<'a> Index<'a> {
         Ok((CaSource::Secret(secret.clone()), TrustRef { secret: secret.clone(), sha256: info.sha256.clone() }))
     }
 
+    /// One use of a secret (`pick` chooses the CA bundle or the client certificate): its
+    /// summary, or why it cannot be used (the detail of a `SecretNotValid` error).
+    fn usable<T>(
+        &self,
+        secret: &SecretRef,
+        pick: impl Fn(&'a SecretVerdict) -> &'a Result<T, String>,
+    ) -> Result<&'a T, String> {
+        let verdict = self.snapshot.verdicts.get(secret).ok_or_else(|| format!("secret \"{secret}\" not found"))?;
+        pick(verdict).as_ref().map_err(|reason| format!("secret \"{secret}\": {reason}"))
+    }
+
     /// The configured client certificate for a TLS upstream, if any; an error when it is
     /// configured but missing or not valid (every TLS upstream then answers 503).
     pub fn client_cert(&self, label: &Label<'_>, warnings: &mut Vec<Problem>) -> Result<Option<TrustRef>, Problem> {
         let Some(secret) = &self.config.client_cert else {
             return Ok(None);
         };
-        let not_valid = |detail: String| {
+        let info = self.usable(secret, |v| &v.client_cert).map_err(|detail| {
             Problem::error(
                 ProblemType::TLSError,
                 Reason::SecretNotValid,
                 format!("{label}: client certificate secret \"{secret}\" not found or misconfigured"),
             )
             .with_detail(detail)
-        };
-        let verdict =
-            self.snapshot.verdicts.get(secret).ok_or_else(|| not_valid(format!("secret \"{secret}\" not found")))?;
-        let info =
-            verdict.client_cert.as_ref().map_err(|reason| not_valid(format!("secret \"{secret}\": {reason}")))?;
+        })?;
         for w in &info.warnings {
             warnings.push(Problem::warning(
                 ProblemType::TLSError,
@@ -207,4 +211,25 @@ pub fn no_endpoints_warning(label: &Label<'_>, servers: &Servers, port: u16) -> 
         )),
         _ => None,
     }
+}
+
+/// Parse a route's path prefix as written; a bad one is a route error, and the route is
+/// not rendered (there is no safe way to match on it).
+pub fn route_prefix(written: &str, problems: &mut Vec<Problem>) -> Option<PathPrefix> {
+    match written.parse::<PathPrefix>() {
+        Ok(prefix) => Some(prefix),
+        Err(e) => {
+            problems.push(Problem::error(
+                ProblemType::RouteError,
+                Reason::InvalidValue,
+                format!("route {}: {e}", quote(written)),
+            ));
+            None
+        }
+    }
+}
+
+/// The number of errors in a problem list: resolving a route failed when it grew.
+pub fn error_count(problems: &[Problem]) -> usize {
+    problems.iter().filter(|p| p.severity == Severity::Error).count()
 }

@@ -2,7 +2,7 @@
 //! precedence, `validation`, and delegation.
 
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
+use crate::common::{error_count, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
     Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, PathPrefix, Problem,
@@ -43,16 +43,9 @@ pub fn resolve_proxy(
         let route_label = format!("route {}", quote(written));
         let prefix = match route.prefixes.as_slice() {
             [] => PathPrefix::root(),
-            [one] => match one.parse::<PathPrefix>() {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(Problem::error(
-                        ProblemType::RouteError,
-                        Reason::InvalidValue,
-                        format!("{route_label}: {e}"),
-                    ));
-                    continue;
-                }
+            [one] => match route_prefix(one, problems) {
+                Some(p) => p,
+                None => continue,
             },
             _ => {
                 problems.push(Problem::error(
@@ -77,7 +70,7 @@ fn resolve_route(
     route_label: &str,
     problems: &mut Vec<Problem>,
 ) -> PendingAction {
-    let errors_before = problems.iter().filter(|p| p.severity == portico_model::Severity::Error).count();
+    let errors_before = error_count(problems);
     for ignored in &route.ignored_conditions {
         problems.push(Problem::warning(
             ProblemType::RouteError,
@@ -121,8 +114,7 @@ fn resolve_route(
             Err(problem) => problems.push(problem),
         }
     }
-    let errors_after = problems.iter().filter(|p| p.severity == portico_model::Severity::Error).count();
-    if errors_after > errors_before {
+    if error_count(problems) > errors_before {
         return PendingAction::Reject;
     }
     PendingAction::forward(upstreams, host_rewrite)

@@ -3,11 +3,11 @@
 
 use crate::backend_tls;
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::common::{no_endpoints_warning, service_label, unresolved, Index};
+use crate::common::{error_count, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, CaSource, ClusterKey, HostMatch, PathPrefix, Problem, ProblemType, Reason, SecretRef, Severity, TlsPolicy,
-    TlsVersion, UpstreamProtocol, Verification, VoyagerBackend, VoyagerIngress,
+    Alpn, CaSource, ClusterKey, HostMatch, Problem, ProblemType, Reason, SecretRef, TlsPolicy, TlsVersion,
+    UpstreamProtocol, Verification, VoyagerBackend, VoyagerIngress,
 };
 
 pub const ANNOTATION_BACKEND_TLS: &str = "ingress.appscode.com/backend-tls";
@@ -27,18 +27,8 @@ pub fn resolve_ingress(
     let mut routes = Vec::new();
     let mut add =
         |listener: u16, host: HostMatch, path: &str, backend: &VoyagerBackend, problems: &mut Vec<Problem>| {
-            let prefix = match path.parse::<PathPrefix>() {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(Problem::error(
-                        ProblemType::RouteError,
-                        Reason::InvalidValue,
-                        format!("route {}: {e}", quote(path)),
-                    ));
-                    return;
-                }
-            };
-            let errors_before = problems.iter().filter(|p| p.severity == Severity::Error).count();
+            let Some(prefix) = route_prefix(path, problems) else { return };
+            let errors_before = error_count(problems);
             let action = match resolve_backend(index, ingress, backend, path, problems) {
                 Ok(upstream) => PendingAction::forward(vec![(upstream, None)], None),
                 Err(problem) => {
@@ -46,7 +36,7 @@ pub fn resolve_ingress(
                     PendingAction::Reject
                 }
             };
-            let failed = problems.iter().filter(|p| p.severity == Severity::Error).count() > errors_before;
+            let failed = error_count(problems) > errors_before;
             let action = if failed { PendingAction::Reject } else { action };
             routes.push(PendingRoute { listener, host, prefix, owner, action });
         };
