@@ -465,22 +465,27 @@ fn a_delegation_that_appears_later_also_heals_the_route() {
 
 #[test]
 fn clusters_differ_whenever_anything_that_shapes_them_differs() {
+    // Two HTTPProxies, `shop/a` and `shop/b`, each with one route to the given service entry.
     let two = |a: &str, b: &str| {
-        let yaml = format!(
-            "{BASE}---\napiVersion: projectcontour.io/v1\nkind: HTTPProxy\nmetadata: {{name: p, namespace: shop}}\n\
-             spec:\n  virtualhost: {{fqdn: www.example.com}}\n  routes:\n\
-             \x20 - conditions: [{{prefix: /a}}]\n    services: [{a}]\n\
-             \x20 - conditions: [{{prefix: /b}}]\n    services: [{b}]\n"
-        );
-        let w = world(&yaml, cas());
-        assert_eq!(w.status("shop/p").current_status, "valid", "{:?}", errors(&w.status("shop/p")));
-        (w.cluster_of(8080, HOST, "/a").name.clone(), w.cluster_of(8080, HOST, "/b").name.clone())
+        let proxy = |name: &str, service: &str| {
+            format!(
+                "---\napiVersion: projectcontour.io/v1\nkind: HTTPProxy\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec:\n  virtualhost: {{fqdn: {name}.example.com}}\n  routes: [{{services: [{service}]}}]\n"
+            )
+        };
+        let mut verdicts = cas();
+        verdicts.push(valid_ca("shop/shared-ca"));
+        let w = world(&format!("{BASE}{}{}", proxy("a", a), proxy("b", b)), verdicts);
+        for p in ["shop/a", "shop/b"] {
+            assert_eq!(w.status(p).current_status, "valid", "{p}: {:?}", errors(&w.status(p)));
+        }
+        (w.cluster_of(8080, "a.example.com", "/").name.clone(), w.cluster_of(8080, "b.example.com", "/").name.clone())
     };
     let (a, b) = two(
-        "{name: tls-svc, port: 8443, validation: {caSecret: shop/ca, subjectName: a.b}}",
+        "{name: tls-svc, port: 8443, validation: {caSecret: shared-ca, subjectName: a.b}}",
         "{name: tls-svc, port: 8443, validation: {caSecret: infra/shared-ca, subjectName: a.b}}",
     );
-    assert_ne!(a, b, "policies that differ only in the CA's namespace and name get different clusters");
+    assert_ne!(a, b, "policies that differ only in the CA's namespace get different clusters");
     let (a, b) = two(
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b, subjectNames: [a.b, c.d]}}",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b, subjectNames: [a.b, e.f]}}",
@@ -492,6 +497,30 @@ fn clusters_differ_whenever_anything_that_shapes_them_differs() {
     );
     assert_eq!(a, b, "equal policies share a cluster");
     assert!(a.starts_with("shop_tls-svc_8443_") && a.len() == "shop_tls-svc_8443_".len() + 16, "{a}");
+}
+
+#[test]
+fn cluster_names_lengthen_to_the_full_digest_when_short_names_collide() {
+    use portico_resolver::build::cluster_names;
+    let key = |port: u16| portico_model::ClusterKey {
+        namespace: "ns".parse().unwrap(),
+        service: "svc".parse().unwrap(),
+        port,
+        protocol: UpstreamProtocol::Http,
+        tls: None,
+    };
+    let (k1, k2) = (key(80), key(80));
+    // Two digests that agree in their first 8 bytes (the 16 hex digits of a short name).
+    let mut d1 = [0u8; 32];
+    let mut d2 = [0u8; 32];
+    d2[31] = 1;
+    d1[0] = 0xab;
+    d2[0] = 0xab;
+    let names = cluster_names([(&k1, &d1), (&k2, &d2)].into_iter());
+    assert_ne!(names[0], names[1], "colliding short names are told apart");
+    assert_eq!(names[0].len(), "ns_svc_80_".len() + 64);
+    let alone = cluster_names([(&k1, &d1)].into_iter());
+    assert_eq!(alone[0], "ns_svc_80_ab00000000000000");
 }
 
 #[test]
