@@ -1,45 +1,11 @@
 //! haproxy.cfg from real models: snapshots, and every rendered config checked by the real
 //! `haproxy -c` (HAProxy 2.6 from Debian; scripts/setup.sh installs it).
 
-use portico_model::{SecretRef, TrustMaterial};
+use portico_model::SecretRef;
 use portico_renderer_haproxy::{render, Options, Trust};
-use portico_resolver::{resolve, Config, Snapshot};
-use std::path::{Path, PathBuf};
+use portico_resolver::Config;
+use portico_testkit::{pipeline, repo, testdata};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Decode manifests, validate their secrets, resolve: the model and the trust material.
-fn pipeline(paths: &[PathBuf], config: &Config) -> (portico_model::Model, Trust) {
-    let decoded = portico_watcher::load(paths).unwrap();
-    assert_eq!(decoded.problems, vec![]);
-    let mut snapshot = Snapshot::default();
-    let mut trust: Trust = Trust::new();
-    let now = time_now();
-    for (object, _) in decoded.objects {
-        match object {
-            portico_model::Object::Secret(s) => {
-                let (verdict, material): (_, TrustMaterial) = portico_secrets::validate_secret(&s, now);
-                trust.insert(material.secret.clone(), material);
-                snapshot.set_verdict(verdict);
-            }
-            other => snapshot.apply(other).unwrap(),
-        }
-    }
-    (resolve(&snapshot, config).model, trust)
-}
-
-fn pipeline_yaml(yaml: &str, config: &Config) -> (portico_model::Model, Trust) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("w.yaml"), yaml).unwrap();
-    pipeline(&[dir.path().to_owned()], config)
-}
-
-fn time_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 fn options(base: &str) -> Options {
     Options { base_dir: base.parse().unwrap(), bind_address: "127.0.0.1".parse().unwrap(), http_port: 8080 }
@@ -111,53 +77,9 @@ fn missing_or_stale_trust_material_turns_the_route_into_a_503_not_an_unverified_
     });
 }
 
-const EDGE_CASES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: a, namespace: ns, annotations: {projectcontour.io/upstream-protocol.tls: "443", projectcontour.io/upstream-protocol.h2c: "81"}}
-spec: {ports: [{port: 443}, {port: 80, name: http}, {port: 81, name: grpc}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: a-1, namespace: ns, labels: {kubernetes.io/service-name: a}}
-addressType: IPv6
-ports: [{port: 443}, {name: http, port: 80}, {name: grpc, port: 81}]
-endpoints: [{addresses: ["::1"]}, {addresses: [127.0.0.2]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: ext, namespace: ns, annotations: {ingress.appscode.com/backend-tls: "ssl verify required verifyhost api.example.com alpn h2,http/1.1 ca-file /etc/ssl/certs/ca-certificates.crt ssl-min-ver TLSv1.3"}}
-spec: {type: ExternalName, externalName: localhost, ports: [{port: 443}]}
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {name: p, namespace: ns}
-spec:
-  virtualhost: {fqdn: www.example.com}
-  routes:
-  - conditions: [{prefix: /split}]
-    requestHeadersPolicy: {set: [{name: Host, value: internal.example.com}]}
-    services: [{name: a, port: 443, weight: 80}, {name: a, port: 80, weight: 20}, {name: a, port: 81, weight: 0}]
-  - conditions: [{prefix: /h2}]
-    services: [{name: a, port: 80, protocol: h2}]
-  - conditions: [{prefix: /grpc}]
-    services: [{name: a, port: 81}]
-  - conditions: [{prefix: /broken}]
-    services: [{name: missing, port: 1}]
----
-apiVersion: voyager.appscode.com/v1beta1
-kind: Ingress
-metadata: {name: v, namespace: ns}
-spec:
-  rules:
-  - host: "*.example.org"
-    http: {port: 8081, paths: [{path: /ext, backend: {serviceName: ext, servicePort: "443"}}]}
-  - http: {paths: [{backend: {serviceName: a, servicePort: http}}]}
-"#;
-
 #[test]
 fn weights_rewrites_h2_ipv6_external_names_wildcards_and_503s_pass_haproxy() {
-    let (model, trust) = pipeline_yaml(EDGE_CASES, &Config::default());
+    let (model, trust) = pipeline(&[testdata("edge-cases.yaml")], &Config::default());
     let cfg = check_with_haproxy(&model, &trust);
     assert!(cfg.contains("http-request set-header Host internal.example.com if { var(txn.route) -m str r"));
     assert!(cfg.contains("rand(100)"), "weights 80/20 (0 dropped) draw from 100");
@@ -173,51 +95,7 @@ fn weights_rewrites_h2_ipv6_external_names_wildcards_and_503s_pass_haproxy() {
 
 #[test]
 fn hostile_values_never_reach_the_config() {
-    let hostile = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: evil
-  annotations:
-    ingress.appscode.com/backend-tls: "ssl verify none\n    server evil 6.6.6.6:80\nbackend x"
-    projectcontour.io/upstream-protocol.tls: "80\n    http-request deny"
-spec: {type: ExternalName, externalName: "a.b\n  server x 6.6.6.6:1", ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: good}
-spec: {ports: [{port: 80}]}
----
-apiVersion: voyager.appscode.com/v1beta1
-kind: Ingress
-metadata: {name: v}
-spec:
-  rules:
-  - host: "a.example.com { always_true }"
-    http: {paths: [{path: /x, backend: {serviceName: evil, servicePort: "80"}}]}
-  - host: b.example.com
-    http:
-      paths:
-      - {path: "/y }\n    use_backend evil", backend: {serviceName: good, servicePort: "80"}}
-      - {path: /z, backend: {serviceName: evil, servicePort: "80"}}
-      - {path: /ok, backend: {serviceName: good, servicePort: "80"}}
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {name: p}
-spec:
-  virtualhost: {fqdn: "c.example.com\n    bind :1"}
-  routes: [{services: [{name: good, port: 80}]}]
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {name: q}
-spec:
-  routes:
-  - requestHeadersPolicy: {set: [{name: Host, value: "h.example.com\n    http-request deny"}]}
-    services: [{name: good, port: 80, validation: {caSecret: "x\n y", subjectName: "s.example.com\nbackend z"}}]
-"#;
-    let (model, trust) = pipeline_yaml(hostile, &Config::default());
+    let (model, trust) = pipeline(&[testdata("hostile.yaml")], &Config::default());
     let cfg = check_with_haproxy(&model, &trust);
     for injected in
         ["6.6.6.6", "always_true", "use_backend evil", "bind :1", "http-request deny", "backend x", "backend z"]

@@ -1,0 +1,498 @@
+//! The resolved model as Envoy v3 resources (envoy-types), and as a static bootstrap.
+//!
+//! `resources` gives what an xDS server serves: listeners (HTTP connection manager with RDS),
+//! route configurations, clusters (EDS, or STRICT_DNS for ExternalName), load assignments
+//! and SDS secrets. CA bundles and the client certificate are SDS secrets named after the
+//! Secret (not its content), so rotating them changes a secret, not the clusters.
+//! `bootstrap` inlines the same resources as static resources for `envoy -c`.
+//!
+//! Pure: every value written is a model newtype (which has passed its grammar), an enum
+//! or a number; nothing is templated from a raw user string.
+
+pub mod json;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use portico_model::{
+    Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, TlsVersion, TrustMaterial,
+    UpstreamProtocol, Verification,
+};
+use prost::{Message, Name};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Trust material by secret.
+pub type Trust = BTreeMap<SecretRef, TrustMaterial>;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The address listeners bind to.
+    pub bind_address: IpAddr,
+    /// The main HTTP port: always listened on, even when no route uses it (404).
+    pub http_port: u16,
+    /// Envoy's admin port (bootstrap only), bound to 127.0.0.1.
+    pub admin_port: u16,
+}
+
+/// Envoy resources for one model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<listener::Listener>,
+    pub route_configurations: Vec<route::RouteConfiguration>,
+    pub clusters: Vec<cluster::Cluster>,
+    pub load_assignments: Vec<endpoint::ClusterLoadAssignment>,
+    pub secrets: Vec<tls::Secret>,
+    /// Routes rendered as a 503 because their trust material is missing or stale.
+    pub problems: Vec<String>,
+}
+
+pub fn any<M: Message + Name>(message: &M) -> Any {
+    Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+fn socket_address(ip: IpAddr, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn dns_address(host: &str, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: host.to_owned(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The SDS secret name of a CA bundle or client certificate: stable per Secret.
+pub fn ca_secret_name(secret: &SecretRef) -> String {
+    format!("ca/{}/{}", secret.namespace, secret.name)
+}
+
+pub fn client_secret_name(secret: &SecretRef) -> String {
+    format!("client/{}/{}", secret.namespace, secret.name)
+}
+
+pub fn route_config_name(port: u16) -> String {
+    format!("routes_{port}")
+}
+
+fn tls_version(v: TlsVersion) -> i32 {
+    match v {
+        TlsVersion::Tls12 => tls::tls_parameters::TlsProtocol::TlSv12 as i32,
+        TlsVersion::Tls13 => tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+    }
+}
+
+/// How an SDS secret is found: over ADS for xDS, or among the static secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Ads,
+    Static,
+}
+
+fn sds(name: String, delivery: Delivery) -> tls::SdsSecretConfig {
+    tls::SdsSecretConfig { name, sds_config: (delivery == Delivery::Ads).then(ads_source), ..Default::default() }
+}
+
+fn ads_source() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(core::AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// Check the trust material a cluster needs is at hand, with the model's content hash.
+fn trust_ready(cluster: &Cluster, model: &Model, trust: &Trust) -> Result<(), String> {
+    let Some(policy) = &cluster.key.tls else { return Ok(()) };
+    if let Verification::Required { ca: CaSource::Secret(secret), .. } = &policy.verify {
+        let wanted = model.trust.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
+        let have = trust.get(secret).and_then(|m| m.ca.as_ref()).map(|p| &p.sha256);
+        if wanted.is_none() || wanted != have {
+            return Err(format!("no validated CA bundle of CA secret {secret} with the model's content hash"));
+        }
+    }
+    if let Some(secret) = &policy.client_cert {
+        let wanted = model.client_cert.as_ref().filter(|t| &t.secret == secret).map(|t| &t.sha256);
+        let have = trust.get(secret).and_then(|m| m.client_cert.as_ref()).map(|c| &c.sha256);
+        if wanted.is_none() || wanted != have {
+            return Err(format!("no validated client certificate {secret} with the model's content hash"));
+        }
+    }
+    Ok(())
+}
+
+fn upstream_tls(cluster: &Cluster, delivery: Delivery) -> Option<core::TransportSocket> {
+    let policy = cluster.key.tls.as_ref()?;
+    let validation = match &policy.verify {
+        Verification::None => None,
+        Verification::Required { ca, subject_names } => {
+            let sans = subject_names
+                .iter()
+                .map(|name| tls::SubjectAltNameMatcher {
+                    san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+                    matcher: Some(matcher::StringMatcher {
+                        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(name.to_string())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            Some(match ca {
+                CaSource::Secret(secret) => tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            match_typed_subject_alt_names: sans,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(ca_secret_name(secret), delivery)),
+                        ..Default::default()
+                    },
+                ),
+                CaSource::File(path) => tls::common_tls_context::ValidationContextType::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: Some(core::DataSource {
+                            specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
+                            ..Default::default()
+                        }),
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    },
+                ),
+            })
+        }
+    };
+    let mut alpn: Vec<String> = policy.alpn.iter().map(|a| a.as_str().to_owned()).collect();
+    if alpn.is_empty() && cluster.key.protocol == UpstreamProtocol::H2 {
+        alpn.push(Alpn::H2.as_str().to_owned());
+    }
+    let context = tls::UpstreamTlsContext {
+        sni: policy.sni.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_params: Some(tls::TlsParameters {
+                tls_minimum_protocol_version: tls_version(policy.min_version),
+                tls_maximum_protocol_version: tls_version(policy.max_version),
+                ..Default::default()
+            }),
+            alpn_protocols: alpn,
+            tls_certificate_sds_secret_configs: policy
+                .client_cert
+                .iter()
+                .map(|secret| sds(client_secret_name(secret), delivery))
+                .collect(),
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(core::TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&context))),
+    })
+}
+
+fn protocol_options(cluster: &Cluster) -> std::collections::HashMap<String, Any> {
+    use upstream_http::http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions};
+    let options = match cluster.key.protocol {
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
+            UpstreamProtocolOptions::ExplicitHttpConfig(upstream_http::http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            })
+        }
+        UpstreamProtocol::Tls
+            if cluster.key.tls.as_ref().is_some_and(|t| t.alpn.contains(&Alpn::H2) && t.alpn.len() > 1) =>
+        {
+            UpstreamProtocolOptions::AutoConfig(upstream_http::http_protocol_options::AutoHttpConfig::default())
+        }
+        _ => return Default::default(),
+    };
+    let message = upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(options), ..Default::default() };
+    [(upstream_http::HttpProtocolOptions::full_name(), any(&message))].into_iter().collect()
+}
+
+fn load_assignment(cluster: &Cluster) -> endpoint::ClusterLoadAssignment {
+    let addresses: Vec<core::Address> = match &cluster.servers {
+        Servers::Endpoints(list) => list.iter().map(|a: &SocketAddr| socket_address(a.ip(), a.port())).collect(),
+        Servers::Dns { host, port } => vec![dns_address(host.as_str(), *port)],
+    };
+    endpoint::ClusterLoadAssignment {
+        cluster_name: cluster.name.clone(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints: addresses
+                .into_iter()
+                .map(|address| endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+                        address: Some(address),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn cluster_resource(cluster: &Cluster, delivery: Delivery) -> cluster::Cluster {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
+    let (discovery, eds, load) = match (&cluster.servers, delivery) {
+        (Servers::Dns { .. }, _) => (DiscoveryType::StrictDns, None, Some(load_assignment(cluster))),
+        (Servers::Endpoints(_), Delivery::Ads) => (
+            DiscoveryType::Eds,
+            Some(EdsClusterConfig { eds_config: Some(ads_source()), service_name: String::new() }),
+            None,
+        ),
+        (Servers::Endpoints(_), Delivery::Static) => (DiscoveryType::Static, None, Some(load_assignment(cluster))),
+    };
+    cluster::Cluster {
+        name: cluster.name.clone(),
+        connect_timeout: Some(Duration { seconds: 5, nanos: 0 }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+        eds_cluster_config: eds,
+        load_assignment: load,
+        lb_policy: cluster::cluster::LbPolicy::RoundRobin as i32,
+        dns_lookup_family: cluster::cluster::DnsLookupFamily::V4Preferred as i32,
+        transport_socket: upstream_tls(cluster, delivery),
+        typed_extension_protocol_options: protocol_options(cluster),
+        ..Default::default()
+    }
+}
+
+fn domains(host: &HostMatch) -> Vec<String> {
+    match host {
+        HostMatch::Any => vec!["*".to_owned()],
+        HostMatch::Exact(name) => vec![name.to_string(), format!("{name}:*")],
+        HostMatch::Wildcard(suffix) => vec![format!("*.{suffix}"), format!("*.{suffix}:*")],
+    }
+}
+
+fn reject() -> route::route::Action {
+    route::route::Action::DirectResponse(route::DirectResponseAction {
+        status: 503,
+        body: Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineString("route in error, see its status".to_owned())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Every resource of the model. Trust material must be at hand for each TLS cluster; a
+/// cluster without it is left out and its routes answer 503 (never unverified).
+pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Delivery) -> Resources {
+    let mut out = Resources::default();
+    let mut blocked: BTreeMap<&str, String> = BTreeMap::new();
+    for c in &model.clusters {
+        match trust_ready(c, model, trust) {
+            Ok(()) => {
+                out.clusters.push(cluster_resource(c, delivery));
+                if delivery == Delivery::Ads && matches!(c.servers, Servers::Endpoints(_)) {
+                    out.load_assignments.push(load_assignment(c));
+                }
+            }
+            Err(why) => {
+                blocked.insert(c.name.as_str(), why);
+            }
+        }
+    }
+    let mut ports: Vec<u16> = model.listeners.iter().map(|l| l.port).collect();
+    if !ports.contains(&options.http_port) {
+        ports.push(options.http_port);
+        ports.sort_unstable();
+    }
+    for port in ports {
+        let mut virtual_hosts = Vec::new();
+        for (i, vhost) in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts).enumerate() {
+            let routes = vhost
+                .routes
+                .iter()
+                .map(|r| {
+                    let action = match &r.action {
+                        RouteAction::Reject => reject(),
+                        RouteAction::Forward { backends, host_rewrite } => {
+                            if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
+                                out.problems.push(format!(
+                                    "{} route {} {}: answers 503: {why}",
+                                    r.source, vhost.host, r.prefix
+                                ));
+                                reject()
+                            } else {
+                                forward(backends, host_rewrite.as_ref())
+                            }
+                        }
+                    };
+                    route::Route {
+                        name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
+                        r#match: Some(route::RouteMatch {
+                            path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
+                            ..Default::default()
+                        }),
+                        action: Some(action),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            virtual_hosts.push(route::VirtualHost {
+                name: format!("vh{i}_{}", vhost.host.to_string().replace('*', "any")),
+                domains: domains(&vhost.host),
+                routes,
+                ..Default::default()
+            });
+        }
+        out.route_configurations.push(route::RouteConfiguration {
+            name: route_config_name(port),
+            virtual_hosts,
+            ..Default::default()
+        });
+        out.listeners.push(http_listener(port, options.bind_address, delivery));
+    }
+    for t in &model.trust {
+        if let Some(pem) = trust.get(&t.secret).and_then(|m| m.ca.as_ref()).filter(|p| p.sha256 == t.sha256) {
+            out.secrets.push(tls::Secret {
+                name: ca_secret_name(&t.secret),
+                r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
+                    trusted_ca: Some(inline(&pem.pem)),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
+    if let Some(t) = &model.client_cert {
+        if let Some(c) = trust.get(&t.secret).and_then(|m| m.client_cert.as_ref()).filter(|c| c.sha256 == t.sha256) {
+            out.secrets.push(tls::Secret {
+                name: client_secret_name(&t.secret),
+                r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+                    certificate_chain: Some(inline(&c.chain_pem)),
+                    private_key: Some(inline(&c.key_pem)),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
+    out
+}
+
+fn inline(text: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineString(text.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn forward(
+    backends: &[portico_model::WeightedCluster],
+    host_rewrite: Option<&portico_model::DnsName>,
+) -> route::route::Action {
+    use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
+    let specifier = match live.as_slice() {
+        [one] => ClusterSpecifier::Cluster(one.cluster.clone()),
+        _ => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: live
+                .iter()
+                .map(|b| route::weighted_cluster::ClusterWeight {
+                    name: b.cluster.clone(),
+                    weight: Some(UInt32Value { value: b.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    route::route::Action::Route(route::RouteAction {
+        cluster_specifier: Some(specifier),
+        host_rewrite_specifier: host_rewrite.map(|h| HostRewriteSpecifier::HostRewriteLiteral(h.to_string())),
+        ..Default::default()
+    })
+}
+
+fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: format!("listener_{port}"),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(match delivery {
+            Delivery::Ads => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads_source()),
+                route_config_name: route_config_name(port),
+            }),
+            // The bootstrap fills the route configuration in (see `bootstrap`).
+            Delivery::Static => hcm::http_connection_manager::RouteSpecifier::RouteConfig(Default::default()),
+        }),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener::Listener {
+        name: format!("listener_{port}"),
+        address: Some(socket_address(bind, port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A static bootstrap with the same resources: route configurations inlined into their
+/// listeners, load assignments into their clusters, secrets as static secrets.
+pub fn bootstrap(
+    model: &Model,
+    trust: &Trust,
+    options: &Options,
+) -> (envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap, Vec<String>) {
+    use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+    let mut res = resources(model, trust, options, Delivery::Static);
+    for (listener, routes) in res.listeners.iter_mut().zip(&res.route_configurations) {
+        let filter = &mut listener.filter_chains[0].filters[0];
+        let manager = hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone())),
+            ..hcm_of(filter)
+        };
+        filter.config_type = Some(listener::filter::ConfigType::TypedConfig(any(&manager)));
+    }
+    let config = bootstrap::Bootstrap {
+        admin: Some(bootstrap::Admin {
+            address: Some(socket_address(IpAddr::from([127, 0, 0, 1]), options.admin_port)),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::bootstrap::StaticResources {
+            listeners: res.listeners,
+            clusters: res.clusters,
+            secrets: res.secrets,
+        }),
+        ..Default::default()
+    };
+    (config, res.problems)
+}
+
+fn hcm_of(filter: &listener::Filter) -> hcm::HttpConnectionManager {
+    match &filter.config_type {
+        Some(listener::filter::ConfigType::TypedConfig(any)) => {
+            hcm::HttpConnectionManager::decode(any.value.as_slice()).expect("rendered by http_listener")
+        }
+        _ => unreachable!("http_listener always sets a typed config"),
+    }
+}
