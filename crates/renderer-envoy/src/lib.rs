@@ -107,7 +107,7 @@ pub enum Delivery {
 }
 
 fn sds(name: String, delivery: Delivery) -> tls::SdsSecretConfig {
-    tls::SdsSecretConfig { name, sds_config: (delivery == Delivery::Ads).then(ads_source), ..Default::default() }
+    tls::SdsSecretConfig { name, sds_config: (delivery == Delivery::Ads).then(ads_source) }
 }
 
 fn ads_source() -> core::ConfigSource {
