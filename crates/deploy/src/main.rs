@@ -23,9 +23,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Read manifests (files or directories, multi-document YAML), validate secrets, resolve,
-    /// and write DIR/status.json (and DIR/model.json). Exits 0 when objects are merely
-    /// invalid (their status says so), 65 when a document cannot be read, 66 when a path
-    /// does not exist.
+    /// and write DIR/status.json, DIR/model.json, DIR/haproxy/ (haproxy.cfg and the files it
+    /// references) and DIR/envoy/envoy.yaml (run it with `envoy -c`). Exits 0 when objects are
+    /// merely invalid (their status says so), 65 when a document cannot be read, 66 when a
+    /// path does not exist.
     Translate {
         /// Manifest files or directories.
         #[arg(required = true)]
@@ -36,6 +37,12 @@ enum Command {
         /// The listener port for HTTPProxies and Voyager rules without http.port.
         #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
         http_port: u16,
+        /// Envoy's admin port in the bootstrap (bound to 127.0.0.1).
+        #[arg(long, default_value_t = 9901, env = "PORTICO_ENVOY_ADMIN_PORT")]
+        envoy_admin_port: u16,
+        /// The address the proxies listen on; 0.0.0.0 to serve other machines.
+        #[arg(long, default_value = "127.0.0.1", env = "PORTICO_BIND_ADDRESS")]
+        bind_address: std::net::IpAddr,
         /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
         #[arg(long, value_parser = parse_client_cert, env = "PORTICO_CLIENT_CERT")]
         client_cert: Option<portico_model::SecretRef>,
@@ -59,9 +66,16 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Translate { paths, out_dir, http_port, client_cert } => {
-            let options =
-                translate::Options { paths, out_dir: out_dir.clone(), http_port, client_cert, now: unix_now() };
+        Command::Translate { paths, out_dir, http_port, envoy_admin_port, bind_address, client_cert } => {
+            let options = translate::Options {
+                paths,
+                out_dir: out_dir.clone(),
+                http_port,
+                envoy_admin_port,
+                bind_address,
+                client_cert,
+                now: unix_now(),
+            };
             match translate::run(&options) {
                 Ok(outcome) => {
                     print!("{}", translate::report(&outcome, &out_dir));
