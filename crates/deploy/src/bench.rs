@@ -33,13 +33,23 @@ pub struct Report {
     pub resolve: Vec<Duration>,
     pub one_change: Vec<Duration>,
     pub content_hash: Duration,
+    /// haproxy.cfg and its files.
+    pub render_haproxy: Vec<Duration>,
+    /// Envoy's xDS resources (typed).
+    pub render_envoy: Vec<Duration>,
+    /// Envoy's static bootstrap as YAML (typed resources through prost-reflect).
+    pub envoy_yaml: Duration,
+    pub haproxy_cfg_bytes: usize,
     pub routes: usize,
     pub clusters: usize,
     pub invalid: usize,
     pub model_json_bytes: usize,
     /// Resident set after generating the world and validating the secrets.
     pub inputs_rss_kib: Option<u64>,
+    /// Peak through resolving and rendering (what a service holds).
     pub peak_rss_kib: Option<u64>,
+    /// Peak after also writing the static bootstrap as YAML (translate only).
+    pub peak_with_yaml_rss_kib: Option<u64>,
 }
 
 fn meta(ns: &str, name: &str) -> Meta {
@@ -190,9 +200,11 @@ pub fn run(options: &Options, now: i64) -> Report {
     let generate = started.elapsed();
 
     let started = Instant::now();
+    let mut trust = BTreeMap::new();
     for secret in &secrets {
-        let (verdict, _material) = portico_secrets::validate_secret(secret, now);
+        let (verdict, material) = portico_secrets::validate_secret(secret, now);
         snapshot.set_verdict(verdict);
+        trust.insert(material.secret.clone(), material);
     }
     let validate_secrets = started.elapsed();
     let inputs_rss_kib = proc_status_kib("VmRSS:");
@@ -229,6 +241,38 @@ pub fn run(options: &Options, now: i64) -> Report {
     let _hash = resolved.model.content_hash();
     let content_hash = started.elapsed();
 
+    let haproxy_options = portico_renderer_haproxy::Options {
+        base_dir: "/etc/portico/haproxy".parse().expect("a valid path"),
+        bind_address: std::net::IpAddr::from([0, 0, 0, 0]),
+        http_port: config.http_port,
+    };
+    let envoy_options = portico_renderer_envoy::Options {
+        bind_address: std::net::IpAddr::from([0, 0, 0, 0]),
+        http_port: config.http_port,
+        admin_port: 9901,
+    };
+    let (mut render_haproxy, mut render_envoy, mut haproxy_cfg_bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..options.runs.max(1) {
+        let started = Instant::now();
+        let rendered = portico_renderer_haproxy::render(&resolved.model, &trust, &haproxy_options);
+        render_haproxy.push(started.elapsed());
+        haproxy_cfg_bytes = rendered.files.get("haproxy.cfg").map(Vec::len).unwrap_or(0);
+        let started = Instant::now();
+        let resources = portico_renderer_envoy::resources(
+            &resolved.model,
+            &trust,
+            &envoy_options,
+            portico_renderer_envoy::Delivery::Ads,
+        );
+        render_envoy.push(started.elapsed());
+        drop((rendered, resources));
+    }
+    let peak_before_yaml = peak_rss_kib();
+    let started = Instant::now();
+    let (bootstrap, _) = portico_renderer_envoy::bootstrap(&resolved.model, &trust, &envoy_options);
+    let _yaml = portico_renderer_envoy::json::to_yaml(&bootstrap);
+    let envoy_yaml = started.elapsed();
+
     Report {
         options: options.clone(),
         generate,
@@ -236,12 +280,17 @@ pub fn run(options: &Options, now: i64) -> Report {
         resolve: resolve_times,
         one_change,
         content_hash,
+        render_haproxy,
+        render_envoy,
+        envoy_yaml,
+        haproxy_cfg_bytes,
         routes: resolved.model.routes().count(),
         clusters: resolved.model.clusters.len(),
         invalid: resolved.statuses.iter().filter(|s| !s.is_valid()).count(),
         model_json_bytes: serde_json::to_vec(&resolved.model).map(|v| v.len()).unwrap_or(0),
         inputs_rss_kib,
-        peak_rss_kib: peak_rss_kib(),
+        peak_rss_kib: peak_before_yaml,
+        peak_with_yaml_rss_kib: peak_rss_kib(),
     }
 }
 
@@ -271,9 +320,13 @@ impl Report {
              full resolve              median {} (min {}, max {}, {} runs)\n\
              one-object change         median {} (full rebuild)\n\
              model content hash        {}\n\
+             render haproxy.cfg        median {} ({:.1} MiB)\n\
+             render Envoy resources    median {} (typed, for xDS)\n\
+             Envoy bootstrap as YAML   {}\n\
              result                    {} routes, {} clusters, {} invalid objects, model JSON {:.1} MiB\n\
              RSS with inputs loaded    {}\n\
-             peak RSS                  {} (inputs, the latest model, and the next one being built)\n",
+             peak RSS                  {} (inputs, two models, rendered configs)\n\
+             peak RSS with YAML        {} (after the bootstrap YAML, translate only)\n",
             o.proxies,
             o.services,
             o.services,
@@ -288,12 +341,17 @@ impl Report {
             self.resolve.len(),
             ms(median(&self.one_change)),
             ms(self.content_hash),
+            ms(median(&self.render_haproxy)),
+            self.haproxy_cfg_bytes as f64 / 1_048_576.0,
+            ms(median(&self.render_envoy)),
+            ms(self.envoy_yaml),
             self.routes,
             self.clusters,
             self.invalid,
             self.model_json_bytes as f64 / 1_048_576.0,
             mib(self.inputs_rss_kib),
             mib(self.peak_rss_kib),
+            mib(self.peak_with_yaml_rss_kib),
         )
     }
 }
