@@ -246,6 +246,17 @@ fn resolve_service(
             portico_model::Servers::Dns { host, .. } => Some(host.clone()),
             portico_model::Servers::Endpoints(_) => None,
         };
+        if let (Some(rewrite), Verification::Required { subject_names, .. }) = (host_rewrite, &verify) {
+            if !subject_names.contains(rewrite) {
+                problems.push(Problem::warning(
+                    ProblemType::TLSError,
+                    Reason::VerificationWeakened,
+                    format!(
+                        "{label}: the SNI is the rewritten Host {rewrite}; HAProxy checks the server certificate against the SNI, so on HAProxy it must also be valid for {rewrite} (Envoy checks the subject names)"
+                    ),
+                ));
+            }
+        }
         tls = Some(TlsPolicy {
             // SPEC: a literal Host rewrite, else the first subject name, else the external name.
             sni: host_rewrite.cloned().or(first_subject).or(external),

@@ -356,6 +356,14 @@ fn sni_comes_from_host_rewrite_then_subject_then_external_name() {
     assert_eq!(host_rewrite.as_ref().unwrap().as_str(), "rewritten.example.com");
     let sni = |w: &World| w.cluster_of(8080, HOST, "/").key.tls.as_ref().unwrap().sni.as_ref().map(|s| s.to_string());
     assert_eq!(sni(&w).as_deref(), Some("rewritten.example.com"), "a literal Host rewrite wins");
+    let warns = warnings(&w.status("shop/p"));
+    assert!(
+        warns
+            .iter()
+            .any(|(r, m)| r == "VerificationWeakened"
+                && m.contains("HAProxy checks the server certificate against the SNI")),
+        "a rewrite that is not a subject name is flagged for HAProxy: {warns:?}"
+    );
 
     let ext = single("{name: ext, port: 443}");
     assert_eq!(sni(&ext).as_deref(), Some("api.example.net"), "an ExternalName Service sends its name");
