@@ -11,3 +11,8 @@ echo
 echo "The HTTPProxy's status, as Portico would write it back:"
 python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0], indent=2))' "$out/status.json" 2>/dev/null \
   || head -40 "$out/status.json"
+echo
+echo "Proxy configurations for the same model:"
+echo "  haproxy -c -f $out/haproxy/haproxy.cfg && haproxy -db -f $out/haproxy/haproxy.cfg"
+echo "  envoy -c $out/envoy/envoy.yaml"
+echo "then: curl -H 'Host: shop.example.com' http://127.0.0.1:8080/legacy   # 503, the broken route"
