@@ -102,3 +102,22 @@ fn missing_trust_material_makes_the_route_a_503_and_drops_the_cluster() {
     assert!(!res.clusters.iter().any(|c| c.name.starts_with("shop_storefront_")));
     validate(&model, &trust);
 }
+
+#[test]
+fn hostile_objects_change_nothing_of_the_other_objects_clusters() {
+    let config = Config::default();
+    let (alone, trust) = pipeline(&[testdata("edge-cases.yaml")], &config);
+    let (together, trust_together) = pipeline(&[testdata("edge-cases.yaml"), testdata("hostile.yaml")], &config);
+    let alone = resources(&alone, &trust, &options(), Delivery::Ads);
+    let together = resources(&together, &trust_together, &options(), Delivery::Ads);
+    for cluster in &alone.clusters {
+        assert!(
+            together.clusters.contains(cluster),
+            "cluster {} changed when hostile objects were added",
+            cluster.name
+        );
+    }
+    for assignment in &alone.load_assignments {
+        assert!(together.load_assignments.contains(assignment), "{} changed", assignment.cluster_name);
+    }
+}

@@ -111,3 +111,19 @@ fn an_empty_model_is_a_valid_config_that_answers_404() {
     assert!(cfg.contains("frontend listener_8080\n    bind 127.0.0.1:8080\n"), "the main port is always listened on");
     assert!(cfg.contains("default_backend portico_no_route_404"));
 }
+
+#[test]
+fn hostile_objects_change_nothing_of_the_other_objects_backends() {
+    let config = Config::default();
+    let (alone, trust) = pipeline(&[testdata("edge-cases.yaml")], &config);
+    let (together, trust_together) = pipeline(&[testdata("edge-cases.yaml"), testdata("hostile.yaml")], &config);
+    let text =
+        |model, trust| String::from_utf8(render(model, trust, &options("/x")).files["haproxy.cfg"].clone()).unwrap();
+    let (alone, together) = (text(&alone, &trust), text(&together, &trust_together));
+    let blocks = |cfg: &str| -> Vec<String> {
+        cfg.split("\n\n").filter(|b| b.starts_with("backend ")).map(str::to_owned).collect()
+    };
+    for block in blocks(&alone) {
+        assert!(together.contains(&block), "a backend changed when hostile objects were added:\n{block}");
+    }
+}
