@@ -6,8 +6,10 @@
 
 use crate::names::{AbsPath, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
 use crate::objects::ObjectRef;
+use crate::verdict::{ClientPem, Pem, TrustMaterial};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +31,36 @@ impl Model {
         let mut hasher = HashWriter(Sha256::new());
         serde_json::to_writer(&mut hasher, self).expect("the model always serializes");
         hex(&hasher.0.finalize())
+    }
+
+    /// The validated CA bundle of `secret` among `trust`, if it is the very content this
+    /// model was resolved against (same content hash, a well-formed SHA-256). Renderers use
+    /// nothing else: stale or missing material means the cluster is not rendered.
+    pub fn ca_material<'t>(
+        &self,
+        secret: &SecretRef,
+        trust: &'t BTreeMap<SecretRef, TrustMaterial>,
+    ) -> Result<&'t Pem, String> {
+        let wanted = self.trust.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
+        trust
+            .get(secret)
+            .and_then(|m| m.ca.as_ref())
+            .filter(|p| Some(&p.sha256) == wanted && is_sha256_hex(&p.sha256))
+            .ok_or_else(|| format!("no validated CA bundle of CA secret {secret} with the model's content hash"))
+    }
+
+    /// The validated client certificate of `secret`, on the same terms as `ca_material`.
+    pub fn client_material<'t>(
+        &self,
+        secret: &SecretRef,
+        trust: &'t BTreeMap<SecretRef, TrustMaterial>,
+    ) -> Result<&'t ClientPem, String> {
+        let wanted = self.client_cert.as_ref().filter(|t| &t.secret == secret).map(|t| &t.sha256);
+        trust
+            .get(secret)
+            .and_then(|m| m.client_cert.as_ref())
+            .filter(|c| Some(&c.sha256) == wanted && is_sha256_hex(&c.sha256))
+            .ok_or_else(|| format!("no validated client certificate {secret} with the model's content hash"))
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
@@ -55,6 +87,11 @@ impl std::io::Write for HashWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a string is a SHA-256 in lowercase hex (safe to use in a file name).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Lowercase hex of bytes.

@@ -122,18 +122,10 @@ fn ads_source() -> core::ConfigSource {
 fn trust_ready(cluster: &Cluster, model: &Model, trust: &Trust) -> Result<(), String> {
     let Some(policy) = &cluster.key.tls else { return Ok(()) };
     if let Verification::Required { ca: CaSource::Secret(secret), .. } = &policy.verify {
-        let wanted = model.trust.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
-        let have = trust.get(secret).and_then(|m| m.ca.as_ref()).map(|p| &p.sha256);
-        if wanted.is_none() || wanted != have {
-            return Err(format!("no validated CA bundle of CA secret {secret} with the model's content hash"));
-        }
+        model.ca_material(secret, trust)?;
     }
     if let Some(secret) = &policy.client_cert {
-        let wanted = model.client_cert.as_ref().filter(|t| &t.secret == secret).map(|t| &t.sha256);
-        let have = trust.get(secret).and_then(|m| m.client_cert.as_ref()).map(|c| &c.sha256);
-        if wanted.is_none() || wanted != have {
-            return Err(format!("no validated client certificate {secret} with the model's content hash"));
-        }
+        model.client_material(secret, trust)?;
     }
     Ok(())
 }
@@ -364,7 +356,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
         out.listeners.push(http_listener(port, options.bind_address, delivery));
     }
     for t in &model.trust {
-        if let Some(pem) = trust.get(&t.secret).and_then(|m| m.ca.as_ref()).filter(|p| p.sha256 == t.sha256) {
+        if let Ok(pem) = model.ca_material(&t.secret, trust) {
             out.secrets.push(tls::Secret {
                 name: ca_secret_name(&t.secret),
                 r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
@@ -375,7 +367,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
         }
     }
     if let Some(t) = &model.client_cert {
-        if let Some(c) = trust.get(&t.secret).and_then(|m| m.client_cert.as_ref()).filter(|c| c.sha256 == t.sha256) {
+        if let Ok(c) = model.client_material(&t.secret, trust) {
             out.secrets.push(tls::Secret {
                 name: client_secret_name(&t.secret),
                 r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {

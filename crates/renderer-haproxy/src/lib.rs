@@ -50,10 +50,6 @@ pub struct Rendered {
 /// Trust material by secret.
 pub type Trust = BTreeMap<SecretRef, TrustMaterial>;
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// The files a cluster needs, or why it cannot be rendered.
 struct ClusterFiles {
     ca_file: Option<String>,
@@ -69,37 +65,13 @@ fn cluster_files(
     let mut out = ClusterFiles { ca_file: None, client_file: None };
     let Some(tls) = &cluster.key.tls else { return Ok(out) };
     if let Verification::Required { ca: CaSource::Secret(secret), .. } = &tls.verify {
-        let wanted = model
-            .trust
-            .iter()
-            .find(|t| &t.secret == secret)
-            .ok_or_else(|| format!("the model lists no content hash for CA secret {secret}"))?;
-        let pem = trust
-            .get(secret)
-            .and_then(|m| m.ca.as_ref())
-            .filter(|p| p.sha256 == wanted.sha256)
-            .ok_or_else(|| format!("no validated CA bundle of CA secret {secret} with the model's content hash"))?;
-        if !is_sha256_hex(&pem.sha256) {
-            return Err(format!("CA secret {secret} has a malformed content hash"));
-        }
+        let pem = model.ca_material(secret, trust)?;
         let path = format!("ca/{}.pem", pem.sha256);
         files.insert(path.clone(), pem.pem.clone().into_bytes());
         out.ca_file = Some(path);
     }
     if let Some(secret) = &tls.client_cert {
-        let wanted = model
-            .client_cert
-            .as_ref()
-            .filter(|t| &t.secret == secret)
-            .ok_or_else(|| format!("the model lists no content hash for client certificate {secret}"))?;
-        let client = trust
-            .get(secret)
-            .and_then(|m| m.client_cert.as_ref())
-            .filter(|c| c.sha256 == wanted.sha256)
-            .ok_or_else(|| format!("no validated client certificate {secret} with the model's content hash"))?;
-        if !is_sha256_hex(&client.sha256) {
-            return Err(format!("client certificate {secret} has a malformed content hash"));
-        }
+        let client = model.client_material(secret, trust)?;
         let path = format!("client/{}.pem", client.sha256);
         files.insert(path.clone(), format!("{}{}", client.chain_pem, client.key_pem).into_bytes());
         out.client_file = Some(path);
