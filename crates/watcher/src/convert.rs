@@ -28,6 +28,13 @@ pub enum ConvertError {
 fn meta(m: &ObjectMeta) -> Result<Meta, ConvertError> {
     let name = m.name.as_deref().ok_or(ConvertError::MissingName)?;
     let namespace = m.namespace.as_deref().unwrap_or("default");
+    if namespace.contains('.') {
+        // Kubernetes namespaces are DNS labels; the bus's keys rely on it.
+        return Err(ConvertError::BadMeta {
+            field: "namespace",
+            error: model::GrammarError(format!("{namespace:?} is not a DNS label: namespaces have no dots")),
+        });
+    }
     Ok(Meta {
         namespace: namespace.parse::<K8sName>().map_err(|error| ConvertError::BadMeta { field: "namespace", error })?,
         name: name.parse::<K8sName>().map_err(|error| ConvertError::BadMeta { field: "name", error })?,

@@ -173,6 +173,10 @@ apiVersion: v1
 kind: Service
 metadata: {name: Bad_Name}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: dotted, namespace: a.b}
+---
 - just a list
 ---
 kind: Service
@@ -190,8 +194,9 @@ metadata: {name: last}
         "test.yaml:16: HTTPProxy \"typed\": spec.routes[0].services[0].port: invalid type",
         "test.yaml:18: HTTPProxy \"out-of-range\": spec.routes[0].services[0].port: 70000 is not a port number",
         "test.yaml:24: Service \"Bad_Name\": metadata.name: Kubernetes name \"Bad_Name\" is not valid",
-        "test.yaml:28: not a Kubernetes object",
-        "test.yaml:30: apiVersion and kind are required",
+        "test.yaml:28: Service \"dotted\": metadata.namespace: \"a.b\" is not a DNS label",
+        "test.yaml:32: not a Kubernetes object",
+        "test.yaml:34: apiVersion and kind are required",
     ];
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     for (got, want) in problems.iter().zip(expect) {

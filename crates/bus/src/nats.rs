@@ -1,0 +1,183 @@
+//! NATS: connecting (with reconnects, credentials and TLS), creating the JetStream buckets
+//! of the bus contract idempotently, and values too large for one message.
+
+use crate::{codec, names};
+use async_nats::jetstream::{self, kv, object_store, stream::StorageType};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach NATS. Plain data; services fill it from flags and environment.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectConfig {
+    /// `nats://host:port` (comma-separated for a cluster).
+    pub url: String,
+    /// The client name NATS shows (`portico-resolver`, ...).
+    pub name: String,
+    /// A `.creds` file (JWT + NKey).
+    pub credentials_file: Option<PathBuf>,
+    /// User and password, for the per-service users of `portico up`.
+    pub user_password: Option<(String, String)>,
+    /// A CA bundle to verify the NATS server with; implies TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("reading NATS credentials {path}: {source}")]
+    CredentialsUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("connecting to NATS at {url}: {reason}")]
+    ConnectFailed { url: String, reason: String },
+    #[error("creating or opening bucket {bucket}: {reason}")]
+    BucketSetupFailed { bucket: &'static str, reason: String },
+    #[error("{operation} {key} in {bucket}: {reason}")]
+    StoreFailed { operation: &'static str, bucket: String, key: String, reason: String },
+    #[error("value {key} in {bucket}: {reason}")]
+    ValueCorrupt { bucket: String, key: String, reason: String },
+}
+
+/// Connect, retrying the first connection and reconnecting forever after.
+pub async fn connect(config: &ConnectConfig) -> Result<async_nats::Client, BusError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| BusError::CredentialsUnreadable { path: path.clone(), source })?;
+    }
+    if let Some((user, password)) = &config.user_password {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    options
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| BusError::ConnectFailed { url: config.url.clone(), reason: e.to_string() })
+}
+
+/// The buckets of the bus contract.
+#[derive(Clone)]
+pub struct Buckets {
+    pub objects: kv::Store,
+    pub secrets: kv::Store,
+    pub verdicts: kv::Store,
+    pub trust: kv::Store,
+    pub model: kv::Store,
+    pub status: kv::Store,
+    pub applied: kv::Store,
+    pub model_store: object_store::ObjectStore,
+}
+
+async fn bucket(js: &jetstream::Context, name: &'static str, storage: StorageType) -> Result<kv::Store, BusError> {
+    js.create_or_update_key_value(kv::Config { bucket: name.to_owned(), history: 1, storage, ..Default::default() })
+        .await
+        .map_err(|e| BusError::BucketSetupFailed { bucket: name, reason: e.to_string() })
+}
+
+/// Create (or open, if they exist) every bucket. Safe to call from every service at once.
+/// Raw Secrets are kept in memory only: they are derived state, and never hit a disk here.
+pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError> {
+    let model_store = match js.get_object_store(names::MODEL_STORE).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: names::MODEL_STORE.to_owned(),
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() })?,
+    };
+    Ok(Buckets {
+        objects: bucket(js, names::OBJECTS, StorageType::File).await?,
+        secrets: bucket(js, names::SECRETS, StorageType::Memory).await?,
+        verdicts: bucket(js, names::VERDICTS, StorageType::File).await?,
+        trust: bucket(js, names::TRUST, StorageType::Memory).await?,
+        model: bucket(js, names::MODEL, StorageType::File).await?,
+        status: bucket(js, names::STATUS, StorageType::File).await?,
+        applied: bucket(js, names::APPLIED, StorageType::File).await?,
+        model_store,
+    })
+}
+
+/// Values up to this size travel in the key-value entry itself (NATS's default maximum
+/// payload is 1 MiB; this leaves room for the envelope and headers).
+pub const INLINE_LIMIT: usize = 512 * 1024;
+
+/// What a key-value entry holds for a value that may be large.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Blob {
+    Inline(Vec<u8>),
+    /// In the object store under `object`, with its size and SHA-256 to check on reading.
+    Stored {
+        object: String,
+        size: u64,
+        sha256: String,
+    },
+}
+
+/// Put a value of any size: inline when small, else into `store` and a pointer into `kv`.
+/// The object is written before the pointer, so a reader never sees a pointer to nothing.
+pub async fn put_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    bytes: &[u8],
+) -> Result<u64, BusError> {
+    let failed = |operation, reason: String| BusError::StoreFailed {
+        operation,
+        bucket: kv.name.clone(),
+        key: key.to_owned(),
+        reason,
+    };
+    let blob = if bytes.len() <= INLINE_LIMIT {
+        Blob::Inline(bytes.to_vec())
+    } else {
+        let sha256 = portico_model::hex(&Sha256::digest(bytes));
+        let object = format!("{key}-{sha256}");
+        store
+            .put(object.as_str(), &mut &bytes[..])
+            .await
+            .map_err(|e| failed("storing the object for", e.to_string()))?;
+        Blob::Stored { object, size: bytes.len() as u64, sha256 }
+    };
+    kv.put(key, codec::encode(&blob).into()).await.map_err(|e| failed("putting", e.to_string()))
+}
+
+/// Read a value written by `put_blob`; `None` when the key has no value.
+pub async fn get_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+) -> Result<Option<Vec<u8>>, BusError> {
+    let corrupt = |reason: String| BusError::ValueCorrupt { bucket: kv.name.clone(), key: key.to_owned(), reason };
+    let Some(raw) = kv.get(key).await.map_err(|e| BusError::StoreFailed {
+        operation: "getting",
+        bucket: kv.name.clone(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?
+    else {
+        return Ok(None);
+    };
+    match codec::decode::<Blob>(&raw).map_err(|e| corrupt(e.to_string()))? {
+        Blob::Inline(bytes) => Ok(Some(bytes)),
+        Blob::Stored { object, size, sha256 } => {
+            use tokio::io::AsyncReadExt;
+            let mut reader = store.get(object.as_str()).await.map_err(|e| corrupt(format!("object {object}: {e}")))?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            reader.read_to_end(&mut bytes).await.map_err(|e| corrupt(format!("object {object}: {e}")))?;
+            if bytes.len() as u64 != size || portico_model::hex(&Sha256::digest(&bytes)) != sha256 {
+                return Err(corrupt(format!("object {object} does not match its size and hash")));
+            }
+            Ok(Some(bytes))
+        }
+    }
+}

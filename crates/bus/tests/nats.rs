@@ -1,0 +1,71 @@
+//! The bus against a real nats-server with JetStream.
+
+use futures_util::StreamExt;
+use portico_bus::nats::{connect, ensure_buckets, get_blob, put_blob, BusError, ConnectConfig, INLINE_LIMIT};
+use portico_bus::{names, open, seal, TraceContext};
+use portico_testkit::NatsServer;
+
+async fn setup(server: &NatsServer) -> (async_nats::Client, portico_bus::nats::Buckets) {
+    let client = connect(&ConnectConfig { url: server.url(), name: "portico-test".into(), ..Default::default() })
+        .await
+        .expect("connect");
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client.clone())).await.expect("buckets");
+    (client, buckets)
+}
+
+#[tokio::test]
+async fn buckets_are_created_once_and_secrets_never_touch_disk() {
+    let server = NatsServer::start();
+    let (client, buckets) = setup(&server).await;
+    // A second service setting up at the same time, or later, gets the same buckets.
+    let again = ensure_buckets(&async_nats::jetstream::new(client)).await.expect("idempotent");
+    assert_eq!(again.objects.name, buckets.objects.name);
+    let secrets = buckets.secrets.status().await.expect("status");
+    assert_eq!(secrets.info.config.storage, async_nats::jetstream::stream::StorageType::Memory);
+    let trust = buckets.trust.status().await.expect("status");
+    assert_eq!(trust.info.config.storage, async_nats::jetstream::stream::StorageType::Memory);
+    let objects = buckets.objects.status().await.expect("status");
+    assert_eq!(objects.info.config.storage, async_nats::jetstream::stream::StorageType::File);
+    assert_eq!(objects.history(), 1);
+}
+
+#[tokio::test]
+async fn an_envelope_travels_through_a_watch_with_its_trace() {
+    let server = NatsServer::start();
+    let (_client, buckets) = setup(&server).await;
+    let mut watch = buckets.objects.watch_all().await.expect("watch");
+    let trace = TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
+    let key = names::object_key(portico_model::Kind::Service, &"shop".parse().unwrap(), &"api.v2".parse().unwrap());
+    buckets.objects.put(&key, seal(&"the object".to_owned(), &trace).into()).await.expect("put");
+    let entry = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch delivers")
+        .expect("an entry")
+        .expect("no error");
+    assert_eq!(entry.key, "service.shop.api.v2");
+    let (value, got): (String, _) = open(&entry.value).expect("opens");
+    assert_eq!(value, "the object");
+    assert_eq!(got.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "the trace crosses the hop");
+}
+
+#[tokio::test]
+async fn large_values_go_through_the_object_store_and_come_back_intact() {
+    let server = NatsServer::start();
+    let (_client, buckets) = setup(&server).await;
+    let small = vec![7u8; 1000];
+    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &small).await.expect("small");
+    assert_eq!(get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await.unwrap(), Some(small));
+
+    // Larger than NATS's default 1 MiB maximum payload.
+    let large: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+    assert!(large.len() > INLINE_LIMIT);
+    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &large).await.expect("large");
+    let raw = buckets.model.get(names::MODEL_KEY).await.unwrap().unwrap();
+    assert!(raw.len() < 1024, "the key-value entry holds a pointer, not the value");
+    assert_eq!(get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await.unwrap(), Some(large));
+
+    assert_eq!(get_blob(&buckets.model, &buckets.model_store, "absent").await.unwrap(), None);
+    buckets.model.put("garbage", vec![9, 9, 9].into()).await.unwrap();
+    let err = get_blob(&buckets.model, &buckets.model_store, "garbage").await.unwrap_err();
+    assert!(matches!(err, BusError::ValueCorrupt { .. }), "{err}");
+}
