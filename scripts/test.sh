@@ -13,9 +13,9 @@ else
 fi
 echo "== cargo clippy" >&2
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --workspace --all-targets --locked -q -- -D warnings
+  cargo clippy --workspace --all-targets --all-features --locked -q -- -D warnings
 else
   echo "(clippy not installed; skipped)" >&2
 fi
 echo "== cargo test" >&2
-cargo test --workspace --locked "$@"
+cargo test --workspace --all-features --locked "$@"

@@ -268,3 +268,6 @@ pub fn rfc3339(seconds: i64) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("{seconds}s since the epoch"))
 }
+
+#[cfg(feature = "service")]
+pub mod service;

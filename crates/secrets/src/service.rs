@@ -1,0 +1,149 @@
+//! The secrets service: watches raw Secrets on the bus, validates them, and publishes the
+//! verdict (for the resolver, no key material) and the validated trust material (for the
+//! renderers). Stateless apart from the Secrets it has seen, which it re-validates
+//! periodically because certificates expire without their Secret changing. Several
+//! replicas may run: they publish the same values and skip unchanged ones.
+
+use crate::validate_secret;
+use futures_util::StreamExt;
+use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError, ConnectConfig};
+use portico_bus::{names, open, seal, TraceContext};
+use portico_model::Secret;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+/// Plain, documented configuration; the binary fills it from flags and environment.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub bus: ConnectConfig,
+    /// How often every known Secret is validated again (expiry and the 14-day warning
+    /// change with time alone).
+    pub revalidate_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("watching {bucket}: {reason}")]
+    WatchFailed { bucket: &'static str, reason: String },
+}
+
+/// What the loop knows: the latest Secret per key, and what it last published.
+#[derive(Default)]
+struct State {
+    secrets: BTreeMap<String, (Secret, TraceContext)>,
+    published: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// Entries that could not be opened (another schema version, garbage); never fatal.
+    pub undecodable: u64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Validate and publish one Secret, unless the result is what was published last.
+async fn publish(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), BusError> {
+    let Some((secret, trace)) = state.secrets.get(key) else { return Ok(()) };
+    let (verdict, material) = validate_secret(secret, now());
+    // Compare the payloads without the trace, so a new trace alone does not republish.
+    let fingerprint = (portico_bus::codec::encode(&verdict), portico_bus::codec::encode(&material));
+    if state.published.get(key) == Some(&fingerprint) {
+        return Ok(());
+    }
+    let failed = |bucket: &str, e: String| BusError::StoreFailed {
+        operation: "putting",
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        reason: e,
+    };
+    buckets.trust.put(key, seal(&material, trace).into()).await.map_err(|e| failed(names::TRUST, e.to_string()))?;
+    buckets
+        .verdicts
+        .put(key, seal(&verdict, trace).into())
+        .await
+        .map_err(|e| failed(names::VERDICTS, e.to_string()))?;
+    tracing::info!(
+        secret = %verdict.secret,
+        ca = verdict.ca.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
+        client_cert = verdict.client_cert.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
+        trace_id = trace.trace_id().unwrap_or("-"),
+        "published verdict"
+    );
+    state.published.insert(key.to_owned(), fingerprint);
+    Ok(())
+}
+
+async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), BusError> {
+    state.secrets.remove(key);
+    state.published.remove(key);
+    for (bucket, store) in [(names::VERDICTS, &buckets.verdicts), (names::TRUST, &buckets.trust)] {
+        store.delete(key).await.map_err(|e| BusError::StoreFailed {
+            operation: "deleting",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    tracing::info!(key, "secret deleted; verdict and trust material removed");
+    Ok(())
+}
+
+/// Run until `shutdown` completes.
+pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let client = connect(&config.bus).await?;
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    let mut watch = buckets
+        .secrets
+        .watch_all()
+        .await
+        .map_err(|e| ServiceError::WatchFailed { bucket: names::SECRETS, reason: e.to_string() })?;
+    let mut state = State::default();
+    let mut tick = tokio::time::interval(config.revalidate_every);
+    tick.tick().await; // the first tick is immediate
+    tokio::pin!(shutdown);
+    tracing::info!("secrets service running");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                let keys: Vec<String> = state.secrets.keys().cloned().collect();
+                for key in keys {
+                    publish(&buckets, &mut state, &key).await?;
+                }
+            }
+            entry = watch.next() => {
+                let entry = match entry {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "secrets watch error; continuing");
+                        continue;
+                    }
+                    None => return Err(ServiceError::WatchFailed { bucket: names::SECRETS, reason: "the watch ended".into() }),
+                };
+                match entry.operation {
+                    async_nats::jetstream::kv::Operation::Put => match open::<Secret>(&entry.value) {
+                        Ok((secret, trace)) => {
+                            let key = names::secret_key(&secret.meta.namespace, &secret.meta.name);
+                            if key != entry.key {
+                                state.undecodable += 1;
+                                tracing::warn!(entry = %entry.key, secret = %key, "secret stored under another key; ignored");
+                                continue;
+                            }
+                            state.secrets.insert(key.clone(), (secret, trace));
+                            publish(&buckets, &mut state, &key).await?;
+                        }
+                        Err(e) => {
+                            state.undecodable += 1;
+                            tracing::warn!(key = %entry.key, error = %e, undecodable = state.undecodable, "skipping an entry that cannot be opened");
+                        }
+                    },
+                    _ => remove(&buckets, &mut state, &entry.key).await?,
+                }
+            }
+        }
+    }
+    tracing::info!("secrets service stopped");
+    Ok(())
+}
