@@ -6,3 +6,6 @@ pub mod crds;
 pub mod manifests;
 
 pub use manifests::{decode_str, load, DecodeProblem, Decoded, LoadError, Location, Skipped};
+
+#[cfg(feature = "service")]
+pub mod service;

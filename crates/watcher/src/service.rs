@@ -1,0 +1,248 @@
+//! The watcher's file source on the bus: YAML files and directories → the objects bucket
+//! (and raw Secrets → the secrets bucket, nowhere else), with initial-sync markers.
+//!
+//! It polls: every interval it reads the files, re-decodes only those whose content
+//! changed, and publishes once a scan has been stable for one interval (the debounce).
+//! Safety rules, because a half-saved file is normal:
+//! - a file that cannot be read or decoded keeps its last good objects published;
+//! - if a configured path cannot be read at all, nothing changes this cycle;
+//! - on start, keys on the bus that the files no longer define are deleted, so a restart
+//!   converges to the files.
+
+use crate::manifests::{decode_str, manifest_files, Decoded};
+use futures_util::StreamExt;
+use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError, ConnectConfig};
+use portico_bus::{codec, names, seal, TraceContext};
+use portico_model::{Kind, Object};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub paths: Vec<PathBuf>,
+    pub bus: ConnectConfig,
+    /// How often the files are read. A change is published after it has been stable for
+    /// one interval, so it is live on the bus within two.
+    pub poll_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("listing the keys of {bucket}: {reason}")]
+    ListFailed { bucket: &'static str, reason: String },
+}
+
+/// Where an object goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Bucket {
+    Objects,
+    Secrets,
+}
+
+/// One file's last decoding.
+struct FileState {
+    sha256: [u8; 32],
+    /// The objects of the last version of the file that decoded without problems.
+    good: Vec<Object>,
+}
+
+#[derive(Default)]
+struct State {
+    files: BTreeMap<PathBuf, FileState>,
+    /// What is on the bus: key → encoded object (empty when unknown, i.e. found at start).
+    published: BTreeMap<(Bucket, String), Vec<u8>>,
+    /// The desired set of the previous scan, for the debounce.
+    previous: Option<[u8; 32]>,
+    synced: bool,
+}
+
+fn key_of(object: &Object) -> (Bucket, String) {
+    let meta = object.meta();
+    match object {
+        Object::Secret(_) => (Bucket::Secrets, names::secret_key(&meta.namespace, &meta.name)),
+        _ => (Bucket::Objects, names::object_key(object.kind(), &meta.namespace, &meta.name)),
+    }
+}
+
+/// A fresh W3C trace for one change.
+fn new_trace(seed: &[u8]) -> TraceContext {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut hasher = Sha256::new();
+    hasher.update(nanos.to_le_bytes());
+    hasher.update(seed);
+    let digest = hasher.finalize();
+    let hex = portico_model::hex(&digest);
+    TraceContext::new(&format!("00-{}-{}-01", &hex[..32], &hex[32..48]), None)
+}
+
+/// Read the files and work out the desired objects; `None` when a configured path cannot
+/// be read at all (then nothing may change).
+fn scan(paths: &[PathBuf], state: &mut State) -> Option<BTreeMap<(Bucket, String), Object>> {
+    let files = match manifest_files(paths) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a configured path; keeping what is published");
+            return None;
+        }
+    };
+    let present: BTreeSet<PathBuf> = files.iter().cloned().collect();
+    state.files.retain(|path, _| present.contains(path));
+    let mut desired = BTreeMap::new();
+    for file in files {
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read; keeping its last good objects");
+                if let Some(previous) = state.files.get(&file) {
+                    desired.extend(previous.good.iter().map(|o| (key_of(o), o.clone())));
+                }
+                continue;
+            }
+        };
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        if state.files.get(&file).is_none_or(|f| f.sha256 != sha256) {
+            let name = file.display().to_string();
+            let mut decoded = Decoded::default();
+            match String::from_utf8(bytes) {
+                Ok(text) => decode_str(&name, &text, &mut decoded),
+                Err(_) => decoded.problems.push(crate::DecodeProblem {
+                    location: crate::Location { file: name.clone(), line: 1 },
+                    message: "not UTF-8 text".into(),
+                }),
+            }
+            for p in &decoded.problems {
+                tracing::warn!(problem = %p, "document cannot be read; the file keeps its last good objects");
+            }
+            let good = if decoded.problems.is_empty() {
+                decoded.objects.into_iter().map(|(o, _)| o).collect()
+            } else {
+                state.files.get(&file).map(|f| f.good.clone()).unwrap_or_default()
+            };
+            state.files.insert(file.clone(), FileState { sha256, good });
+        }
+        for object in &state.files[&file].good {
+            if desired.insert(key_of(object), object.clone()).is_some() {
+                tracing::warn!(object = %object.object_ref(), file = %file.display(), "defined more than once; the later definition wins");
+            }
+        }
+    }
+    Some(desired)
+}
+
+async fn apply(
+    buckets: &Buckets,
+    state: &mut State,
+    desired: BTreeMap<(Bucket, String), Object>,
+) -> Result<usize, BusError> {
+    let mut changes = 0;
+    for ((bucket, key), object) in &desired {
+        let encoded = codec::encode(object);
+        if state.published.get(&(*bucket, key.clone())) == Some(&encoded) {
+            continue;
+        }
+        let store = match bucket {
+            Bucket::Objects => &buckets.objects,
+            Bucket::Secrets => &buckets.secrets,
+        };
+        let trace = new_trace(&encoded);
+        store.put(key, seal(object, &trace).into()).await.map_err(|e| BusError::StoreFailed {
+            operation: "putting",
+            bucket: store.name.clone(),
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(object = %object.object_ref(), trace_id = trace.trace_id().unwrap_or("-"), "published");
+        state.published.insert((*bucket, key.clone()), encoded);
+        changes += 1;
+    }
+    let gone: Vec<(Bucket, String)> = state.published.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+    for (bucket, key) in gone {
+        let store = match bucket {
+            Bucket::Objects => &buckets.objects,
+            Bucket::Secrets => &buckets.secrets,
+        };
+        store.delete(&key).await.map_err(|e| BusError::StoreFailed {
+            operation: "deleting",
+            bucket: store.name.clone(),
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(key, "deleted");
+        state.published.remove(&(bucket, key));
+        changes += 1;
+    }
+    Ok(changes)
+}
+
+/// The keys already on the bus (from a previous run), so that stale ones are deleted.
+async fn existing_keys(buckets: &Buckets, state: &mut State) -> Result<(), ServiceError> {
+    for (bucket, store, name) in
+        [(Bucket::Objects, &buckets.objects, names::OBJECTS), (Bucket::Secrets, &buckets.secrets, names::SECRETS)]
+    {
+        let mut keys =
+            store.keys().await.map_err(|e| ServiceError::ListFailed { bucket: name, reason: e.to_string() })?;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| ServiceError::ListFailed { bucket: name, reason: e.to_string() })?;
+            if !key.starts_with("sync.") {
+                state.published.insert((bucket, key), Vec::new());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run until `shutdown` completes.
+pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let client = connect(&config.bus).await?;
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    let mut state = State::default();
+    existing_keys(&buckets, &mut state).await?;
+    let mut tick = tokio::time::interval(config.poll_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    tracing::info!(paths = ?config.paths, "watcher (file source) running");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                let Some(desired) = scan(&config.paths, &mut state) else { continue };
+                let mut fingerprint = Sha256::new();
+                for ((bucket, key), object) in &desired {
+                    fingerprint.update([*bucket as u8]);
+                    fingerprint.update(key.as_bytes());
+                    fingerprint.update(codec::encode(object));
+                }
+                let fingerprint: [u8; 32] = fingerprint.finalize().into();
+                // Debounce: publish a scan only when the one before it saw the same thing
+                // (the first scan is published at once).
+                let stable = state.previous == Some(fingerprint) || !state.synced;
+                state.previous = Some(fingerprint);
+                if !stable {
+                    continue;
+                }
+                let changes = apply(&buckets, &mut state, desired).await?;
+                if !state.synced {
+                    for kind in Kind::ALL {
+                        buckets.objects.put(names::sync_key(kind), seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
+                            operation: "putting",
+                            bucket: names::OBJECTS.to_owned(),
+                            key: names::sync_key(kind),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                    state.synced = true;
+                    tracing::info!(objects = state.published.len(), "initial sync published");
+                } else if changes > 0 {
+                    tracing::info!(changes, "changes published");
+                }
+            }
+        }
+    }
+    tracing::info!("watcher stopped");
+    Ok(())
+}
