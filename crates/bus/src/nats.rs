@@ -181,3 +181,16 @@ pub async fn get_blob(
         }
     }
 }
+
+/// Watch every key of a bucket: first the current value of each key (deleted keys as
+/// deletes), then every change. Services use this, not async-nats's `watch_all`, which
+/// delivers new changes only, so values written before a service started would be missed.
+/// The initial values are caught up when an entry's `delta` is 0.
+pub async fn watch_current_and_new(kv: &kv::Store) -> Result<kv::Watch, BusError> {
+    kv.watch_with_history(">").await.map_err(|e| BusError::StoreFailed {
+        operation: "watching",
+        bucket: kv.name.clone(),
+        key: ">".to_owned(),
+        reason: e.to_string(),
+    })
+}

@@ -29,6 +29,27 @@ async fn buckets_are_created_once_and_secrets_never_touch_disk() {
     assert_eq!(objects.history(), 1);
 }
 
+async fn next(watch: &mut async_nats::jetstream::kv::Watch) -> async_nats::jetstream::kv::Entry {
+    tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_sees_the_values_written_before_it_then_the_new_ones() {
+    let server = NatsServer::start();
+    let (_client, buckets) = setup(&server).await;
+    buckets.verdicts.put("shop.before", vec![1].into()).await.unwrap();
+    buckets.verdicts.put("shop.gone", vec![2].into()).await.unwrap();
+    buckets.verdicts.delete("shop.gone").await.unwrap();
+    let mut watch = portico_bus::nats::watch_current_and_new(&buckets.verdicts).await.unwrap();
+    let first = next(&mut watch).await;
+    assert_eq!((first.key.as_str(), first.operation), ("shop.before", async_nats::jetstream::kv::Operation::Put));
+    let second = next(&mut watch).await;
+    assert_eq!((second.key.as_str(), second.operation), ("shop.gone", async_nats::jetstream::kv::Operation::Delete));
+    assert_eq!(second.delta, 0, "caught up after the initial values");
+    buckets.verdicts.put("shop.after", vec![3].into()).await.unwrap();
+    assert_eq!(next(&mut watch).await.key, "shop.after");
+}
+
 #[tokio::test]
 async fn an_envelope_travels_through_a_watch_with_its_trace() {
     let server = NatsServer::start();

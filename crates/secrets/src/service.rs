@@ -6,7 +6,7 @@
 
 use crate::validate_secret;
 use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError, ConnectConfig};
+use portico_bus::nats::{connect, ensure_buckets, watch_current_and_new, Buckets, BusError, ConnectConfig};
 use portico_bus::{names, open, seal, TraceContext};
 use portico_model::Secret;
 use std::collections::BTreeMap;
@@ -90,16 +90,42 @@ async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), B
     Ok(())
 }
 
+/// The key of the verdicts bucket that says the initial Secrets have verdicts. It has no
+/// dot, so it cannot be a `<namespace>.<name>` key.
+pub const SYNC_KEY: &str = "sync";
+
+async fn mark_synced(buckets: &Buckets) -> Result<(), BusError> {
+    buckets.verdicts.put(SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.map_err(|e| {
+        BusError::StoreFailed {
+            operation: "putting",
+            bucket: names::VERDICTS.to_owned(),
+            key: SYNC_KEY.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    tracing::info!("verdicts for the initial Secrets published");
+    Ok(())
+}
+
 /// Run until `shutdown` completes.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     let client = connect(&config.bus).await?;
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
-    let mut watch = buckets
-        .secrets
-        .watch_all()
-        .await
-        .map_err(|e| ServiceError::WatchFailed { bucket: names::SECRETS, reason: e.to_string() })?;
+    let mut watch = watch_current_and_new(&buckets.secrets).await?;
     let mut state = State::default();
+    // The resolver waits for this marker before its first model, so that the Secrets that
+    // existed at start have their verdicts (and routes do not flap to 503 at every start).
+    let initial = buckets
+        .secrets
+        .status()
+        .await
+        .map_err(|e| ServiceError::WatchFailed { bucket: names::SECRETS, reason: e.to_string() })?
+        .values();
+    let mut synced = false;
+    if initial == 0 {
+        mark_synced(&buckets).await?;
+        synced = true;
+    }
     let mut tick = tokio::time::interval(config.revalidate_every);
     tick.tick().await; // the first tick is immediate
     tokio::pin!(shutdown);
@@ -126,13 +152,13 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                     async_nats::jetstream::kv::Operation::Put => match open::<Secret>(&entry.value) {
                         Ok((secret, trace)) => {
                             let key = names::secret_key(&secret.meta.namespace, &secret.meta.name);
-                            if key != entry.key {
+                            if key == entry.key {
+                                state.secrets.insert(key.clone(), (secret, trace));
+                                publish(&buckets, &mut state, &key).await?;
+                            } else {
                                 state.undecodable += 1;
                                 tracing::warn!(entry = %entry.key, secret = %key, "secret stored under another key; ignored");
-                                continue;
                             }
-                            state.secrets.insert(key.clone(), (secret, trace));
-                            publish(&buckets, &mut state, &key).await?;
                         }
                         Err(e) => {
                             state.undecodable += 1;
@@ -140,6 +166,10 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                         }
                     },
                     _ => remove(&buckets, &mut state, &entry.key).await?,
+                }
+                if !synced && entry.delta == 0 {
+                    mark_synced(&buckets).await?;
+                    synced = true;
                 }
             }
         }
