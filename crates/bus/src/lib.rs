@@ -8,3 +8,21 @@ pub mod names;
 pub mod nats;
 
 pub use envelope::{open, seal, OpenError, TraceContext, SCHEMA_VERSION};
+
+use serde::{Deserialize, Serialize};
+
+/// The value of `portico-model/current`: what the resolver published, for the renderers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Increases by one with every published model; renderers never apply an older one.
+    pub generation: u64,
+    /// `Model::content_hash`.
+    pub hash: String,
+    pub model: portico_model::Model,
+}
+
+/// The value of a lease key: who holds it. Liveness is judged by renewals being seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+}

@@ -1,25 +1,37 @@
-//! Bucket names and keys, in one place (DESIGN.md, "The bus contract").
+//! Bucket names, keys and value types, in one place (DESIGN.md, "The bus contract").
+//! Every value is an envelope (`seal`/`open`) around the type named here.
 
 use portico_model::{K8sName, Kind};
 
-/// watcher → resolver: `<kind>.<namespace>.<name>`, and `sync.<kind>` markers.
+/// watcher → resolver: `<kind>.<namespace>.<name>` → `Object` (never a Secret), and
+/// `sync.<kind>` markers.
 pub const OBJECTS: &str = "portico-objects";
-/// watcher → secrets only (memory storage): `<namespace>.<name>`.
+/// watcher → secrets only (memory storage): `<namespace>.<name>` → `Secret`, and the
+/// `sync` marker after the initial Secrets.
 pub const SECRETS: &str = "portico-secrets";
-/// secrets → resolver: `<namespace>.<name>`.
+/// secrets → resolver: `<namespace>.<name>` → `SecretVerdict`, and the relayed `sync`.
 pub const VERDICTS: &str = "portico-verdicts";
-/// secrets → renderers: `<namespace>.<name>`.
+/// secrets → renderers (memory storage): `<namespace>.<name>` → `TrustMaterial`.
 pub const TRUST: &str = "portico-trust";
-/// resolver → renderers: `current`.
+/// resolver → renderers: `current` → `ModelRecord`, through `put_blob`/`get_blob`.
 pub const MODEL: &str = "portico-model";
 /// The model itself when it is too large for a message.
 pub const MODEL_STORE: &str = "portico-model-store";
-/// resolver → watcher and CLI: `<kind>.<namespace>.<name>`.
+/// resolver → watcher and CLI: `<kind>.<namespace>.<name>` → `ObjectStatus`.
 pub const STATUS: &str = "portico-status";
 /// renderers → CLI and tests: `<renderer>.<instance>`.
 pub const APPLIED: &str = "portico-applied";
 
+/// Leases of services that run one active instance: `resolver` → `LeaseRecord`.
+pub const LEASES: &str = "portico-leases";
+
 pub const MODEL_KEY: &str = "current";
+
+/// In the secrets bucket (written by the watcher after its initial Secrets) and in the
+/// verdicts bucket (written by the secrets service once it has published the verdicts of
+/// everything before the watcher's marker). Streams are ordered, so "before" is exact. No
+/// dot, so it cannot be a `<namespace>.<name>` key.
+pub const SECRETS_SYNC_KEY: &str = "sync";
 
 /// The key token of a kind.
 pub fn kind_token(kind: Kind) -> &'static str {

@@ -72,6 +72,7 @@ pub struct Buckets {
     pub model: kv::Store,
     pub status: kv::Store,
     pub applied: kv::Store,
+    pub leases: kv::Store,
     pub model_store: object_store::ObjectStore,
 }
 
@@ -103,6 +104,7 @@ pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError
         model: bucket(js, names::MODEL, StorageType::File).await?,
         status: bucket(js, names::STATUS, StorageType::File).await?,
         applied: bucket(js, names::APPLIED, StorageType::File).await?,
+        leases: bucket(js, names::LEASES, StorageType::File).await?,
         model_store,
     })
 }

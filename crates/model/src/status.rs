@@ -171,6 +171,9 @@ impl ObjectStatus {
 }
 
 /// `status` of an HTTPProxy (and, in the same shape, of a Voyager Ingress).
+///
+/// JSON only: its conditions skip empty `errors` and `warnings` as Contour does, which a
+/// non-self-describing codec cannot read back. The bus carries `ObjectStatus`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContourStatus {

@@ -12,6 +12,9 @@ pub mod contour;
 pub mod snapshot;
 pub mod voyager;
 
+#[cfg(feature = "service")]
+pub mod service;
+
 use portico_model::{Kind, Model, ObjectStatus, SecretRef};
 
 pub use snapshot::Snapshot;

@@ -90,16 +90,12 @@ async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), B
     Ok(())
 }
 
-/// The key of the verdicts bucket that says the initial Secrets have verdicts. It has no
-/// dot, so it cannot be a `<namespace>.<name>` key.
-pub const SYNC_KEY: &str = "sync";
-
 async fn mark_synced(buckets: &Buckets) -> Result<(), BusError> {
-    buckets.verdicts.put(SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.map_err(|e| {
+    buckets.verdicts.put(names::SECRETS_SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.map_err(|e| {
         BusError::StoreFailed {
             operation: "putting",
             bucket: names::VERDICTS.to_owned(),
-            key: SYNC_KEY.to_owned(),
+            key: names::SECRETS_SYNC_KEY.to_owned(),
             reason: e.to_string(),
         }
     })?;
@@ -113,19 +109,6 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
     let mut watch = watch_current_and_new(&buckets.secrets).await?;
     let mut state = State::default();
-    // The resolver waits for this marker before its first model, so that the Secrets that
-    // existed at start have their verdicts (and routes do not flap to 503 at every start).
-    let initial = buckets
-        .secrets
-        .status()
-        .await
-        .map_err(|e| ServiceError::WatchFailed { bucket: names::SECRETS, reason: e.to_string() })?
-        .values();
-    let mut synced = false;
-    if initial == 0 {
-        mark_synced(&buckets).await?;
-        synced = true;
-    }
     let mut tick = tokio::time::interval(config.revalidate_every);
     tick.tick().await; // the first tick is immediate
     tokio::pin!(shutdown);
@@ -148,6 +131,14 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                     }
                     None => return Err(ServiceError::WatchFailed { bucket: names::SECRETS, reason: "the watch ended".into() }),
                 };
+                if entry.key == names::SECRETS_SYNC_KEY {
+                    // Everything before the watcher's marker has been handled (the stream is
+                    // ordered): the initial Secrets have their verdicts.
+                    if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                        mark_synced(&buckets).await?;
+                    }
+                    continue;
+                }
                 match entry.operation {
                     async_nats::jetstream::kv::Operation::Put => match open::<Secret>(&entry.value) {
                         Ok((secret, trace)) => {
@@ -166,10 +157,6 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                         }
                     },
                     _ => remove(&buckets, &mut state, &entry.key).await?,
-                }
-                if !synced && entry.delta == 0 {
-                    mark_synced(&buckets).await?;
-                    synced = true;
                 }
             }
         }

@@ -45,17 +45,18 @@ async fn the_sync_marker_follows_the_verdicts_of_the_secrets_present_at_start() 
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
     let client = connect(&bus).await.unwrap();
     let Buckets { secrets, verdicts, .. } = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    // Secrets exist before the service starts.
+    // Secrets exist before the service starts, followed by the watcher's marker.
     for name in ["a", "b", "c"] {
         let mut s = secret(&ca_pem());
         s.meta.name = name.parse().unwrap();
         secrets.put(format!("shop.{name}"), seal(&s, &TraceContext::default()).into()).await.unwrap();
     }
+    secrets.put(names::SECRETS_SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(run(ServiceConfig { bus, revalidate_every: Duration::from_secs(3600) }, async move {
         let _ = stopped.await;
     }));
-    wait_for(&verdicts, portico_secrets::service::SYNC_KEY, |v| v.is_some()).await;
+    wait_for(&verdicts, names::SECRETS_SYNC_KEY, |v| v.is_some()).await;
     for name in ["a", "b", "c"] {
         assert!(
             verdicts.get(format!("shop.{name}")).await.unwrap().is_some(),

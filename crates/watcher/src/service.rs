@@ -150,7 +150,12 @@ async fn apply(
             Bucket::Secrets => &buckets.secrets,
         };
         let trace = new_trace(&encoded);
-        store.put(key, seal(object, &trace).into()).await.map_err(|e| BusError::StoreFailed {
+        // The secrets bucket holds bare Secrets; the objects bucket holds `Object`s.
+        let value = match object {
+            Object::Secret(secret) => seal(secret, &trace),
+            other => seal(other, &trace),
+        };
+        store.put(key, value.into()).await.map_err(|e| BusError::StoreFailed {
             operation: "putting",
             bucket: store.name.clone(),
             key: key.clone(),
@@ -188,7 +193,7 @@ async fn existing_keys(buckets: &Buckets, state: &mut State) -> Result<(), Servi
             store.keys().await.map_err(|e| ServiceError::ListFailed { bucket: name, reason: e.to_string() })?;
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| ServiceError::ListFailed { bucket: name, reason: e.to_string() })?;
-            if !key.starts_with("sync.") {
+            if !key.starts_with("sync.") && key != names::SECRETS_SYNC_KEY {
                 state.published.insert((bucket, key), Vec::new());
             }
         }
@@ -235,6 +240,14 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                             reason: e.to_string(),
                         })?;
                     }
+                    // After the initial Secrets, in their own (ordered) bucket: the secrets
+                    // service relays it once their verdicts are out.
+                    buckets.secrets.put(names::SECRETS_SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
+                        operation: "putting",
+                        bucket: names::SECRETS.to_owned(),
+                        key: names::SECRETS_SYNC_KEY.to_owned(),
+                        reason: e.to_string(),
+                    })?;
                     state.synced = true;
                     tracing::info!(objects = state.published.len(), "initial sync published");
                 } else if changes > 0 {

@@ -1,0 +1,269 @@
+//! The resolver service: objects and verdicts from the bus in, the model and statuses out.
+//!
+//! - Nothing is published before every kind's initial-sync marker and the secrets
+//!   service's verdict marker have been seen.
+//! - Rebuilds are debounced: after a change, wait `holdoff` for quiet, but never more than
+//!   `max_delay` from the first change.
+//! - The model is published only when its content hash changes, with a generation one
+//!   above the last published; statuses only when they change.
+//! - One instance is active: it holds the `resolver` lease and renews it with
+//!   compare-and-set; a standby takes over when it has seen no renewal for `lease_ttl`
+//!   (judged on its own monotonic clock, so clock skew cannot matter). A holder whose
+//!   renewal fails stops publishing at once.
+
+use crate::{resolve, Config, Snapshot};
+use futures_util::StreamExt;
+use portico_bus::nats::{connect, ensure_buckets, get_blob, put_blob, watch_current_and_new, Buckets, BusError};
+use portico_bus::{codec, names, open, seal, LeaseRecord, ModelRecord, TraceContext};
+use portico_model::{Kind, Object, SecretVerdict};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub bus: portico_bus::nats::ConnectConfig,
+    pub resolver: Config,
+    /// This instance's name in the lease.
+    pub instance: String,
+    pub holdoff: Duration,
+    pub max_delay: Duration,
+    pub lease_ttl: Duration,
+}
+
+impl ServiceConfig {
+    pub fn new(bus: portico_bus::nats::ConnectConfig, resolver: Config, instance: String) -> Self {
+        ServiceConfig {
+            bus,
+            resolver,
+            instance,
+            holdoff: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the watch of {0} ended")]
+    WatchEnded(&'static str),
+}
+
+const LEASE_KEY: &str = "resolver";
+
+struct Lease {
+    held: bool,
+    /// The revision of the lease key last seen (ours or another holder's).
+    revision: Option<u64>,
+    /// When the lease key last changed, as this instance saw it.
+    last_change: Instant,
+}
+
+async fn lease_step(buckets: &Buckets, config: &ServiceConfig, lease: &mut Lease) {
+    let record = seal(&LeaseRecord { holder: config.instance.clone() }, &TraceContext::default());
+    let result = match (lease.held, lease.revision) {
+        // Renew ours, or take over a silent one, with compare-and-set on what we saw.
+        (true, Some(rev)) => buckets.leases.update(LEASE_KEY, record.into(), rev).await.map_err(|e| e.to_string()),
+        (false, Some(rev)) if lease.last_change.elapsed() >= config.lease_ttl => {
+            buckets.leases.update(LEASE_KEY, record.into(), rev).await.map_err(|e| e.to_string())
+        }
+        (false, None) => buckets.leases.create(LEASE_KEY, record.into()).await.map_err(|e| e.to_string()),
+        _ => return,
+    };
+    match result {
+        Ok(revision) => {
+            if !lease.held {
+                tracing::info!(instance = %config.instance, "acquired the resolver lease; active");
+            }
+            lease.held = true;
+            lease.revision = Some(revision);
+            lease.last_change = Instant::now();
+        }
+        Err(e) => {
+            if lease.held {
+                tracing::warn!(instance = %config.instance, error = %e, "lost the resolver lease; standing by");
+            }
+            lease.held = false;
+            // Learn the current revision so a later takeover compares against it.
+            if let Ok(Some(entry)) = buckets.leases.entry(LEASE_KEY).await {
+                if lease.revision != Some(entry.revision) {
+                    lease.revision = Some(entry.revision);
+                    lease.last_change = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Published {
+    generation: u64,
+    hash: Option<String>,
+    statuses: BTreeMap<String, Vec<u8>>,
+}
+
+async fn publish(
+    buckets: &Buckets,
+    snapshot: &Snapshot,
+    config: &Config,
+    published: &mut Published,
+    trace: &TraceContext,
+) -> Result<(), BusError> {
+    let started = std::time::Instant::now();
+    let resolved = resolve(snapshot, config);
+    let hash = resolved.model.content_hash();
+    if published.hash.as_ref() != Some(&hash) {
+        published.generation += 1;
+        let record = ModelRecord { generation: published.generation, hash: hash.clone(), model: resolved.model };
+        put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, trace)).await?;
+        tracing::info!(
+            generation = published.generation,
+            model_hash = &hash[..12],
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            trace_id = trace.trace_id().unwrap_or("-"),
+            "model published"
+        );
+        published.hash = Some(hash);
+    }
+    let mut current = BTreeSet::new();
+    for status in &resolved.statuses {
+        let key = names::object_key(status.object.kind, &status.object.namespace, &status.object.name);
+        // The bus carries the problems; readers render Contour's shape with `to_contour`.
+        let encoded = codec::encode(status);
+        current.insert(key.clone());
+        if published.statuses.get(&key) != Some(&encoded) {
+            buckets.status.put(&key, seal(status, trace).into()).await.map_err(|e| BusError::StoreFailed {
+                operation: "putting",
+                bucket: names::STATUS.to_owned(),
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            published.statuses.insert(key, encoded);
+        }
+    }
+    let gone: Vec<String> = published.statuses.keys().filter(|k| !current.contains(*k)).cloned().collect();
+    for key in gone {
+        let _ = buckets.status.delete(&key).await;
+        published.statuses.remove(&key);
+    }
+    Ok(())
+}
+
+/// The generation and hash on the bus, so that a new holder continues the sequence (and
+/// republishes every status, whose cache it does not have).
+async fn current_published(buckets: &Buckets) -> Published {
+    let mut published = Published::default();
+    if let Ok(Some(bytes)) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await {
+        if let Ok((record, _)) = open::<ModelRecord>(&bytes) {
+            published.generation = record.generation;
+            published.hash = Some(record.hash);
+        }
+    }
+    published
+}
+
+/// Run until `shutdown` completes.
+pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let client = connect(&config.bus).await?;
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    let mut objects = watch_current_and_new(&buckets.objects).await?;
+    let mut verdicts = watch_current_and_new(&buckets.verdicts).await?;
+    let mut snapshot = Snapshot::default();
+    let mut synced_kinds: BTreeSet<Kind> = BTreeSet::new();
+    let mut verdicts_synced = false;
+    let mut published = Published::default();
+    let mut lease = Lease { held: false, revision: None, last_change: Instant::now() };
+    if let Ok(Some(entry)) = buckets.leases.entry(LEASE_KEY).await {
+        lease.revision = Some(entry.revision);
+    }
+    lease_step(&buckets, &config, &mut lease).await;
+    let mut renew = tokio::time::interval(config.lease_ttl / 3);
+    // Debounce: (first unpublished change, last change, trace of the last change).
+    let mut pending: Option<(Instant, Instant, TraceContext)> = None;
+    let mut was_active = false;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = pending.as_ref().map(|(first, last, _)| (*last + config.holdoff).min(*first + config.max_delay));
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = renew.tick() => {
+                lease_step(&buckets, &config, &mut lease).await;
+                if lease.held && !was_active {
+                    // Newly active: continue from what is on the bus now, and publish what we
+                    // know (the previous holder may have missed changes).
+                    published = current_published(&buckets).await;
+                    pending.get_or_insert((Instant::now(), Instant::now(), TraceContext::default()));
+                }
+                was_active = lease.held;
+            }
+            () = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                let ready = synced_kinds.len() == Kind::ALL.len() && verdicts_synced;
+                if ready && lease.held {
+                    let (_, _, trace) = pending.take().expect("a deadline means a pending change");
+                    publish(&buckets, &snapshot, &config.resolver, &mut published, &trace).await?;
+                } else {
+                    pending = None; // published when the sync completes or the lease is won
+                    if ready {
+                        tracing::debug!("standing by: not publishing");
+                    }
+                }
+            }
+            entry = objects.next() => {
+                let entry = match entry {
+                    Some(Ok(e)) => e,
+                    Some(Err(e)) => { tracing::warn!(error = %e, "objects watch error"); continue; }
+                    None => return Err(ServiceError::WatchEnded(names::OBJECTS)),
+                };
+                let mut trace = TraceContext::default();
+                if let Some(kind) = entry.key.strip_prefix("sync.") {
+                    if let Some(kind) = Kind::ALL.into_iter().find(|k| names::kind_token(*k) == kind) {
+                        synced_kinds.insert(kind);
+                    }
+                } else if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                    match open::<Object>(&entry.value) {
+                        Ok((object, t)) => {
+                            trace = t;
+                            if let Err(e) = snapshot.apply(object) {
+                                tracing::warn!(error = %e, "ignored");
+                            }
+                        }
+                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping an entry that cannot be opened"); continue; }
+                    }
+                } else if let Some((kind, ns, name)) = names::parse_object_key(&entry.key) {
+                    snapshot.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
+                }
+                let now = Instant::now();
+                let first = pending.as_ref().map(|p| p.0).unwrap_or(now);
+                pending = Some((first, now, trace));
+            }
+            entry = verdicts.next() => {
+                let entry = match entry {
+                    Some(Ok(e)) => e,
+                    Some(Err(e)) => { tracing::warn!(error = %e, "verdicts watch error"); continue; }
+                    None => return Err(ServiceError::WatchEnded(names::VERDICTS)),
+                };
+                let mut trace = TraceContext::default();
+                if entry.key == "sync" {
+                    verdicts_synced = true;
+                } else if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                    match open::<SecretVerdict>(&entry.value) {
+                        Ok((verdict, t)) => { trace = t; snapshot.set_verdict(verdict); }
+                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping an entry that cannot be opened"); continue; }
+                    }
+                } else if let Some((ns, name)) = entry.key.split_once('.') {
+                    if let Ok(secret) = portico_model::SecretRef::new(ns, name) {
+                        snapshot.remove_verdict(&secret);
+                    }
+                }
+                let now = Instant::now();
+                let first = pending.as_ref().map(|p| p.0).unwrap_or(now);
+                pending = Some((first, now, trace));
+            }
+        }
+    }
+    Ok(())
+}
