@@ -26,3 +26,17 @@ pub struct ModelRecord {
 pub struct LeaseRecord {
     pub holder: String,
 }
+
+/// The value of `portico-applied/<renderer>.<instance>`: what a renderer last tried to apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    pub generation: u64,
+    pub hash: String,
+    /// `None` when applied; otherwise why not (the proxy kept its previous configuration).
+    pub error: Option<String>,
+    /// Routes rendered as 503 because their trust material was missing or stale.
+    pub problems: Vec<String>,
+    /// Milliseconds since the Unix epoch, and how long the apply took.
+    pub at_unix_ms: u64,
+    pub took_ms: u64,
+}

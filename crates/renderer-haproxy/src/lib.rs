@@ -12,6 +12,10 @@
 //! Host rewrite, the weighted pick, `use_backend`) keys off `txn.route`, so a rewrite can
 //! never change which route later rules see.
 
+pub mod apply;
+#[cfg(feature = "service")]
+pub mod service;
+
 use portico_model::{
     Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, TrustMaterial, UpstreamProtocol,
     Verification,

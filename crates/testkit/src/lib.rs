@@ -1,5 +1,8 @@
 //! Test support: the pipeline from manifest files to the model and its trust material (as
-//! `portico translate` runs it), and the shared fixtures under `testdata/`.
+//! `portico translate` runs it), the shared fixtures under `testdata/`, a real nats-server,
+//! and a minimal HTTP client.
+
+use std::io::{Read, Write};
 
 use portico_model::{Model, Object, SecretRef, TrustMaterial};
 use portico_resolver::{resolve, Config, Snapshot};
@@ -83,4 +86,22 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.1 GET to 127.0.0.1:port with this Host; the status and the body.
+pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
 }

@@ -1,0 +1,211 @@
+//! Running HAProxy in master-worker mode and applying rendered configurations to it:
+//! check, switch, hitless reload through the master socket, confirmation, and rollback.
+//!
+//! Layout under the work directory: `gen-<generation>/` holds one rendered configuration
+//! with its files (paths inside point into that directory), and the symlink `haproxy.cfg`
+//! points at the one HAProxy runs. A configuration is made current only after
+//! `haproxy -c` accepts it, and the symlink goes back if the reload fails, so a broken
+//! configuration never replaces a working one.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("writing {path}: {source}")]
+    WriteFailed { path: PathBuf, source: std::io::Error },
+    #[error("haproxy -c refused the configuration: {0}")]
+    CheckFailed(String),
+    #[error("starting haproxy: {0}")]
+    StartFailed(String),
+    #[error("the master socket: {0}")]
+    MasterSocket(String),
+    #[error("the reload failed; HAProxy kept the previous configuration (see its log)")]
+    ReloadFailed,
+    #[error("the reload was not confirmed within {0:?}")]
+    ReloadUnconfirmed(Duration),
+}
+
+/// An HAProxy master process and the directory it runs from.
+pub struct Haproxy {
+    pub work_dir: PathBuf,
+    binary: String,
+    child: Child,
+    current: Option<PathBuf>,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
+    let failed = |source| ApplyError::WriteFailed { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    std::fs::write(path, contents).map_err(failed)
+}
+
+/// Write rendered files into `dir` (client keys owner-only).
+pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApplyError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (relative, contents) in files {
+        let path = dir.join(relative);
+        write(&path, contents)?;
+        if relative.starts_with("client/") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| ApplyError::WriteFailed { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// `haproxy -c` on a file.
+pub fn check(binary: &str, config: &Path) -> Result<(), ApplyError> {
+    let out = Command::new(binary)
+        .arg("-c")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .map_err(|e| ApplyError::CheckFailed(format!("cannot run {binary}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let alerts: Vec<&str> = text.lines().filter(|l| l.contains("ALERT")).collect();
+        Err(ApplyError::CheckFailed(if alerts.is_empty() { text.trim().to_owned() } else { alerts.join("; ") }))
+    }
+}
+
+/// Point `work_dir/haproxy.cfg` at a generation directory's configuration, atomically.
+fn switch(work_dir: &Path, dir: &Path) -> Result<(), ApplyError> {
+    let link = work_dir.join("haproxy.cfg");
+    let tmp = work_dir.join("haproxy.cfg.next");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir.join("haproxy.cfg"), &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &link))
+        .map_err(|source| ApplyError::WriteFailed { path: link, source })
+}
+
+impl Haproxy {
+    pub fn master_socket(&self) -> PathBuf {
+        self.work_dir.join("master.sock")
+    }
+
+    /// Start HAProxy (master-worker, foreground) on an already rendered directory.
+    pub fn start(binary: &str, work_dir: &Path, first: &Path, log: &Path) -> Result<Haproxy, ApplyError> {
+        check(binary, &first.join("haproxy.cfg"))?;
+        switch(work_dir, first)?;
+        let socket = work_dir.join("master.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(log).map_err(|e| ApplyError::StartFailed(e.to_string()))?;
+        let child = Command::new(binary)
+            .arg("-W")
+            .arg("-db")
+            .arg("-S")
+            .arg(&socket)
+            .arg("-f")
+            .arg(work_dir.join("haproxy.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| ApplyError::StartFailed(e.to_string()))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ApplyError::StartFailed(format!("{binary}: {e}")))?;
+        let mut haproxy = Haproxy {
+            work_dir: work_dir.to_owned(),
+            binary: binary.to_owned(),
+            child,
+            current: Some(first.to_owned()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while haproxy.reload_counters().is_err() {
+            if let Ok(Some(status)) = haproxy.child.try_wait() {
+                return Err(ApplyError::StartFailed(format!("haproxy exited with {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(ApplyError::StartFailed("the master socket did not answer within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(haproxy)
+    }
+
+    fn master(&self, command: &str) -> Result<String, ApplyError> {
+        let mut stream =
+            UnixStream::connect(self.master_socket()).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+        stream.write_all(format!("{command}\n").as_bytes()).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        stream.read_to_string(&mut out).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// `(reloads, failed)` from the master's line of `show proc`.
+    fn reload_counters(&self) -> Result<(u64, u64), ApplyError> {
+        let out = self.master("show proc")?;
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("master"))
+            .ok_or_else(|| ApplyError::MasterSocket(format!("no master line in {out:?}")))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reloads = words.get(2).and_then(|w| w.parse().ok());
+        let failed = words.get(4).and_then(|w| w.trim_end_matches(']').parse().ok());
+        match (reloads, failed) {
+            (Some(r), Some(f)) => Ok((r, f)),
+            _ => Err(ApplyError::MasterSocket(format!("unexpected master line {line:?}"))),
+        }
+    }
+
+    /// Make `dir` (a rendered generation) current: check it, switch, reload, confirm; on
+    /// any failure the previous configuration stays current.
+    pub fn apply(&mut self, dir: &Path) -> Result<(), ApplyError> {
+        check(&self.binary, &dir.join("haproxy.cfg"))?;
+        let (reloads, failed) = self.reload_counters()?;
+        switch(&self.work_dir, dir)?;
+        let result = self.reload_and_confirm(reloads, failed);
+        if result.is_err() {
+            if let Some(previous) = &self.current {
+                let _ = switch(&self.work_dir, previous);
+            }
+        } else {
+            self.current = Some(dir.to_owned());
+        }
+        result
+    }
+
+    fn reload_and_confirm(&self, reloads: u64, failed: u64) -> Result<(), ApplyError> {
+        // HAProxy 2.6's `reload` answers nothing; `show proc` says what happened. The
+        // master re-executes, so the socket may refuse connections for a moment.
+        let _ = self.master("reload");
+        let limit = Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            match self.reload_counters() {
+                Ok((_, f)) if f > failed => return Err(ApplyError::ReloadFailed),
+                Ok((r, _)) if r > reloads => return Ok(()),
+                _ => {}
+            }
+        }
+        Err(ApplyError::ReloadUnconfirmed(limit))
+    }
+
+    /// Remove generation directories other than the current one and `keep`.
+    pub fn prune(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.work_dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_gen = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("gen-"));
+            if is_gen && Some(&path) != self.current.as_ref() && path != keep {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}

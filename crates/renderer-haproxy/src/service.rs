@@ -1,0 +1,194 @@
+//! The HAProxy renderer service: runs beside one HAProxy, follows the model and the trust
+//! material on the bus, and applies each newer model (check, switch, hitless reload,
+//! confirmation). It never applies a generation older than one it applied, keeps the
+//! last good configuration when a new one fails, and reports every attempt in
+//! `portico-applied/haproxy.<instance>`.
+
+use crate::apply::{write_files, ApplyError, Haproxy};
+use crate::{render, Options, Trust};
+use futures_util::StreamExt;
+use portico_bus::nats::{connect, ensure_buckets, get_blob, watch_current_and_new, Buckets, BusError};
+use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_model::{Model, TrustMaterial};
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub bus: portico_bus::nats::ConnectConfig,
+    /// Absolute; generations, the symlink HAProxy reads, the master socket and the log.
+    pub work_dir: PathBuf,
+    /// The haproxy binary.
+    pub haproxy: String,
+    pub http_port: u16,
+    pub bind_address: IpAddr,
+    /// This renderer's name in `portico-applied`.
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("work directory {0}: {1}")]
+    WorkDir(PathBuf, String),
+    #[error(transparent)]
+    Haproxy(#[from] ApplyError),
+    #[error("the watch of {0} ended")]
+    WatchEnded(&'static str),
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct Renderer {
+    config: ServiceConfig,
+    haproxy: Haproxy,
+    trust: Trust,
+    /// The newest model seen.
+    model: Option<ModelRecord>,
+    /// The generation and configuration last applied.
+    applied: Option<(u64, Vec<u8>)>,
+}
+
+impl Renderer {
+    /// Render the newest model with the trust material at hand and apply it when it
+    /// differs from what is applied. Reports the attempt.
+    async fn converge(&mut self, buckets: &Buckets, trace: &TraceContext) -> Result<(), ServiceError> {
+        let Some(record) = &self.model else { return Ok(()) };
+        if let Some((generation, _)) = &self.applied {
+            if record.generation < *generation {
+                return Ok(()); // never go back
+            }
+        }
+        let started = std::time::Instant::now();
+        let dir = self.config.work_dir.join(format!("gen-{}-{}", record.generation, unix_ms()));
+        let rendered = render(&record.model, &self.trust, &Renderer::options_for(&self.config, &dir)?);
+        let cfg = rendered.files.get("haproxy.cfg").cloned().unwrap_or_default();
+        if let Some((generation, applied_cfg)) = &self.applied {
+            // The same text with files named by content hash: nothing to do.
+            if *generation == record.generation && applied_cfg == &cfg {
+                return Ok(());
+            }
+        }
+        let (generation, hash) = (record.generation, record.hash.clone());
+        let result = match write_files(&dir, &rendered.files) {
+            // The check and the reload confirmation block; keep them off the async workers.
+            Ok(()) => tokio::task::block_in_place(|| self.haproxy.apply(&dir)),
+            Err(e) => Err(e),
+        };
+        let error = match &result {
+            Ok(()) => {
+                self.applied = Some((generation, cfg));
+                self.haproxy.prune(&dir);
+                tracing::info!(
+                    generation,
+                    model_hash = &hash[..12.min(hash.len())],
+                    took_ms = started.elapsed().as_millis() as u64,
+                    trace_id = trace.trace_id().unwrap_or("-"),
+                    "applied"
+                );
+                None
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                tracing::warn!(generation, error = %e, "not applied; HAProxy keeps its previous configuration");
+                Some(e.to_string())
+            }
+        };
+        let record = AppliedRecord {
+            generation,
+            hash,
+            error,
+            problems: rendered.problems,
+            at_unix_ms: unix_ms(),
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        let key = format!("haproxy.{}", self.config.instance);
+        buckets.applied.put(&key, seal(&record, trace).into()).await.map_err(|e| BusError::StoreFailed {
+            operation: "putting",
+            bucket: names::APPLIED.to_owned(),
+            key,
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Run until `shutdown` completes. HAProxy starts at once on an empty model (404 on the
+/// HTTP port) and follows the bus from there.
+pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?;
+    let client = connect(&config.bus).await?;
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+
+    let first = config.work_dir.join("gen-0");
+    let empty = Renderer::options_for(&config, &first)?;
+    write_files(&first, &render(&Model::default(), &Trust::new(), &empty).files)?;
+    let haproxy = Haproxy::start(&config.haproxy, &config.work_dir, &first, &config.work_dir.join("haproxy.log"))?;
+    let mut renderer = Renderer { config, haproxy, trust: Trust::new(), model: None, applied: None };
+    let mut model_watch =
+        buckets.model.watch_with_history(names::MODEL_KEY).await.map_err(|e| BusError::StoreFailed {
+            operation: "watching",
+            bucket: names::MODEL.to_owned(),
+            key: names::MODEL_KEY.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut trust_watch = watch_current_and_new(&buckets.trust).await?;
+    tokio::pin!(shutdown);
+    tracing::info!("HAProxy renderer running");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            entry = model_watch.next() => {
+                let Some(Ok(entry)) = entry else {
+                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::MODEL)); }
+                    continue;
+                };
+                if entry.operation != async_nats::jetstream::kv::Operation::Put { continue; }
+                let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else { continue };
+                match open::<ModelRecord>(&bytes) {
+                    Ok((record, trace)) => {
+                        if renderer.model.as_ref().is_none_or(|m| record.generation > m.generation) {
+                            renderer.model = Some(record);
+                            renderer.converge(&buckets, &trace).await?;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping a model that cannot be opened"),
+                }
+            }
+            entry = trust_watch.next() => {
+                let Some(Ok(entry)) = entry else {
+                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::TRUST)); }
+                    continue;
+                };
+                let trace = if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                    match open::<TrustMaterial>(&entry.value) {
+                        Ok((material, trace)) => { renderer.trust.insert(material.secret.clone(), material); trace }
+                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened"); continue; }
+                    }
+                } else {
+                    renderer.trust.retain(|secret, _| names::secret_key(&secret.namespace, &secret.name) != entry.key);
+                    TraceContext::default()
+                };
+                renderer.converge(&buckets, &trace).await?;
+            }
+        }
+    }
+    tracing::info!("HAProxy renderer stopped");
+    Ok(())
+}
+
+impl Renderer {
+    fn options_for(config: &ServiceConfig, dir: &std::path::Path) -> Result<Options, ServiceError> {
+        let base_dir = dir
+            .to_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: portico_model::GrammarError| ServiceError::WorkDir(dir.to_owned(), e.0))?;
+        Ok(Options { base_dir, bind_address: config.bind_address, http_port: config.http_port })
+    }
+}

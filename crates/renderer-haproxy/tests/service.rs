@@ -1,0 +1,109 @@
+//! The HAProxy renderer service in process, with a real nats-server and a real HAProxy in
+//! master-worker mode: models applied by hitless reload, a broken configuration refused
+//! (HAProxy keeps serving the last good one, the applied record says why), and an older
+//! generation never applied after a newer one.
+
+use portico_bus::nats::{connect, ensure_buckets, put_blob, Buckets, ConnectConfig};
+use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_model::{AbsPath, CaSource, Model, Verification};
+use portico_renderer_haproxy::service::{run, ServiceConfig};
+use portico_resolver::Config;
+use portico_testkit::{http_get, pipeline, repo, NatsServer};
+use std::time::Duration;
+
+async fn publish(buckets: &Buckets, generation: u64, model: &Model) {
+    let record = ModelRecord { generation, hash: model.content_hash(), model: model.clone() };
+    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, &TraceContext::default()))
+        .await
+        .unwrap();
+}
+
+async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
+    for _ in 0..200 {
+        if let Some(raw) = buckets.applied.get("haproxy.test").await.unwrap() {
+            let (record, _) = open::<AppliedRecord>(&raw).unwrap();
+            if record.generation == generation {
+                return record;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("generation {generation} was never reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_one() {
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(
+        ServiceConfig {
+            bus: bus.clone(),
+            work_dir: work.path().canonicalize().unwrap(),
+            haproxy: "haproxy".into(),
+            http_port: port,
+            bind_address: "127.0.0.1".parse().unwrap(),
+            instance: "test".into(),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let get = |host: &'static str, path: &'static str| async move {
+        tokio::task::spawn_blocking(move || http_get(port, host, path)).await.unwrap()
+    };
+    // Before any model: HAProxy runs and answers 404.
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(answer) = get("any.test", "/").await {
+            first = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first.expect("HAProxy listens before any model").0, 404);
+
+    let client = connect(&bus).await.unwrap();
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
+    let config = Config { http_port: port, client_cert: None };
+    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &config);
+    for material in trust.values() {
+        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
+    }
+    publish(&buckets, 1, &model).await;
+    let one = applied(&buckets, 1).await;
+    assert_eq!(one.error, None, "{one:?}");
+    let (status, body) = get("shop.example.com", "/legacy").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "route in error, see its status"));
+
+    // A configuration HAProxy refuses (a CA file that does not exist on this host).
+    let mut broken = model.clone();
+    for cluster in &mut broken.clusters {
+        if let Some(tls) = &mut cluster.key.tls {
+            if let Verification::Required { ca, .. } = &mut tls.verify {
+                *ca = CaSource::File("/nonexistent/portico/ca.pem".parse::<AbsPath>().unwrap());
+            }
+        }
+    }
+    publish(&buckets, 2, &broken).await;
+    let two = applied(&buckets, 2).await;
+    assert!(two.error.as_deref().unwrap_or_default().contains("haproxy -c refused"), "{two:?}");
+    let (status, body) = get("shop.example.com", "/legacy").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "route in error, see its status"), "still serving generation 1");
+
+    // A good generation after the broken one is applied; an older one afterwards is not.
+    publish(&buckets, 3, &Model::default()).await;
+    assert_eq!(applied(&buckets, 3).await.error, None);
+    assert_eq!(get("shop.example.com", "/legacy").await.unwrap().0, 404, "generation 3 has no routes");
+    publish(&buckets, 1, &model).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (raw, _) = open::<AppliedRecord>(&buckets.applied.get("haproxy.test").await.unwrap().unwrap()).unwrap();
+    assert_eq!(raw.generation, 3, "an older generation is never applied");
+    assert_eq!(get("shop.example.com", "/legacy").await.unwrap().0, 404);
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+}
