@@ -2,7 +2,7 @@
 //! the newest model from the bus until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::nats::ConnectConfig;
+use portico_bus::cli::{init_logs, instance_name, serve, NatsArgs};
 use portico_renderer_haproxy::service::{run, ServiceConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,16 +10,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "portico-renderer-haproxy", version)]
 struct Args {
-    #[arg(long, env = "PORTICO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    #[arg(long, env = "PORTICO_NATS_CREDS")]
-    nats_creds: Option<PathBuf>,
-    #[arg(long, env = "PORTICO_NATS_USER")]
-    nats_user: Option<String>,
-    #[arg(long, env = "PORTICO_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
-    #[arg(long, env = "PORTICO_NATS_CA")]
-    nats_ca: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Absolute directory for generations, the config symlink, the master socket and the log.
     #[arg(long, env = "PORTICO_WORK_DIR", default_value = "/var/lib/portico/haproxy")]
     work_dir: PathBuf,
@@ -34,42 +26,16 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    init_logs();
     let args = Args::parse();
-    let instance = args.instance.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
+    let instance = instance_name(args.instance);
     let config = ServiceConfig {
-        bus: ConnectConfig {
-            url: args.nats_url,
-            name: "portico-renderer-haproxy".into(),
-            credentials_file: args.nats_creds,
-            user_password: args.nats_user.zip(args.nats_password),
-            ca_file: args.nats_ca,
-        },
+        bus: args.nats.connect_config("portico-renderer-haproxy"),
         work_dir: args.work_dir,
         haproxy: args.haproxy,
         http_port: args.http_port,
         bind_address: args.bind_address,
         instance,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "HAProxy renderer failed");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    serve("portico-renderer-haproxy", |shutdown| run(config, shutdown))
 }

@@ -47,7 +47,6 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_to_model_and_statuses_through_the_services_with_a_standby_taking_over() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
     let server = NatsServer::start();
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
     let dir = tempfile::tempdir().unwrap();

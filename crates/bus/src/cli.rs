@@ -1,0 +1,82 @@
+//! What every service binary shares: the NATS flags, logging, the runtime, and stopping on
+//! SIGTERM or Ctrl-C. A `main.rs` flattens `NatsArgs` into its own flags and calls `serve`.
+
+use crate::nats::ConnectConfig;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// How to reach NATS, from flags or the environment.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "PORTICO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// A NATS .creds file.
+    #[arg(long, env = "PORTICO_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password, from the environment preferably).
+    #[arg(long, env = "PORTICO_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "PORTICO_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// CA bundle to verify the NATS server's TLS certificate with.
+    #[arg(long, env = "PORTICO_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The connection settings, with `name` as the client name NATS shows.
+    pub fn connect_config(self, name: &str) -> ConnectConfig {
+        ConnectConfig {
+            url: self.nats_url,
+            name: name.to_owned(),
+            credentials_file: self.nats_creds,
+            user_password: self.nats_user.zip(self.nats_password),
+            ca_file: self.nats_ca,
+        }
+    }
+}
+
+/// `--instance`, or the host name and process id.
+pub fn instance_name(given: Option<String>) -> String {
+    given.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Run a service until it stops: exit 0 on a clean stop, 1 when it fails (logged).
+pub fn serve<F, E>(
+    name: &str,
+    service: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(service(Box::pin(shutdown_signal()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
