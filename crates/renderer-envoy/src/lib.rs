@@ -9,7 +9,11 @@
 //! Pure: every value written is a model newtype (which has passed its grammar), an enum
 //! or a number; nothing is templated from a raw user string.
 
+#[cfg(feature = "service")]
+pub mod ads;
 pub mod json;
+#[cfg(feature = "service")]
+pub mod service;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;

@@ -1,0 +1,130 @@
+//! The Envoy renderer service in process, with a real nats-server and a real Envoy that
+//! knows nothing but where the ADS server is: it serves the model from the bus, picks up
+//! a new generation, and its ACKs show up as applied records.
+
+use portico_bus::nats::{connect, ensure_buckets, put_blob, Buckets, ConnectConfig};
+use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_model::Model;
+use portico_renderer_envoy::service::{run, ServiceConfig};
+use portico_resolver::Config;
+use portico_testkit::{http_get, pipeline, repo, NatsServer};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn publish(buckets: &Buckets, generation: u64, model: &Model) {
+    let record = ModelRecord { generation, hash: model.content_hash(), model: model.clone() };
+    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, &TraceContext::default()))
+        .await
+        .unwrap();
+}
+
+async fn answer(port: u16, host: &'static str, path: &'static str, want: u16) -> String {
+    for _ in 0..200 {
+        if let Ok((status, body)) = tokio::task::spawn_blocking(move || http_get(port, host, path)).await.unwrap() {
+            if status == want {
+                return body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{host}{path} never answered {want}");
+}
+
+async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
+    for _ in 0..200 {
+        if let Some(raw) = buckets.applied.get("envoy.portico-test").await.unwrap() {
+            let (record, _) = open::<AppliedRecord>(&raw).unwrap();
+            if record.generation == generation {
+                return record;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("generation {generation} was never acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_generation() {
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(
+        ServiceConfig {
+            bus: bus.clone(),
+            listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
+            http_port,
+            bind_address: "127.0.0.1".parse().unwrap(),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let client = connect(&bus).await.unwrap();
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
+    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, client_cert: None });
+    for material in trust.values() {
+        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
+    }
+    publish(&buckets, 1, &model).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("envoy.yaml");
+    std::fs::write(
+        &bootstrap,
+        format!(
+            r#"node: {{id: portico-test, cluster: portico}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: portico_ads
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: portico_ads
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+    let mut envoy = Command::new("envoy")
+        .arg("-c")
+        .arg(&bootstrap)
+        .args(["--use-dynamic-base-id", "--log-level", "warning"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("envoy must be installed (scripts/setup.sh installs it)");
+
+    let body = answer(http_port, "shop.example.com", "/legacy", 503).await;
+    assert_eq!(body, "route in error, see its status", "the route in error comes from the model over ADS");
+    let one = applied(&buckets, 1).await;
+    assert_eq!(one.error, None);
+    assert_eq!(one.hash, model.content_hash());
+
+    // A new generation reaches the running Envoy without a restart.
+    publish(&buckets, 2, &Model::default()).await;
+    answer(http_port, "shop.example.com", "/legacy", 404).await;
+    assert_eq!(applied(&buckets, 2).await.error, None);
+
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+}
