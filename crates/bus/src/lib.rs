@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod codec;
 pub mod envelope;
+pub mod follow;
 pub mod names;
 pub mod nats;
 

@@ -33,6 +33,8 @@ pub enum BusError {
     BucketSetupFailed { bucket: &'static str, reason: String },
     #[error("{operation} {key} in {bucket}: {reason}")]
     StoreFailed { operation: &'static str, bucket: String, key: String, reason: String },
+    #[error("the watch of {bucket} ended")]
+    WatchEnded { bucket: &'static str },
     #[error("value {key} in {bucket}: {reason}")]
     ValueCorrupt { bucket: String, key: String, reason: String },
 }

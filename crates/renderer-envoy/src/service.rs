@@ -8,10 +8,9 @@ use crate::ads::{Ack, Ads, Snapshot};
 use crate::{resources, Delivery, Options, Trust};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, get_blob, watch_current_and_new, Buckets, BusError};
-use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
-use portico_model::TrustMaterial;
+use portico_bus::follow::RendererInputs;
+use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError};
+use portico_bus::{seal, AppliedRecord, TraceContext};
 use prost::Name;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,8 +33,6 @@ pub enum ServiceError {
     Bus(#[from] BusError),
     #[error("serving ADS on {0}: {1}")]
     Serve(SocketAddr, String),
-    #[error("the watch of {0} ended")]
-    WatchEnded(&'static str),
 }
 
 fn unix_ms() -> u64 {
@@ -120,56 +117,19 @@ pub async fn run(
     );
     tracing::info!(%listen, "Envoy renderer (ADS) running");
 
-    let mut model_watch =
-        buckets.model.watch_with_history(names::MODEL_KEY).await.map_err(|e| BusError::StoreFailed {
-            operation: "watching",
-            bucket: names::MODEL.to_owned(),
-            key: names::MODEL_KEY.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let mut trust_watch = watch_current_and_new(&buckets.trust).await?;
-    let mut trust = Trust::new();
-    let mut model: Option<ModelRecord> = None;
-    let mut trust_revision = 0u64;
+    let mut inputs = RendererInputs::new(&buckets).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            entry = model_watch.next() => {
-                let Some(Ok(entry)) = entry else {
-                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::MODEL)); }
-                    continue;
-                };
-                if entry.operation != async_nats::jetstream::kv::Operation::Put { continue; }
-                let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else { continue };
-                match open::<ModelRecord>(&bytes) {
-                    Ok((record, _)) if model.as_ref().is_none_or(|m| record.generation > m.generation) => model = Some(record),
-                    Ok(_) => continue, // never go back
-                    Err(e) => { tracing::warn!(error = %e, "skipping a model that cannot be opened"); continue; }
-                }
-            }
-            entry = trust_watch.next() => {
-                let Some(Ok(entry)) = entry else {
-                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::TRUST)); }
-                    continue;
-                };
-                if entry.operation == async_nats::jetstream::kv::Operation::Put {
-                    match open::<TrustMaterial>(&entry.value) {
-                        Ok((material, _)) => { trust.insert(material.secret.clone(), material); }
-                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened"); continue; }
-                    }
-                } else {
-                    trust.retain(|secret, _| names::secret_key(&secret.namespace, &secret.name) != entry.key);
-                }
-                trust_revision += 1;
-            }
+            change = inputs.next(&buckets) => { change?; }
         }
-        let Some(record) = &model else { continue };
-        let rendered = resources(&record.model, &trust, &options, Delivery::Ads);
+        let Some(record) = &inputs.model else { continue };
+        let rendered = resources(&record.model, &inputs.trust, &options, Delivery::Ads);
         for p in &rendered.problems {
             tracing::warn!(problem = %p, "route served as 503 until its trust material arrives");
         }
-        let version = format!("{}.{}", record.generation, trust_revision);
+        let version = format!("{}.{}", record.generation, inputs.trust_revision);
         hash_tx.send_modify(|m| {
             m.insert(version.clone(), (record.generation, record.hash.clone()));
         });

@@ -6,10 +6,10 @@
 
 use crate::apply::{write_files, ApplyError, Haproxy};
 use crate::{render, Options, Trust};
-use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, get_blob, watch_current_and_new, Buckets, BusError};
-use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
-use portico_model::{Model, TrustMaterial};
+use portico_bus::follow::RendererInputs;
+use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError};
+use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,8 +35,6 @@ pub enum ServiceError {
     WorkDir(PathBuf, String),
     #[error(transparent)]
     Haproxy(#[from] ApplyError),
-    #[error("the watch of {0} ended")]
-    WatchEnded(&'static str),
 }
 
 fn unix_ms() -> u64 {
@@ -130,50 +128,16 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     write_files(&first, &render(&Model::default(), &Trust::new(), &empty).files)?;
     let haproxy = Haproxy::start(&config.haproxy, &config.work_dir, &first, &config.work_dir.join("haproxy.log"))?;
     let mut renderer = Renderer { config, haproxy, trust: Trust::new(), model: None, applied: None };
-    let mut model_watch =
-        buckets.model.watch_with_history(names::MODEL_KEY).await.map_err(|e| BusError::StoreFailed {
-            operation: "watching",
-            bucket: names::MODEL.to_owned(),
-            key: names::MODEL_KEY.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let mut trust_watch = watch_current_and_new(&buckets.trust).await?;
+    let mut inputs = RendererInputs::new(&buckets).await?;
     tokio::pin!(shutdown);
     tracing::info!("HAProxy renderer running");
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            entry = model_watch.next() => {
-                let Some(Ok(entry)) = entry else {
-                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::MODEL)); }
-                    continue;
-                };
-                if entry.operation != async_nats::jetstream::kv::Operation::Put { continue; }
-                let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else { continue };
-                match open::<ModelRecord>(&bytes) {
-                    Ok((record, trace)) => {
-                        if renderer.model.as_ref().is_none_or(|m| record.generation > m.generation) {
-                            renderer.model = Some(record);
-                            renderer.converge(&buckets, &trace).await?;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "skipping a model that cannot be opened"),
-                }
-            }
-            entry = trust_watch.next() => {
-                let Some(Ok(entry)) = entry else {
-                    if entry.is_none() { return Err(ServiceError::WatchEnded(names::TRUST)); }
-                    continue;
-                };
-                let trace = if entry.operation == async_nats::jetstream::kv::Operation::Put {
-                    match open::<TrustMaterial>(&entry.value) {
-                        Ok((material, trace)) => { renderer.trust.insert(material.secret.clone(), material); trace }
-                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened"); continue; }
-                    }
-                } else {
-                    renderer.trust.retain(|secret, _| names::secret_key(&secret.namespace, &secret.name) != entry.key);
-                    TraceContext::default()
-                };
+            change = inputs.next(&buckets) => {
+                let trace = change?;
+                renderer.model = inputs.model.clone();
+                renderer.trust = inputs.trust.clone();
                 renderer.converge(&buckets, &trace).await?;
             }
         }
