@@ -136,14 +136,13 @@ fn write_haproxy(
             http_port: options.http_port,
         },
     );
-    for (relative, contents) in &rendered.files {
-        let path = dir.join(relative);
-        let text = String::from_utf8_lossy(contents);
-        write(&path, &text)?;
-        if relative.starts_with("client/") {
-            restrict(&path)?;
+    // The same writer the HAProxy renderer service uses (client keys owner-only).
+    portico_renderer_haproxy::apply::write_files(&dir, &rendered.files).map_err(|e| match e {
+        portico_renderer_haproxy::apply::ApplyError::WriteFailed { path, source } => {
+            TranslateError::OutputFailed { path, source }
         }
-    }
+        other => TranslateError::OutputFailed { path: dir.clone(), source: std::io::Error::other(other.to_string()) },
+    })?;
     Ok(rendered.problems)
 }
 

@@ -44,9 +44,6 @@ fn unix_ms() -> u64 {
 struct Renderer {
     config: ServiceConfig,
     haproxy: Haproxy,
-    trust: Trust,
-    /// The newest model seen.
-    model: Option<ModelRecord>,
     /// The generation and configuration last applied.
     applied: Option<(u64, Vec<u8>)>,
 }
@@ -54,8 +51,14 @@ struct Renderer {
 impl Renderer {
     /// Render the newest model with the trust material at hand and apply it when it
     /// differs from what is applied. Reports the attempt.
-    async fn converge(&mut self, buckets: &Buckets, trace: &TraceContext) -> Result<(), ServiceError> {
-        let Some(record) = &self.model else { return Ok(()) };
+    async fn converge(
+        &mut self,
+        model: Option<&ModelRecord>,
+        trust: &Trust,
+        buckets: &Buckets,
+        trace: &TraceContext,
+    ) -> Result<(), ServiceError> {
+        let Some(record) = model else { return Ok(()) };
         if let Some((generation, _)) = &self.applied {
             if record.generation < *generation {
                 return Ok(()); // never go back
@@ -63,7 +66,7 @@ impl Renderer {
         }
         let started = std::time::Instant::now();
         let dir = self.config.work_dir.join(format!("gen-{}-{}", record.generation, unix_ms()));
-        let rendered = render(&record.model, &self.trust, &Renderer::options_for(&self.config, &dir)?);
+        let rendered = render(&record.model, trust, &Renderer::options_for(&self.config, &dir)?);
         let cfg = rendered.files.get("haproxy.cfg").cloned().unwrap_or_default();
         if let Some((generation, applied_cfg)) = &self.applied {
             // The same text with files named by content hash: nothing to do.
@@ -127,7 +130,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let empty = Renderer::options_for(&config, &first)?;
     write_files(&first, &render(&Model::default(), &Trust::new(), &empty).files)?;
     let haproxy = Haproxy::start(&config.haproxy, &config.work_dir, &first, &config.work_dir.join("haproxy.log"))?;
-    let mut renderer = Renderer { config, haproxy, trust: Trust::new(), model: None, applied: None };
+    let mut renderer = Renderer { config, haproxy, applied: None };
     let mut inputs = RendererInputs::new(&buckets).await?;
     tokio::pin!(shutdown);
     tracing::info!("HAProxy renderer running");
@@ -136,9 +139,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
             () = &mut shutdown => break,
             change = inputs.next(&buckets) => {
                 let trace = change?;
-                renderer.model = inputs.model.clone();
-                renderer.trust = inputs.trust.clone();
-                renderer.converge(&buckets, &trace).await?;
+                renderer.converge(inputs.model.as_ref(), &inputs.trust, &buckets, &trace).await?;
             }
         }
     }
