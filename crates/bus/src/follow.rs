@@ -15,7 +15,20 @@ pub struct RendererInputs {
     pub trust: BTreeMap<SecretRef, TrustMaterial>,
     /// Counts trust changes, so a renderer can tell two renderings of one generation apart.
     pub trust_revision: u64,
+    /// When these inputs were opened (a session start).
+    opened: std::time::Instant,
 }
+
+/// `RendererInputs::hold_back` for inputs opened at `opened`.
+pub fn hold_back(opened: std::time::Instant, lacks_trust: bool) -> Option<std::time::Duration> {
+    let waited = opened.elapsed();
+    (lacks_trust && waited < TRUST_GRACE).then(|| TRUST_GRACE - waited)
+}
+
+/// How long a renderer holds back a rendering that lacks trust material, after its inputs
+/// were opened: after a NATS restart the memory-stored material comes back a moment after
+/// the model, and routes should not answer 503 in between.
+pub const TRUST_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RendererInputs {
     pub async fn new(buckets: &Buckets) -> Result<RendererInputs, BusError> {
@@ -27,7 +40,69 @@ impl RendererInputs {
                 reason: e.to_string(),
             })?;
         let trust_watch = watch_current_and_new(&buckets.trust).await?;
-        Ok(RendererInputs { model_watch, trust_watch, model: None, trust: BTreeMap::new(), trust_revision: 0 })
+        let mut inputs = RendererInputs {
+            model_watch,
+            trust_watch,
+            model: None,
+            trust: BTreeMap::new(),
+            trust_revision: 0,
+            opened: std::time::Instant::now(),
+        };
+        inputs.catch_up_trust(buckets).await?;
+        Ok(inputs)
+    }
+
+    /// For a rendering that lacks trust material: how much longer to wait for it before
+    /// applying it anyway (`None`: apply now). Applying then is right: the material is
+    /// really missing, and the routes fail closed.
+    pub fn hold_back(&self, lacks_trust: bool) -> Option<std::time::Duration> {
+        hold_back(self.opened, lacks_trust)
+    }
+
+    /// When these inputs were opened.
+    pub fn opened(&self) -> std::time::Instant {
+        self.opened
+    }
+
+    /// Read the trust material already on the bus before the first model is handed out, so
+    /// a restarted renderer never renders a model without material that exists (its
+    /// routes would answer 503 for a moment).
+    async fn catch_up_trust(&mut self, buckets: &Buckets) -> Result<(), BusError> {
+        let failed = |reason: String| BusError::WatchFailed { bucket: names::TRUST, reason };
+        let status = buckets.trust.status().await.map_err(|e| failed(e.to_string()))?;
+        if status.values() == 0 {
+            return Ok(());
+        }
+        while let Some(entry) = self.trust_watch.next().await {
+            let entry = entry.map_err(|e| failed(e.to_string()))?;
+            let caught_up = entry.delta == 0;
+            self.apply_trust(entry);
+            if caught_up {
+                return Ok(());
+            }
+        }
+        Err(BusError::WatchEnded { bucket: names::TRUST })
+    }
+
+    /// Apply one trust entry; the trace it carried, or `None` when it could not be opened.
+    fn apply_trust(&mut self, entry: async_nats::jetstream::kv::Entry) -> Option<TraceContext> {
+        let trace = if entry.operation == async_nats::jetstream::kv::Operation::Put {
+            match open::<TrustMaterial>(&entry.value) {
+                Ok((material, trace)) => {
+                    self.trust.insert(material.secret.clone(), material);
+                    trace
+                }
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened");
+                    return None;
+                }
+            }
+        } else {
+            self.trust.retain(|s, _| names::secret_key(&s.namespace, &s.name) != entry.key);
+            TraceContext::default()
+        };
+        self.trust_revision += 1;
+        Some(trace)
     }
 
     /// Wait for the next change that matters (a newer model, or trust material added,
@@ -40,7 +115,7 @@ impl RendererInputs {
                 entry = self.model_watch.next() => {
                     let entry = match entry {
                         Some(Ok(entry)) => entry,
-                        Some(Err(e)) => { tracing::warn!(error = %e, "model watch error"); continue; }
+                        Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::MODEL, reason: e.to_string() }),
                         None => return Err(BusError::WatchEnded { bucket: names::MODEL }),
                     };
                     if entry.operation != Operation::Put {
@@ -62,25 +137,10 @@ impl RendererInputs {
                 entry = self.trust_watch.next() => {
                     let entry = match entry {
                         Some(Ok(entry)) => entry,
-                        Some(Err(e)) => { tracing::warn!(error = %e, "trust watch error"); continue; }
+                        Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::TRUST, reason: e.to_string() }),
                         None => return Err(BusError::WatchEnded { bucket: names::TRUST }),
                     };
-                    let trace = if entry.operation == Operation::Put {
-                        match open::<TrustMaterial>(&entry.value) {
-                            Ok((material, trace)) => {
-                                self.trust.insert(material.secret.clone(), material);
-                                trace
-                            }
-                            Err(e) => {
-                                tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened");
-                                continue;
-                            }
-                        }
-                    } else {
-                        self.trust.retain(|s, _| names::secret_key(&s.namespace, &s.name) != entry.key);
-                        TraceContext::default()
-                    };
-                    self.trust_revision += 1;
+                    let Some(trace) = self.apply_trust(entry) else { continue };
                     return Ok(trace);
                 }
             }

@@ -35,17 +35,49 @@ pub enum BusError {
     StoreFailed { operation: &'static str, bucket: String, key: String, reason: String },
     #[error("the watch of {bucket} ended")]
     WatchEnded { bucket: &'static str },
+    #[error("the watch of {bucket} failed: {reason}")]
+    WatchFailed { bucket: &'static str, reason: String },
     #[error("value {key} in {bucket}: {reason}")]
     ValueCorrupt { bucket: String, key: String, reason: String },
 }
 
 /// Connect, retrying the first connection and reconnecting forever after.
 pub async fn connect(config: &ConnectConfig) -> Result<async_nats::Client, BusError> {
+    Ok(connect_watched(config).await?.0)
+}
+
+/// Counts the times the connection came back after being lost. A reconnected client
+/// works on, but the server may be a new one that lost its memory-stored buckets, so
+/// services start their session over (see `supervise`).
+pub type Reconnects = tokio::sync::watch::Receiver<u64>;
+
+/// `connect`, plus a counter of reconnections.
+pub async fn connect_watched(config: &ConnectConfig) -> Result<(async_nats::Client, Reconnects), BusError> {
+    let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let name = config.name.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(&config.name)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5));
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let (reconnected, lost, name) = (reconnected.clone(), lost.clone(), name.clone());
+            async move {
+                use std::sync::atomic::Ordering;
+                match event {
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::SeqCst);
+                        tracing::warn!(client = %name, "lost the connection to NATS; reconnecting");
+                    }
+                    async_nats::Event::Connected if lost.swap(false, Ordering::SeqCst) => {
+                        tracing::info!(client = %name, "reconnected to NATS");
+                        reconnected.send_modify(|n| *n += 1);
+                    }
+                    other => tracing::debug!(client = %name, event = %other, "NATS connection event"),
+                }
+            }
+        });
     if let Some(path) = &config.credentials_file {
         options = options
             .credentials_file(path)
@@ -53,15 +85,78 @@ pub async fn connect(config: &ConnectConfig) -> Result<async_nats::Client, BusEr
             .map_err(|source| BusError::CredentialsUnreadable { path: path.clone(), source })?;
     }
     if let Some((user, password)) = &config.user_password {
-        options = options.user_and_password(user.clone(), password.clone());
+        // Replies and watch deliveries come to this user's own inbox subjects, which the
+        // server lets only this user subscribe to (see `portico up`'s NATS configuration).
+        options = options.user_and_password(user.clone(), password.clone()).custom_inbox_prefix(inbox_prefix(user));
     }
     if let Some(ca) = &config.ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    options
+    let client = options
         .connect(config.url.as_str())
         .await
-        .map_err(|e| BusError::ConnectFailed { url: config.url.clone(), reason: e.to_string() })
+        .map_err(|e| BusError::ConnectFailed { url: config.url.clone(), reason: e.to_string() })?;
+    Ok((client, reconnects))
+}
+
+/// The inbox subjects of a NATS user: `_INBOX_<user>`.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// Run a service as a sequence of sessions over one connection, until `shutdown`.
+///
+/// A session opens the buckets and works from the bus's current state: it reads
+/// everything it needs again and republishes what it owns. It is started over, after a
+/// back-off, when it fails (a watch ended, a store refused a write), and at once when the
+/// connection to NATS came back, because a restarted server may have lost buckets and
+/// nobody would otherwise republish them. What must survive a session (a running
+/// HAProxy, the ADS server, the files already read) lives outside it, in `state`.
+pub async fn supervise<S, E: std::fmt::Display>(
+    config: &ConnectConfig,
+    state: &mut S,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut session: impl AsyncFnMut(&mut S, Buckets) -> Result<std::convert::Infallible, E>,
+) -> Result<(), BusError> {
+    let (client, mut reconnects) = connect_watched(config).await?;
+    let js = jetstream::new(client);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        reconnects.borrow_and_update();
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            _ = reconnects.changed() => None,
+            reason = async {
+                let buckets = match ensure_buckets(&js).await {
+                    Ok(buckets) => buckets,
+                    Err(e) => return e.to_string(),
+                };
+                match session(state, buckets).await {
+                    Ok(never) => match never {},
+                    Err(e) => e.to_string(),
+                }
+            } => Some(reason),
+        };
+        match outcome {
+            None => {
+                tracing::info!(client = %config.name, "starting the session over from the bus's current state");
+                backoff = Duration::from_millis(250);
+            }
+            Some(reason) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(250);
+                }
+                tracing::warn!(client = %config.name, error = %reason, retry_in_ms = backoff.as_millis() as u64, "session failed; starting over");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The buckets of the bus contract.
@@ -78,14 +173,20 @@ pub struct Buckets {
     pub model_store: object_store::ObjectStore,
 }
 
+/// Open a bucket, creating it when it does not exist. Opening first means a service needs
+/// the right to create buckets only on an empty server.
 async fn bucket(js: &jetstream::Context, name: &'static str, storage: StorageType) -> Result<kv::Store, BusError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
     js.create_or_update_key_value(kv::Config { bucket: name.to_owned(), history: 1, storage, ..Default::default() })
         .await
         .map_err(|e| BusError::BucketSetupFailed { bucket: name, reason: e.to_string() })
 }
 
-/// Create (or open, if they exist) every bucket. Safe to call from every service at once.
-/// Raw Secrets are kept in memory only: they are derived state, and never hit a disk here.
+/// Open every bucket, creating the missing ones. Safe to call from every service at once.
+/// Raw Secrets and trust material are kept in memory only: they are derived state, and
+/// never hit a disk here (a restarted server loses them, and the services republish).
 pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError> {
     let model_store = match js.get_object_store(names::MODEL_STORE).await {
         Ok(store) => store,

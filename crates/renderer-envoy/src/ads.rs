@@ -71,7 +71,8 @@ pub struct Ack {
 
 #[derive(Clone)]
 pub struct Ads {
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// `None` until the first model is known: requests wait rather than get an empty config.
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub acks: mpsc::UnboundedSender<Ack>,
 }
 
@@ -147,7 +148,9 @@ impl AggregatedDiscoveryService for Ads {
                         sub.names = req.resource_names.clone();
                         nonces += 1;
                         sub.nonce = nonces.to_string();
-                        let snapshot = snapshots.borrow().clone();
+                        let Some(snapshot) = snapshots.borrow().clone() else {
+                            continue; // answered when the first snapshot arrives
+                        };
                         sub.sent_version = Some(snapshot.version.clone());
                         if tx.send(Ok(response(&snapshot, &req.type_url, &sub.names, &sub.nonce))).await.is_err() {
                             break;
@@ -155,7 +158,7 @@ impl AggregatedDiscoveryService for Ads {
                     }
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
-                        let snapshot = snapshots.borrow_and_update().clone();
+                        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
                         for type_url in push_order() {
                             let Some(sub) = subs.get_mut(&type_url) else { continue };
                             if sub.sent_version.as_ref() == Some(&snapshot.version) { continue; }

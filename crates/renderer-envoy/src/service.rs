@@ -5,11 +5,11 @@
 //! same model independently.
 
 use crate::ads::{Ack, Ads, Snapshot};
-use crate::{resources, Delivery, Options, Trust};
+use crate::{resources, Delivery, Options};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use portico_bus::follow::RendererInputs;
-use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError};
+use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{seal, AppliedRecord, TraceContext};
 use prost::Name;
 use std::collections::BTreeMap;
@@ -40,11 +40,7 @@ fn unix_ms() -> u64 {
 }
 
 /// Reports, per node, when every subscribed type has acknowledged one version, or a NACK.
-async fn report(
-    buckets: Buckets,
-    mut acks: mpsc::UnboundedReceiver<Ack>,
-    hashes: watch::Receiver<BTreeMap<String, (u64, String)>>,
-) {
+async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes: watch::Receiver<Versions>) {
     let mut by_node: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut reported: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     while let Some(ack) = acks.recv().await {
@@ -89,21 +85,33 @@ async fn report(
     }
 }
 
-/// Run until `shutdown` completes.
+/// Snapshot version → (generation, model hash), for the applied records.
+type Versions = BTreeMap<String, (u64, String)>;
+
+/// What outlives a session: the channels to the ADS server and the snapshot counter.
+struct Serving {
+    options: Options,
+    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    versions: watch::Sender<Versions>,
+    /// Numbers every snapshot this process serves, so versions never repeat.
+    served: u64,
+    /// The generation served, so an older one is never served after it.
+    generation: Option<u64>,
+    /// Until the first session starts the reporter, what it will report from.
+    reporter_inputs: Option<(mpsc::UnboundedReceiver<Ack>, watch::Receiver<Versions>)>,
+    reporter: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Run until `shutdown` completes. The ADS server runs across sessions (see
+/// `portico_bus::nats::supervise`) and serves nothing until the first model has been read:
+/// an Envoy connecting to a renderer that just started keeps its configuration until then.
 pub async fn run(
     config: ServiceConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let client = connect(&config.bus).await?;
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
-    let options = Options { bind_address: config.bind_address, http_port: config.http_port, admin_port: 0 };
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::new(
-        "0".into(),
-        &resources(&Default::default(), &Trust::new(), &options, Delivery::Ads),
-    )));
-    let (hash_tx, hash_rx) = watch::channel(BTreeMap::from([("0".to_owned(), (0u64, String::new()))]));
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let (hash_tx, hash_rx) = watch::channel(BTreeMap::new());
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    tokio::spawn(report(buckets.clone(), ack_rx, hash_rx));
 
     let ads = Ads { snapshots: snapshot_rx, acks: ack_tx };
     let listen = config.listen;
@@ -116,29 +124,66 @@ pub async fn run(
             }),
     );
     tracing::info!(%listen, "Envoy renderer (ADS) running");
-
-    let mut inputs = RendererInputs::new(&buckets).await?;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            change = inputs.next(&buckets) => { change?; }
-        }
-        let Some(record) = &inputs.model else { continue };
-        let rendered = resources(&record.model, &inputs.trust, &options, Delivery::Ads);
-        for p in &rendered.problems {
-            tracing::warn!(problem = %p, "route served as 503 until its trust material arrives");
-        }
-        let version = format!("{}.{}", record.generation, inputs.trust_revision);
-        hash_tx.send_modify(|m| {
-            m.insert(version.clone(), (record.generation, record.hash.clone()));
-        });
-        let _ = snapshot_tx.send(Arc::new(Snapshot::new(version, &rendered)));
-    }
+    let mut serving = Serving {
+        options: Options { bind_address: config.bind_address, http_port: config.http_port, admin_port: 0 },
+        snapshots: snapshot_tx,
+        versions: hash_tx,
+        served: 0,
+        generation: None,
+        reporter_inputs: Some((ack_rx, hash_rx)),
+        reporter: None,
+    };
+    let outcome = portico_bus::nats::supervise(&config.bus, &mut serving, shutdown, session).await;
     let _ = stop_grpc.send(());
+    if let Some(reporter) = serving.reporter.take() {
+        reporter.abort();
+    }
+    outcome?;
     server
         .await
         .map_err(|e| ServiceError::Serve(listen, e.to_string()))?
         .map_err(|e| ServiceError::Serve(listen, e.to_string()))?;
     Ok(())
+}
+
+async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    // The reporter writes applied records with the first session's bucket handles, which
+    // stay valid across reconnects (they name buckets, not connections).
+    if let Some((acks, hashes)) = serving.reporter_inputs.take() {
+        serving.reporter = Some(tokio::spawn(report(buckets.clone(), acks, hashes)));
+    }
+    let buckets = &buckets;
+    let mut inputs = RendererInputs::new(buckets).await?;
+    let mut wait: Option<std::time::Duration> = None;
+    loop {
+        tokio::select! {
+            change = inputs.next(buckets) => { change?; }
+            () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+        }
+        wait = None;
+        let Some(record) = &inputs.model else { continue };
+        if serving.generation.is_some_and(|g| record.generation < g) {
+            continue; // never go back
+        }
+        let rendered = resources(&record.model, &inputs.trust, &serving.options, Delivery::Ads);
+        if let Some(hold) = inputs.hold_back(!rendered.problems.is_empty()) {
+            tracing::info!(
+                generation = record.generation,
+                problems = rendered.problems.len(),
+                "waiting for trust material before serving"
+            );
+            wait = Some(hold);
+            continue;
+        }
+        for p in &rendered.problems {
+            tracing::warn!(problem = %p, "route served as 503 until its trust material arrives");
+        }
+        serving.served += 1;
+        let version = format!("{}.{}", record.generation, serving.served);
+        serving.versions.send_modify(|m| {
+            m.insert(version.clone(), (record.generation, record.hash.clone()));
+        });
+        serving.generation = Some(record.generation);
+        let _ = serving.snapshots.send(Some(Arc::new(Snapshot::new(version, &rendered))));
+    }
 }

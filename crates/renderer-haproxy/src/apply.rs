@@ -33,15 +33,70 @@ pub enum ApplyError {
 pub struct Haproxy {
     pub work_dir: PathBuf,
     binary: String,
-    child: Child,
+    /// Our child, or `None` for a master taken over from a renderer that died.
+    child: Option<Child>,
+    /// The master's process id.
+    pid: u32,
     current: Option<PathBuf>,
 }
 
+/// How `Haproxy::start_or_adopt` got its HAProxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// A master left running in the work directory (its renderer died): taken over.
+    Adopted { pid: u32 },
+    /// Started on the configuration last applied in the work directory.
+    LastApplied(PathBuf),
+    /// Started on the empty configuration.
+    Empty,
+}
+
 impl Drop for Haproxy {
+    /// Stopping the renderer stops its HAProxy.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.child {
+            Some(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                // SAFETY: kill(2) with a pid read from the master's own `show proc`.
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+            }
+        }
     }
+}
+
+/// The generation directory `work_dir/haproxy.cfg` points into, if any.
+fn link_target(work_dir: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(work_dir.join("haproxy.cfg")).ok()?;
+    Some(target.parent()?.to_owned()).filter(|dir| dir.join("haproxy.cfg").is_file())
+}
+
+/// `(pid, reloads, failed)` from the master's line of `show proc`.
+fn master_line(out: &str) -> Result<(u32, u64, u64), ApplyError> {
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("master"))
+        .ok_or_else(|| ApplyError::MasterSocket(format!("no master line in {out:?}")))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let pid = words.first().and_then(|w| w.parse().ok());
+    let reloads = words.get(2).and_then(|w| w.parse().ok());
+    let failed = words.get(4).and_then(|w| w.trim_end_matches(']').parse().ok());
+    match (pid, reloads, failed) {
+        (Some(p), Some(r), Some(f)) => Ok((p, r, f)),
+        _ => Err(ApplyError::MasterSocket(format!("unexpected master line {line:?}"))),
+    }
+}
+
+fn master_command(socket: &Path, command: &str) -> Result<String, ApplyError> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+    stream.write_all(format!("{command}\n").as_bytes()).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    stream.read_to_string(&mut out).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
+    Ok(out)
 }
 
 fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
@@ -98,6 +153,54 @@ impl Haproxy {
         self.work_dir.join("master.sock")
     }
 
+    /// Take over an HAProxy master still running in `work_dir`; else start one on the
+    /// configuration last applied there (if it still passes the check); else on `first`,
+    /// written from `first_files`. So a renderer that restarts never makes its proxy serve
+    /// an older configuration than the one it had applied.
+    pub fn start_or_adopt(
+        binary: &str,
+        work_dir: &Path,
+        first: &Path,
+        first_files: &std::collections::BTreeMap<String, Vec<u8>>,
+        log: &Path,
+    ) -> Result<(Haproxy, Started), ApplyError> {
+        if let Ok((pid, _, _)) =
+            master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o))
+        {
+            let haproxy = Haproxy {
+                work_dir: work_dir.to_owned(),
+                binary: binary.to_owned(),
+                child: None,
+                pid,
+                current: link_target(work_dir),
+            };
+            return Ok((haproxy, Started::Adopted { pid }));
+        }
+        if let Some(dir) = link_target(work_dir) {
+            if check(binary, &dir.join("haproxy.cfg")).is_ok() {
+                return Ok((Haproxy::start(binary, work_dir, &dir, log)?, Started::LastApplied(dir)));
+            }
+        }
+        write_files(first, first_files)?;
+        Ok((Haproxy::start(binary, work_dir, first, log)?, Started::Empty))
+    }
+
+    /// The directory of the configuration HAProxy runs.
+    pub fn current_dir(&self) -> Option<&Path> {
+        self.current.as_deref()
+    }
+
+    /// The generation HAProxy runs, from its directory's name (`gen-<generation>-...`).
+    pub fn current_generation(&self) -> Option<u64> {
+        let name = self.current.as_ref()?.file_name()?.to_str()?;
+        name.strip_prefix("gen-")?.split('-').next()?.parse().ok()
+    }
+
+    /// The master's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Start HAProxy (master-worker, foreground) on an already rendered directory.
     pub fn start(binary: &str, work_dir: &Path, first: &Path, log: &Path) -> Result<Haproxy, ApplyError> {
         check(binary, &first.join("haproxy.cfg"))?;
@@ -120,12 +223,13 @@ impl Haproxy {
         let mut haproxy = Haproxy {
             work_dir: work_dir.to_owned(),
             binary: binary.to_owned(),
-            child,
+            pid: child.id(),
+            child: Some(child),
             current: Some(first.to_owned()),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while haproxy.reload_counters().is_err() {
-            if let Ok(Some(status)) = haproxy.child.try_wait() {
+            if let Some(Ok(Some(status))) = haproxy.child.as_mut().map(|c| c.try_wait()) {
                 return Err(ApplyError::StartFailed(format!("haproxy exited with {status}")));
             }
             if Instant::now() > deadline {
@@ -137,30 +241,13 @@ impl Haproxy {
     }
 
     fn master(&self, command: &str) -> Result<String, ApplyError> {
-        let mut stream =
-            UnixStream::connect(self.master_socket()).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
-        stream.write_all(format!("{command}\n").as_bytes()).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let mut out = String::new();
-        stream.read_to_string(&mut out).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
-        Ok(out)
+        master_command(&self.master_socket(), command)
     }
 
     /// `(reloads, failed)` from the master's line of `show proc`.
     fn reload_counters(&self) -> Result<(u64, u64), ApplyError> {
-        let out = self.master("show proc")?;
-        let line = out
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some("master"))
-            .ok_or_else(|| ApplyError::MasterSocket(format!("no master line in {out:?}")))?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let reloads = words.get(2).and_then(|w| w.parse().ok());
-        let failed = words.get(4).and_then(|w| w.trim_end_matches(']').parse().ok());
-        match (reloads, failed) {
-            (Some(r), Some(f)) => Ok((r, f)),
-            _ => Err(ApplyError::MasterSocket(format!("unexpected master line {line:?}"))),
-        }
+        let (_, reloads, failed) = master_line(&self.master("show proc")?)?;
+        Ok((reloads, failed))
     }
 
     /// Make `dir` (a rendered generation) current: check it, switch, reload, confirm; on

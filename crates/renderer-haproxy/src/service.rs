@@ -4,10 +4,10 @@
 //! last good configuration when a new one fails, and reports every attempt in
 //! `portico-applied/haproxy.<instance>`.
 
-use crate::apply::{write_files, ApplyError, Haproxy};
+use crate::apply::{write_files, ApplyError, Haproxy, Started};
 use crate::{render, Options, Trust};
-use portico_bus::follow::RendererInputs;
-use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError};
+use portico_bus::follow::{hold_back, RendererInputs};
+use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext};
 use portico_model::Model;
 use std::future::Future;
@@ -51,17 +51,25 @@ struct Renderer {
 impl Renderer {
     /// Render the newest model with the trust material at hand and apply it when it
     /// differs from what is applied. Reports the attempt.
+    /// Returns how long to wait before trying again when the rendering is held back for
+    /// missing trust material (`RendererInputs::hold_back`).
     async fn converge(
         &mut self,
         model: Option<&ModelRecord>,
         trust: &Trust,
+        opened: std::time::Instant,
         buckets: &Buckets,
         trace: &TraceContext,
-    ) -> Result<(), ServiceError> {
-        let Some(record) = model else { return Ok(()) };
+    ) -> Result<Option<std::time::Duration>, ServiceError> {
+        let Some(record) = model else { return Ok(None) };
         if let Some((generation, _)) = &self.applied {
             if record.generation < *generation {
-                return Ok(()); // never go back
+                tracing::debug!(
+                    generation = record.generation,
+                    applied = generation,
+                    "older than the applied one; ignored"
+                );
+                return Ok(None); // never go back
             }
         }
         let started = std::time::Instant::now();
@@ -71,8 +79,16 @@ impl Renderer {
         if let Some((generation, applied_cfg)) = &self.applied {
             // The same text with files named by content hash: nothing to do.
             if *generation == record.generation && applied_cfg == &cfg {
-                return Ok(());
+                return Ok(None);
             }
+        }
+        if let Some(wait) = hold_back(opened, !rendered.problems.is_empty()) {
+            tracing::info!(
+                generation = record.generation,
+                problems = rendered.problems.len(),
+                "waiting for trust material before applying"
+            );
+            return Ok(Some(wait));
         }
         let (generation, hash) = (record.generation, record.hash.clone());
         let result = match write_files(&dir, &rendered.files) {
@@ -114,37 +130,62 @@ impl Renderer {
             key,
             reason: e.to_string(),
         })?;
-        Ok(())
+        Ok(None)
     }
 }
 
-/// Run until `shutdown` completes. HAProxy starts at once on an empty model (404 on the
-/// HTTP port) and follows the bus from there.
+/// Run until `shutdown` completes. HAProxy keeps running across sessions (see
+/// `portico_bus::nats::supervise`); it starts on the last configuration applied in this
+/// work directory, if any (so a restarted renderer never serves an older one), or on an
+/// empty model (404 on the HTTP port), and an HAProxy left running by a renderer that died
+/// is taken over through its master socket.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?;
-    let client = connect(&config.bus).await?;
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
-
     let first = config.work_dir.join("gen-0");
     let empty = Renderer::options_for(&config, &first)?;
-    write_files(&first, &render(&Model::default(), &Trust::new(), &empty).files)?;
-    let haproxy = Haproxy::start(&config.haproxy, &config.work_dir, &first, &config.work_dir.join("haproxy.log"))?;
-    let mut renderer = Renderer { config, haproxy, applied: None };
-    let mut inputs = RendererInputs::new(&buckets).await?;
-    tokio::pin!(shutdown);
-    tracing::info!("HAProxy renderer running");
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            change = inputs.next(&buckets) => {
-                let trace = change?;
-                renderer.converge(inputs.model.as_ref(), &inputs.trust, &buckets, &trace).await?;
-            }
+    let (haproxy, started) = Haproxy::start_or_adopt(
+        &config.haproxy,
+        &config.work_dir,
+        &first,
+        &render(&Model::default(), &Trust::new(), &empty).files,
+        &config.work_dir.join("haproxy.log"),
+    )?;
+    match &started {
+        Started::Adopted { pid } => tracing::info!(pid, "took over the HAProxy left running in the work directory"),
+        Started::LastApplied(dir) => {
+            tracing::info!(dir = %dir.display(), "started HAProxy on the last applied configuration")
         }
+        Started::Empty => tracing::info!("started HAProxy on an empty configuration"),
     }
+    // What HAProxy runs now, so that an older generation is never applied over it.
+    let applied = haproxy.current_generation().and_then(|generation| {
+        let cfg = std::fs::read(haproxy.current_dir()?.join("haproxy.cfg")).ok()?;
+        Some((generation, cfg))
+    });
+    if let Some((generation, _)) = &applied {
+        tracing::info!(generation, "HAProxy runs a configuration applied earlier");
+    }
+    let mut renderer = Renderer { config, haproxy, applied };
+    tracing::info!("HAProxy renderer running");
+    let bus = renderer.config.bus.clone();
+    portico_bus::nats::supervise(&bus, &mut renderer, shutdown, session).await?;
     tracing::info!("HAProxy renderer stopped");
     Ok(())
+}
+
+async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    let buckets = &buckets;
+    let mut inputs = RendererInputs::new(buckets).await?;
+    let mut trace = TraceContext::default();
+    let mut wait: Option<std::time::Duration> = None;
+    loop {
+        tokio::select! {
+            change = inputs.next(buckets) => trace = change?,
+            () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+        }
+        wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &trace).await?;
+    }
 }
 
 impl Renderer {

@@ -13,7 +13,7 @@
 
 use crate::{resolve, Config, Snapshot};
 use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, get_blob, put_blob, watch_current_and_new, Buckets, BusError};
+use portico_bus::nats::{get_blob, put_blob, watch_current_and_new, Buckets, BusError};
 use portico_bus::{codec, names, open, seal, LeaseRecord, ModelRecord, TraceContext};
 use portico_model::{Kind, Object, SecretVerdict};
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,10 +166,19 @@ async fn current_published(buckets: &Buckets) -> Published {
     published
 }
 
-/// Run until `shutdown` completes.
+/// Run until `shutdown` completes. Each session (see `portico_bus::nats::supervise`) reads
+/// the objects and verdicts again and waits for their sync markers before publishing.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    let client = connect(&config.bus).await?;
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    tracing::info!(instance = %config.instance, "resolver running");
+    let bus = config.bus.clone();
+    let mut config = config;
+    portico_bus::nats::supervise(&bus, &mut config, shutdown, session).await?;
+    tracing::info!(instance = %config.instance, "resolver stopped");
+    Ok(())
+}
+
+async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    let (config, buckets) = (&*config, &buckets);
     let mut objects = watch_current_and_new(&buckets.objects).await?;
     let mut verdicts = watch_current_and_new(&buckets.verdicts).await?;
     let mut snapshot = Snapshot::default();
@@ -179,23 +188,23 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let mut lease = Lease { held: false, revision: None, last_change: Instant::now() };
     if let Ok(Some(entry)) = buckets.leases.entry(LEASE_KEY).await {
         lease.revision = Some(entry.revision);
+        // Our own lease from before this session (a reconnect): renew it at once.
+        lease.held = open::<LeaseRecord>(&entry.value).is_ok_and(|(l, _)| l.holder == config.instance);
     }
-    lease_step(&buckets, &config, &mut lease).await;
+    lease_step(buckets, config, &mut lease).await;
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
     // Debounce: (first unpublished change, last change, trace of the last change).
     let mut pending: Option<(Instant, Instant, TraceContext)> = None;
     let mut was_active = false;
-    tokio::pin!(shutdown);
     loop {
         let deadline = pending.as_ref().map(|(first, last, _)| (*last + config.holdoff).min(*first + config.max_delay));
         tokio::select! {
-            () = &mut shutdown => break,
             _ = renew.tick() => {
-                lease_step(&buckets, &config, &mut lease).await;
+                lease_step(buckets, config, &mut lease).await;
                 if lease.held && !was_active {
                     // Newly active: continue from what is on the bus now, and publish what we
                     // know (the previous holder may have missed changes).
-                    published = current_published(&buckets).await;
+                    published = current_published(buckets).await;
                     pending.get_or_insert((Instant::now(), Instant::now(), TraceContext::default()));
                 }
                 was_active = lease.held;
@@ -204,7 +213,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                 let ready = synced_kinds.len() == Kind::ALL.len() && verdicts_synced;
                 if ready && lease.held {
                     let (_, _, trace) = pending.take().expect("a deadline means a pending change");
-                    publish(&buckets, &snapshot, &config.resolver, &mut published, &trace).await?;
+                    publish(buckets, &snapshot, &config.resolver, &mut published, &trace).await?;
                 } else {
                     pending = None; // published when the sync completes or the lease is won
                     if ready {
@@ -215,7 +224,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
             entry = objects.next() => {
                 let entry = match entry {
                     Some(Ok(e)) => e,
-                    Some(Err(e)) => { tracing::warn!(error = %e, "objects watch error"); continue; }
+                    Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::OBJECTS, reason: e.to_string() }.into()),
                     None => return Err(ServiceError::WatchEnded(names::OBJECTS)),
                 };
                 let mut trace = TraceContext::default();
@@ -243,7 +252,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
             entry = verdicts.next() => {
                 let entry = match entry {
                     Some(Ok(e)) => e,
-                    Some(Err(e)) => { tracing::warn!(error = %e, "verdicts watch error"); continue; }
+                    Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::VERDICTS, reason: e.to_string() }.into()),
                     None => return Err(ServiceError::WatchEnded(names::VERDICTS)),
                 };
                 let mut trace = TraceContext::default();
@@ -265,5 +274,4 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
             }
         }
     }
-    Ok(())
 }

@@ -6,7 +6,7 @@
 
 use crate::validate_secret;
 use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, watch_current_and_new, Buckets, BusError, ConnectConfig};
+use portico_bus::nats::{watch_current_and_new, Buckets, BusError, ConnectConfig};
 use portico_bus::{names, open, seal, TraceContext};
 use portico_model::Secret;
 use std::collections::BTreeMap;
@@ -103,39 +103,43 @@ async fn mark_synced(buckets: &Buckets) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Run until `shutdown` completes.
+/// Run until `shutdown` completes. Each session (see `portico_bus::nats::supervise`)
+/// reads every Secret again and publishes verdicts and material it has not published in
+/// that session, so a restarted NATS gets its memory-stored trust material back.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    let client = connect(&config.bus).await?;
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    tracing::info!("secrets service running");
+    let bus = config.bus.clone();
+    let mut config = config;
+    portico_bus::nats::supervise(&bus, &mut config, shutdown, session).await?;
+    tracing::info!("secrets service stopped");
+    Ok(())
+}
+
+async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    let buckets = &buckets;
     let mut watch = watch_current_and_new(&buckets.secrets).await?;
     let mut state = State::default();
     let mut tick = tokio::time::interval(config.revalidate_every);
     tick.tick().await; // the first tick is immediate
-    tokio::pin!(shutdown);
-    tracing::info!("secrets service running");
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
             _ = tick.tick() => {
                 let keys: Vec<String> = state.secrets.keys().cloned().collect();
                 for key in keys {
-                    publish(&buckets, &mut state, &key).await?;
+                    publish(buckets, &mut state, &key).await?;
                 }
             }
             entry = watch.next() => {
                 let entry = match entry {
                     Some(Ok(entry)) => entry,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "secrets watch error; continuing");
-                        continue;
-                    }
+                    Some(Err(e)) => return Err(ServiceError::WatchFailed { bucket: names::SECRETS, reason: e.to_string() }),
                     None => return Err(ServiceError::WatchFailed { bucket: names::SECRETS, reason: "the watch ended".into() }),
                 };
                 if entry.key == names::SECRETS_SYNC_KEY {
                     // Everything before the watcher's marker has been handled (the stream is
                     // ordered): the initial Secrets have their verdicts.
                     if entry.operation == async_nats::jetstream::kv::Operation::Put {
-                        mark_synced(&buckets).await?;
+                        mark_synced(buckets).await?;
                     }
                     continue;
                 }
@@ -145,7 +149,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                             let key = names::secret_key(&secret.meta.namespace, &secret.meta.name);
                             if key == entry.key {
                                 state.secrets.insert(key.clone(), (secret, trace));
-                                publish(&buckets, &mut state, &key).await?;
+                                publish(buckets, &mut state, &key).await?;
                             } else {
                                 state.undecodable += 1;
                                 tracing::warn!(entry = %entry.key, secret = %key, "secret stored under another key; ignored");
@@ -156,11 +160,9 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                             tracing::warn!(key = %entry.key, error = %e, undecodable = state.undecodable, "skipping an entry that cannot be opened");
                         }
                     },
-                    _ => remove(&buckets, &mut state, &entry.key).await?,
+                    _ => remove(buckets, &mut state, &entry.key).await?,
                 }
             }
         }
     }
-    tracing::info!("secrets service stopped");
-    Ok(())
 }

@@ -11,7 +11,7 @@
 
 use crate::manifests::{decode_str, manifest_files, Decoded};
 use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError, ConnectConfig};
+use portico_bus::nats::{Buckets, BusError, ConnectConfig};
 use portico_bus::{codec, names, seal, TraceContext};
 use portico_model::{Kind, Object};
 use sha2::{Digest, Sha256};
@@ -201,61 +201,69 @@ async fn existing_keys(buckets: &Buckets, state: &mut State) -> Result<(), Servi
     Ok(())
 }
 
-/// Run until `shutdown` completes.
+/// Run until `shutdown` completes. Each session (see `portico_bus::nats::supervise`)
+/// learns what is on the bus and republishes the files' objects with sync markers, so a
+/// restarted NATS gets everything back, Secrets included.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    let client = connect(&config.bus).await?;
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await?;
-    let mut state = State::default();
-    existing_keys(&buckets, &mut state).await?;
+    tracing::info!(paths = ?config.paths, "watcher (file source) running");
+    let bus = config.bus.clone();
+    let mut state = (config, State::default());
+    portico_bus::nats::supervise(&bus, &mut state, shutdown, session).await?;
+    tracing::info!("watcher stopped");
+    Ok(())
+}
+
+async fn session(
+    (config, state): &mut (ServiceConfig, State),
+    buckets: Buckets,
+) -> Result<std::convert::Infallible, ServiceError> {
+    let buckets = &buckets;
+    // What was published in an earlier session may be gone (a new server): start from
+    // what the bus holds now. The files' cache survives.
+    state.published.clear();
+    state.synced = false;
+    existing_keys(buckets, state).await?;
     let mut tick = tokio::time::interval(config.poll_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    tracing::info!(paths = ?config.paths, "watcher (file source) running");
     loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = tick.tick() => {
-                let Some(desired) = scan(&config.paths, &mut state) else { continue };
-                let mut fingerprint = Sha256::new();
-                for ((bucket, key), object) in &desired {
-                    fingerprint.update([*bucket as u8]);
-                    fingerprint.update(key.as_bytes());
-                    fingerprint.update(codec::encode(object));
-                }
-                let fingerprint: [u8; 32] = fingerprint.finalize().into();
-                // Debounce: publish a scan only when the one before it saw the same thing
-                // (the first scan is published at once).
-                let stable = state.previous == Some(fingerprint) || !state.synced;
-                state.previous = Some(fingerprint);
-                if !stable {
-                    continue;
-                }
-                let changes = apply(&buckets, &mut state, desired).await?;
-                if !state.synced {
-                    for kind in Kind::ALL {
-                        buckets.objects.put(names::sync_key(kind), seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
-                            operation: "putting",
-                            bucket: names::OBJECTS.to_owned(),
-                            key: names::sync_key(kind),
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    // After the initial Secrets, in their own (ordered) bucket: the secrets
-                    // service relays it once their verdicts are out.
-                    buckets.secrets.put(names::SECRETS_SYNC_KEY, seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
-                        operation: "putting",
-                        bucket: names::SECRETS.to_owned(),
-                        key: names::SECRETS_SYNC_KEY.to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                    state.synced = true;
-                    tracing::info!(objects = state.published.len(), "initial sync published");
-                } else if changes > 0 {
-                    tracing::info!(changes, "changes published");
-                }
+        tick.tick().await;
+        let Some(desired) = scan(&config.paths, state) else { continue };
+        let mut fingerprint = Sha256::new();
+        for ((bucket, key), object) in &desired {
+            fingerprint.update([*bucket as u8]);
+            fingerprint.update(key.as_bytes());
+            fingerprint.update(codec::encode(object));
+        }
+        let fingerprint: [u8; 32] = fingerprint.finalize().into();
+        // Debounce: publish a scan only when the one before it saw the same thing (the
+        // first scan of a session is published at once).
+        let stable = state.previous == Some(fingerprint) || !state.synced;
+        state.previous = Some(fingerprint);
+        if !stable {
+            continue;
+        }
+        let changes = apply(buckets, state, desired).await?;
+        if !state.synced {
+            for kind in Kind::ALL {
+                put_marker(&buckets.objects, &names::sync_key(kind)).await?;
             }
+            // After the initial Secrets, in their own (ordered) bucket: the secrets service
+            // relays it once their verdicts are out.
+            put_marker(&buckets.secrets, names::SECRETS_SYNC_KEY).await?;
+            state.synced = true;
+            tracing::info!(objects = state.published.len(), "initial sync published");
+        } else if changes > 0 {
+            tracing::info!(changes, "changes published");
         }
     }
-    tracing::info!("watcher stopped");
+}
+
+async fn put_marker(store: &async_nats::jetstream::kv::Store, key: &str) -> Result<(), BusError> {
+    store.put(key, seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
+        operation: "putting",
+        bucket: store.name.clone(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(())
 }
