@@ -1,18 +1,12 @@
 #!/usr/bin/env bash
-# The main job, on the bundled example: translate examples/upstream-tls into statuses and
-# the resolved model under out/, and print the status table.
-# (When the services land, this becomes `portico up`: the whole stack with proxies to curl.)
+# The main job: `portico up` on the bundled demo. Installs what is missing (scripts/setup.sh),
+# builds the `portico` command and the five services, then runs nats-server, the services,
+# HAProxy (127.0.0.1:8080) and Envoy (127.0.0.2:8080) with TLS backends whose certificates
+# are made at start, and prints what to curl. Ctrl-C stops everything.
+# Extra arguments go to `portico up` (e.g. manifest paths instead of the demo, --http-port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-out="${1:-out}"
-cargo run --release --locked -q -p portico-deploy -- translate examples/upstream-tls --out-dir "$out"
-echo
-echo "The HTTPProxy's status, as Portico would write it back:"
-python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0], indent=2))' "$out/status.json" 2>/dev/null \
-  || head -40 "$out/status.json"
-echo
-echo "Proxy configurations for the same model:"
-echo "  haproxy -c -f $out/haproxy/haproxy.cfg && haproxy -db -f $out/haproxy/haproxy.cfg"
-echo "  envoy -c $out/envoy/envoy.yaml"
-echo "then: curl -H 'Host: shop.example.com' http://127.0.0.1:8080/legacy   # 503, the broken route"
+echo "== building (release; the first build takes a few minutes)" >&2
+cargo build --release --locked --workspace --all-features --bins -q
+exec target/release/portico up "$@"

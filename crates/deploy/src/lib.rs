@@ -1,7 +1,11 @@
 //! The composition root's library: the `portico` command's subcommands, callable from tests.
 
 pub mod bench;
+pub mod demo;
+pub mod nats_config;
+pub mod status;
 pub mod translate;
+pub mod up;
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {

@@ -2,7 +2,7 @@
 //! an exit code (sysexits: 65 for unreadable input documents, 66 for a missing path).
 
 use clap::{Parser, Subcommand};
-use portico_deploy::{bench, parse_client_cert, translate, unix_now};
+use portico_deploy::{bench, demo, parse_client_cert, status, translate, unix_now, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +46,42 @@ enum Command {
         /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
         #[arg(long, value_parser = parse_client_cert, env = "PORTICO_CLIENT_CERT")]
         client_cert: Option<portico_model::SecretRef>,
+    },
+    /// Run the whole stack locally: nats-server (JetStream, one user per service), the five
+    /// services, HAProxy and Envoy. Without PATHS it runs a demo: TLS backends with
+    /// certificates made at start, and manifests in STATE_DIR/manifests/demo.yaml to edit
+    /// live. Prints what to curl; Ctrl-C stops everything.
+    Up {
+        /// Manifest files or directories to serve instead of the demo.
+        paths: Vec<PathBuf>,
+        /// Configuration, JetStream's store, HAProxy's files and every part's log.
+        #[arg(long, default_value = ".portico", env = "PORTICO_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
+        http_port: u16,
+        #[arg(long, default_value_t = 4222)]
+        nats_port: u16,
+        #[arg(long, default_value_t = 18000)]
+        ads_port: u16,
+        #[arg(long, default_value_t = 9901)]
+        envoy_admin_port: u16,
+        /// HAProxy's address; Envoy listens on the same port at --envoy-address.
+        #[arg(long, default_value = "127.0.0.1")]
+        haproxy_address: std::net::IpAddr,
+        #[arg(long, default_value = "127.0.0.2")]
+        envoy_address: std::net::IpAddr,
+        /// Where the portico-* service binaries are (default: beside this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
+        #[arg(long, value_parser = parse_client_cert)]
+        client_cert: Option<portico_model::SecretRef>,
+    },
+    /// Every object's status, and which model generation each proxy applied, from the bus
+    /// of a stack that `portico up` started.
+    Status {
+        #[arg(long, default_value = ".portico", env = "PORTICO_STATE_DIR")]
+        state_dir: PathBuf,
     },
     /// Time secrets validation and resolution on a generated cluster (DESIGN.md targets).
     /// Build with --release for meaningful figures.
@@ -99,10 +135,157 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Up {
+            paths,
+            state_dir,
+            http_port,
+            nats_port,
+            ads_port,
+            envoy_admin_port,
+            haproxy_address,
+            envoy_address,
+            bin_dir,
+            client_cert,
+        } => {
+            let state_dir = match std::path::absolute(&state_dir) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    eprintln!("portico: {}: {e}", state_dir.display());
+                    return ExitCode::from(73);
+                }
+            };
+            let options = up::Options {
+                state_dir,
+                manifests: paths,
+                http_port,
+                nats_port,
+                ads_port,
+                envoy_admin_port,
+                haproxy_address,
+                envoy_address,
+                bin_dir: bin_dir.unwrap_or_else(up::sibling_bin_dir),
+                client_cert,
+                poll: std::time::Duration::from_millis(250),
+            };
+            match run_up(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
+        Command::Status { state_dir } => {
+            let bus = match up::cli_bus(&state_dir) {
+                Ok(bus) => bus,
+                Err(e) => {
+                    eprintln!(
+                        "portico: {e}\nportico: is `portico up` running with --state-dir {}?",
+                        state_dir.display()
+                    );
+                    return ExitCode::from(69);
+                }
+            };
+            let report = up::runtime().block_on(async {
+                let client = tokio::time::timeout(std::time::Duration::from_secs(5), portico_bus::nats::connect(&bus))
+                    .await
+                    .map_err(|_| format!("NATS at {} did not answer within 5 s", bus.url))?
+                    .map_err(|e| e.to_string())?;
+                let buckets = status::open(&client).await?;
+                status::collect(&buckets).await
+            });
+            match report {
+                Ok(report) => {
+                    print!("{}", status::render(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    ExitCode::from(69)
+                }
+            }
+        }
         Command::Bench { proxies, services, ca_secrets, namespaces, runs } => {
             let options = bench::Options { proxies, services, ca_secrets, namespaces: namespaces.max(1), runs };
             print!("{}", bench::run(&options, unix_now()).render());
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `portico up`: start the stack (and the demo), print what to curl, then supervise until
+/// Ctrl-C or SIGTERM: a part that exits is reported and started again.
+fn run_up(mut options: up::Options) -> Result<(), String> {
+    let demo = if options.manifests.is_empty() {
+        let demo = demo::start();
+        let dir = options.state_dir.join("manifests");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join("demo.yaml"), &demo.manifests).map_err(|e| format!("{}: {e}", dir.display()))?;
+        options.manifests = vec![dir];
+        Some(demo)
+    } else {
+        None
+    };
+    eprintln!(
+        "portico: starting nats-server, the five services, HAProxy and Envoy (logs in {}/logs)",
+        options.state_dir.display()
+    );
+    let mut stack = up::Stack::start(options.clone()).map_err(|e| e.to_string())?;
+    let Some(generation) = stack.wait_applied(std::time::Duration::from_secs(60)) else {
+        return Err(format!(
+            "the proxies did not apply the model within 60 s; see {}/logs and `portico status --state-dir {}`",
+            options.state_dir.display(),
+            options.state_dir.display()
+        ));
+    };
+    let bus = stack.bus(portico_deploy::nats_config::User::Cli);
+    let report = up::runtime()
+        .block_on(async {
+            let client = portico_bus::nats::connect(&bus).await.map_err(|e| e.to_string())?;
+            status::collect(&status::open(&client).await?).await
+        })
+        .unwrap_or_default();
+    println!("\nPortico is up: HAProxy and Envoy both applied model generation {generation}.\n");
+    print!("{}", translate::status_table(&report.statuses));
+    let (h, e, port) = (options.haproxy_address, options.envoy_address, options.http_port);
+    if demo.is_some() {
+        println!(
+            "\nTry it (HAProxy on {h}:{port}, Envoy on {e}:{port}, one model):
+  curl -H 'Host: web.example.com' http://{h}:{port}/            # 200: TLS to the backend, verified against demo/demo-ca (Contour)
+  curl -H 'Host: web.example.com' http://{e}:{port}/            # the same through Envoy
+  curl -H 'Host: web.example.com' http://{e}:{port}/payments    # 200: CA delegated from namespace infra
+  curl -H 'Host: legacy.example.com' http://{h}:{port}/         # 200: Voyager backend-tls, verify required verifyhost
+  curl -H 'Host: web.example.com' http://{h}:{port}/broken      # 503: broken on purpose; the status above says why
+
+Edit {}/manifests/demo.yaml and both proxies follow (fix /broken: caSecret: demo-ca).",
+            options.state_dir.display()
+        );
+    }
+    println!(
+        "Statuses and applied generations: portico status --state-dir {}\nLogs: {}/logs/. Ctrl-C stops everything.",
+        options.state_dir.display(),
+        options.state_dir.display()
+    );
+    up::runtime().block_on(async {
+        let stop = portico_bus::cli::shutdown_signal();
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = tick.tick() => {
+                    if let Err(e) = stack.check_running() {
+                        eprintln!("portico: {e}; starting it again");
+                        if let up::UpError::Exited { .. } = e {
+                            stack.restart_exited();
+                        }
+                    }
+                }
+            }
+        }
+    });
+    eprintln!("portico: stopping");
+    drop(stack);
+    drop(demo);
+    Ok(())
 }

@@ -198,6 +198,31 @@ fn write(path: &Path, contents: &str) -> Result<(), TranslateError> {
 }
 
 /// The human summary: problems, skipped kinds, and a status table.
+/// The status table: kind, name, status (with the number of warnings), description.
+pub fn status_table(statuses: &[ObjectStatus]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let entries = status_entries(statuses);
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|e| {
+            let warnings = e.status.conditions.iter().map(|c| c.warnings.len()).sum::<usize>();
+            let mut status = e.status.current_status.clone();
+            if warnings > 0 {
+                status = format!("{status} ({warnings} warning{})", if warnings == 1 { "" } else { "s" });
+            }
+            [e.kind.to_owned(), format!("{}/{}", e.namespace, e.name), status, e.status.description.clone()]
+        })
+        .collect();
+    let header = ["KIND", "NAME", "STATUS", "DESCRIPTION"].map(String::from);
+    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for row in std::iter::once(&header).chain(&rows) {
+        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
+    }
+    s
+}
+
 pub fn report(outcome: &Outcome, out_dir: &Path) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -220,24 +245,7 @@ pub fn report(outcome: &Outcome, out_dir: &Path) -> String {
             kinds.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
-    let entries = status_entries(&outcome.resolved.statuses);
-    let rows: Vec<[String; 4]> = entries
-        .iter()
-        .map(|e| {
-            let warnings = e.status.conditions.iter().map(|c| c.warnings.len()).sum::<usize>();
-            let mut status = e.status.current_status.clone();
-            if warnings > 0 {
-                status = format!("{status} ({warnings} warning{})", if warnings == 1 { "" } else { "s" });
-            }
-            [e.kind.to_owned(), format!("{}/{}", e.namespace, e.name), status, e.status.description.clone()]
-        })
-        .collect();
-    let header = ["KIND", "NAME", "STATUS", "DESCRIPTION"].map(String::from);
-    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
-    let (w0, w1, w2) = (width(0), width(1), width(2));
-    for row in std::iter::once(&header).chain(&rows) {
-        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
-    }
+    s.push_str(&status_table(&outcome.resolved.statuses));
     let model = &outcome.resolved.model;
     let routes = model.routes().count();
     let rejected = model.routes().filter(|(_, _, r)| r.action == portico_model::RouteAction::Reject).count();

@@ -89,6 +89,11 @@ fn master_line(out: &str) -> Result<(u32, u64, u64), ApplyError> {
     }
 }
 
+/// The pid of the HAProxy master running in `work_dir`, if one answers on its socket.
+pub fn running_master(work_dir: &Path) -> Option<u32> {
+    master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(pid, _, _)| pid)
+}
+
 fn master_command(socket: &Path, command: &str) -> Result<String, ApplyError> {
     let mut stream = UnixStream::connect(socket).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| ApplyError::MasterSocket(e.to_string()))?;

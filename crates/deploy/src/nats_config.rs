@@ -1,0 +1,165 @@
+//! The nats-server configuration `portico up` writes: JetStream, and one user per service
+//! whose subject permissions follow the bus contract, so that only the secrets service
+//! (and the watcher, which writes them) reads raw Secrets and only the renderers (and the
+//! secrets service, which writes it) read trust material.
+//!
+//! How JetStream maps onto subjects: a key-value bucket `B` is the stream `KV_B` with the
+//! subjects `$KV.B.<key>`; the object store `O` is the stream `OBJ_O` with `$O.O.>`.
+//! Reading a stream means creating a consumer on it (or a direct get), and its messages
+//! are delivered to the reader's inbox. Every user gets its own inbox prefix
+//! (`_INBOX_<user>`, see `portico_bus::nats::inbox_prefix`) and may subscribe to nothing
+//! else, so nobody can listen in on another service's deliveries or on the raw subjects.
+
+use portico_bus::names;
+use std::fmt::Write;
+
+/// A service's NATS user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum User {
+    Watcher,
+    Secrets,
+    Resolver,
+    RendererHaproxy,
+    RendererEnvoy,
+    /// `portico status`: statuses, the model record and applied records.
+    Cli,
+    /// `portico up` itself, creating the buckets before the services start.
+    Admin,
+}
+
+impl User {
+    pub const ALL: [User; 7] = [
+        User::Watcher,
+        User::Secrets,
+        User::Resolver,
+        User::RendererHaproxy,
+        User::RendererEnvoy,
+        User::Cli,
+        User::Admin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            User::Watcher => "watcher",
+            User::Secrets => "secrets",
+            User::Resolver => "resolver",
+            User::RendererHaproxy => "renderer-haproxy",
+            User::RendererEnvoy => "renderer-envoy",
+            User::Cli => "cli",
+            User::Admin => "admin",
+        }
+    }
+
+    /// The buckets this user reads, writes and may create (a memory-stored bucket is
+    /// recreated by its writer after a NATS restart). Creating is limited to the owner
+    /// because whoever creates a stream chooses its subjects.
+    fn access(self) -> Access {
+        use names::*;
+        let (reads, writes): (&[&str], &[&str]) = match self {
+            User::Watcher => (&[OBJECTS, SECRETS], &[OBJECTS, SECRETS]),
+            User::Secrets => (&[SECRETS, VERDICTS, TRUST], &[VERDICTS, TRUST]),
+            User::Resolver => (&[OBJECTS, VERDICTS, MODEL, LEASES], &[MODEL, STATUS, LEASES]),
+            User::RendererHaproxy | User::RendererEnvoy => (&[MODEL, TRUST, APPLIED], &[APPLIED]),
+            User::Cli => (&[STATUS, MODEL, APPLIED, LEASES], &[]),
+            User::Admin => (&[], &[]),
+        };
+        let store: (bool, bool) = match self {
+            User::Resolver => (true, true),
+            User::RendererHaproxy | User::RendererEnvoy | User::Cli => (true, false),
+            _ => (false, false),
+        };
+        Access { reads, writes, reads_model_store: store.0, writes_model_store: store.1 }
+    }
+}
+
+struct Access {
+    reads: &'static [&'static str],
+    writes: &'static [&'static str],
+    reads_model_store: bool,
+    writes_model_store: bool,
+}
+
+/// What reading a stream takes: consumers on it, direct and stream gets, flow control.
+fn read_stream(stream: &str, out: &mut Vec<String>) {
+    for subject in [
+        "$JS.API.CONSUMER.CREATE.{s}",
+        "$JS.API.CONSUMER.CREATE.{s}.>",
+        "$JS.API.CONSUMER.DELETE.{s}.>",
+        "$JS.API.CONSUMER.INFO.{s}.>",
+        "$JS.API.DIRECT.GET.{s}",
+        "$JS.API.DIRECT.GET.{s}.>",
+        "$JS.API.STREAM.MSG.GET.{s}",
+        "$JS.FC.{s}.>",
+        "$JS.ACK.{s}.>",
+    ] {
+        out.push(subject.replace("{s}", stream));
+    }
+}
+
+/// The subjects a user may publish to.
+pub fn publish_allow(user: User) -> Vec<String> {
+    if user == User::Admin {
+        return vec![">".into()];
+    }
+    // Stream metadata (never contents) for opening buckets, and the account info.
+    let mut out = vec!["$JS.API.INFO".to_owned(), "$JS.API.STREAM.INFO.*".to_owned()];
+    let access = user.access();
+    for bucket in access.reads {
+        read_stream(&format!("KV_{bucket}"), &mut out);
+    }
+    for bucket in access.writes {
+        out.push(format!("$KV.{bucket}.>"));
+        out.push(format!("$JS.API.STREAM.CREATE.KV_{bucket}"));
+    }
+    let store = names::MODEL_STORE;
+    if access.reads_model_store {
+        read_stream(&format!("OBJ_{store}"), &mut out);
+    }
+    if access.writes_model_store {
+        out.push(format!("$O.{store}.>"));
+        out.push(format!("$JS.API.STREAM.CREATE.OBJ_{store}"));
+        out.push(format!("$JS.API.STREAM.PURGE.OBJ_{store}"));
+    }
+    out
+}
+
+/// The subjects a user may subscribe to: its own inbox.
+pub fn subscribe_allow(user: User) -> Vec<String> {
+    vec![format!("{}.>", portico_bus::nats::inbox_prefix(user.name()))]
+}
+
+/// A password: 24 random bytes from the kernel, hex. Only the config file and the
+/// services' environment hold it.
+pub fn password() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(portico_model::hex(&bytes))
+}
+
+fn quoted(items: &[String]) -> String {
+    // Subjects and passwords are ours (bucket names, hex), never a user's string; quoting
+    // keeps `$` from being read as a variable.
+    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// The configuration file.
+pub fn render(port: u16, store_dir: &std::path::Path, passwords: &[(User, String)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Written by `portico up`; regenerated (with new passwords) on every start.");
+    let _ = writeln!(s, "listen: \"127.0.0.1:{port}\"");
+    let _ = writeln!(s, "server_name: portico");
+    let _ = writeln!(s, "jetstream {{ store_dir: \"{}\" }}", store_dir.display());
+    let _ = writeln!(s, "authorization {{\n  users: [");
+    for (user, password) in passwords {
+        let _ = writeln!(
+            s,
+            "    {{ user: \"{}\", password: \"{password}\",\n      permissions: {{\n        publish: {{ allow: [{}] }},\n        subscribe: {{ allow: [{}] }}\n      }} }}",
+            user.name(),
+            quoted(&publish_allow(*user)),
+            quoted(&subscribe_allow(*user)),
+        );
+    }
+    let _ = writeln!(s, "  ]\n}}");
+    s
+}

@@ -1,0 +1,147 @@
+//! `portico status`: every object's status, and which model generation each proxy applied,
+//! read from the bus with the read-only `cli` user.
+
+use async_nats::jetstream::{self, kv, object_store};
+use futures_util::StreamExt;
+use portico_bus::{names, open as open_envelope, AppliedRecord, LeaseRecord, ModelRecord};
+use portico_model::ObjectStatus;
+use std::collections::BTreeMap;
+
+/// The buckets `status` reads; opened, never created.
+pub struct Buckets {
+    status: kv::Store,
+    model: kv::Store,
+    model_store: object_store::ObjectStore,
+    applied: kv::Store,
+    leases: kv::Store,
+}
+
+/// What the bus says now.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub statuses: Vec<ObjectStatus>,
+    /// The published model's generation and content hash.
+    pub model: Option<(u64, String)>,
+    /// `haproxy.<instance>` / `envoy.<node>` → what it applied last.
+    pub applied: BTreeMap<String, AppliedRecord>,
+    /// The active resolver.
+    pub resolver: Option<String>,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Open the buckets (they exist once any service has run).
+pub async fn open(client: &async_nats::Client) -> Result<Buckets, String> {
+    let js = jetstream::new(client.clone());
+    let kv = async |name: &str| js.get_key_value(name).await.map_err(|e| failed(&format!("opening {name}"), e));
+    Ok(Buckets {
+        status: kv(names::STATUS).await?,
+        model: kv(names::MODEL).await?,
+        applied: kv(names::APPLIED).await?,
+        leases: kv(names::LEASES).await?,
+        model_store: js
+            .get_object_store(names::MODEL_STORE)
+            .await
+            .map_err(|e| failed(&format!("opening {}", names::MODEL_STORE), e))?,
+    })
+}
+
+async fn values(store: &kv::Store) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut keys = store.keys().await.map_err(|e| failed(&format!("listing {}", store.name), e))?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| failed(&format!("listing {}", store.name), e))?;
+        if let Some(value) = store.get(&key).await.map_err(|e| failed(&format!("reading {key}"), e))? {
+            out.push((key, value.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn collect(buckets: &Buckets) -> Result<Report, String> {
+    let mut report = Report::default();
+    for (key, value) in values(&buckets.status).await? {
+        match open_envelope::<ObjectStatus>(&value) {
+            Ok((status, _)) => report.statuses.push(status),
+            Err(e) => eprintln!("warning: the status {key} cannot be read: {e}"),
+        }
+    }
+    report.statuses.sort_by(|a, b| a.object.cmp(&b.object));
+    for (key, value) in values(&buckets.applied).await? {
+        if let Ok((record, _)) = open_envelope::<AppliedRecord>(&value) {
+            report.applied.insert(key, record);
+        }
+    }
+    if let Some(bytes) = portico_bus::nats::get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if let Ok((record, _)) = open_envelope::<ModelRecord>(&bytes) {
+            report.model = Some((record.generation, record.hash));
+        }
+    }
+    if let Ok(Some(value)) = buckets.leases.get("resolver").await {
+        report.resolver = open_envelope::<LeaseRecord>(&value).ok().map(|(l, _)| l.holder);
+    }
+    Ok(report)
+}
+
+fn ago(unix_ms: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
+    match now.unwrap_or(0).checked_sub(unix_ms) {
+        Some(ms) if ms < 1000 => "just now".into(),
+        Some(ms) if ms < 120_000 => format!("{}s ago", ms / 1000),
+        Some(ms) => format!("{}m ago", ms / 60_000),
+        None => "just now".into(),
+    }
+}
+
+/// The report as text: the objects' table (as `translate` prints it), then the proxies.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = crate::translate::status_table(&report.statuses);
+    let _ = writeln!(s);
+    match &report.model {
+        Some((generation, hash)) => {
+            let _ = writeln!(
+                s,
+                "model: generation {generation} ({}), published by {}",
+                &hash[..12.min(hash.len())],
+                report.resolver.as_deref().unwrap_or("-")
+            );
+        }
+        None => {
+            let _ = writeln!(s, "model: none published yet (the resolver waits for every kind's initial sync)");
+        }
+    }
+    let rows: Vec<[String; 4]> = report
+        .applied
+        .iter()
+        .map(|(proxy, a)| {
+            let current = report.model.as_ref().is_some_and(|(g, _)| *g == a.generation);
+            let state = match &a.error {
+                Some(e) => format!("NOT APPLIED: {e}"),
+                None if current => "applied (current)".into(),
+                None => "applied (behind)".into(),
+            };
+            let problems = if a.problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {} route(s) lack trust material", a.problems.len())
+            };
+            [proxy.clone(), a.generation.to_string(), ago(a.at_unix_ms), format!("{state}{problems}")]
+        })
+        .collect();
+    let header = ["PROXY", "GENERATION", "WHEN", "STATE"].map(String::from);
+    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for row in std::iter::once(&header).chain(&rows) {
+        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
+    }
+    if rows.is_empty() {
+        let _ = writeln!(s, "(no proxy has reported yet)");
+    }
+    s
+}

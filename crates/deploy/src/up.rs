@@ -1,0 +1,446 @@
+//! `portico up`: the whole stack as local processes. nats-server with JetStream and one
+//! user per service, the five services, HAProxy (run by its renderer) and Envoy (configured
+//! only by ADS). The end-to-end tests drive the same `Stack`, so what they prove is what a
+//! newcomer runs.
+//!
+//! Layout of the state directory (default `.portico/`):
+//! `nats/nats.conf` (0600, passwords), `nats/store/` (JetStream), `nats/url` and
+//! `nats/cli.password` (0600; for `portico status`), `haproxy/` (the renderer's work directory), `envoy/`
+//! (bootstrap), `logs/<part>.log`, and `manifests/demo.yaml` when the demo runs.
+
+use crate::nats_config::{self, User};
+use portico_bus::nats::ConnectConfig;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Plain, documented configuration of a local stack.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where configuration, JetStream's store, HAProxy's files and the logs go.
+    pub state_dir: PathBuf,
+    /// Manifest files or directories the watcher reads.
+    pub manifests: Vec<PathBuf>,
+    /// The proxies' HTTP port (the model's default listener).
+    pub http_port: u16,
+    pub nats_port: u16,
+    /// renderer-envoy's ADS port (on 127.0.0.1).
+    pub ads_port: u16,
+    pub envoy_admin_port: u16,
+    /// HAProxy and Envoy listen on the same port, on different loopback addresses.
+    pub haproxy_address: IpAddr,
+    pub envoy_address: IpAddr,
+    /// Where the `portico-*` service binaries are.
+    pub bin_dir: PathBuf,
+    pub client_cert: Option<portico_model::SecretRef>,
+    /// The watcher's polling interval.
+    pub poll: Duration,
+}
+
+/// The parts of a local stack, in start order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Nats,
+    Watcher,
+    Secrets,
+    /// The resolver; `Resolver(1)` is a standby some tests start.
+    Resolver(u8),
+    RendererHaproxy,
+    RendererEnvoy,
+    Envoy,
+}
+
+impl Part {
+    pub fn name(self) -> String {
+        match self {
+            Part::Nats => "nats-server".into(),
+            Part::Watcher => "watcher".into(),
+            Part::Secrets => "secrets".into(),
+            Part::Resolver(0) => "resolver".into(),
+            Part::Resolver(n) => format!("resolver-{n}"),
+            Part::RendererHaproxy => "renderer-haproxy".into(),
+            Part::RendererEnvoy => "renderer-envoy".into(),
+            Part::Envoy => "envoy".into(),
+        }
+    }
+}
+
+/// The Envoy node id of the stack's Envoy; its applied record is `envoy.<NODE>`.
+pub const ENVOY_NODE: &str = "portico-local";
+/// The HAProxy renderer's instance; its applied record is `haproxy.<INSTANCE>`.
+pub const HAPROXY_INSTANCE: &str = "local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the state directory {0} must be an absolute path of plain characters (no quotes, backslashes or control characters)")]
+    StateDirUnusable(PathBuf),
+    #[error("{binary} not found in {dir}: build the services first (cargo build --release --workspace --all-features --bins)")]
+    BinaryMissing { binary: String, dir: PathBuf },
+    #[error("{program} could not be started: {reason}; scripts/setup.sh installs it")]
+    SpawnFailed { program: String, reason: String },
+    #[error("{part} exited during start-up ({status}); see {log}")]
+    Exited { part: String, status: String, log: PathBuf },
+    #[error("nats-server did not accept connections on port {0} within 20 s; see its log")]
+    NatsNotListening(u16),
+    #[error("creating the buckets: {0}")]
+    Buckets(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UpError + '_ {
+    move |source| UpError::Io { path: path.to_owned(), source }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), UpError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    file.write_all(contents.as_bytes()).map_err(io(path))
+}
+
+/// The directory of the running executable, or of the package's binaries when it is a test
+/// (`target/<profile>/deps/<test>` → `target/<profile>`).
+pub fn sibling_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// A local stack. Dropping it stops every part (SIGTERM, then SIGKILL after 5 s).
+pub struct Stack {
+    pub options: Options,
+    passwords: BTreeMap<User, String>,
+    children: BTreeMap<Part, Child>,
+}
+
+impl Stack {
+    /// Write the configuration and start nats-server, the buckets, the five services and
+    /// Envoy. Returns once every process runs; `wait_applied` tells when the proxies serve.
+    pub fn start(options: Options) -> Result<Stack, UpError> {
+        let state = &options.state_dir;
+        let plain = |p: &Path| {
+            p.is_absolute() && p.to_str().is_some_and(|s| !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+        };
+        if !plain(state) {
+            return Err(UpError::StateDirUnusable(state.clone()));
+        }
+        for dir in ["nats", "logs", "envoy"] {
+            std::fs::create_dir_all(state.join(dir)).map_err(io(&state.join(dir)))?;
+        }
+        // A fresh bus and a fresh HAProxy directory for every `up`: all of it is derived.
+        for stale in [state.join("nats/store"), state.join("haproxy")] {
+            if stale.exists() {
+                std::fs::remove_dir_all(&stale).map_err(io(&stale))?;
+            }
+        }
+        let mut passwords = BTreeMap::new();
+        for user in User::ALL {
+            passwords.insert(user, nats_config::password().map_err(io(Path::new("/dev/urandom")))?);
+        }
+        let conf = state.join("nats/nats.conf");
+        let listed: Vec<(User, String)> = passwords.iter().map(|(u, p)| (*u, p.clone())).collect();
+        write_private(&conf, &nats_config::render(options.nats_port, &state.join("nats/store"), &listed))?;
+        write_private(&state.join("nats/cli.password"), &passwords[&User::Cli])?;
+        let url = state.join("nats/url");
+        std::fs::write(&url, format!("nats://127.0.0.1:{}\n", options.nats_port)).map_err(io(&url))?;
+        let bootstrap = state.join("envoy/bootstrap.yaml");
+        std::fs::write(&bootstrap, envoy_bootstrap(&options)).map_err(io(&bootstrap))?;
+
+        let mut stack = Stack { options, passwords, children: BTreeMap::new() };
+        stack.spawn(Part::Nats)?;
+        stack.create_buckets()?;
+        for part in
+            [Part::Watcher, Part::Secrets, Part::Resolver(0), Part::RendererHaproxy, Part::RendererEnvoy, Part::Envoy]
+        {
+            stack.spawn(part)?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        stack.check_running()?;
+        Ok(stack)
+    }
+
+    /// How a user of this stack connects to NATS.
+    pub fn bus(&self, user: User) -> ConnectConfig {
+        ConnectConfig {
+            url: format!("nats://127.0.0.1:{}", self.options.nats_port),
+            name: format!("portico-{}", user.name()),
+            user_password: Some((user.name().to_owned(), self.passwords[&user].clone())),
+            ..Default::default()
+        }
+    }
+
+    pub fn log_path(&self, part: Part) -> PathBuf {
+        self.options.state_dir.join("logs").join(format!("{}.log", part.name()))
+    }
+
+    /// A part's log so far.
+    pub fn log(&self, part: Part) -> String {
+        std::fs::read_to_string(self.log_path(part)).unwrap_or_default()
+    }
+
+    fn binary(&self, name: &str) -> Result<PathBuf, UpError> {
+        let path = self.options.bin_dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(UpError::BinaryMissing { binary: name.to_owned(), dir: self.options.bin_dir.clone() })
+        }
+    }
+
+    fn command(&self, part: Part) -> Result<Command, UpError> {
+        let o = &self.options;
+        let service = |binary: &str, user: User| -> Result<Command, UpError> {
+            let mut command = Command::new(self.binary(binary)?);
+            command
+                .env("PORTICO_NATS_URL", format!("nats://127.0.0.1:{}", o.nats_port))
+                .env("PORTICO_NATS_USER", user.name())
+                .env("PORTICO_NATS_PASSWORD", &self.passwords[&user])
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            Ok(command)
+        };
+        let http_port = o.http_port.to_string();
+        Ok(match part {
+            Part::Nats => {
+                let mut command = Command::new("nats-server");
+                command.arg("-c").arg(o.state_dir.join("nats/nats.conf"));
+                command
+            }
+            Part::Watcher => {
+                let mut command = service("portico-watcher", User::Watcher)?;
+                command.args(&o.manifests).arg("--poll-ms").arg(o.poll.as_millis().to_string());
+                command
+            }
+            Part::Secrets => service("portico-secrets", User::Secrets)?,
+            Part::Resolver(n) => {
+                let mut command = service("portico-resolver", User::Resolver)?;
+                command.args(["--http-port", &http_port, "--instance", &part.name()]);
+                if let Some(cert) = &o.client_cert {
+                    command.arg("--client-cert").arg(format!("{}/{}", cert.namespace, cert.name));
+                }
+                let _ = n;
+                command
+            }
+            Part::RendererHaproxy => {
+                let mut command = service("portico-renderer-haproxy", User::RendererHaproxy)?;
+                command
+                    .arg("--work-dir")
+                    .arg(o.state_dir.join("haproxy"))
+                    .args(["--http-port", &http_port, "--instance", HAPROXY_INSTANCE])
+                    .arg("--bind-address")
+                    .arg(o.haproxy_address.to_string());
+                command
+            }
+            Part::RendererEnvoy => {
+                let mut command = service("portico-renderer-envoy", User::RendererEnvoy)?;
+                command
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{}", o.ads_port))
+                    .args(["--http-port", &http_port])
+                    .arg("--bind-address")
+                    .arg(o.envoy_address.to_string());
+                command
+            }
+            Part::Envoy => {
+                let mut command = Command::new("envoy");
+                command.arg("-c").arg(o.state_dir.join("envoy/bootstrap.yaml")).args([
+                    "--use-dynamic-base-id",
+                    "--log-level",
+                    "warning",
+                ]);
+                command
+            }
+        })
+    }
+
+    /// Start one part (its log is appended to).
+    pub fn spawn(&mut self, part: Part) -> Result<(), UpError> {
+        let mut command = self.command(part)?;
+        let path = self.log_path(part);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let child =
+            command.stdin(Stdio::null()).stdout(log.try_clone().map_err(io(&path))?).stderr(log).spawn().map_err(
+                |e| UpError::SpawnFailed {
+                    program: command.get_program().to_string_lossy().into_owned(),
+                    reason: e.to_string(),
+                },
+            )?;
+        self.children.insert(part, child);
+        if part == Part::Nats {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", self.options.nats_port)).is_err() {
+                self.check_running()?;
+                if Instant::now() > deadline {
+                    return Err(UpError::NatsNotListening(self.options.nats_port));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop one part: SIGTERM (`kill: false`) and wait, or SIGKILL, as a crash would.
+    pub fn stop(&mut self, part: Part, kill: bool) {
+        if let Some(mut child) = self.children.remove(&part) {
+            terminate(&mut child, kill);
+        }
+    }
+
+    /// Stop and start one part again.
+    pub fn restart(&mut self, part: Part, kill: bool) -> Result<(), UpError> {
+        self.stop(part, kill);
+        self.spawn(part)
+    }
+
+    /// Start again every part that has exited.
+    pub fn restart_exited(&mut self) {
+        let exited: Vec<Part> =
+            self.children.iter_mut().filter_map(|(p, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*p)).collect();
+        for part in exited {
+            self.children.remove(&part);
+            if let Err(e) = self.spawn(part) {
+                eprintln!("portico: {e}");
+            }
+        }
+    }
+
+    /// An error for the first part that has exited.
+    pub fn check_running(&mut self) -> Result<(), UpError> {
+        for (part, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let part = *part;
+                return Err(UpError::Exited {
+                    part: part.name(),
+                    status: status.to_string(),
+                    log: self.log_path(part),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn create_buckets(&self) -> Result<(), UpError> {
+        let bus = self.bus(User::Admin);
+        runtime().block_on(async {
+            let client = portico_bus::nats::connect(&bus).await.map_err(|e| UpError::Buckets(e.to_string()))?;
+            portico_bus::nats::ensure_buckets(&async_nats::jetstream::new(client))
+                .await
+                .map_err(|e| UpError::Buckets(e.to_string()))?;
+            Ok(())
+        })
+    }
+
+    /// Wait until both proxies have applied the model generation on the bus (without
+    /// error) and return it; `None` after `limit`.
+    pub fn wait_applied(&self, limit: Duration) -> Option<u64> {
+        let bus = self.bus(User::Cli);
+        runtime().block_on(async {
+            let deadline = Instant::now() + limit;
+            let client = portico_bus::nats::connect(&bus).await.ok()?;
+            let buckets = crate::status::open(&client).await.ok()?;
+            while Instant::now() < deadline {
+                if let Ok(report) = crate::status::collect(&buckets).await {
+                    if let Some(model) = &report.model {
+                        let applied = |key: &str| {
+                            report.applied.get(key).is_some_and(|a| a.generation == model.0 && a.error.is_none())
+                        };
+                        if applied(&format!("haproxy.{HAPROXY_INSTANCE}")) && applied(&format!("envoy.{ENVOY_NODE}")) {
+                            return Some(model.0);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        })
+    }
+}
+
+fn terminate(child: &mut Child, kill: bool) {
+    if kill {
+        let _ = child.kill();
+    } else {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Reverse start order: proxies first, NATS last.
+        while let Some((_, mut child)) = self.children.pop_last() {
+            terminate(&mut child, false);
+        }
+        // An HAProxy whose renderer was killed outlives it; stop it through its pid.
+        if let Some(pid) = portico_renderer_haproxy::apply::running_master(&self.options.state_dir.join("haproxy")) {
+            // SAFETY: kill(2) with the pid the master reported on its own socket.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+/// How `portico status` reaches the bus of a stack started in `state_dir`.
+pub fn cli_bus(state_dir: &Path) -> Result<ConnectConfig, UpError> {
+    let read = |name: &str| {
+        let path = state_dir.join("nats").join(name);
+        std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(io(&path))
+    };
+    Ok(ConnectConfig {
+        url: read("url")?,
+        name: "portico-status".into(),
+        user_password: Some((User::Cli.name().to_owned(), read("cli.password")?)),
+        ..Default::default()
+    })
+}
+
+/// A runtime for the few async calls `up` makes (bucket setup, status).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime")
+    })
+}
+
+/// Envoy's bootstrap: a node id, the admin port, and ADS as the only source of config.
+pub fn envoy_bootstrap(o: &Options) -> String {
+    format!(
+        r#"# Written by `portico up`: everything else comes from renderer-envoy over ADS.
+node: {{id: {ENVOY_NODE}, cluster: portico}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+dynamic_resources:
+  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: portico_ads
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: portico_ads
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads}}}}}}}}}]}}]
+"#,
+        admin = o.envoy_admin_port,
+        ads = o.ads_port,
+    )
+}
