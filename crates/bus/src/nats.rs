@@ -114,6 +114,7 @@ pub fn inbox_prefix(user: &str) -> String {
 /// HAProxy, the ADS server, the files already read) lives outside it, in `state`.
 pub async fn supervise<S, E: std::fmt::Display>(
     config: &ConnectConfig,
+    role: Role,
     state: &mut S,
     shutdown: impl std::future::Future<Output = ()>,
     mut session: impl AsyncFnMut(&mut S, Buckets) -> Result<std::convert::Infallible, E>,
@@ -129,7 +130,7 @@ pub async fn supervise<S, E: std::fmt::Display>(
             () = &mut shutdown => return Ok(()),
             _ = reconnects.changed() => None,
             reason = async {
-                let buckets = match ensure_buckets(&js).await {
+                let buckets = match open_buckets(&js, role).await {
                     Ok(buckets) => buckets,
                     Err(e) => return e.to_string(),
                 };
@@ -173,24 +174,60 @@ pub struct Buckets {
     pub model_store: object_store::ObjectStore,
 }
 
-/// Open a bucket, creating it when it does not exist. Opening first means a service needs
-/// the right to create buckets only on an empty server.
-async fn bucket(js: &jetstream::Context, name: &'static str, storage: StorageType) -> Result<kv::Store, BusError> {
+/// Open a bucket, creating it when it does not exist and `create` allows. Opening first
+/// means a service needs the right to create only the buckets it owns (see `Role`).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    storage: StorageType,
+    create: bool,
+) -> Result<kv::Store, BusError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    js.create_or_update_key_value(kv::Config { bucket: name.to_owned(), history: 1, storage, ..Default::default() })
+    if !create {
+        return Err(BusError::BucketSetupFailed {
+            bucket: name,
+            reason: "it does not exist yet; the service that writes it creates it".into(),
+        });
+    }
+    js.create_key_value(kv::Config { bucket: name.to_owned(), history: 1, storage, ..Default::default() })
         .await
         .map_err(|e| BusError::BucketSetupFailed { bucket: name, reason: e.to_string() })
 }
+
+/// The buckets a service may create when they are missing: the ones it writes. Whoever
+/// creates a stream chooses its subjects, so with per-service NATS users only the writer
+/// may (a memory-stored bucket lost in a NATS restart comes back with its writer).
+pub type Role = &'static [&'static str];
+
+/// Every bucket: for tests and for `portico up`'s set-up, which run as an admin.
+pub const ALL_BUCKETS: Role = &[
+    names::OBJECTS,
+    names::SECRETS,
+    names::VERDICTS,
+    names::TRUST,
+    names::MODEL,
+    names::MODEL_STORE,
+    names::STATUS,
+    names::APPLIED,
+    names::LEASES,
+];
 
 /// Open every bucket, creating the missing ones. Safe to call from every service at once.
 /// Raw Secrets and trust material are kept in memory only: they are derived state, and
 /// never hit a disk here (a restarted server loses them, and the services republish).
 pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError> {
+    open_buckets(js, ALL_BUCKETS).await
+}
+
+/// Open every bucket, creating the missing ones among `role`'s; a missing bucket of
+/// another service's is an error (the session is retried until its writer created it).
+pub async fn open_buckets(js: &jetstream::Context, role: Role) -> Result<Buckets, BusError> {
+    let owns = |name: &str| role.contains(&name);
     let model_store = match js.get_object_store(names::MODEL_STORE).await {
         Ok(store) => store,
-        Err(_) => js
+        Err(_) if owns(names::MODEL_STORE) => js
             .create_object_store(object_store::Config {
                 bucket: names::MODEL_STORE.to_owned(),
                 storage: StorageType::File,
@@ -198,16 +235,18 @@ pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError
             })
             .await
             .map_err(|e| BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() })?,
+        Err(e) => return Err(BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() }),
     };
+    let open = async |name: &'static str, storage| bucket(js, name, storage, owns(name)).await;
     Ok(Buckets {
-        objects: bucket(js, names::OBJECTS, StorageType::File).await?,
-        secrets: bucket(js, names::SECRETS, StorageType::Memory).await?,
-        verdicts: bucket(js, names::VERDICTS, StorageType::File).await?,
-        trust: bucket(js, names::TRUST, StorageType::Memory).await?,
-        model: bucket(js, names::MODEL, StorageType::File).await?,
-        status: bucket(js, names::STATUS, StorageType::File).await?,
-        applied: bucket(js, names::APPLIED, StorageType::File).await?,
-        leases: bucket(js, names::LEASES, StorageType::File).await?,
+        objects: open(names::OBJECTS, StorageType::File).await?,
+        secrets: open(names::SECRETS, StorageType::Memory).await?,
+        verdicts: open(names::VERDICTS, StorageType::File).await?,
+        trust: open(names::TRUST, StorageType::Memory).await?,
+        model: open(names::MODEL, StorageType::File).await?,
+        status: open(names::STATUS, StorageType::File).await?,
+        applied: open(names::APPLIED, StorageType::File).await?,
+        leases: open(names::LEASES, StorageType::File).await?,
         model_store,
     })
 }

@@ -206,6 +206,8 @@ pub struct Demo {
     pub payments: Backend,
     pub legacy: Backend,
     pub manifests: String,
+    /// The CA certificate (PEM) behind `demo/demo-ca`.
+    pub demo_ca_pem: String,
 }
 
 /// Start the demo's backends and write its manifests (to be written to a file the watcher
@@ -221,7 +223,7 @@ pub fn start() -> Demo {
     let legacy =
         Backend::start("legacy", BackendKind::Tls { cert: demo_ca.server(&["legacy.demo.svc"]), client_ca: None });
     let manifests = manifests(&demo_ca.pem, &internal_ca.pem, web.port, payments.port, legacy.port);
-    Demo { web, payments, legacy, manifests }
+    Demo { web, payments, legacy, manifests, demo_ca_pem: demo_ca.pem }
 }
 
 fn indent(pem: &str, spaces: usize) -> String {

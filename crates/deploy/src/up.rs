@@ -86,6 +86,8 @@ pub enum UpError {
     Exited { part: String, status: String, log: PathBuf },
     #[error("nats-server did not accept connections on port {0} within 20 s; see its log")]
     NatsNotListening(u16),
+    #[error("{what} {address} is in use (is another `portico up` running?); choose another with {flag}")]
+    PortInUse { what: &'static str, address: std::net::SocketAddr, flag: &'static str },
     #[error("creating the buckets: {0}")]
     Buckets(String),
 }
@@ -131,6 +133,19 @@ impl Stack {
         };
         if !plain(state) {
             return Err(UpError::StateDirUnusable(state.clone()));
+        }
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        for (what, ip, port, flag) in [
+            ("NATS's port", loopback, options.nats_port, "--nats-port"),
+            ("HAProxy's port", options.haproxy_address, options.http_port, "--http-port"),
+            ("Envoy's port", options.envoy_address, options.http_port, "--http-port"),
+            ("the ADS port", loopback, options.ads_port, "--ads-port"),
+            ("Envoy's admin port", loopback, options.envoy_admin_port, "--envoy-admin-port"),
+        ] {
+            let address = std::net::SocketAddr::new(ip, port);
+            if std::net::TcpListener::bind(address).is_err() {
+                return Err(UpError::PortInUse { what, address, flag });
+            }
         }
         for dir in ["nats", "logs", "envoy"] {
             std::fs::create_dir_all(state.join(dir)).map_err(io(&state.join(dir)))?;

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use portico_deploy::demo::{Backend, BackendKind, Issued, TestCa};
+use portico_deploy::up::{Options, Part, Stack};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 // ---------------------------------------------------------------- proxies and the client
 
@@ -83,3 +86,153 @@ impl Proxy {
 }
 
 pub use portico_testkit::http_get as get;
+
+// ---------------------------------------------------------------- the whole stack
+
+/// A free port on both 127.0.0.1 and 127.0.0.2 (HAProxy and Envoy share it).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if TcpListener::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Which proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Haproxy,
+    Envoy,
+}
+
+pub const BOTH: [Via; 2] = [Via::Haproxy, Via::Envoy];
+
+/// `portico up`'s stack on the demo, in a temporary directory with free ports: real
+/// nats-server, the five service binaries, HAProxy and Envoy.
+pub struct LocalStack {
+    pub stack: Stack,
+    pub demo: portico_deploy::demo::Demo,
+    pub dir: tempfile::TempDir,
+}
+
+impl LocalStack {
+    /// Start it with the demo's manifests plus `extra` files, and wait until both proxies
+    /// applied the first model.
+    pub fn start(extra: &[(&str, &str)]) -> LocalStack {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let demo = portico_deploy::demo::start();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("manifests directory");
+        std::fs::write(manifests.join("demo.yaml"), &demo.manifests).expect("demo.yaml");
+        for (name, contents) in extra {
+            std::fs::write(manifests.join(name), contents).expect("an extra manifest");
+        }
+        let options = Options {
+            state_dir: dir.path().join("state"),
+            manifests: vec![manifests],
+            http_port: free_port_pair(),
+            nats_port: free_port(),
+            ads_port: free_port(),
+            envoy_admin_port: free_port(),
+            haproxy_address: IpAddr::from([127, 0, 0, 1]),
+            envoy_address: IpAddr::from([127, 0, 0, 2]),
+            bin_dir: portico_deploy::up::sibling_bin_dir(),
+            client_cert: None,
+            poll: Duration::from_millis(50),
+        };
+        let stack = Stack::start(options).unwrap_or_else(|e| panic!("the stack did not start: {e}"));
+        let local = LocalStack { stack, demo, dir };
+        if local.stack.wait_applied(Duration::from_secs(60)).is_none() {
+            panic!("the proxies did not apply the first model within 60 s\n{}", local.logs());
+        }
+        local
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// Write a manifest file the way an editor saves it: a new file renamed into place.
+    pub fn write(&self, name: &str, contents: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).expect("write");
+        std::fs::rename(&tmp, self.manifests().join(name)).expect("rename");
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.manifests().join(name)).expect("remove");
+    }
+
+    pub fn address(&self, via: Via) -> SocketAddr {
+        let o = &self.stack.options;
+        SocketAddr::new(if via == Via::Haproxy { o.haproxy_address } else { o.envoy_address }, o.http_port)
+    }
+
+    pub fn get(&self, via: Via, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+        portico_testkit::http_get_at(self.address(via), host, path)
+    }
+
+    /// Wait until `via` answers `want` for host and path; how long it took, or a panic
+    /// with every part's log.
+    pub fn until(&self, via: Via, host: &str, path: &str, want: u16, limit: Duration) -> Duration {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < limit {
+            match self.get(via, host, path) {
+                Ok((status, _)) if status == want => return started.elapsed(),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{via:?} never answered {want} for {host}{path} within {limit:?} (last: {last})\n{}", self.logs())
+    }
+
+    /// `until` on both proxies, in parallel; the time each took.
+    pub fn until_both(&self, host: &str, path: &str, want: u16) -> [Duration; 2] {
+        let limit = Duration::from_secs(30);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| self.until(Via::Haproxy, host, path, want, limit));
+            let e = s.spawn(|| self.until(Via::Envoy, host, path, want, limit));
+            [h.join().expect("haproxy wait"), e.join().expect("envoy wait")]
+        })
+    }
+
+    /// What the bus says (statuses, model, applied records), as the cli user reads it.
+    pub fn report(&self) -> portico_deploy::status::Report {
+        let bus = self.stack.bus(portico_deploy::nats_config::User::Cli);
+        portico_deploy::up::runtime().block_on(async {
+            let client = portico_bus::nats::connect(&bus).await.expect("connect as cli");
+            let buckets = portico_deploy::status::open(&client).await.expect("open buckets");
+            portico_deploy::status::collect(&buckets).await.expect("collect")
+        })
+    }
+
+    /// Every part's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let parts = [
+            Part::Nats,
+            Part::Watcher,
+            Part::Secrets,
+            Part::Resolver(0),
+            Part::Resolver(1),
+            Part::RendererHaproxy,
+            Part::RendererEnvoy,
+            Part::Envoy,
+        ];
+        let mut out = String::new();
+        for part in parts {
+            let log = self.stack.log(part);
+            if !log.is_empty() {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                out.push_str(&format!("==== {} (last 40 lines)\n", part.name()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}

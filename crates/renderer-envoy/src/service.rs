@@ -133,7 +133,9 @@ pub async fn run(
         reporter_inputs: Some((ack_rx, hash_rx)),
         reporter: None,
     };
-    let outcome = portico_bus::nats::supervise(&config.bus, &mut serving, shutdown, session).await;
+    let outcome =
+        portico_bus::nats::supervise(&config.bus, &[portico_bus::names::APPLIED], &mut serving, shutdown, session)
+            .await;
     let _ = stop_grpc.send(());
     if let Some(reporter) = serving.reporter.take() {
         reporter.abort();

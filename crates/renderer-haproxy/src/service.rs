@@ -169,7 +169,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let mut renderer = Renderer { config, haproxy, applied };
     tracing::info!("HAProxy renderer running");
     let bus = renderer.config.bus.clone();
-    portico_bus::nats::supervise(&bus, &mut renderer, shutdown, session).await?;
+    portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;
     tracing::info!("HAProxy renderer stopped");
     Ok(())
 }

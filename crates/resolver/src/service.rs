@@ -172,7 +172,14 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     tracing::info!(instance = %config.instance, "resolver running");
     let bus = config.bus.clone();
     let mut config = config;
-    portico_bus::nats::supervise(&bus, &mut config, shutdown, session).await?;
+    portico_bus::nats::supervise(
+        &bus,
+        &[names::MODEL, names::MODEL_STORE, names::STATUS, names::LEASES],
+        &mut config,
+        shutdown,
+        session,
+    )
+    .await?;
     tracing::info!(instance = %config.instance, "resolver stopped");
     Ok(())
 }

@@ -110,7 +110,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     tracing::info!("secrets service running");
     let bus = config.bus.clone();
     let mut config = config;
-    portico_bus::nats::supervise(&bus, &mut config, shutdown, session).await?;
+    portico_bus::nats::supervise(&bus, &[names::VERDICTS, names::TRUST], &mut config, shutdown, session).await?;
     tracing::info!("secrets service stopped");
     Ok(())
 }

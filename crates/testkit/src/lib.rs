@@ -90,12 +90,35 @@ impl Drop for NatsServer {
 
 /// A minimal HTTP/1.1 GET to 127.0.0.1:port with this Host; the status and the body.
 pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), host, path)
+}
+
+/// `http_get` to any address.
+pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n")?;
+    // Stop at Content-Length rather than at the server's close: Envoy waits up to its
+    // delayed_close_timeout (1 s) for the client to close first.
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..n]);
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| response.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()

@@ -208,7 +208,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     tracing::info!(paths = ?config.paths, "watcher (file source) running");
     let bus = config.bus.clone();
     let mut state = (config, State::default());
-    portico_bus::nats::supervise(&bus, &mut state, shutdown, session).await?;
+    portico_bus::nats::supervise(&bus, &[names::OBJECTS, names::SECRETS], &mut state, shutdown, session).await?;
     tracing::info!("watcher stopped");
     Ok(())
 }
