@@ -20,6 +20,55 @@ struct Cli {
     command: Command,
 }
 
+/// `portico up`'s flags.
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Manifest files or directories to serve instead of the demo.
+    paths: Vec<PathBuf>,
+    /// Configuration, JetStream's store, HAProxy's files and every part's log.
+    #[arg(long, default_value = ".portico", env = "PORTICO_STATE_DIR")]
+    state_dir: PathBuf,
+    #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
+    http_port: u16,
+    #[arg(long, default_value_t = 4222)]
+    nats_port: u16,
+    #[arg(long, default_value_t = 18000)]
+    ads_port: u16,
+    #[arg(long, default_value_t = 9901)]
+    envoy_admin_port: u16,
+    /// HAProxy's address; Envoy listens on the same port at --envoy-address.
+    #[arg(long, default_value = "127.0.0.1")]
+    haproxy_address: std::net::IpAddr,
+    #[arg(long, default_value = "127.0.0.2")]
+    envoy_address: std::net::IpAddr,
+    /// Where the portico-* service binaries are (default: beside this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
+    #[arg(long, value_parser = parse_client_cert)]
+    client_cert: Option<portico_model::SecretRef>,
+}
+
+impl UpArgs {
+    fn into_options(self) -> Result<up::Options, String> {
+        let state_dir =
+            std::path::absolute(&self.state_dir).map_err(|e| format!("{}: {e}", self.state_dir.display()))?;
+        Ok(up::Options {
+            state_dir,
+            manifests: self.paths,
+            http_port: self.http_port,
+            nats_port: self.nats_port,
+            ads_port: self.ads_port,
+            envoy_admin_port: self.envoy_admin_port,
+            haproxy_address: self.haproxy_address,
+            envoy_address: self.envoy_address,
+            bin_dir: self.bin_dir.unwrap_or_else(up::sibling_bin_dir),
+            client_cert: self.client_cert,
+            poll: std::time::Duration::from_millis(250),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Read manifests (files or directories, multi-document YAML), validate secrets, resolve,
@@ -51,32 +100,7 @@ enum Command {
     /// services, HAProxy and Envoy. Without PATHS it runs a demo: TLS backends with
     /// certificates made at start, and manifests in STATE_DIR/manifests/demo.yaml to edit
     /// live. Prints what to curl; Ctrl-C stops everything.
-    Up {
-        /// Manifest files or directories to serve instead of the demo.
-        paths: Vec<PathBuf>,
-        /// Configuration, JetStream's store, HAProxy's files and every part's log.
-        #[arg(long, default_value = ".portico", env = "PORTICO_STATE_DIR")]
-        state_dir: PathBuf,
-        #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
-        http_port: u16,
-        #[arg(long, default_value_t = 4222)]
-        nats_port: u16,
-        #[arg(long, default_value_t = 18000)]
-        ads_port: u16,
-        #[arg(long, default_value_t = 9901)]
-        envoy_admin_port: u16,
-        /// HAProxy's address; Envoy listens on the same port at --envoy-address.
-        #[arg(long, default_value = "127.0.0.1")]
-        haproxy_address: std::net::IpAddr,
-        #[arg(long, default_value = "127.0.0.2")]
-        envoy_address: std::net::IpAddr,
-        /// Where the portico-* service binaries are (default: beside this program).
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
-        #[arg(long, value_parser = parse_client_cert)]
-        client_cert: Option<portico_model::SecretRef>,
-    },
+    Up(UpArgs),
     /// Every object's status, and which model generation each proxy applied, from the bus
     /// of a stack that `portico up` started.
     Status {
@@ -135,37 +159,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Up {
-            paths,
-            state_dir,
-            http_port,
-            nats_port,
-            ads_port,
-            envoy_admin_port,
-            haproxy_address,
-            envoy_address,
-            bin_dir,
-            client_cert,
-        } => {
-            let state_dir = match std::path::absolute(&state_dir) {
-                Ok(dir) => dir,
+        Command::Up(args) => {
+            let options = match args.into_options() {
+                Ok(options) => options,
                 Err(e) => {
-                    eprintln!("portico: {}: {e}", state_dir.display());
+                    eprintln!("portico: {e}");
                     return ExitCode::from(73);
                 }
-            };
-            let options = up::Options {
-                state_dir,
-                manifests: paths,
-                http_port,
-                nats_port,
-                ads_port,
-                envoy_admin_port,
-                haproxy_address,
-                envoy_address,
-                bin_dir: bin_dir.unwrap_or_else(up::sibling_bin_dir),
-                client_cert,
-                poll: std::time::Duration::from_millis(250),
             };
             match run_up(options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -134,12 +134,7 @@ pub fn render(report: &Report) -> String {
             [proxy.clone(), a.generation.to_string(), ago(a.at_unix_ms), format!("{state}{problems}")]
         })
         .collect();
-    let header = ["PROXY", "GENERATION", "WHEN", "STATE"].map(String::from);
-    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
-    let (w0, w1, w2) = (width(0), width(1), width(2));
-    for row in std::iter::once(&header).chain(&rows) {
-        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
-    }
+    s.push_str(&crate::translate::table(["PROXY", "GENERATION", "WHEN", "STATE"], &rows));
     if rows.is_empty() {
         let _ = writeln!(s, "(no proxy has reported yet)");
     }

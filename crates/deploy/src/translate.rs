@@ -198,9 +198,21 @@ fn write(path: &Path, contents: &str) -> Result<(), TranslateError> {
 }
 
 /// The human summary: problems, skipped kinds, and a status table.
+/// Rows under a header, in columns two spaces apart (the last column unpadded).
+pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
+    use std::fmt::Write;
+    let header = header.map(String::from);
+    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut s = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
+    }
+    s
+}
+
 /// The status table: kind, name, status (with the number of warnings), description.
 pub fn status_table(statuses: &[ObjectStatus]) -> String {
-    use std::fmt::Write;
     let mut s = String::new();
     let entries = status_entries(statuses);
     let rows: Vec<[String; 4]> = entries
@@ -214,12 +226,7 @@ pub fn status_table(statuses: &[ObjectStatus]) -> String {
             [e.kind.to_owned(), format!("{}/{}", e.namespace, e.name), status, e.status.description.clone()]
         })
         .collect();
-    let header = ["KIND", "NAME", "STATUS", "DESCRIPTION"].map(String::from);
-    let width = |i: usize| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0);
-    let (w0, w1, w2) = (width(0), width(1), width(2));
-    for row in std::iter::once(&header).chain(&rows) {
-        let _ = writeln!(s, "{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3]);
-    }
+    s.push_str(&table(["KIND", "NAME", "STATUS", "DESCRIPTION"], &rows));
     s
 }
 

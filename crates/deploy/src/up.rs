@@ -434,28 +434,9 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Envoy's bootstrap: a node id, the admin port, and ADS as the only source of config.
 pub fn envoy_bootstrap(o: &Options) -> String {
+    let ads = std::net::SocketAddr::new(IpAddr::from([127, 0, 0, 1]), o.ads_port);
     format!(
-        r#"# Written by `portico up`: everything else comes from renderer-envoy over ADS.
-node: {{id: {ENVOY_NODE}, cluster: portico}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: portico_ads
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: portico_ads
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads}}}}}}}}}]}}]
-"#,
-        admin = o.envoy_admin_port,
-        ads = o.ads_port,
+        "# Written by `portico up`: everything else comes from renderer-envoy over ADS.\n{}",
+        portico_renderer_envoy::ads_bootstrap(ENVOY_NODE, o.envoy_admin_port, ads)
     )
 }

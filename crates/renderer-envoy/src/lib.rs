@@ -454,6 +454,39 @@ fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Liste
 
 /// A static bootstrap with the same resources: route configurations inlined into their
 /// listeners, load assignments into their clusters, secrets as static secrets.
+/// A bootstrap for an Envoy configured only by ADS from `ads` (plaintext HTTP/2): the node
+/// id it reports (its applied record is `envoy.<node_id>`), the admin port on 127.0.0.1,
+/// and the one static cluster that reaches the ADS server. Every value is a number, an
+/// address or a node id the caller controls; `node_id` must be a plain token.
+pub fn ads_bootstrap(node_id: &str, admin_port: u16, ads: std::net::SocketAddr) -> String {
+    assert!(
+        !node_id.is_empty() && node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+        "node id {node_id:?} is not a plain token"
+    );
+    let (ads_ip, ads_port) = (ads.ip(), ads.port());
+    format!(
+        r#"node: {{id: {node_id}, cluster: portico}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: portico_ads
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: portico_ads
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: "{ads_ip}", port_value: {ads_port}}}}}}}}}]}}]
+"#
+    )
+}
+
 pub fn bootstrap(
     model: &Model,
     trust: &Trust,

@@ -78,26 +78,10 @@ async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_
     let bootstrap = dir.path().join("envoy.yaml");
     std::fs::write(
         &bootstrap,
-        format!(
-            r#"node: {{id: portico-test, cluster: portico}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: portico_ads
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: portico_ads
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads_port}}}}}}}}}]}}]
-"#
+        portico_renderer_envoy::ads_bootstrap(
+            "portico-test",
+            admin_port,
+            format!("127.0.0.1:{ads_port}").parse().unwrap(),
         ),
     )
     .unwrap();
