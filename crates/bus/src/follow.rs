@@ -106,44 +106,82 @@ impl RendererInputs {
     }
 
     /// Wait for the next change that matters (a newer model, or trust material added,
-    /// replaced or removed) and apply it; returns the trace it carried. Entries that cannot
-    /// be opened are logged and skipped.
+    /// replaced or removed) and apply it, together with every change that follows within
+    /// `COALESCE_QUIET` of the last one (for at most `COALESCE_MAX`): 1,000 CA secrets
+    /// arriving one by one become a few renderings, not 1,000. Returns the trace of the
+    /// last change. Entries that cannot be opened are logged and skipped.
     pub async fn next(&mut self, buckets: &Buckets) -> Result<TraceContext, BusError> {
+        let mut trace = loop {
+            let entry = self.next_entry().await?;
+            if let Some(trace) = self.apply(entry, buckets).await? {
+                break trace;
+            }
+        };
+        let started = std::time::Instant::now();
+        while started.elapsed() < COALESCE_MAX {
+            // Only the wait for an entry is given up on timeout (cancel-safe); applying one
+            // (which may fetch a model from the object store) always completes.
+            let Ok(entry) = tokio::time::timeout(COALESCE_QUIET, self.next_entry()).await else { break };
+            if let Some(t) = self.apply(entry?, buckets).await? {
+                trace = t;
+            }
+        }
+        Ok(trace)
+    }
+
+    async fn next_entry(&mut self) -> Result<Entry, BusError> {
+        let failed = |bucket, e: async_nats::error::Error<async_nats::jetstream::kv::WatcherErrorKind>| {
+            BusError::WatchFailed { bucket, reason: e.to_string() }
+        };
+        tokio::select! {
+            entry = self.model_watch.next() => match entry {
+                Some(Ok(entry)) => Ok(Entry::Model(entry)),
+                Some(Err(e)) => Err(failed(names::MODEL, e)),
+                None => Err(BusError::WatchEnded { bucket: names::MODEL }),
+            },
+            entry = self.trust_watch.next() => match entry {
+                Some(Ok(entry)) => Ok(Entry::Trust(entry)),
+                Some(Err(e)) => Err(failed(names::TRUST, e)),
+                None => Err(BusError::WatchEnded { bucket: names::TRUST }),
+            },
+        }
+    }
+
+    /// Apply one entry; its trace when it changed something.
+    async fn apply(&mut self, entry: Entry, buckets: &Buckets) -> Result<Option<TraceContext>, BusError> {
         use async_nats::jetstream::kv::Operation;
-        loop {
-            tokio::select! {
-                entry = self.model_watch.next() => {
-                    let entry = match entry {
-                        Some(Ok(entry)) => entry,
-                        Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::MODEL, reason: e.to_string() }),
-                        None => return Err(BusError::WatchEnded { bucket: names::MODEL }),
-                    };
-                    if entry.operation != Operation::Put {
-                        continue;
-                    }
-                    let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else {
-                        continue;
-                    };
-                    match open::<ModelRecord>(&bytes) {
-                        Ok((record, trace)) => {
-                            if self.model.as_ref().is_none_or(|m| record.generation > m.generation) {
-                                self.model = Some(record);
-                                return Ok(trace);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "skipping a model that cannot be opened"),
-                    }
+        match entry {
+            Entry::Trust(entry) => Ok(self.apply_trust(entry)),
+            Entry::Model(entry) => {
+                if entry.operation != Operation::Put {
+                    return Ok(None);
                 }
-                entry = self.trust_watch.next() => {
-                    let entry = match entry {
-                        Some(Ok(entry)) => entry,
-                        Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::TRUST, reason: e.to_string() }),
-                        None => return Err(BusError::WatchEnded { bucket: names::TRUST }),
-                    };
-                    let Some(trace) = self.apply_trust(entry) else { continue };
-                    return Ok(trace);
+                let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else {
+                    return Ok(None);
+                };
+                match open::<ModelRecord>(&bytes) {
+                    Ok((record, trace)) => {
+                        if self.model.as_ref().is_none_or(|m| record.generation > m.generation) {
+                            self.model = Some(record);
+                            return Ok(Some(trace));
+                        }
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a model that cannot be opened");
+                        Ok(None)
+                    }
                 }
             }
         }
     }
 }
+
+enum Entry {
+    Model(async_nats::jetstream::kv::Entry),
+    Trust(async_nats::jetstream::kv::Entry),
+}
+
+/// How long a renderer waits for more changes after one, and at most in all.
+pub const COALESCE_QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+pub const COALESCE_MAX: std::time::Duration = std::time::Duration::from_millis(250);

@@ -36,9 +36,41 @@ pub struct AppliedRecord {
     pub hash: String,
     /// `None` when applied; otherwise why not (the proxy kept its previous configuration).
     pub error: Option<String>,
-    /// Routes rendered as 503 because their trust material was missing or stale.
+    /// Routes rendered as 503 because their trust material was missing or stale: the
+    /// first `AppliedRecord::MAX_PROBLEMS`, then how many more (see `capped`).
     pub problems: Vec<String>,
     /// Milliseconds since the Unix epoch, and how long the apply took.
     pub at_unix_ms: u64,
     pub took_ms: u64,
+}
+
+impl AppliedRecord {
+    /// The most problems a record lists: it must fit in one NATS message (1 MiB), and
+    /// 10,000 routes missing one CA would not.
+    pub const MAX_PROBLEMS: usize = 20;
+
+    /// `problems` cut to `MAX_PROBLEMS`, with a last line saying how many were left out.
+    pub fn capped(mut problems: Vec<String>) -> Vec<String> {
+        if problems.len() > Self::MAX_PROBLEMS {
+            let more = problems.len() - Self::MAX_PROBLEMS;
+            problems.truncate(Self::MAX_PROBLEMS);
+            problems.push(format!("... and {more} more"));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AppliedRecord;
+
+    #[test]
+    fn an_applied_record_lists_at_most_twenty_problems_and_counts_the_rest() {
+        let few: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        assert_eq!(AppliedRecord::capped(few.clone()), few);
+        let many = AppliedRecord::capped((0..10_000).map(|i| i.to_string()).collect());
+        assert_eq!(many.len(), 21);
+        assert_eq!(many[19], "19");
+        assert_eq!(many[20], "... and 9980 more");
+    }
 }

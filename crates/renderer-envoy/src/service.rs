@@ -177,8 +177,12 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             wait = Some(hold);
             continue;
         }
-        for p in &rendered.problems {
-            tracing::warn!(problem = %p, "route served as 503 until its trust material arrives");
+        if let Some(first) = rendered.problems.first() {
+            tracing::warn!(
+                routes = rendered.problems.len(),
+                first = %first,
+                "routes served as 503 until their trust material arrives"
+            );
         }
         serving.served += 1;
         let version = format!("{}.{}", record.generation, serving.served);

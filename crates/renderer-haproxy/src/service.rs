@@ -119,7 +119,7 @@ impl Renderer {
             generation,
             hash,
             error,
-            problems: rendered.problems,
+            problems: AppliedRecord::capped(rendered.problems),
             at_unix_ms: unix_ms(),
             took_ms: started.elapsed().as_millis() as u64,
         };
