@@ -314,6 +314,11 @@ impl Stack {
         self.spawn(part)
     }
 
+    /// A running part's process id.
+    pub fn pid(&self, part: Part) -> Option<u32> {
+        self.children.get(&part).map(Child::id)
+    }
+
     /// Start again every part that has exited.
     pub fn restart_exited(&mut self) {
         let exited: Vec<Part> =

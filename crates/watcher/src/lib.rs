@@ -1,5 +1,6 @@
 //! The watcher's library: Kubernetes wire types, their conversion into Portico's objects,
-//! and the file source (multi-document YAML files and directories).
+//! the file source (multi-document YAML files and directories) and, with the `service`
+//! feature, both sources on the bus: files (`service`) and the Kubernetes API (`kubernetes`).
 
 pub mod convert;
 pub mod crds;
@@ -7,5 +8,7 @@ pub mod manifests;
 
 pub use manifests::{decode_str, load, DecodeProblem, Decoded, LoadError, Location, Skipped};
 
+#[cfg(feature = "service")]
+pub mod kubernetes;
 #[cfg(feature = "service")]
 pub mod service;

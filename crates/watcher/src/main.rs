@@ -1,20 +1,34 @@
 //! `portico-watcher`: wiring only. Configuration from flags and environment, logs, then the
-//! file source until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
+//! file source or the Kubernetes source until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1
+//! when the service fails, 64 for a bad command line.
 
 use clap::Parser;
 use portico_bus::cli::{init_logs, serve, NatsArgs};
-use portico_watcher::service::{run, ServiceConfig};
+use portico_watcher::kubernetes::KubeConfig;
+use portico_watcher::service::{run, ServiceConfig, ServiceError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Publishes Kubernetes objects from YAML files and directories onto the bus.
+/// Publishes Kubernetes objects onto the bus: from YAML files and directories, or, with
+/// --kubernetes, from the Kubernetes API (in-cluster configuration or $KUBECONFIG).
 #[derive(Parser)]
 #[command(name = "portico-watcher", version)]
 struct Args {
-    /// Manifest files or directories to watch.
-    #[arg(required = true, env = "PORTICO_PATHS", value_delimiter = ',')]
+    /// Manifest files or directories to watch (the file source).
+    #[arg(
+        env = "PORTICO_PATHS",
+        value_delimiter = ',',
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
     paths: Vec<PathBuf>,
+    /// Watch the Kubernetes API instead of files.
+    #[arg(long, env = "PORTICO_KUBERNETES")]
+    kubernetes: bool,
+    /// With --kubernetes: the namespaces to watch, comma-separated (default: all).
+    #[arg(long, env = "PORTICO_NAMESPACES", value_delimiter = ',', requires = "kubernetes")]
+    namespaces: Vec<String>,
     #[command(flatten)]
     nats: NatsArgs,
     /// Milliseconds between reads of the files (a change is live within two).
@@ -25,10 +39,20 @@ struct Args {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
-    let config = ServiceConfig {
-        paths: args.paths,
-        bus: args.nats.connect_config("portico-watcher"),
-        poll_every: Duration::from_millis(args.poll_ms.max(10)),
-    };
-    serve("portico-watcher", |shutdown| run(config, shutdown))
+    let bus = args.nats.connect_config("portico-watcher");
+    if args.kubernetes {
+        let config = KubeConfig {
+            bus,
+            namespaces: args.namespaces,
+            holdoff: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+        };
+        serve("portico-watcher", |shutdown| async move {
+            let client = kube::Client::try_default().await.map_err(|e| ServiceError::Kubernetes(e.to_string()))?;
+            portico_watcher::kubernetes::run(config, client, shutdown).await
+        })
+    } else {
+        let config = ServiceConfig { paths: args.paths, bus, poll_every: Duration::from_millis(args.poll_ms.max(10)) };
+        serve("portico-watcher", |shutdown| run(config, shutdown))
+    }
 }

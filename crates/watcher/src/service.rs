@@ -33,13 +33,15 @@ pub struct ServiceConfig {
 pub enum ServiceError {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("connecting to the Kubernetes API: {0}")]
+    Kubernetes(String),
     #[error("listing the keys of {bucket}: {reason}")]
     ListFailed { bucket: &'static str, reason: String },
 }
 
 /// Where an object goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Bucket {
+pub(crate) enum Bucket {
     Objects,
     Secrets,
 }
@@ -52,16 +54,16 @@ struct FileState {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     files: BTreeMap<PathBuf, FileState>,
     /// What is on the bus: key → encoded object (empty when unknown, i.e. found at start).
-    published: BTreeMap<(Bucket, String), Vec<u8>>,
+    pub(crate) published: BTreeMap<(Bucket, String), Vec<u8>>,
     /// The desired set of the previous scan, for the debounce.
     previous: Option<[u8; 32]>,
-    synced: bool,
+    pub(crate) synced: bool,
 }
 
-fn key_of(object: &Object) -> (Bucket, String) {
+pub(crate) fn key_of(object: &Object) -> (Bucket, String) {
     let meta = object.meta();
     match object {
         Object::Secret(_) => (Bucket::Secrets, names::secret_key(&meta.namespace, &meta.name)),
@@ -134,7 +136,7 @@ fn scan(paths: &[PathBuf], state: &mut State) -> Option<BTreeMap<(Bucket, String
     Some(desired)
 }
 
-async fn apply(
+pub(crate) async fn apply(
     buckets: &Buckets,
     state: &mut State,
     desired: BTreeMap<(Bucket, String), Object>,
@@ -185,7 +187,7 @@ async fn apply(
 }
 
 /// The keys already on the bus (from a previous run), so that stale ones are deleted.
-async fn existing_keys(buckets: &Buckets, state: &mut State) -> Result<(), ServiceError> {
+pub(crate) async fn existing_keys(buckets: &Buckets, state: &mut State) -> Result<(), ServiceError> {
     for (bucket, store, name) in
         [(Bucket::Objects, &buckets.objects, names::OBJECTS), (Bucket::Secrets, &buckets.secrets, names::SECRETS)]
     {
@@ -258,7 +260,7 @@ async fn session(
     }
 }
 
-async fn put_marker(store: &async_nats::jetstream::kv::Store, key: &str) -> Result<(), BusError> {
+pub(crate) async fn put_marker(store: &async_nats::jetstream::kv::Store, key: &str) -> Result<(), BusError> {
     store.put(key, seal(&true, &TraceContext::default()).into()).await.map_err(|e| BusError::StoreFailed {
         operation: "putting",
         bucket: store.name.clone(),

@@ -1,0 +1,151 @@
+//! The propagation benchmark (DESIGN.md: "from an object change to the config being live in
+//! Envoy and in HAProxy: p99 under 200 ms plus the debounce, at 10,000 routes"), and each
+//! service's resident memory at that size. A benchmark, not a test: it is ignored by
+//! default and prints figures; run it in release mode (it uses the release binaries):
+//!
+//! ```sh
+//! cargo build --release --workspace --all-features --bins
+//! cargo test --release -p portico-e2e --test propagation -- --ignored --nocapture
+//! PORTICO_BENCH_ROUTES=2000 cargo test --release ...   # another size
+//! ```
+
+use portico_deploy::up::Part;
+use portico_e2e::LocalStack;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// `routes` HTTPProxies (one route each), as many Services with an EndpointSlice to the
+/// demo's web backend, and `cas` CA secrets (the demo CA under many names) that the
+/// proxies verify against in turn.
+fn world(routes: usize, cas: usize, web_port: u16, ca_pem: &str) -> String {
+    let ca: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let mut out = String::with_capacity(routes * 900);
+    for k in 0..cas {
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ca-{k}, namespace: bench}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{ca}"
+        );
+    }
+    for i in 0..routes {
+        let _ = write!(
+            out,
+            "---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc-{i}, namespace: bench}}
+spec:
+  ports: [{{name: https, port: 8443, appProtocol: https}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}
+addressType: IPv4
+ports: [{{name: https, port: {web_port}}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+---
+apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: p-{i}, namespace: bench}}
+spec:
+  virtualhost: {{fqdn: p-{i}.bench.example.com}}
+  routes:
+  - services:
+    - name: svc-{i}
+      port: 8443
+      validation: {{caSecret: ca-{}, subjectName: web.demo.svc}}
+",
+            i % cas
+        );
+    }
+    out
+}
+
+fn change(n: usize) -> String {
+    format!(
+        "apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: change, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: change.example.com}}
+  routes:
+  - conditions: [{{prefix: /change-{n}}}]
+    services:
+    - name: web
+      port: 8443
+      validation: {{caSecret: demo-ca, subjectName: web.demo.svc}}
+"
+    )
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[test]
+#[ignore = "a benchmark: run with --release -- --ignored --nocapture"]
+fn propagation_and_memory_at_ten_thousand_routes() {
+    let routes: usize = std::env::var("PORTICO_BENCH_ROUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let changes = 20;
+    // The world goes in after the stack is up, as a second file: the start-up wait stays short.
+    let stack = LocalStack::start(&[("change.yaml", &change(0))]);
+    let big = world(routes, (routes / 10).max(1), stack.demo.web.port, &stack.demo.demo_ca_pem);
+    let loaded = Instant::now();
+    stack.write("world.yaml", &big);
+    let last = routes - 1;
+    let took = stack.until_both(&format!("p-{last}.bench.example.com"), "/", 200);
+    eprintln!(
+        "{routes} routes ({} MiB of YAML) live: HAProxy after {:?}, Envoy after {:?} (wall {:?})",
+        big.len() / (1 << 20),
+        took[0],
+        took[1],
+        loaded.elapsed()
+    );
+
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for n in 1..=changes {
+        stack.write("change.yaml", &change(n));
+        let took = stack.until_both("change.example.com", &format!("/change-{n}"), 200);
+        times[0].push(took[0]);
+        times[1].push(took[1]);
+    }
+    let mut report =
+        format!("one-object change at {routes} routes, file write → proxy serving it ({changes} changes):\n");
+    for (name, mut t) in ["HAProxy", "Envoy"].into_iter().zip(times) {
+        t.sort();
+        let _ = writeln!(
+            report,
+            "  {name:<8} p50 {:>5} ms  p99 {:>5} ms  max {:>5} ms",
+            percentile(&t, 0.5).as_millis(),
+            percentile(&t, 0.99).as_millis(),
+            t.last().unwrap().as_millis()
+        );
+    }
+    let _ = writeln!(report, "resident memory at {routes} routes:");
+    for part in [
+        Part::Watcher,
+        Part::Secrets,
+        Part::Resolver(0),
+        Part::RendererHaproxy,
+        Part::RendererEnvoy,
+        Part::Envoy,
+        Part::Nats,
+    ] {
+        if let Some(pid) = stack.stack.pid(part) {
+            let _ = writeln!(report, "  {:<18} {:>7.1} MiB", part.name(), rss_mib(pid));
+        }
+    }
+    if let Some(pid) = portico_renderer_haproxy::apply::running_master(&stack.stack.options.state_dir.join("haproxy")) {
+        let _ = writeln!(report, "  {:<18} {:>7.1} MiB (master)", "haproxy", rss_mib(pid));
+    }
+    eprintln!("{report}");
+}
