@@ -119,6 +119,10 @@ pub async fn supervise<S, E: std::fmt::Display>(
     shutdown: impl std::future::Future<Output = ()>,
     mut session: impl AsyncFnMut(&mut S, Buckets) -> Result<std::convert::Infallible, E>,
 ) -> Result<(), BusError> {
+    // With a NATS user of its own (per-service permissions, as `portico up` configures),
+    // a service may create only the buckets it writes; without, it creates whatever is
+    // missing, so a cluster without an admin step never waits on a service not yet running.
+    let role = if config.user_password.is_some() || config.credentials_file.is_some() { role } else { ALL_BUCKETS };
     let (client, mut reconnects) = connect_watched(config).await?;
     let js = jetstream::new(client);
     tokio::pin!(shutdown);
@@ -198,7 +202,9 @@ async fn bucket(
 
 /// The buckets a service may create when they are missing: the ones it writes. Whoever
 /// creates a stream chooses its subjects, so with per-service NATS users only the writer
-/// may (a memory-stored bucket lost in a NATS restart comes back with its writer).
+/// may (a memory-stored bucket lost in a NATS restart comes back with its writer), and
+/// `portico up` creates them all first as its admin user. `supervise` applies the role
+/// only to a service with a NATS user or credentials of its own.
 pub type Role = &'static [&'static str];
 
 /// Every bucket: for tests and for `portico up`'s set-up, which run as an admin.

@@ -56,7 +56,7 @@ impl User {
     fn access(self) -> Access {
         use names::*;
         let (reads, writes): (&[&str], &[&str]) = match self {
-            User::Watcher => (&[OBJECTS, SECRETS], &[OBJECTS, SECRETS]),
+            User::Watcher => (&[OBJECTS, SECRETS, STATUS], &[OBJECTS, SECRETS]),
             User::Secrets => (&[SECRETS, VERDICTS, TRUST], &[VERDICTS, TRUST]),
             User::Resolver => (&[OBJECTS, VERDICTS, MODEL, LEASES], &[MODEL, STATUS, LEASES]),
             User::RendererHaproxy | User::RendererEnvoy => (&[MODEL, TRUST, APPLIED], &[APPLIED]),

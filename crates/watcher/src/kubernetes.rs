@@ -38,6 +38,8 @@ pub struct KubeConfig {
     /// Quiet time after a change before publishing, and the longest a change waits.
     pub holdoff: Duration,
     pub max_delay: Duration,
+    /// Status write-back (`None`: statuses stay on the bus only).
+    pub status: Option<crate::status::StatusConfig>,
 }
 
 /// One watcher: a kind, a namespace (or all) and a field selector.
@@ -239,16 +241,37 @@ struct Session {
 
 /// Run until `shutdown` completes, with `client` (from the in-cluster or kubeconfig
 /// configuration, or a test's fake API server).
-pub async fn run(config: KubeConfig, client: Client, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+pub async fn run(
+    config: KubeConfig,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
     let streams = streams(&config.namespaces);
     let world = Arc::new(Mutex::new(World::default()));
     let changed = Arc::new(tokio::sync::Notify::new());
     start_watchers(&client, &streams, &world, &changed);
     tracing::info!(watches = streams.len(), namespaces = ?config.namespaces, "watcher (Kubernetes source) running");
     let bus = config.bus.clone();
+    let status = config.status.clone();
     let mut session = Session { config, streams, world, changed, state: State::default() };
-    portico_bus::nats::supervise(&bus, &[names::OBJECTS, names::SECRETS], &mut session, shutdown, publish_session)
-        .await?;
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let objects = portico_bus::nats::supervise(
+        &bus,
+        &[names::OBJECTS, names::SECRETS],
+        &mut session,
+        shutdown.clone(),
+        publish_session,
+    );
+    match status {
+        Some(status) => {
+            let mut writer = crate::status::StatusWriter::new(client, status);
+            let statuses = portico_bus::nats::supervise(&bus, &[], &mut writer, shutdown, crate::status::session);
+            let (a, b) = tokio::join!(objects, statuses);
+            a?;
+            b?;
+        }
+        None => objects.await?,
+    }
     tracing::info!("watcher stopped");
     Ok(())
 }

@@ -12,3 +12,5 @@ pub use manifests::{decode_str, load, DecodeProblem, Decoded, LoadError, Locatio
 pub mod kubernetes;
 #[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "service")]
+pub mod status;

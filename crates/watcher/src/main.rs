@@ -3,9 +3,10 @@
 //! when the service fails, 64 for a bad command line.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, serve, NatsArgs};
+use portico_bus::cli::{init_logs, instance_name, serve, NatsArgs};
 use portico_watcher::kubernetes::KubeConfig;
 use portico_watcher::service::{run, ServiceConfig, ServiceError};
+use portico_watcher::status::StatusConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,6 +30,15 @@ struct Args {
     /// With --kubernetes: the namespaces to watch, comma-separated (default: all).
     #[arg(long, env = "PORTICO_NAMESPACES", value_delimiter = ',', requires = "kubernetes")]
     namespaces: Vec<String>,
+    /// With --kubernetes: do not write statuses back to HTTPProxies and Voyager Ingresses.
+    #[arg(long, env = "PORTICO_NO_STATUS", requires = "kubernetes")]
+    no_status: bool,
+    /// With --kubernetes: the namespace of the status writers' Lease (one replica writes).
+    #[arg(long, env = "PORTICO_LEASE_NAMESPACE", default_value = "portico")]
+    lease_namespace: String,
+    /// This replica's name in the Lease (default: host name and process id).
+    #[arg(long, env = "PORTICO_INSTANCE")]
+    instance: Option<String>,
     #[command(flatten)]
     nats: NatsArgs,
     /// Milliseconds between reads of the files (a change is live within two).
@@ -46,6 +56,13 @@ fn main() -> ExitCode {
             namespaces: args.namespaces,
             holdoff: Duration::from_millis(100),
             max_delay: Duration::from_millis(500),
+            status: (!args.no_status).then(|| StatusConfig {
+                lease_namespace: args.lease_namespace,
+                lease_name: "portico-status-writer".into(),
+                identity: instance_name(args.instance),
+                lease_duration: Duration::from_secs(15),
+                max_per_second: 20,
+            }),
         };
         serve("portico-watcher", |shutdown| async move {
             let client = kube::Client::try_default().await.map_err(|e| ServiceError::Kubernetes(e.to_string()))?;

@@ -48,6 +48,10 @@ struct ApiState {
     watchers: Vec<Watcher>,
     /// Every list request: (collection, query).
     lists: Vec<(String, String)>,
+    /// Every status patch: (object path, body).
+    patches: Vec<(String, Value)>,
+    /// Leases by "ns/name".
+    leases: BTreeMap<String, Value>,
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -92,9 +96,13 @@ impl FakeApi {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req)) }
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            Ok::<_, Infallible>(server.handle(parts, body))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -105,9 +113,15 @@ impl FakeApi {
         api
     }
 
-    fn handle(&self, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
-        let path = req.uri().path().trim_start_matches('/').to_owned();
-        let query = req.uri().query().unwrap_or_default().to_owned();
+    fn handle(&self, req: hyper::http::request::Parts, body: Bytes) -> hyper::Response<Body> {
+        let path = req.uri.path().trim_start_matches('/').to_owned();
+        let query = req.uri.query().unwrap_or_default().to_owned();
+        if let Some(rest) = path.strip_prefix("apis/coordination.k8s.io/v1/namespaces/") {
+            return self.lease(&req.method, rest, &body);
+        }
+        if req.method == hyper::Method::PATCH && path.ends_with("/status") {
+            return self.patch_status(&path, &body);
+        }
         let Some((collection, api_version, kind)) = COLLECTIONS.iter().find(|(c, _, _)| *c == path) else {
             return full(
                 404,
@@ -142,6 +156,79 @@ impl FakeApi {
             200,
             &json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv}, "items": items}),
         )
+    }
+
+    /// PATCH .../namespaces/<ns>/httpproxies/<name>/status with a merge patch.
+    fn patch_status(&self, path: &str, body: &[u8]) -> hyper::Response<Body> {
+        let patch: Value = serde_json::from_slice(body).unwrap();
+        let parts: Vec<&str> = path.split('/').collect();
+        let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
+        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| c.ends_with(&format!("/{plural}"))).unwrap();
+        let mut state = self.state.lock().unwrap();
+        state.patches.push((format!("{ns}/{name}"), patch.clone()));
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        match state.objects.get_mut(collection).and_then(|m| m.get_mut(&format!("{ns}/{name}"))) {
+            Some(object) => {
+                object["status"] = patch["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(rv);
+                full(200, &object.clone())
+            }
+            None => full(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
+            ),
+        }
+    }
+
+    /// Leases: GET, POST (create) and PUT (replace, compare-and-set on resourceVersion).
+    fn lease(&self, method: &hyper::Method, rest: &str, body: &[u8]) -> hyper::Response<Body> {
+        let mut state = self.state.lock().unwrap();
+        let parts: Vec<&str> = rest.split('/').collect(); // <ns>/leases[/<name>]
+        let ns = parts[0];
+        let status = |code: u16, reason: &str| {
+            full(
+                code,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": code, "reason": reason, "message": reason}),
+            )
+        };
+        match (method.as_str(), parts.get(2)) {
+            ("GET", Some(name)) => match state.leases.get(&format!("{ns}/{name}")) {
+                Some(lease) => full(200, lease),
+                None => status(404, "NotFound"),
+            },
+            ("POST", None) => {
+                let mut lease: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{}", lease["metadata"]["name"].as_str().unwrap());
+                if state.leases.contains_key(&key) {
+                    return status(409, "AlreadyExists");
+                }
+                state.resource_version += 1;
+                lease["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                lease["metadata"]["namespace"] = json!(ns);
+                lease["apiVersion"] = json!("coordination.k8s.io/v1");
+                lease["kind"] = json!("Lease");
+                state.leases.insert(key, lease.clone());
+                full(201, &lease)
+            }
+            ("PUT", Some(name)) => {
+                let mut lease: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{name}");
+                let current = state.leases.get(&key).map(|l| l["metadata"]["resourceVersion"].clone());
+                if current != Some(lease["metadata"]["resourceVersion"].clone()) {
+                    return status(409, "Conflict");
+                }
+                state.resource_version += 1;
+                lease["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                state.leases.insert(key, lease.clone());
+                full(200, &lease)
+            }
+            _ => status(405, "MethodNotAllowed"),
+        }
+    }
+
+    fn patches(&self, key: &str) -> Vec<Value> {
+        self.state.lock().unwrap().patches.iter().filter(|(k, _)| k == key).map(|(_, b)| b.clone()).collect()
     }
 
     fn key(object: &Value) -> String {
@@ -267,6 +354,7 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
         namespaces: Vec::new(),
         holdoff: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
+        status: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, client, async move {
@@ -336,4 +424,110 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
+}
+
+fn ca_pem() -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
+    let nats = NatsServer::start();
+    let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
+    let api = FakeApi::start().await;
+    let mut web = service("web", 443);
+    web["metadata"]["annotations"] = json!({"projectcontour.io/upstream-protocol.tls": "443"});
+    api.put(SERVICES, web, false);
+    let mut shop = proxy("shop");
+    shop["spec"]["routes"][0]["services"][0]["validation"] = json!({"caSecret": "ca", "subjectName": "web.shop.svc"});
+    api.put(PROXIES, shop, false);
+
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let status = portico_watcher::status::StatusConfig {
+        lease_namespace: "portico".into(),
+        lease_name: "portico-status-writer".into(),
+        identity: "watcher-a".into(),
+        lease_duration: Duration::from_secs(3),
+        max_per_second: 50,
+    };
+    let config = KubeConfig {
+        bus: bus.clone(),
+        namespaces: Vec::new(),
+        holdoff: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        status: Some(status),
+    };
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
+        let _ = rx.recv().await;
+    };
+    let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
+    let secrets = tokio::spawn(portico_secrets::service::run(
+        portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
+        until_stopped(stop.subscribe()),
+    ));
+    let mut resolver_config = portico_resolver::service::ServiceConfig::new(
+        bus.clone(),
+        portico_resolver::Config { http_port: 8080, client_cert: None },
+        "resolver-test".into(),
+    );
+    resolver_config.holdoff = Duration::from_millis(20);
+    let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+
+    // The CA secret is missing: invalid, with the seed's message.
+    let mut patches = Vec::new();
+    for _ in 0..400 {
+        patches = api.patches("shop/shop");
+        if !patches.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    let first = &patches[0]["status"];
+    assert_eq!(first["currentStatus"], "invalid");
+    assert_eq!(
+        first["description"],
+        "route \"/\": service \"web\": upstreamValidation requested but secret not found or misconfigured"
+    );
+    assert_eq!(first["conditions"][0]["type"], "Valid");
+    assert_eq!(first["conditions"][0]["status"], "False");
+    let lease = api.state.lock().unwrap().leases.get("portico/portico-status-writer").cloned().expect("a Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "watcher-a");
+
+    // The secret appears: valid, patched once more.
+    let (pem, _) = ca_pem();
+    let mut secret = secret("ca", "Opaque");
+    secret.as_object_mut().unwrap().remove("data");
+    secret["stringData"] = json!({"ca.crt": pem});
+    until("the Secret watch", || api.watching(SECRETS) > 0).await;
+    api.put(SECRETS, secret, true);
+    for _ in 0..400 {
+        if api.patches("shop/shop").len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let patches = api.patches("shop/shop");
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert_eq!(patches[1]["status"]["currentStatus"], "valid");
+    assert_eq!(patches[1]["status"]["description"], "Valid HTTPProxy");
+
+    // A change that leaves the status as it is (another Service) patches nothing.
+    until("the Service watch", || api.watching(SERVICES) > 0).await;
+    api.put(SERVICES, service("other", 80), true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api.patches("shop/shop").len(), 2, "an unchanged status is not written again");
+
+    stop.send(()).unwrap();
+    for task in [watcher] {
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), secrets).await.expect("stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), resolver).await.expect("stops").unwrap().unwrap();
 }

@@ -1,0 +1,209 @@
+//! Status write-back, in the watcher's Kubernetes mode: the resolver's statuses (from the
+//! `portico-status` bucket) patched onto HTTPProxies and Voyager Ingresses through their
+//! `status` subresource, in Contour's shape.
+//!
+//! - Only the holder of a coordination.k8s.io Lease writes, so several watcher replicas
+//!   never fight; a holder whose renewal fails stops writing at once. A takeover needs the
+//!   lease to have stayed unchanged for its duration on this replica's own clock, so clock
+//!   skew between nodes does not matter.
+//! - A status is patched only when it differs from the last one this writer patched for
+//!   the object (a new leader patches everything once), and at most `max_per_second`.
+
+use crate::crds;
+use crate::service::ServiceError;
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use portico_bus::nats::{watch_current_and_new, Buckets, BusError};
+use portico_bus::{names, open};
+use portico_model::{Kind, ObjectRef, ObjectStatus};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct StatusConfig {
+    /// Where the Lease lives, and its name.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// Patches per second at most (the API server's fairness matters more than speed).
+    pub max_per_second: u32,
+}
+
+/// What outlives a bus session: what to write, what was written, the lease.
+pub struct StatusWriter {
+    client: Client,
+    config: StatusConfig,
+    /// Contour-shaped status JSON by object, as the resolver last said.
+    desired: BTreeMap<ObjectRef, serde_json::Value>,
+    /// The last status patched per object while holding the lease.
+    written: BTreeMap<ObjectRef, serde_json::Value>,
+    lease: LeaseState,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    held: bool,
+    /// The resourceVersion last seen, and when (on our clock) it last changed.
+    seen: Option<(String, Instant)>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, config: StatusConfig) -> StatusWriter {
+        StatusWriter {
+            client,
+            config,
+            desired: BTreeMap::new(),
+            written: BTreeMap::new(),
+            lease: LeaseState::default(),
+        }
+    }
+
+    /// One step of the lease: create, renew, take over, or stand by. Whether we hold it.
+    async fn lease_step(&mut self) -> bool {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.config.lease_namespace);
+        let name = &self.config.lease_name;
+        let me = &self.config.identity;
+        let spec = LeaseSpec {
+            holder_identity: Some(me.clone()),
+            lease_duration_seconds: Some(self.config.lease_duration.as_secs().max(1) as i32),
+            renew_time: Some(now()),
+            ..Default::default()
+        };
+        let was_held = self.lease.held;
+        self.lease.held = match api.get_opt(name).await {
+            Err(e) => {
+                tracing::warn!(lease = %name, error = %e, "reading the status-writer lease failed; not writing");
+                false
+            }
+            Ok(None) => {
+                let lease = Lease {
+                    metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                    spec: Some(LeaseSpec { acquire_time: Some(now()), ..spec }),
+                };
+                api.create(&PostParams::default(), &lease).await.is_ok()
+            }
+            Ok(Some(current)) => {
+                let version = current.metadata.resource_version.clone().unwrap_or_default();
+                let holder = current.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                if self.lease.seen.as_ref().is_none_or(|(v, _)| *v != version) {
+                    self.lease.seen = Some((version, Instant::now()));
+                }
+                let silent = self.lease.seen.as_ref().is_some_and(|(_, at)| at.elapsed() >= self.config.lease_duration);
+                if holder.as_deref() == Some(me.as_str()) || silent || holder.is_none() {
+                    let mut lease = current.clone();
+                    let acquire = if holder.as_deref() == Some(me.as_str()) {
+                        current.spec.as_ref().and_then(|s| s.acquire_time.clone())
+                    } else {
+                        Some(now())
+                    };
+                    lease.spec = Some(LeaseSpec { acquire_time: acquire, ..spec });
+                    // replace carries the resourceVersion: a concurrent writer makes it fail.
+                    match api.replace(name, &PostParams::default(), &lease).await {
+                        Ok(updated) => {
+                            self.lease.seen = updated.metadata.resource_version.map(|v| (v, Instant::now()));
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    false
+                }
+            }
+        };
+        if self.lease.held && !was_held {
+            tracing::info!(identity = %me, "acquired the status-writer lease; writing statuses");
+            self.written.clear(); // write everything once: the previous writer may have missed some
+        } else if !self.lease.held && was_held {
+            tracing::warn!(identity = %me, "lost the status-writer lease; no longer writing");
+        }
+        self.lease.held
+    }
+
+    /// Patch up to `budget` statuses that differ from what was written.
+    async fn write(&mut self, budget: usize) {
+        let pending: Vec<(ObjectRef, serde_json::Value)> = self
+            .desired
+            .iter()
+            .filter(|(o, s)| self.written.get(*o) != Some(*s))
+            .take(budget)
+            .map(|(o, s)| (o.clone(), s.clone()))
+            .collect();
+        for (object, status) in pending {
+            let patch = Patch::Merge(serde_json::json!({ "status": status }));
+            let params = PatchParams::default();
+            let (ns, name) = (object.namespace.as_str(), object.name.as_str());
+            let result = match object.kind {
+                Kind::HttpProxy => Api::<crds::HTTPProxy>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &patch)
+                    .await
+                    .map(|_| ()),
+                Kind::VoyagerIngress => Api::<crds::VoyagerIngress>::namespaced(self.client.clone(), ns)
+                    .patch_status(name, &params, &patch)
+                    .await
+                    .map(|_| ()),
+                _ => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(object = %object, status = %status["currentStatus"], "status written");
+                    self.written.insert(object, status);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    // The object is gone; its status will be deleted from the bus too.
+                    self.desired.remove(&object);
+                }
+                Err(e) => tracing::warn!(object = %object, error = %e, "writing the status failed; retrying"),
+            }
+        }
+    }
+
+    fn apply_entry(&mut self, entry: async_nats::jetstream::kv::Entry) {
+        use async_nats::jetstream::kv::Operation;
+        if entry.operation == Operation::Put {
+            match open::<ObjectStatus>(&entry.value) {
+                Ok((status, _)) => {
+                    let contour = serde_json::to_value(status.to_contour()).unwrap_or_default();
+                    self.desired.insert(status.object, contour);
+                }
+                Err(e) => tracing::warn!(key = %entry.key, error = %e, "skipping a status that cannot be opened"),
+            }
+        } else if let Some((kind, namespace, name)) = names::parse_object_key(&entry.key) {
+            let object = ObjectRef { kind, namespace, name };
+            self.desired.remove(&object);
+            self.written.remove(&object);
+        }
+    }
+}
+
+/// A bus session of the status writer: follow the statuses, keep the lease, write.
+pub async fn session(w: &mut StatusWriter, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    let mut statuses = watch_current_and_new(&buckets.status).await?;
+    let per_tick = (w.config.max_per_second / 10).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut renew = tokio::time::interval(w.config.lease_duration / 3);
+    loop {
+        tokio::select! {
+            entry = statuses.next() => match entry {
+                Some(Ok(entry)) => w.apply_entry(entry),
+                Some(Err(e)) => return Err(BusError::WatchFailed { bucket: names::STATUS, reason: e.to_string() }.into()),
+                None => return Err(BusError::WatchEnded { bucket: names::STATUS }.into()),
+            },
+            _ = renew.tick() => { w.lease_step().await; }
+            _ = tick.tick() => {
+                if w.lease.held {
+                    w.write(per_tick).await;
+                }
+            }
+        }
+    }
+}
