@@ -38,6 +38,14 @@ impl NatsArgs {
     }
 }
 
+/// The admin port (`/healthz`, `/readyz`, `/metrics`), from flags or the environment.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AdminArgs {
+    /// Where to serve /healthz, /readyz and /metrics (e.g. 0.0.0.0:9090); off when unset.
+    #[arg(long, env = "PORTICO_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+}
+
 /// `--instance`, or the host name and process id.
 pub fn instance_name(given: Option<String>) -> String {
     given.unwrap_or_else(|| {
@@ -65,6 +73,7 @@ pub async fn shutdown_signal() {
 /// Run a service until it stops: exit 0 on a clean stop, 1 when it fails (logged).
 pub fn serve<F, E>(
     name: &str,
+    admin: &AdminArgs,
     service: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
 ) -> ExitCode
 where
@@ -72,6 +81,12 @@ where
     E: std::fmt::Display,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    if let Some(addr) = admin.admin_listen {
+        if let Err(e) = runtime.block_on(crate::admin::serve(addr)) {
+            tracing::error!(%addr, error = %e, "{name}: cannot serve the admin port");
+            return ExitCode::from(69);
+        }
+    }
     match runtime.block_on(service(Box::pin(shutdown_signal()))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! context) with its codec, and the NATS connection and JetStream setup every service
 //! shares. All state on the bus is derived; the Kubernetes API or the files are the truth.
 
+pub mod admin;
 pub mod cli;
 pub mod codec;
 pub mod envelope;

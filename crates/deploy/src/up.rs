@@ -121,6 +121,8 @@ pub struct Stack {
     pub options: Options,
     passwords: BTreeMap<User, String>,
     children: BTreeMap<Part, Child>,
+    /// Each service's admin port (/healthz, /readyz, /metrics) on 127.0.0.1.
+    admin_ports: BTreeMap<Part, u16>,
 }
 
 impl Stack {
@@ -169,7 +171,7 @@ impl Stack {
         let bootstrap = state.join("envoy/bootstrap.yaml");
         std::fs::write(&bootstrap, envoy_bootstrap(&options)).map_err(io(&bootstrap))?;
 
-        let mut stack = Stack { options, passwords, children: BTreeMap::new() };
+        let mut stack = Stack { options, passwords, children: BTreeMap::new(), admin_ports: BTreeMap::new() };
         stack.spawn(Part::Nats)?;
         stack.create_buckets()?;
         for part in
@@ -210,7 +212,20 @@ impl Stack {
         }
     }
 
-    fn command(&self, part: Part) -> Result<Command, UpError> {
+    /// A service's admin port (chosen when it is first started).
+    pub fn admin_port(&self, part: Part) -> Option<u16> {
+        self.admin_ports.get(&part).copied()
+    }
+
+    fn command(&mut self, part: Part) -> Result<Command, UpError> {
+        if !matches!(part, Part::Nats | Part::Envoy) && !self.admin_ports.contains_key(&part) {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(io(Path::new("127.0.0.1:0")))?
+                .port();
+            self.admin_ports.insert(part, port);
+        }
+        let admin = self.admin_ports.get(&part).map(|p| format!("127.0.0.1:{p}")).unwrap_or_default();
         let o = &self.options;
         let service = |binary: &str, user: User| -> Result<Command, UpError> {
             let mut command = Command::new(self.binary(binary)?);
@@ -218,6 +233,7 @@ impl Stack {
                 .env("PORTICO_NATS_URL", format!("nats://127.0.0.1:{}", o.nats_port))
                 .env("PORTICO_NATS_USER", user.name())
                 .env("PORTICO_NATS_PASSWORD", &self.passwords[&user])
+                .env("PORTICO_ADMIN_LISTEN", &admin)
                 .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
             Ok(command)
         };

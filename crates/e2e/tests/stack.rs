@@ -116,6 +116,45 @@ spec:
     // 5. Delete a file: its objects go away.
     stack.remove("new.yaml");
     report_timing("delete a manifest file", stack.until_both("new.example.com", "/step-1", 404));
+
+    // Every service is healthy and ready, and reports what an operator needs.
+    let expected: [(Part, &[&str]); 5] = [
+        (Part::Watcher, &["portico_watcher_changes_published_total", "portico_watcher_objects "]),
+        (
+            Part::Secrets,
+            &[
+                "portico_secrets_verdicts_published_total",
+                "portico_secrets_ca_expiry_timestamp_seconds{secret=\"demo.demo-ca\"}",
+            ],
+        ),
+        (
+            Part::Resolver(0),
+            &[
+                "portico_resolver_rebuild_duration_seconds",
+                "portico_resolver_model_generation",
+                "portico_resolver_active 1",
+            ],
+        ),
+        (
+            Part::RendererHaproxy,
+            &[
+                "portico_renderer_haproxy_applies_total",
+                "portico_renderer_haproxy_generation",
+                "portico_renderer_haproxy_apply_duration_seconds",
+            ],
+        ),
+        (Part::RendererEnvoy, &["portico_renderer_envoy_connected_nodes 1", "portico_renderer_envoy_generation"]),
+    ];
+    for (part, metrics) in expected {
+        let port = stack.stack.admin_port(part).expect("an admin port");
+        assert_eq!(portico_testkit::http_get(port, "localhost", "/healthz").unwrap().0, 200, "{}", part.name());
+        assert_eq!(portico_testkit::http_get(port, "localhost", "/readyz").unwrap().0, 200, "{} is ready", part.name());
+        let (status, text) = portico_testkit::http_get(port, "localhost", "/metrics").unwrap();
+        assert_eq!(status, 200);
+        for metric in metrics {
+            assert!(text.contains(metric), "{} reports {metric}:\n{text}", part.name());
+        }
+    }
 }
 
 /// Requests the current step's route on both proxies in a loop and records any answer

@@ -106,6 +106,23 @@ fn response(snapshot: &Snapshot, type_url: &str, names: &[String], nonce: &str) 
     }
 }
 
+/// ADS streams open now, for the metric.
+static CONNECTED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Counts a stream's end, however its task ends.
+struct Disconnect;
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        let connected = CONNECTED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
+        portico_bus::admin::gauge(
+            "portico_renderer_envoy_connected_nodes",
+            "Envoy ADS streams open now.",
+            connected as f64,
+        );
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -120,6 +137,13 @@ impl AggregatedDiscoveryService for Ads {
         let mut snapshots = self.snapshots.clone();
         let acks = self.acks.clone();
         tokio::spawn(async move {
+            let connected = CONNECTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            portico_bus::admin::gauge(
+                "portico_renderer_envoy_connected_nodes",
+                "Envoy ADS streams open now.",
+                connected as f64,
+            );
+            let _disconnect = Disconnect;
             let mut node = String::new();
             let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
             let mut nonces = 0u64;

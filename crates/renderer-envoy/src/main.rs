@@ -2,7 +2,7 @@
 //! until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, serve, NatsArgs};
+use portico_bus::cli::{init_logs, serve, AdminArgs, NatsArgs};
 use portico_renderer_envoy::service::{run, ServiceConfig};
 use std::process::ExitCode;
 
@@ -11,6 +11,8 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Where Envoys connect for ADS (gRPC).
     #[arg(long, env = "PORTICO_ADS_LISTEN", default_value = "127.0.0.1:18000")]
     listen: std::net::SocketAddr,
@@ -24,11 +26,12 @@ struct Args {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
+    let args_admin = args.admin.clone();
     let config = ServiceConfig {
         bus: args.nats.connect_config("portico-renderer-envoy"),
         listen: args.listen,
         http_port: args.http_port,
         bind_address: args.bind_address,
     };
-    serve("portico-renderer-envoy", |shutdown| run(config, shutdown))
+    serve("portico-renderer-envoy", &args_admin, |shutdown| run(config, shutdown))
 }

@@ -67,6 +67,7 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
         }
         let Some((generation, hash)) = hashes.borrow().get(&version).cloned() else { continue };
         if let Some(e) = &error {
+            portico_bus::admin::counter("portico_renderer_envoy_nacks_total", "Configurations an Envoy rejected.", 1.0);
             tracing::warn!(node = %ack.node, generation, error = %e, "NACK");
         } else {
             tracing::info!(node = %ack.node, generation, "applied by Envoy");
@@ -190,6 +191,12 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             m.insert(version.clone(), (record.generation, record.hash.clone()));
         });
         serving.generation = Some(record.generation);
+        portico_bus::admin::set_ready(true);
+        portico_bus::admin::gauge(
+            "portico_renderer_envoy_generation",
+            "The model generation served over ADS.",
+            record.generation as f64,
+        );
         let _ = serving.snapshots.send(Some(Arc::new(Snapshot::new(version, &rendered))));
     }
 }

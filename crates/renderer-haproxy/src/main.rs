@@ -2,7 +2,7 @@
 //! the newest model from the bus until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, NatsArgs};
+use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
 use portico_renderer_haproxy::service::{run, ServiceConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,8 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Absolute directory for generations, the config symlink, the master socket and the log.
     #[arg(long, env = "PORTICO_WORK_DIR", default_value = "/var/lib/portico/haproxy")]
     work_dir: PathBuf,
@@ -28,6 +30,7 @@ struct Args {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
+    let args_admin = args.admin.clone();
     let instance = instance_name(args.instance);
     let config = ServiceConfig {
         bus: args.nats.connect_config("portico-renderer-haproxy"),
@@ -37,5 +40,5 @@ fn main() -> ExitCode {
         bind_address: args.bind_address,
         instance,
     };
-    serve("portico-renderer-haproxy", |shutdown| run(config, shutdown))
+    serve("portico-renderer-haproxy", &args_admin, |shutdown| run(config, shutdown))
 }

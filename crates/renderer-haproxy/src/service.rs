@@ -99,6 +99,22 @@ impl Renderer {
         let error = match &result {
             Ok(()) => {
                 self.applied = Some((generation, cfg));
+                portico_bus::admin::set_ready(true);
+                portico_bus::admin::counter(
+                    "portico_renderer_haproxy_applies_total",
+                    "Configurations applied (reload confirmed).",
+                    1.0,
+                );
+                portico_bus::admin::gauge(
+                    "portico_renderer_haproxy_generation",
+                    "The model generation HAProxy runs.",
+                    generation as f64,
+                );
+                portico_bus::admin::gauge(
+                    "portico_renderer_haproxy_apply_duration_seconds",
+                    "How long the last apply took (render, check, reload, confirmation).",
+                    started.elapsed().as_secs_f64(),
+                );
                 self.haproxy.prune(&dir);
                 tracing::info!(
                     generation,
@@ -110,6 +126,11 @@ impl Renderer {
                 None
             }
             Err(e) => {
+                portico_bus::admin::counter(
+                    "portico_renderer_haproxy_apply_failures_total",
+                    "Configurations refused or not confirmed (HAProxy kept the previous one).",
+                    1.0,
+                );
                 let _ = std::fs::remove_dir_all(&dir);
                 tracing::warn!(generation, error = %e, "not applied; HAProxy keeps its previous configuration");
                 Some(e.to_string())
@@ -164,6 +185,9 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         Some((generation, cfg))
     });
     if let Some((generation, _)) = &applied {
+        if *generation > 0 {
+            portico_bus::admin::set_ready(true);
+        }
         tracing::info!(generation, "HAProxy runs a configuration applied earlier");
     }
     let mut renderer = Renderer { config, haproxy, applied };

@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, NatsArgs};
+use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
 use portico_resolver::service::{run, ServiceConfig};
 use portico_resolver::Config;
 use std::process::ExitCode;
@@ -14,6 +14,8 @@ use std::time::Duration;
 struct Args {
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// The listener port for HTTPProxies and Voyager rules without http.port.
     #[arg(long, env = "PORTICO_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
@@ -41,6 +43,7 @@ fn parse_secret(value: &str) -> Result<portico_model::SecretRef, String> {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
+    let args_admin = args.admin.clone();
     let instance = instance_name(args.instance);
     let mut config = ServiceConfig::new(
         args.nats.connect_config("portico-resolver"),
@@ -49,5 +52,5 @@ fn main() -> ExitCode {
     );
     config.holdoff = Duration::from_millis(args.holdoff_ms);
     config.max_delay = Duration::from_millis(args.max_delay_ms.max(args.holdoff_ms));
-    serve("portico-resolver", |shutdown| run(config, shutdown))
+    serve("portico-resolver", &args_admin, |shutdown| run(config, shutdown))
 }

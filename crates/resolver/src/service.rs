@@ -116,6 +116,12 @@ async fn publish(
     let started = std::time::Instant::now();
     let resolved = resolve(snapshot, config);
     let hash = resolved.model.content_hash();
+    portico_bus::admin::counter("portico_resolver_rebuilds_total", "Full rebuilds of the model.", 1.0);
+    portico_bus::admin::gauge(
+        "portico_resolver_rebuild_duration_seconds",
+        "How long the last rebuild (resolve and hash) took.",
+        started.elapsed().as_secs_f64(),
+    );
     if published.hash.as_ref() != Some(&hash) {
         published.generation += 1;
         let record = ModelRecord { generation: published.generation, hash: hash.clone(), model: resolved.model };
@@ -128,6 +134,11 @@ async fn publish(
             "model published"
         );
         published.hash = Some(hash);
+        portico_bus::admin::gauge(
+            "portico_resolver_model_generation",
+            "The generation of the last model published.",
+            published.generation as f64,
+        );
     }
     let mut current = BTreeSet::new();
     for status in &resolved.statuses {
@@ -218,6 +229,8 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
             }
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 let ready = synced_kinds.len() == Kind::ALL.len() && verdicts_synced;
+                portico_bus::admin::set_ready(ready);
+                portico_bus::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
                 if ready && lease.held {
                     let (_, _, trace) = pending.take().expect("a deadline means a pending change");
                     publish(buckets, &snapshot, &config.resolver, &mut published, &trace).await?;

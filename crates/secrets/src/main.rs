@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, serve, NatsArgs};
+use portico_bus::cli::{init_logs, serve, AdminArgs, NatsArgs};
 use portico_secrets::service::{run, ServiceConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use std::time::Duration;
 struct Args {
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Seconds between re-validations of every known Secret.
     #[arg(long, env = "PORTICO_REVALIDATE_SECONDS", default_value_t = 3600)]
     revalidate_seconds: u64,
@@ -21,9 +23,10 @@ struct Args {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
+    let args_admin = args.admin.clone();
     let config = ServiceConfig {
         bus: args.nats.connect_config("portico-secrets"),
         revalidate_every: Duration::from_secs(args.revalidate_seconds.max(1)),
     };
-    serve("portico-secrets", |shutdown| run(config, shutdown))
+    serve("portico-secrets", &args_admin, |shutdown| run(config, shutdown))
 }

@@ -72,6 +72,21 @@ async fn publish(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), 
         "published verdict"
     );
     state.published.insert(key.to_owned(), fingerprint);
+    portico_bus::admin::counter(
+        "portico_secrets_verdicts_published_total",
+        "Verdicts published (new or changed).",
+        1.0,
+    );
+    match verdict.ca.as_ref().ok().and_then(|ca| ca.certificates.iter().map(|c| c.not_after).min()) {
+        Some(expiry) => portico_bus::admin::gauge_with(
+            "portico_secrets_ca_expiry_timestamp_seconds",
+            "When the first certificate of a valid CA bundle expires (Unix seconds).",
+            "secret",
+            key,
+            expiry as f64,
+        ),
+        None => portico_bus::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key),
+    }
     Ok(())
 }
 
@@ -86,6 +101,7 @@ async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), B
             reason: e.to_string(),
         })?;
     }
+    portico_bus::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key);
     tracing::info!(key, "secret deleted; verdict and trust material removed");
     Ok(())
 }
@@ -99,6 +115,7 @@ async fn mark_synced(buckets: &Buckets) -> Result<(), BusError> {
             reason: e.to_string(),
         }
     })?;
+    portico_bus::admin::set_ready(true);
     tracing::info!("verdicts for the initial Secrets published");
     Ok(())
 }
@@ -152,11 +169,13 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                                 publish(buckets, &mut state, &key).await?;
                             } else {
                                 state.undecodable += 1;
+                                portico_bus::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
                                 tracing::warn!(entry = %entry.key, secret = %key, "secret stored under another key; ignored");
                             }
                         }
                         Err(e) => {
                             state.undecodable += 1;
+                            portico_bus::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
                             tracing::warn!(key = %entry.key, error = %e, undecodable = state.undecodable, "skipping an entry that cannot be opened");
                         }
                     },

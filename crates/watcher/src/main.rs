@@ -3,7 +3,7 @@
 //! when the service fails, 64 for a bad command line.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, NatsArgs};
+use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
 use portico_watcher::kubernetes::KubeConfig;
 use portico_watcher::service::{run, ServiceConfig, ServiceError};
 use portico_watcher::status::StatusConfig;
@@ -41,6 +41,8 @@ struct Args {
     instance: Option<String>,
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Milliseconds between reads of the files (a change is live within two).
     #[arg(long, env = "PORTICO_POLL_MS", default_value_t = 250)]
     poll_ms: u64,
@@ -49,6 +51,7 @@ struct Args {
 fn main() -> ExitCode {
     init_logs();
     let args = Args::parse();
+    let args_admin = args.admin.clone();
     let bus = args.nats.connect_config("portico-watcher");
     if args.kubernetes {
         let config = KubeConfig {
@@ -64,12 +67,12 @@ fn main() -> ExitCode {
                 max_per_second: 20,
             }),
         };
-        serve("portico-watcher", |shutdown| async move {
+        serve("portico-watcher", &args_admin, |shutdown| async move {
             let client = kube::Client::try_default().await.map_err(|e| ServiceError::Kubernetes(e.to_string()))?;
             portico_watcher::kubernetes::run(config, client, shutdown).await
         })
     } else {
         let config = ServiceConfig { paths: args.paths, bus, poll_every: Duration::from_millis(args.poll_ms.max(10)) };
-        serve("portico-watcher", |shutdown| run(config, shutdown))
+        serve("portico-watcher", &args_admin, |shutdown| run(config, shutdown))
     }
 }

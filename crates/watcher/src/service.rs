@@ -245,6 +245,16 @@ async fn session(
             continue;
         }
         let changes = apply(buckets, state, desired).await?;
+        portico_bus::admin::counter(
+            "portico_watcher_changes_published_total",
+            "Objects put or deleted on the bus.",
+            changes as f64,
+        );
+        portico_bus::admin::gauge(
+            "portico_watcher_objects",
+            "Objects (Secrets included) the sources define.",
+            state.published.len() as f64,
+        );
         if !state.synced {
             for kind in Kind::ALL {
                 put_marker(&buckets.objects, &names::sync_key(kind)).await?;
@@ -253,6 +263,7 @@ async fn session(
             // relays it once their verdicts are out.
             put_marker(&buckets.secrets, names::SECRETS_SYNC_KEY).await?;
             state.synced = true;
+            portico_bus::admin::set_ready(true);
             tracing::info!(objects = state.published.len(), "initial sync published");
         } else if changes > 0 {
             tracing::info!(changes, "changes published");
