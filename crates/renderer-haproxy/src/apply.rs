@@ -33,8 +33,11 @@ pub enum ApplyError {
 pub struct Haproxy {
     pub work_dir: PathBuf,
     binary: String,
-    /// Our child, or `None` for a master taken over from a renderer that died.
+    /// Our child, or `None` for a master taken over from a renderer that died or run by
+    /// someone else (`external`).
     child: Option<Child>,
+    /// HAProxy runs in its own container: never stopped by us.
+    external: bool,
     /// The master's process id.
     pid: u32,
     current: Option<PathBuf>,
@@ -59,6 +62,7 @@ impl Drop for Haproxy {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            None if self.external => {}
             None => {
                 // SAFETY: kill(2) with a pid read from the master's own `show proc`.
                 unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
@@ -176,6 +180,7 @@ impl Haproxy {
                 work_dir: work_dir.to_owned(),
                 binary: binary.to_owned(),
                 child: None,
+                external: false,
                 pid,
                 current: link_target(work_dir),
             };
@@ -188,6 +193,44 @@ impl Haproxy {
         }
         write_files(first, first_files)?;
         Ok((Haproxy::start(binary, work_dir, first, log)?, Started::Empty))
+    }
+
+    /// Wait for an HAProxy that someone else runs (its own container, sharing `work_dir`)
+    /// as `haproxy -W -db -S <work_dir>/master.sock -f <work_dir>/haproxy.cfg`. Unless a
+    /// configuration was applied here before, `first` (written from `first_files`) is made
+    /// current first, so that HAProxy has something to start on. `waiting` is called
+    /// every 10 s while nothing answers.
+    pub fn adopt_external(
+        binary: &str,
+        work_dir: &Path,
+        first: &Path,
+        first_files: &std::collections::BTreeMap<String, Vec<u8>>,
+        mut waiting: impl FnMut(Duration),
+    ) -> Result<Haproxy, ApplyError> {
+        if link_target(work_dir).is_none() {
+            write_files(first, first_files)?;
+            check(binary, &first.join("haproxy.cfg"))?;
+            switch(work_dir, first)?;
+        }
+        let started = Instant::now();
+        let mut next_note = Duration::from_secs(10);
+        loop {
+            if let Some(pid) = running_master(work_dir) {
+                return Ok(Haproxy {
+                    work_dir: work_dir.to_owned(),
+                    binary: binary.to_owned(),
+                    child: None,
+                    external: true,
+                    pid,
+                    current: link_target(work_dir),
+                });
+            }
+            if started.elapsed() >= next_note {
+                waiting(started.elapsed());
+                next_note += Duration::from_secs(10);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The directory of the configuration HAProxy runs.
@@ -230,6 +273,7 @@ impl Haproxy {
             binary: binary.to_owned(),
             pid: child.id(),
             child: Some(child),
+            external: false,
             current: Some(first.to_owned()),
         };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -25,6 +25,11 @@ struct Args {
     bind_address: std::net::IpAddr,
     #[arg(long, env = "PORTICO_INSTANCE")]
     instance: Option<String>,
+    /// HAProxy runs in its own container sharing --work-dir, started as
+    /// `haproxy -W -db -S <work-dir>/master.sock -f <work-dir>/haproxy.cfg`: wait for it
+    /// and reload it through the master socket; never start or stop it.
+    #[arg(long, env = "PORTICO_EXTERNAL_HAPROXY")]
+    external_haproxy: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         http_port: args.http_port,
         bind_address: args.bind_address,
         instance,
+        external_haproxy: args.external_haproxy,
     };
     serve("portico-renderer-haproxy", &args_admin, |shutdown| run(config, shutdown))
 }

@@ -25,6 +25,9 @@ pub struct ServiceConfig {
     pub bind_address: IpAddr,
     /// This renderer's name in `portico-applied`.
     pub instance: String,
+    /// HAProxy runs in another container sharing `work_dir`: wait for its master socket
+    /// instead of starting it, and never stop it.
+    pub external_haproxy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,13 +168,31 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?;
     let first = config.work_dir.join("gen-0");
     let empty = Renderer::options_for(&config, &first)?;
-    let (haproxy, started) = Haproxy::start_or_adopt(
-        &config.haproxy,
-        &config.work_dir,
-        &first,
-        &render(&Model::default(), &Trust::new(), &empty).files,
-        &config.work_dir.join("haproxy.log"),
-    )?;
+    let first_files = render(&Model::default(), &Trust::new(), &empty).files;
+    let (haproxy, started) = if config.external_haproxy {
+        let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
+        let haproxy = tokio::task::spawn_blocking(move || {
+            Haproxy::adopt_external(&binary, &work_dir, &first, &first_files, |waited| {
+                tracing::warn!(
+                    waited_s = waited.as_secs(),
+                    socket = %work_dir.join("master.sock").display(),
+                    "no HAProxy answers on the master socket yet (is the haproxy container running?)"
+                )
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))??;
+        let pid = haproxy.pid();
+        (haproxy, Started::Adopted { pid })
+    } else {
+        Haproxy::start_or_adopt(
+            &config.haproxy,
+            &config.work_dir,
+            &first,
+            &first_files,
+            &config.work_dir.join("haproxy.log"),
+        )?
+    };
     match &started {
         Started::Adopted { pid } => tracing::info!(pid, "took over the HAProxy left running in the work directory"),
         Started::LastApplied(dir) => {

@@ -46,6 +46,7 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
             http_port: port,
             bind_address: "127.0.0.1".parse().unwrap(),
             instance: "test".into(),
+            external_haproxy: false,
         },
         async move {
             let _ = stopped.await;
@@ -106,4 +107,67 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
 
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
+}
+
+/// HAProxy in its own container (here: a process the test starts) sharing the work
+/// directory: the renderer writes a first configuration, waits for the master socket,
+/// applies models by reload through it, and leaves HAProxy running when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_haproxy_is_configured_through_the_shared_directory_and_outlives_the_renderer() {
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let work_dir = work.path().canonicalize().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(
+        ServiceConfig {
+            bus: bus.clone(),
+            work_dir: work_dir.clone(),
+            haproxy: "haproxy".into(),
+            http_port: port,
+            bind_address: "127.0.0.1".parse().unwrap(),
+            instance: "test".into(),
+            external_haproxy: true,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // The "haproxy container": waits for the configuration, then runs HAProxy.
+    for _ in 0..100 {
+        if work_dir.join("haproxy.cfg").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-W", "-db", "-S"])
+        .arg(work_dir.join("master.sock"))
+        .arg("-f")
+        .arg(work_dir.join("haproxy.cfg"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy");
+
+    let client = connect(&bus).await.unwrap();
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
+    let (model, trust) =
+        pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port: port, client_cert: None });
+    for material in trust.values() {
+        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
+    }
+    publish(&buckets, 1, &model).await;
+    assert_eq!(applied(&buckets, 1).await.error, None);
+    let get = || tokio::task::spawn_blocking(move || http_get(port, "shop.example.com", "/legacy"));
+    assert_eq!(get().await.unwrap().unwrap(), (503, "route in error, see its status".to_owned()));
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert!(haproxy.try_wait().unwrap().is_none(), "the renderer leaves an external HAProxy running");
+    assert_eq!(get().await.unwrap().unwrap().0, 503, "and it keeps serving the last configuration");
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
 }
