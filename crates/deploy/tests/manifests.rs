@@ -1,0 +1,286 @@
+//! deploy/kubernetes and deploy/compose.yaml: every Kubernetes document parses into its
+//! typed struct and serializes back to the same JSON (a misspelled or misplaced field would
+//! be dropped and show up as a difference), the kustomization lists every file, RBAC gives
+//! only the watcher an API token and only it can read Secrets, every flag and environment
+//! variable handed to a Portico binary is one that binary accepts, and the Envoy bootstraps
+//! pass `envoy --mode validate`.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn kubernetes_dir() -> PathBuf {
+    repo().join("deploy/kubernetes")
+}
+
+/// Every document of every manifest file, as JSON, with its file.
+fn documents() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(kubernetes_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let yaml = serde_yaml::Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let value = serde_json::to_value(yaml).unwrap();
+            if !value.is_null() {
+                out.push((file.file_name().unwrap().to_string_lossy().into_owned(), value));
+            }
+        }
+    }
+    out
+}
+
+/// Numbers as floats: schemas keep `maximum: 65535` as 65535.0.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), numbers_as_floats(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Parse into `T` and back; the JSON must be unchanged.
+fn round_trip<T: DeserializeOwned + Serialize>(file: &str, value: &Value) -> T {
+    let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{file}: {e}\n{value:#}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(numbers_as_floats(&back), numbers_as_floats(value), "{file}: a field was dropped or changed when parsed as {}", std::any::type_name::<T>());
+    typed
+}
+
+fn pod_specs(documents: &[(String, Value)]) -> Vec<(String, String, PodSpec)> {
+    let mut out = Vec::new();
+    for (file, value) in documents {
+        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        match value["kind"].as_str() {
+            Some("Deployment") => {
+                let d: Deployment = serde_json::from_value(value.clone()).unwrap();
+                out.push((file.clone(), name, d.spec.unwrap().template.spec.unwrap()));
+            }
+            Some("StatefulSet") => {
+                let s: StatefulSet = serde_json::from_value(value.clone()).unwrap();
+                out.push((file.clone(), name, s.spec.unwrap().template.spec.unwrap()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_manifest_parses_into_its_kubernetes_type_without_losing_a_field() {
+    let documents = documents();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (file, value) in &documents {
+        let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind")).to_owned();
+        match kind.as_str() {
+            "Namespace" => drop(round_trip::<Namespace>(file, value)),
+            "ServiceAccount" => drop(round_trip::<ServiceAccount>(file, value)),
+            "ClusterRole" => drop(round_trip::<ClusterRole>(file, value)),
+            "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(file, value)),
+            "Role" => drop(round_trip::<Role>(file, value)),
+            "RoleBinding" => drop(round_trip::<RoleBinding>(file, value)),
+            "ConfigMap" => drop(round_trip::<ConfigMap>(file, value)),
+            "Service" => drop(round_trip::<Service>(file, value)),
+            "Deployment" => drop(round_trip::<Deployment>(file, value)),
+            "StatefulSet" => drop(round_trip::<StatefulSet>(file, value)),
+            "NetworkPolicy" => drop(round_trip::<NetworkPolicy>(file, value)),
+            "CustomResourceDefinition" => drop(round_trip::<CustomResourceDefinition>(file, value)),
+            other => panic!("{file}: kind {other} is not checked by this test"),
+        }
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert_eq!(kinds.get("CustomResourceDefinition"), Some(&3), "HTTPProxy, TLSCertificateDelegation, Voyager Ingress");
+    assert_eq!(kinds.get("Deployment"), Some(&6), "watcher, secrets, resolver, haproxy, renderer-envoy, envoy");
+    assert_eq!(kinds.get("StatefulSet"), Some(&1), "nats");
+
+    // The kustomization lists exactly the manifest files.
+    let kustomization: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubernetes_dir().join("kustomization.yaml")).unwrap()).unwrap();
+    let mut listed: Vec<String> =
+        kustomization["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    listed.sort();
+    let mut files: Vec<String> = documents.iter().map(|(f, _)| f.clone()).collect();
+    files.dedup();
+    assert_eq!(listed, files);
+}
+
+#[test]
+fn crds_match_the_groups_versions_and_names_portico_reads() {
+    let crds: Vec<CustomResourceDefinition> = documents()
+        .iter()
+        .filter(|(_, v)| v["kind"] == "CustomResourceDefinition")
+        .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+        .collect();
+    let names: Vec<(String, String, String, bool)> = crds
+        .iter()
+        .map(|c| {
+            let version = &c.spec.versions[0];
+            (
+                c.spec.group.clone(),
+                version.name.clone(),
+                c.spec.names.kind.clone(),
+                version.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("projectcontour.io".into(), "v1".into(), "HTTPProxy".into(), true),
+            ("projectcontour.io".into(), "v1".into(), "TLSCertificateDelegation".into(), false),
+            ("voyager.appscode.com".into(), "v1beta1".into(), "Ingress".into(), true),
+        ]
+    );
+}
+
+#[test]
+fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
+    let documents = documents();
+    for (file, value) in &documents {
+        if let Some(kind @ ("ClusterRoleBinding" | "RoleBinding")) = value["kind"].as_str() {
+            let subjects = value["subjects"].as_array().unwrap();
+            assert!(
+                subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == "portico-watcher"),
+                "{file}: a {kind} for someone other than the watcher: {subjects:?}"
+            );
+        }
+        if let Some("ClusterRole" | "Role") = value["kind"].as_str() {
+            for rule in value["rules"].as_array().unwrap() {
+                let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                assert!(!verbs.contains(&"*") && !verbs.contains(&"delete"), "{file}: {rule}");
+                if rule["resources"].as_array().unwrap().iter().any(|r| r == "secrets") {
+                    assert_eq!(verbs, ["list", "watch"], "{file}: Secrets are listed and watched, nothing more");
+                }
+            }
+        }
+    }
+    for (file, name, spec) in pod_specs(&documents) {
+        let account = spec.service_account_name.as_deref().unwrap_or("default");
+        let automount = spec.automount_service_account_token;
+        if name == "portico-watcher" {
+            assert_eq!(account, "portico-watcher", "{file}");
+        } else {
+            let token_free = automount == Some(false) || account == "portico-service";
+            assert!(token_free, "{file}: {name} must run without an API token");
+        }
+        for c in spec.containers {
+            let sc = c.security_context.unwrap_or_else(|| panic!("{file}: {} has no securityContext", c.name));
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{file}: {}", c.name);
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{file}: {}", c.name);
+            assert!(
+                c.resources.and_then(|r| r.limits).is_some_and(|l| l.contains_key("memory")),
+                "{file}: {} has a memory limit",
+                c.name
+            );
+        }
+    }
+    let accounts: Vec<Value> =
+        documents.iter().filter(|(_, v)| v["kind"] == "ServiceAccount").map(|(_, v)| v.clone()).collect();
+    let service = accounts.iter().find(|a| a["metadata"]["name"] == "portico-service").unwrap();
+    assert_eq!(service["automountServiceAccountToken"], false);
+}
+
+/// A Portico binary's `--help`, from the workspace's build.
+fn help(binary: &str) -> String {
+    let path = portico_deploy::up::sibling_bin_dir().join(binary);
+    let out = std::process::Command::new(&path)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo test --workspace --all-features builds it)", path.display()));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every `--flag` and PORTICO_* variable given to a Portico binary is one it accepts.
+fn check_invocation(place: &str, binary: &str, args: &[String], env: &[String]) {
+    let help = help(binary);
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{arg} ")) || help.contains(&format!("{arg}\n")),
+            "{place}: {binary} has no {arg}"
+        );
+    }
+    for name in env.iter().filter(|n| n.starts_with("PORTICO_")) {
+        assert!(help.contains(&format!("[env: {name}=")), "{place}: {binary} reads no {name}");
+    }
+}
+
+#[test]
+fn every_flag_and_variable_given_to_a_portico_binary_exists() {
+    let mut checked = 0;
+    for (file, name, spec) in pod_specs(&documents()) {
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let Container { command, args, env, .. } = c.clone();
+            let Some(binary) =
+                command.unwrap_or_default().first().and_then(|c| c.strip_prefix("/usr/local/bin/").map(str::to_owned))
+            else {
+                continue;
+            };
+            let env: Vec<String> = env.unwrap_or_default().into_iter().map(|e| e.name).collect();
+            check_invocation(&format!("{file} {name}/{}", c.name), &binary, &args.unwrap_or_default(), &env);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5, "the five services run from the portico image");
+
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/compose.yaml")).unwrap()).unwrap();
+    let mut services = 0;
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let command: Vec<String> = service["command"]
+            .as_sequence()
+            .map(|s| s.iter().map(|a| a.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        let Some(binary) = command.first().and_then(|c| c.strip_prefix("/usr/local/bin/")) else { continue };
+        let env: Vec<String> = service["environment"]
+            .as_mapping()
+            .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        check_invocation(&format!("compose {}", name.as_str().unwrap()), binary, &command[1..], &env);
+        services += 1;
+    }
+    assert_eq!(services, 5);
+}
+
+#[test]
+fn the_envoy_bootstraps_pass_envoys_own_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let configmap = documents()
+        .into_iter()
+        .find(|(_, v)| v["kind"] == "ConfigMap" && v["metadata"]["name"] == "envoy-bootstrap")
+        .expect("the envoy-bootstrap ConfigMap")
+        .1;
+    let kubernetes = dir.path().join("kubernetes.yaml");
+    std::fs::write(&kubernetes, configmap["data"]["bootstrap.yaml"].as_str().unwrap()).unwrap();
+    for bootstrap in [kubernetes, repo().join("deploy/compose/envoy-bootstrap.yaml")] {
+        let out = std::process::Command::new("envoy")
+            .args(["--mode", "validate", "--service-node", "test", "-c"])
+            .arg(&bootstrap)
+            .output()
+            .expect("envoy must be installed (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            bootstrap.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
