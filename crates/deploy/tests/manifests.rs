@@ -61,7 +61,12 @@ fn numbers_as_floats(value: &Value) -> Value {
 fn round_trip<T: DeserializeOwned + Serialize>(file: &str, value: &Value) -> T {
     let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{file}: {e}\n{value:#}"));
     let back = serde_json::to_value(&typed).unwrap();
-    assert_eq!(numbers_as_floats(&back), numbers_as_floats(value), "{file}: a field was dropped or changed when parsed as {}", std::any::type_name::<T>());
+    assert_eq!(
+        numbers_as_floats(&back),
+        numbers_as_floats(value),
+        "{file}: a field was dropped or changed when parsed as {}",
+        std::any::type_name::<T>()
+    );
     typed
 }
 

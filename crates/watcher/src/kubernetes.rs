@@ -302,16 +302,6 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
         };
         if seen_revision != Some(revision) {
             let changes = apply(&buckets, &mut s.state, desired).await?;
-            portico_bus::admin::counter(
-                "portico_watcher_changes_published_total",
-                "Objects put or deleted on the bus.",
-                changes as f64,
-            );
-            portico_bus::admin::gauge(
-                "portico_watcher_objects",
-                "Objects (Secrets included) the sources define.",
-                s.state.published.len() as f64,
-            );
             if changes > 0 {
                 tracing::info!(changes, "changes published");
             }

@@ -183,6 +183,16 @@ pub(crate) async fn apply(
         state.published.remove(&(bucket, key));
         changes += 1;
     }
+    portico_bus::admin::counter(
+        "portico_watcher_changes_published_total",
+        "Objects put or deleted on the bus.",
+        changes as f64,
+    );
+    portico_bus::admin::gauge(
+        "portico_watcher_objects",
+        "Objects (Secrets included) the sources define.",
+        state.published.len() as f64,
+    );
     Ok(changes)
 }
 
@@ -245,16 +255,6 @@ async fn session(
             continue;
         }
         let changes = apply(buckets, state, desired).await?;
-        portico_bus::admin::counter(
-            "portico_watcher_changes_published_total",
-            "Objects put or deleted on the bus.",
-            changes as f64,
-        );
-        portico_bus::admin::gauge(
-            "portico_watcher_objects",
-            "Objects (Secrets included) the sources define.",
-            state.published.len() as f64,
-        );
         if !state.synced {
             for kind in Kind::ALL {
                 put_marker(&buckets.objects, &names::sync_key(kind)).await?;
