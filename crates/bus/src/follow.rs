@@ -93,6 +93,7 @@ impl RendererInputs {
                     trace
                 }
                 Err(e) => {
+                    undecodable();
                     tracing::warn!(key = %entry.key, error = %e, "skipping trust material that cannot be opened");
                     return None;
                 }
@@ -168,6 +169,7 @@ impl RendererInputs {
                         Ok(None)
                     }
                     Err(e) => {
+                        undecodable();
                         tracing::warn!(error = %e, "skipping a model that cannot be opened");
                         Ok(None)
                     }
@@ -175,6 +177,15 @@ impl RendererInputs {
             }
         }
     }
+}
+
+/// Count an entry a renderer could not open (another schema version, garbage).
+fn undecodable() {
+    crate::admin::counter(
+        "portico_renderer_undecodable_total",
+        "Bus entries that could not be read (another schema version, garbage); skipped.",
+        1.0,
+    );
 }
 
 enum Entry {

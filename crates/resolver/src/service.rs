@@ -177,6 +177,16 @@ async fn current_published(buckets: &Buckets) -> Published {
     published
 }
 
+/// Log and count an entry that cannot be opened (another schema version, garbage).
+fn undecodable(key: &str, error: &portico_bus::OpenError) {
+    portico_bus::admin::counter(
+        "portico_resolver_undecodable_total",
+        "Bus entries that could not be read (another schema version, garbage); skipped.",
+        1.0,
+    );
+    tracing::warn!(key, error = %error, "skipping an entry that cannot be opened");
+}
+
 /// Run until `shutdown` completes. Each session (see `portico_bus::nats::supervise`) reads
 /// the objects and verdicts again and waits for their sync markers before publishing.
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
@@ -260,7 +270,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                                 tracing::warn!(error = %e, "ignored");
                             }
                         }
-                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping an entry that cannot be opened"); continue; }
+                        Err(e) => { undecodable(&entry.key, &e); continue; }
                     }
                 } else if let Some((kind, ns, name)) = names::parse_object_key(&entry.key) {
                     snapshot.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
@@ -281,7 +291,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 } else if entry.operation == async_nats::jetstream::kv::Operation::Put {
                     match open::<SecretVerdict>(&entry.value) {
                         Ok((verdict, t)) => { trace = t; snapshot.set_verdict(verdict); }
-                        Err(e) => { tracing::warn!(key = %entry.key, error = %e, "skipping an entry that cannot be opened"); continue; }
+                        Err(e) => { undecodable(&entry.key, &e); continue; }
                     }
                 } else if let Some((ns, name)) = entry.key.split_once('.') {
                     if let Ok(secret) = portico_model::SecretRef::new(ns, name) {
