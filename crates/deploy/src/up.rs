@@ -104,6 +104,23 @@ fn write_private(path: &Path, contents: &str) -> Result<(), UpError> {
     file.write_all(contents.as_bytes()).map_err(io(path))
 }
 
+/// A port that is free now on each of `addresses`, chosen at random below Linux's
+/// ephemeral range (32768 and up), so that no outgoing connection can take it between now
+/// and the moment its process binds it. Several stacks on one machine (parallel tests)
+/// rarely pick the same one, and the bind check catches most of those.
+pub fn pick_port(addresses: &[IpAddr]) -> std::io::Result<u16> {
+    use std::io::Read;
+    let mut random = [0u8; 256];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    for pair in random.chunks(2) {
+        let port = 20_000 + (u16::from_le_bytes([pair[0], pair[1]]) % 12_000);
+        if addresses.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port found in 20000-31999"))
+}
+
 /// The directory of the running executable, or of the package's binaries when it is a test
 /// (`target/<profile>/deps/<test>` → `target/<profile>`).
 pub fn sibling_bin_dir() -> PathBuf {
@@ -219,10 +236,7 @@ impl Stack {
 
     fn command(&mut self, part: Part) -> Result<Command, UpError> {
         if !matches!(part, Part::Nats | Part::Envoy) && !self.admin_ports.contains_key(&part) {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(io(Path::new("127.0.0.1:0")))?
-                .port();
+            let port = pick_port(&[IpAddr::from([127, 0, 0, 1])]).map_err(io(Path::new("127.0.0.1")))?;
             self.admin_ports.insert(part, port);
         }
         let admin = self.admin_ports.get(&part).map(|p| format!("127.0.0.1:{p}")).unwrap_or_default();

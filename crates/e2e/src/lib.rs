@@ -2,7 +2,6 @@
 //! and hyper) that answer with what they saw of the connection, the real proxies as child
 //! processes, and a minimal HTTP/1.1 client.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,9 +13,9 @@ use std::path::PathBuf;
 
 // ---------------------------------------------------------------- proxies and the client
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1, outside the ephemeral range (see `up::pick_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    portico_deploy::up::pick_port(&[IpAddr::from([127, 0, 0, 1])]).expect("a free port")
 }
 
 /// A proxy process, killed when dropped.
@@ -91,12 +90,7 @@ pub use portico_testkit::http_get as get;
 
 /// A free port on both 127.0.0.1 and 127.0.0.2 (HAProxy and Envoy share it).
 pub fn free_port_pair() -> u16 {
-    loop {
-        let port = free_port();
-        if TcpListener::bind(("127.0.0.2", port)).is_ok() {
-            return port;
-        }
-    }
+    portico_deploy::up::pick_port(&[IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])]).expect("a free port")
 }
 
 /// Which proxy.
