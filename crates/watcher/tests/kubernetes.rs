@@ -531,3 +531,106 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     tokio::time::timeout(Duration::from_secs(5), secrets).await.expect("stops").unwrap().unwrap();
     tokio::time::timeout(Duration::from_secs(5), resolver).await.expect("stops").unwrap().unwrap();
 }
+
+impl FakeApi {
+    /// Another replica holds the status writers' Lease: renew it now (a new resourceVersion).
+    fn renew_foreign_lease(&self, holder: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "portico-status-writer", "namespace": "portico", "resourceVersion": state.resource_version.to_string()},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 2}
+        });
+        state.leases.insert("portico/portico-status-writer".into(), lease);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() {
+    let nats = NatsServer::start();
+    let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
+    let api = FakeApi::start().await;
+    let mut web = service("web", 443);
+    web["metadata"]["annotations"] = json!({"projectcontour.io/upstream-protocol.tls": "443"});
+    api.put(SERVICES, web, false);
+    let mut shop = proxy("shop");
+    shop["spec"]["routes"][0]["services"][0]["validation"] = json!({"caSecret": "ca", "subjectName": "web.shop.svc"});
+    api.put(PROXIES, shop, false);
+    // Another replica holds the Lease and keeps renewing it while `other` is set.
+    api.renew_foreign_lease("watcher-b");
+    let other = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (api, other) = (api.clone(), other.clone());
+        tokio::spawn(async move {
+            loop {
+                if other.load(std::sync::atomic::Ordering::SeqCst) {
+                    api.renew_foreign_lease("watcher-b");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let config = KubeConfig {
+        bus: bus.clone(),
+        namespaces: Vec::new(),
+        holdoff: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        status: Some(portico_watcher::status::StatusConfig {
+            lease_namespace: "portico".into(),
+            lease_name: "portico-status-writer".into(),
+            identity: "watcher-a".into(),
+            lease_duration: Duration::from_secs(2),
+            max_per_second: 50,
+        }),
+    };
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
+        let _ = rx.recv().await;
+    };
+    let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
+    let secrets = tokio::spawn(portico_secrets::service::run(
+        portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
+        until_stopped(stop.subscribe()),
+    ));
+    let mut resolver_config = portico_resolver::service::ServiceConfig::new(
+        bus.clone(),
+        portico_resolver::Config { http_port: 8080, client_cert: None },
+        "resolver-test".into(),
+    );
+    resolver_config.holdoff = Duration::from_millis(20);
+    let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+
+    // While watcher-b renews, watcher-a writes nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(api.patches("shop/shop").is_empty(), "a standby wrote a status");
+
+    // watcher-b stops renewing: after the lease duration watcher-a takes over and writes.
+    other.store(false, std::sync::atomic::Ordering::SeqCst);
+    until("watcher-a to take over and write", || api.patches("shop/shop").len() == 1).await;
+    let lease = api.state.lock().unwrap().leases["portico/portico-status-writer"].clone();
+    assert_eq!(lease["spec"]["holderIdentity"], "watcher-a");
+
+    // watcher-b wins the lease back; once watcher-a has seen that, a status change is
+    // not written by it.
+    other.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (pem, _) = ca_pem();
+    let mut secret = secret("ca", "Opaque");
+    secret.as_object_mut().unwrap().remove("data");
+    secret["stringData"] = json!({"ca.crt": pem});
+    until("the Secret watch", || api.watching(SECRETS) > 0).await;
+    api.put(SECRETS, secret, true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(api.patches("shop/shop").len(), 1, "a writer that lost the lease wrote a status");
+
+    renewer.abort();
+    stop.send(()).unwrap();
+    for task in [watcher] {
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), secrets).await.expect("stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), resolver).await.expect("stops").unwrap().unwrap();
+}
