@@ -426,6 +426,52 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
 }
 
+/// The watcher's Kubernetes source (with status write-back), the secrets service and the
+/// resolver, in process on one bus.
+struct Pipeline {
+    stop: tokio::sync::broadcast::Sender<()>,
+    watcher: tokio::task::JoinHandle<Result<(), portico_watcher::service::ServiceError>>,
+    secrets: tokio::task::JoinHandle<Result<(), portico_secrets::service::ServiceError>>,
+    resolver: tokio::task::JoinHandle<Result<(), portico_resolver::service::ServiceError>>,
+}
+
+impl Pipeline {
+    fn start(bus: &ConnectConfig, client: kube::Client, status: portico_watcher::status::StatusConfig) -> Pipeline {
+        let config = KubeConfig {
+            bus: bus.clone(),
+            namespaces: Vec::new(),
+            holdoff: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            status: Some(status),
+        };
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
+            let _ = rx.recv().await;
+        };
+        let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
+        let secrets = tokio::spawn(portico_secrets::service::run(
+            portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
+            until_stopped(stop.subscribe()),
+        ));
+        let mut resolver_config = portico_resolver::service::ServiceConfig::new(
+            bus.clone(),
+            portico_resolver::Config { http_port: 8080, client_cert: None },
+            "resolver-test".into(),
+        );
+        resolver_config.holdoff = Duration::from_millis(20);
+        let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+        Pipeline { stop, watcher, secrets, resolver }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        let limit = Duration::from_secs(5);
+        tokio::time::timeout(limit, self.watcher).await.expect("stops").unwrap().unwrap();
+        tokio::time::timeout(limit, self.secrets).await.expect("stops").unwrap().unwrap();
+        tokio::time::timeout(limit, self.resolver).await.expect("stops").unwrap().unwrap();
+    }
+}
+
 fn ca_pem() -> (String, String) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
@@ -455,29 +501,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
         lease_duration: Duration::from_secs(3),
         max_per_second: 50,
     };
-    let config = KubeConfig {
-        bus: bus.clone(),
-        namespaces: Vec::new(),
-        holdoff: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        status: Some(status),
-    };
-    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-    let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
-        let _ = rx.recv().await;
-    };
-    let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
-    let secrets = tokio::spawn(portico_secrets::service::run(
-        portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
-        until_stopped(stop.subscribe()),
-    ));
-    let mut resolver_config = portico_resolver::service::ServiceConfig::new(
-        bus.clone(),
-        portico_resolver::Config { http_port: 8080, client_cert: None },
-        "resolver-test".into(),
-    );
-    resolver_config.holdoff = Duration::from_millis(20);
-    let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+    let pipeline = Pipeline::start(&bus, client, status);
 
     // The CA secret is missing: invalid, with the seed's message.
     let mut patches = Vec::new();
@@ -524,12 +548,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(api.patches("shop/shop").len(), 2, "an unchanged status is not written again");
 
-    stop.send(()).unwrap();
-    for task in [watcher] {
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(5), secrets).await.expect("stops").unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), resolver).await.expect("stops").unwrap().unwrap();
+    pipeline.stop().await;
 }
 
 impl FakeApi {
@@ -573,35 +592,14 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     };
 
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let config = KubeConfig {
-        bus: bus.clone(),
-        namespaces: Vec::new(),
-        holdoff: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        status: Some(portico_watcher::status::StatusConfig {
-            lease_namespace: "portico".into(),
-            lease_name: "portico-status-writer".into(),
-            identity: "watcher-a".into(),
-            lease_duration: Duration::from_secs(2),
-            max_per_second: 50,
-        }),
+    let status = portico_watcher::status::StatusConfig {
+        lease_namespace: "portico".into(),
+        lease_name: "portico-status-writer".into(),
+        identity: "watcher-a".into(),
+        lease_duration: Duration::from_secs(2),
+        max_per_second: 50,
     };
-    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-    let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
-        let _ = rx.recv().await;
-    };
-    let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
-    let secrets = tokio::spawn(portico_secrets::service::run(
-        portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
-        until_stopped(stop.subscribe()),
-    ));
-    let mut resolver_config = portico_resolver::service::ServiceConfig::new(
-        bus.clone(),
-        portico_resolver::Config { http_port: 8080, client_cert: None },
-        "resolver-test".into(),
-    );
-    resolver_config.holdoff = Duration::from_millis(20);
-    let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+    let pipeline = Pipeline::start(&bus, client, status);
 
     // While watcher-b renews, watcher-a writes nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -627,10 +625,5 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     assert_eq!(api.patches("shop/shop").len(), 1, "a writer that lost the lease wrote a status");
 
     renewer.abort();
-    stop.send(()).unwrap();
-    for task in [watcher] {
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(5), secrets).await.expect("stops").unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), resolver).await.expect("stops").unwrap().unwrap();
+    pipeline.stop().await;
 }
