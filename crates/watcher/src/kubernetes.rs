@@ -63,6 +63,16 @@ struct World {
     revision: u64,
 }
 
+impl World {
+    /// Drop what watcher `id` listed under this object's namespace and name.
+    fn forget(&mut self, id: usize, meta: &kube::api::ObjectMeta) {
+        let (ns, name) = (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+        self.objects.retain(|_, (o, owner)| {
+            !(*owner == id && o.meta().namespace.as_str() == ns && o.meta().name.as_str() == name)
+        });
+    }
+}
+
 fn streams(namespaces: &[String]) -> Vec<StreamId> {
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
@@ -163,21 +173,13 @@ async fn follow<K, F>(
                     }
                     None => {
                         // Unreadable now: whatever was published for it must go.
-                        let (ns, name) =
-                            (k.meta().namespace.clone().unwrap_or_default(), k.meta().name.clone().unwrap_or_default());
-                        w.objects.retain(|_, (o, owner)| {
-                            !(*owner == id && o.meta().namespace.as_str() == ns && o.meta().name.as_str() == name)
-                        });
+                        w.forget(id, k.meta());
                     }
                 }
                 w.revision += 1;
             }
             Event::Delete(k) => {
-                let (ns, name) =
-                    (k.meta().namespace.clone().unwrap_or_default(), k.meta().name.clone().unwrap_or_default());
-                w.objects.retain(|_, (o, owner)| {
-                    !(*owner == id && o.meta().namespace.as_str() == ns && o.meta().name.as_str() == name)
-                });
+                w.forget(id, k.meta());
                 w.revision += 1;
             }
         }

@@ -472,6 +472,17 @@ impl Pipeline {
     }
 }
 
+/// A TLS Service and an HTTPProxy validating it against the CA secret `shop/ca`, which
+/// does not exist yet.
+fn shop_with_missing_ca(api: &FakeApi) {
+    let mut web = service("web", 443);
+    web["metadata"]["annotations"] = json!({"projectcontour.io/upstream-protocol.tls": "443"});
+    api.put(SERVICES, web, false);
+    let mut shop = proxy("shop");
+    shop["spec"]["routes"][0]["services"][0]["validation"] = json!({"caSecret": "ca", "subjectName": "web.shop.svc"});
+    api.put(PROXIES, shop, false);
+}
+
 fn ca_pem() -> (String, String) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
@@ -486,12 +497,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     let nats = NatsServer::start();
     let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
     let api = FakeApi::start().await;
-    let mut web = service("web", 443);
-    web["metadata"]["annotations"] = json!({"projectcontour.io/upstream-protocol.tls": "443"});
-    api.put(SERVICES, web, false);
-    let mut shop = proxy("shop");
-    shop["spec"]["routes"][0]["services"][0]["validation"] = json!({"caSecret": "ca", "subjectName": "web.shop.svc"});
-    api.put(PROXIES, shop, false);
+    shop_with_missing_ca(&api);
 
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
     let status = portico_watcher::status::StatusConfig {
@@ -570,12 +576,7 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     let nats = NatsServer::start();
     let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
     let api = FakeApi::start().await;
-    let mut web = service("web", 443);
-    web["metadata"]["annotations"] = json!({"projectcontour.io/upstream-protocol.tls": "443"});
-    api.put(SERVICES, web, false);
-    let mut shop = proxy("shop");
-    shop["spec"]["routes"][0]["services"][0]["validation"] = json!({"caSecret": "ca", "subjectName": "web.shop.svc"});
-    api.put(PROXIES, shop, false);
+    shop_with_missing_ca(&api);
     // Another replica holds the Lease and keeps renewing it while `other` is set.
     api.renew_foreign_lease("watcher-b");
     let other = Arc::new(std::sync::atomic::AtomicBool::new(true));
