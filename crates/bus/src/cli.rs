@@ -1,4 +1,4 @@
-//! What every service binary shares: the NATS flags, logging, the runtime, and stopping on
+//! What every service binary shares: the NATS flags, logs and traces, the runtime, and stopping on
 //! SIGTERM or Ctrl-C. A `main.rs` flattens `NatsArgs` into its own flags and calls `serve`.
 
 use crate::nats::ConnectConfig;
@@ -54,13 +54,6 @@ pub fn instance_name(given: Option<String>) -> String {
     })
 }
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-}
-
 /// Completes on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -70,7 +63,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Run a service until it stops: exit 0 on a clean stop, 1 when it fails (logged).
+/// Run a service until it stops: exit 0 on a clean stop, 1 when it fails (logged). Sets
+/// up logs and traces first (`crate::telemetry`) and exports the last spans at the end.
 pub fn serve<F, E>(
     name: &str,
     admin: &AdminArgs,
@@ -81,17 +75,26 @@ where
     E: std::fmt::Display,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    if let Some(addr) = admin.admin_listen {
-        if let Err(e) = runtime.block_on(crate::admin::serve(addr)) {
-            tracing::error!(%addr, error = %e, "{name}: cannot serve the admin port");
-            return ExitCode::from(69);
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        crate::telemetry::init(name)
+    };
+    let code = (|| {
+        if let Some(addr) = admin.admin_listen {
+            if let Err(e) = runtime.block_on(crate::admin::serve(addr)) {
+                tracing::error!(%addr, error = %e, "{name}: cannot serve the admin port");
+                return ExitCode::from(69);
+            }
         }
-    }
-    match runtime.block_on(service(Box::pin(shutdown_signal()))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "{name} failed");
-            ExitCode::FAILURE
+        match runtime.block_on(service(Box::pin(shutdown_signal()))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "{name} failed");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })();
+    // The exporters need the runtime; the flush blocks, so not on an async worker.
+    let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || telemetry.shutdown()).await });
+    code
 }

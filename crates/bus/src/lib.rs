@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod follow;
 pub mod names;
 pub mod nats;
+pub mod telemetry;
 
 pub use envelope::{open, seal, OpenError, TraceContext, SCHEMA_VERSION};
 

@@ -54,6 +54,7 @@ impl UpArgs {
         let state_dir =
             std::path::absolute(&self.state_dir).map_err(|e| format!("{}: {e}", self.state_dir.display()))?;
         Ok(up::Options {
+            service_env: Vec::new(),
             state_dir,
             manifests: self.paths,
             http_port: self.http_port,

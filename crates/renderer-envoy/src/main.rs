@@ -2,7 +2,7 @@
 //! until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, serve, AdminArgs, NatsArgs};
+use portico_bus::cli::{serve, AdminArgs, NatsArgs};
 use portico_renderer_envoy::service::{run, ServiceConfig};
 use std::process::ExitCode;
 
@@ -24,7 +24,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logs();
     let args = Args::parse();
     let args_admin = args.admin.clone();
     let config = ServiceConfig {

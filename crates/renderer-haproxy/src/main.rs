@@ -2,7 +2,7 @@
 //! the newest model from the bus until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
+use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_renderer_haproxy::service::{run, ServiceConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +33,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logs();
     let args = Args::parse();
     let args_admin = args.admin.clone();
     let instance = instance_name(args.instance);

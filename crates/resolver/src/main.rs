@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
+use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_resolver::service::{run, ServiceConfig};
 use portico_resolver::Config;
 use std::process::ExitCode;
@@ -41,7 +41,6 @@ fn parse_secret(value: &str) -> Result<portico_model::SecretRef, String> {
 }
 
 fn main() -> ExitCode {
-    init_logs();
     let args = Args::parse();
     let args_admin = args.admin.clone();
     let instance = instance_name(args.instance);

@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, serve, AdminArgs, NatsArgs};
+use portico_bus::cli::{serve, AdminArgs, NatsArgs};
 use portico_secrets::service::{run, ServiceConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +21,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logs();
     let args = Args::parse();
     let args_admin = args.admin.clone();
     let config = ServiceConfig {

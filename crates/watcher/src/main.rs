@@ -3,7 +3,7 @@
 //! when the service fails, 64 for a bad command line.
 
 use clap::Parser;
-use portico_bus::cli::{init_logs, instance_name, serve, AdminArgs, NatsArgs};
+use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_watcher::kubernetes::KubeConfig;
 use portico_watcher::service::{run, ServiceConfig, ServiceError};
 use portico_watcher::status::StatusConfig;
@@ -49,7 +49,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    init_logs();
     let args = Args::parse();
     let args_admin = args.admin.clone();
     let bus = args.nats.connect_config("portico-watcher");
