@@ -54,7 +54,6 @@ impl UpArgs {
         let state_dir =
             std::path::absolute(&self.state_dir).map_err(|e| format!("{}: {e}", self.state_dir.display()))?;
         Ok(up::Options {
-            service_env: Vec::new(),
             state_dir,
             manifests: self.paths,
             http_port: self.http_port,
@@ -66,6 +65,7 @@ impl UpArgs {
             bin_dir: self.bin_dir.unwrap_or_else(up::sibling_bin_dir),
             client_cert: self.client_cert,
             poll: std::time::Duration::from_millis(250),
+            service_env: Vec::new(),
         })
     }
 }

@@ -37,6 +37,9 @@ pub struct Options {
     pub client_cert: Option<portico_model::SecretRef>,
     /// The watcher's polling interval.
     pub poll: Duration,
+    /// Extra environment for the service binaries (they inherit this process's, too):
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and friends, say.
+    pub service_env: Vec<(String, String)>,
 }
 
 /// The parts of a local stack, in start order.
@@ -248,7 +251,8 @@ impl Stack {
                 .env("PORTICO_NATS_USER", user.name())
                 .env("PORTICO_NATS_PASSWORD", &self.passwords[&user])
                 .env("PORTICO_ADMIN_LISTEN", &admin)
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+                .envs(o.service_env.iter().map(|(k, v)| (k, v)));
             Ok(command)
         };
         let http_port = o.http_port.to_string();

@@ -114,6 +114,11 @@ impl LocalStack {
     /// Start it with the demo's manifests plus `extra` files, and wait until both proxies
     /// applied the first model.
     pub fn start(extra: &[(&str, &str)]) -> LocalStack {
+        LocalStack::start_with_env(extra, &[])
+    }
+
+    /// `start`, with extra environment for the service binaries.
+    pub fn start_with_env(extra: &[(&str, &str)], service_env: &[(&str, &str)]) -> LocalStack {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let demo = portico_deploy::demo::start();
         let manifests = dir.path().join("manifests");
@@ -134,6 +139,7 @@ impl LocalStack {
             bin_dir: portico_deploy::up::sibling_bin_dir(),
             client_cert: None,
             poll: Duration::from_millis(50),
+            service_env: service_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         let stack = Stack::start(options).unwrap_or_else(|e| panic!("the stack did not start: {e}"));
         let local = LocalStack { stack, demo, dir };

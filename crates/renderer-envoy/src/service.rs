@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -65,7 +66,12 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
         if reported.get(&ack.node) == Some(&(version.clone(), error.clone())) {
             continue;
         }
-        let Some((generation, hash)) = hashes.borrow().get(&version).cloned() else { continue };
+        let Some((generation, hash, served)) = hashes.borrow().get(&version).cloned() else { continue };
+        // Envoy's answer is the last step of the change's trace.
+        let span = tracing::info_span!(parent: None, "envoy.ack", node = %ack.node, generation, nack = error.is_some());
+        portico_bus::telemetry::continue_trace(&span, &served);
+        let trace = portico_bus::telemetry::outgoing(&span, &served);
+        let _entered = span.enter();
         if let Some(e) = &error {
             portico_bus::admin::counter("portico_renderer_envoy_nacks_total", "Configurations an Envoy rejected.", 1.0);
             tracing::warn!(node = %ack.node, generation, error = %e, "NACK");
@@ -81,13 +87,15 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
             took_ms: 0,
         };
         let key = format!("envoy.{}", ack.node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
-        let _ = buckets.applied.put(&key, seal(&record, &TraceContext::default()).into()).await;
+        drop(_entered); // not across the await: the task may move between threads
+        let _ = buckets.applied.put(&key, seal(&record, &trace).into()).instrument(span).await;
         reported.insert(ack.node, (version, error));
     }
 }
 
-/// Snapshot version → (generation, model hash), for the applied records.
-type Versions = BTreeMap<String, (u64, String)>;
+/// Snapshot version → (generation, model hash, trace of the serving), for the applied
+/// records.
+type Versions = BTreeMap<String, (u64, String, TraceContext)>;
 
 /// What outlives a session: the channels to the ADS server and the snapshot counter.
 struct Serving {
@@ -158,9 +166,10 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
     let buckets = &buckets;
     let mut inputs = RendererInputs::new(buckets).await?;
     let mut wait: Option<std::time::Duration> = None;
+    let mut trace = TraceContext::default();
     loop {
         tokio::select! {
-            change = inputs.next(buckets) => { change?; }
+            change = inputs.next(buckets) => trace = change?,
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
         wait = None;
@@ -187,8 +196,13 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         }
         serving.served += 1;
         let version = format!("{}.{}", record.generation, serving.served);
+        let span = tracing::info_span!(parent: None, "envoy.serve", generation = record.generation, version = %version);
+        portico_bus::telemetry::continue_trace(&span, &trace);
+        let _entered = span.enter();
+        // The ACKs of this version continue this span's trace (see `report`).
+        let served_trace = portico_bus::telemetry::outgoing(&span, &trace);
         serving.versions.send_modify(|m| {
-            m.insert(version.clone(), (record.generation, record.hash.clone()));
+            m.insert(version.clone(), (record.generation, record.hash.clone(), served_trace));
         });
         serving.generation = Some(record.generation);
         portico_bus::admin::set_ready(true);

@@ -302,10 +302,10 @@ impl Haproxy {
     /// Make `dir` (a rendered generation) current: check it, switch, reload, confirm; on
     /// any failure the previous configuration stays current.
     pub fn apply(&mut self, dir: &Path) -> Result<(), ApplyError> {
-        check(&self.binary, &dir.join("haproxy.cfg"))?;
+        tracing::info_span!("haproxy.check").in_scope(|| check(&self.binary, &dir.join("haproxy.cfg")))?;
         let (reloads, failed) = self.reload_counters()?;
         switch(&self.work_dir, dir)?;
-        let result = self.reload_and_confirm(reloads, failed);
+        let result = tracing::info_span!("haproxy.reload").in_scope(|| self.reload_and_confirm(reloads, failed));
         if result.is_err() {
             if let Some(previous) = &self.current {
                 let _ = switch(&self.work_dir, previous);

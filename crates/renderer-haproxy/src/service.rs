@@ -5,7 +5,7 @@
 //! `portico-applied/haproxy.<instance>`.
 
 use crate::apply::{write_files, ApplyError, Haproxy, Started};
-use crate::{render, Options, Trust};
+use crate::{render, Options, Rendered, Trust};
 use portico_bus::follow::{hold_back, RendererInputs};
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext};
@@ -13,6 +13,7 @@ use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -93,10 +94,34 @@ impl Renderer {
             );
             return Ok(Some(wait));
         }
+        let span = tracing::info_span!(
+            parent: None,
+            "haproxy.apply",
+            generation = record.generation,
+            render_ms = started.elapsed().as_millis() as u64
+        );
+        portico_bus::telemetry::continue_trace(&span, trace);
+        let trace = portico_bus::telemetry::outgoing(&span, trace);
+        self.apply_rendered(record, rendered, cfg, &dir, started, buckets, &trace).instrument(span).await?;
+        Ok(None)
+    }
+
+    /// Check, switch and reload to `dir`, and report the attempt in the applied bucket.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_rendered(
+        &mut self,
+        record: &ModelRecord,
+        rendered: Rendered,
+        cfg: Vec<u8>,
+        dir: &std::path::Path,
+        started: std::time::Instant,
+        buckets: &Buckets,
+        trace: &TraceContext,
+    ) -> Result<(), ServiceError> {
         let (generation, hash) = (record.generation, record.hash.clone());
-        let result = match write_files(&dir, &rendered.files) {
+        let result = match write_files(dir, &rendered.files) {
             // The check and the reload confirmation block; keep them off the async workers.
-            Ok(()) => tokio::task::block_in_place(|| self.haproxy.apply(&dir)),
+            Ok(()) => tokio::task::block_in_place(|| self.haproxy.apply(dir)),
             Err(e) => Err(e),
         };
         let error = match &result {
@@ -118,7 +143,7 @@ impl Renderer {
                     "How long the last apply took (render, check, reload, confirmation).",
                     started.elapsed().as_secs_f64(),
                 );
-                self.haproxy.prune(&dir);
+                self.haproxy.prune(dir);
                 tracing::info!(
                     generation,
                     model_hash = &hash[..12.min(hash.len())],
@@ -134,7 +159,7 @@ impl Renderer {
                     "Configurations refused or not confirmed (HAProxy kept the previous one).",
                     1.0,
                 );
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(dir);
                 tracing::warn!(generation, error = %e, "not applied; HAProxy keeps its previous configuration");
                 Some(e.to_string())
             }
@@ -154,7 +179,7 @@ impl Renderer {
             key,
             reason: e.to_string(),
         })?;
-        Ok(None)
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -164,6 +165,46 @@ async fn publish(
     Ok(())
 }
 
+/// Changes waiting for the debounce, and the traces they came with.
+struct Pending {
+    first: Instant,
+    last: Instant,
+    /// The traces of the changes, oldest first, at most `Pending::MAX_TRACES`.
+    traces: Vec<TraceContext>,
+}
+
+impl Pending {
+    /// A rebuild continues the trace of its first change and links the others, up to this.
+    const MAX_TRACES: usize = 32;
+
+    fn add(pending: &mut Option<Pending>, trace: TraceContext) {
+        let now = Instant::now();
+        let p = pending.get_or_insert_with(|| Pending { first: now, last: now, traces: Vec::new() });
+        p.last = now;
+        if trace.traceparent.is_some() && p.traces.len() < Self::MAX_TRACES {
+            p.traces.push(trace);
+        }
+    }
+
+    /// The span of the rebuild these changes lead to: a child of the first change's trace,
+    /// linked to the others' (a start-up rebuild links the first `MAX_TRACES` objects).
+    fn span(&self, next_generation: u64) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "resolver.rebuild",
+            changes_traced = self.traces.len(),
+            candidate_generation = next_generation
+        );
+        if let Some((first, others)) = self.traces.split_first() {
+            portico_bus::telemetry::continue_trace(&span, first);
+            for other in others {
+                portico_bus::telemetry::link(&span, other);
+            }
+        }
+        span
+    }
+}
+
 /// The generation and hash on the bus, so that a new holder continues the sequence (and
 /// republishes every status, whose cache it does not have).
 async fn current_published(buckets: &Buckets) -> Published {
@@ -221,11 +262,11 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
     }
     lease_step(buckets, config, &mut lease).await;
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
-    // Debounce: (first unpublished change, last change, trace of the last change).
-    let mut pending: Option<(Instant, Instant, TraceContext)> = None;
+    // Debounce: the changes not yet published.
+    let mut pending: Option<Pending> = None;
     let mut was_active = false;
     loop {
-        let deadline = pending.as_ref().map(|(first, last, _)| (*last + config.holdoff).min(*first + config.max_delay));
+        let deadline = pending.as_ref().map(|p| (p.last + config.holdoff).min(p.first + config.max_delay));
         tokio::select! {
             _ = renew.tick() => {
                 lease_step(buckets, config, &mut lease).await;
@@ -233,7 +274,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                     // Newly active: continue from what is on the bus now, and publish what we
                     // know (the previous holder may have missed changes).
                     published = current_published(buckets).await;
-                    pending.get_or_insert((Instant::now(), Instant::now(), TraceContext::default()));
+                    Pending::add(&mut pending, TraceContext::default());
                 }
                 was_active = lease.held;
             }
@@ -242,8 +283,10 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 portico_bus::admin::set_ready(ready);
                 portico_bus::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
                 if ready && lease.held {
-                    let (_, _, trace) = pending.take().expect("a deadline means a pending change");
-                    publish(buckets, &snapshot, &config.resolver, &mut published, &trace).await?;
+                    let changes = pending.take().expect("a deadline means a pending change");
+                    let span = changes.span(published.generation + 1);
+                    let trace = portico_bus::telemetry::outgoing(&span, &changes.traces.first().cloned().unwrap_or_default());
+                    publish(buckets, &snapshot, &config.resolver, &mut published, &trace).instrument(span).await?;
                 } else {
                     pending = None; // published when the sync completes or the lease is won
                     if ready {
@@ -275,9 +318,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 } else if let Some((kind, ns, name)) = names::parse_object_key(&entry.key) {
                     snapshot.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
                 }
-                let now = Instant::now();
-                let first = pending.as_ref().map(|p| p.0).unwrap_or(now);
-                pending = Some((first, now, trace));
+                Pending::add(&mut pending, trace);
             }
             entry = verdicts.next() => {
                 let entry = match entry {
@@ -298,9 +339,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         snapshot.remove_verdict(&secret);
                     }
                 }
-                let now = Instant::now();
-                let first = pending.as_ref().map(|p| p.0).unwrap_or(now);
-                pending = Some((first, now, trace));
+                Pending::add(&mut pending, trace);
             }
         }
     }

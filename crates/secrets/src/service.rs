@@ -8,10 +8,11 @@ use crate::validate_secret;
 use futures_util::StreamExt;
 use portico_bus::nats::{watch_current_and_new, Buckets, BusError, ConnectConfig};
 use portico_bus::{names, open, seal, TraceContext};
-use portico_model::Secret;
+use portico_model::{Secret, SecretVerdict, TrustMaterial};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Plain, documented configuration; the binary fills it from flags and environment.
 #[derive(Clone, Debug)]
@@ -33,7 +34,7 @@ pub enum ServiceError {
 /// What the loop knows: the latest Secret per key, and what it last published.
 #[derive(Default)]
 struct State {
-    secrets: BTreeMap<String, (Secret, TraceContext)>,
+    secrets: BTreeMap<String, Secret>,
     published: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     /// Entries that could not be opened (another schema version, garbage); never fatal.
     pub undecodable: u64,
@@ -43,15 +44,30 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// Validate and publish one Secret, unless the result is what was published last.
-async fn publish(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), BusError> {
-    let Some((secret, trace)) = state.secrets.get(key) else { return Ok(()) };
+/// Validate and publish one Secret, unless the result is what was published last. The
+/// span continues `cause`, the trace of the change that brought the Secret (none when the
+/// periodic revalidation found that time alone changed the verdict).
+async fn publish(buckets: &Buckets, state: &mut State, key: &str, cause: &TraceContext) -> Result<(), BusError> {
+    let Some(secret) = state.secrets.get(key) else { return Ok(()) };
     let (verdict, material) = validate_secret(secret, now());
     // Compare the payloads without the trace, so a new trace alone does not republish.
     let fingerprint = (portico_bus::codec::encode(&verdict), portico_bus::codec::encode(&material));
     if state.published.get(key) == Some(&fingerprint) {
         return Ok(());
     }
+    let span = tracing::info_span!(parent: None, "secrets.verdict", secret = %key);
+    portico_bus::telemetry::continue_trace(&span, cause);
+    let trace = portico_bus::telemetry::outgoing(&span, cause);
+    put_verdict(buckets, state, key, (verdict, material, fingerprint), &trace).instrument(span).await
+}
+
+async fn put_verdict(
+    buckets: &Buckets,
+    state: &mut State,
+    key: &str,
+    (verdict, material, fingerprint): (SecretVerdict, TrustMaterial, (Vec<u8>, Vec<u8>)),
+    trace: &TraceContext,
+) -> Result<(), BusError> {
     let failed = |bucket: &str, e: String| BusError::StoreFailed {
         operation: "putting",
         bucket: bucket.to_owned(),
@@ -143,7 +159,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
             _ = tick.tick() => {
                 let keys: Vec<String> = state.secrets.keys().cloned().collect();
                 for key in keys {
-                    publish(buckets, &mut state, &key).await?;
+                    publish(buckets, &mut state, &key, &TraceContext::default()).await?;
                 }
             }
             entry = watch.next() => {
@@ -165,8 +181,8 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         Ok((secret, trace)) => {
                             let key = names::secret_key(&secret.meta.namespace, &secret.meta.name);
                             if key == entry.key {
-                                state.secrets.insert(key.clone(), (secret, trace));
-                                publish(buckets, &mut state, &key).await?;
+                                state.secrets.insert(key.clone(), secret);
+                                publish(buckets, &mut state, &key, &trace).await?;
                             } else {
                                 state.undecodable += 1;
                                 portico_bus::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -151,19 +152,23 @@ pub(crate) async fn apply(
             Bucket::Objects => &buckets.objects,
             Bucket::Secrets => &buckets.secrets,
         };
-        let trace = new_trace(&encoded);
+        // A change starts a trace: every service that handles it continues this span.
+        let span = tracing::info_span!(parent: None, "watcher.publish", object = %object.object_ref());
+        let trace = portico_bus::telemetry::outgoing(&span, &new_trace(&encoded));
         // The secrets bucket holds bare Secrets; the objects bucket holds `Object`s.
         let value = match object {
             Object::Secret(secret) => seal(secret, &trace),
             other => seal(other, &trace),
         };
-        store.put(key, value.into()).await.map_err(|e| BusError::StoreFailed {
+        store.put(key, value.into()).instrument(span.clone()).await.map_err(|e| BusError::StoreFailed {
             operation: "putting",
             bucket: store.name.clone(),
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        tracing::info!(object = %object.object_ref(), trace_id = trace.trace_id().unwrap_or("-"), "published");
+        span.in_scope(
+            || tracing::info!(object = %object.object_ref(), trace_id = trace.trace_id().unwrap_or("-"), "published"),
+        );
         state.published.insert((*bucket, key.clone()), encoded);
         changes += 1;
     }
@@ -173,13 +178,16 @@ pub(crate) async fn apply(
             Bucket::Objects => &buckets.objects,
             Bucket::Secrets => &buckets.secrets,
         };
-        store.delete(&key).await.map_err(|e| BusError::StoreFailed {
+        // A KV delete carries no envelope, so the trace of a delete ends here; the resolver
+        // starts its own for the rebuild that follows.
+        let span = tracing::info_span!(parent: None, "watcher.delete", key = %key);
+        store.delete(&key).instrument(span.clone()).await.map_err(|e| BusError::StoreFailed {
             operation: "deleting",
             bucket: store.name.clone(),
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        tracing::info!(key, "deleted");
+        span.in_scope(|| tracing::info!(key, "deleted"));
         state.published.remove(&(bucket, key));
         changes += 1;
     }
