@@ -109,13 +109,14 @@ impl RendererInputs {
     /// Wait for the next change that matters (a newer model, or trust material added,
     /// replaced or removed) and apply it, together with every change that follows within
     /// `COALESCE_QUIET` of the last one (for at most `COALESCE_MAX`): 1,000 CA secrets
-    /// arriving one by one become a few renderings, not 1,000. Returns the trace of the
-    /// last change. Entries that cannot be opened are logged and skipped.
-    pub async fn next(&mut self, buckets: &Buckets) -> Result<TraceContext, BusError> {
-        let mut trace = loop {
+    /// arriving one by one become a few renderings, not 1,000. Returns the traces of the
+    /// changes, oldest first, at most `MAX_CAUSES` (see `telemetry::follow`). Entries that
+    /// cannot be opened are logged and skipped.
+    pub async fn next(&mut self, buckets: &Buckets) -> Result<Vec<TraceContext>, BusError> {
+        let mut traces = loop {
             let entry = self.next_entry().await?;
             if let Some(trace) = self.apply(entry, buckets).await? {
-                break trace;
+                break vec![trace];
             }
         };
         let started = std::time::Instant::now();
@@ -124,10 +125,13 @@ impl RendererInputs {
             // (which may fetch a model from the object store) always completes.
             let Ok(entry) = tokio::time::timeout(COALESCE_QUIET, self.next_entry()).await else { break };
             if let Some(t) = self.apply(entry?, buckets).await? {
-                trace = t;
+                if traces.len() < MAX_CAUSES && t.traceparent.is_some() {
+                    traces.push(t);
+                }
             }
         }
-        Ok(trace)
+        traces.retain(|t| t.traceparent.is_some());
+        Ok(traces)
     }
 
     async fn next_entry(&mut self) -> Result<Entry, BusError> {
@@ -192,6 +196,10 @@ enum Entry {
     Model(async_nats::jetstream::kv::Entry),
     Trust(async_nats::jetstream::kv::Entry),
 }
+
+/// The most traces one rendering links to (1,000 secrets folded into one rendering link
+/// the first 32).
+pub const MAX_CAUSES: usize = 32;
 
 /// How long a renderer waits for more changes after one, and at most in all.
 pub const COALESCE_QUIET: std::time::Duration = std::time::Duration::from_millis(20);

@@ -175,7 +175,8 @@ impl TraceContext {
     }
 }
 
-/// Make `span` a child of the trace `parent` carries (a no-op for an empty context).
+/// Make `span` a child of the trace `parent` carries (a no-op for an empty context). Call
+/// it before the span is first entered: the parent of a started span cannot change.
 pub fn continue_trace(span: &tracing::Span, parent: &TraceContext) {
     if let Some(remote) = parent.span_context() {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
@@ -187,6 +188,17 @@ pub fn link(span: &tracing::Span, other: &TraceContext) {
     if let Some(remote) = other.span_context() {
         span.add_link(remote);
     }
+}
+
+/// For a unit of work that folds several changes (`causes`, oldest first): `span` becomes
+/// the child of the first and links the others. Returns the context to publish from it.
+pub fn follow(span: &tracing::Span, causes: &[TraceContext]) -> TraceContext {
+    let Some((first, others)) = causes.split_first() else { return outgoing(span, &TraceContext::default()) };
+    continue_trace(span, first);
+    for other in others {
+        link(span, other);
+    }
+    outgoing(span, first)
 }
 
 /// The trace context to publish from `span`: its own when it is recorded, else `fallback`

@@ -73,6 +73,11 @@ fn spans_are_exported_over_otlp_http_when_the_standard_variables_say_so() {
         let _child = span.in_scope(|| tracing::info_span!(target: "portico_example::service", "example.step"));
         telemetry::outgoing(&span, &TraceContext::default())
     };
+    // A unit that folds two changes: the child of the first, linked to the second.
+    let second = TraceContext::new("00-11111111111111111111111111111111-2222222222222222-01", None);
+    let folded = tracing::info_span!(target: "portico_example::service", "example.folded");
+    telemetry::follow(&folded, &[carried.clone(), second]);
+    drop(folded);
     drop(tracing::info_span!(target: "hyper::client", "not.ours"));
     runtime.block_on(async move { tokio::task::spawn_blocking(move || telemetry.shutdown()).await }).unwrap();
 
@@ -95,12 +100,16 @@ fn spans_are_exported_over_otlp_http_when_the_standard_variables_say_so() {
     assert_eq!(attribute("deployment.environment"), ["test"], "OTEL_RESOURCE_ATTRIBUTES");
     let spans: Vec<_> = resources.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names.len(), 2, "our two spans and not the other crate's: {names:?}");
+    assert_eq!(names.len(), 3, "our three spans and not the other crate's: {names:?}");
     let unit = spans.iter().find(|s| s.name == "example.unit").expect("the unit's span");
     let step = spans.iter().find(|s| s.name == "example.step").expect("the step's span");
     assert_eq!(hex(&unit.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736", "the carried trace");
     assert_eq!(hex(&unit.parent_span_id), "00f067aa0ba902b7", "the carried span is the parent");
     assert_eq!(step.parent_span_id, unit.span_id, "a step is the unit's child");
+    let folded = spans.iter().find(|s| s.name == "example.folded").expect("the folding unit's span");
+    assert_eq!(hex(&folded.parent_span_id), "00f067aa0ba902b7", "the first change is the parent");
+    let links: Vec<(String, String)> = folded.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect();
+    assert_eq!(links, [("11111111111111111111111111111111".to_owned(), "2222222222222222".to_owned())]);
     assert_eq!(
         passed_on.traceparent.as_deref(),
         Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", hex(&unit.span_id)).as_str()),

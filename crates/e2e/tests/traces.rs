@@ -81,7 +81,23 @@ fn unix_nanos() -> u64 {
 }
 
 fn describe(spans: &[Received]) -> String {
-    spans.iter().map(|s| format!("  {} {} {:?}\n", s.service, s.name, s.attributes)).collect()
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    spans
+        .iter()
+        .map(|s| {
+            let attributes: Vec<_> =
+                s.attributes.iter().filter(|(k, _)| !k.starts_with("code.") && k != "target").collect();
+            format!(
+                "  trace {} span {} parent {:16} {} {} {:?}\n",
+                hex(&s.trace_id),
+                hex(&s.span_id),
+                hex(&s.parent_span_id),
+                s.service,
+                s.name,
+                attributes
+            )
+        })
+        .collect()
 }
 
 #[test]

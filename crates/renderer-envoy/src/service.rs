@@ -166,10 +166,10 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
     let buckets = &buckets;
     let mut inputs = RendererInputs::new(buckets).await?;
     let mut wait: Option<std::time::Duration> = None;
-    let mut trace = TraceContext::default();
+    let mut causes = Vec::new();
     loop {
         tokio::select! {
-            change = inputs.next(buckets) => trace = change?,
+            change = inputs.next(buckets) => causes = change?,
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
         wait = None;
@@ -197,10 +197,10 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         serving.served += 1;
         let version = format!("{}.{}", record.generation, serving.served);
         let span = tracing::info_span!(parent: None, "envoy.serve", generation = record.generation, version = %version);
-        portico_bus::telemetry::continue_trace(&span, &trace);
+        // The ACKs of this version continue this span's trace (see `report`). The parent is
+        // set before the span is entered: it cannot change once the span has started.
+        let served_trace = portico_bus::telemetry::follow(&span, &causes);
         let _entered = span.enter();
-        // The ACKs of this version continue this span's trace (see `report`).
-        let served_trace = portico_bus::telemetry::outgoing(&span, &trace);
         serving.versions.send_modify(|m| {
             m.insert(version.clone(), (record.generation, record.hash.clone(), served_trace));
         });

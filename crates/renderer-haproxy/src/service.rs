@@ -63,7 +63,7 @@ impl Renderer {
         trust: &Trust,
         opened: std::time::Instant,
         buckets: &Buckets,
-        trace: &TraceContext,
+        causes: &[TraceContext],
     ) -> Result<Option<std::time::Duration>, ServiceError> {
         let Some(record) = model else { return Ok(None) };
         if let Some((generation, _)) = &self.applied {
@@ -100,8 +100,7 @@ impl Renderer {
             generation = record.generation,
             render_ms = started.elapsed().as_millis() as u64
         );
-        portico_bus::telemetry::continue_trace(&span, trace);
-        let trace = portico_bus::telemetry::outgoing(&span, trace);
+        let trace = portico_bus::telemetry::follow(&span, causes);
         self.apply_rendered(record, rendered, cfg, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
@@ -247,14 +246,14 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
 async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
     let buckets = &buckets;
     let mut inputs = RendererInputs::new(buckets).await?;
-    let mut trace = TraceContext::default();
+    let mut causes = Vec::new();
     let mut wait: Option<std::time::Duration> = None;
     loop {
         tokio::select! {
-            change = inputs.next(buckets) => trace = change?,
+            change = inputs.next(buckets) => causes = change?,
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
-        wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &trace).await?;
+        wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
     }
 }
 

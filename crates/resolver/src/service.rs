@@ -169,39 +169,19 @@ async fn publish(
 struct Pending {
     first: Instant,
     last: Instant,
-    /// The traces of the changes, oldest first, at most `Pending::MAX_TRACES`.
+    /// The traces of the changes, oldest first, at most `follow::MAX_CAUSES`: the rebuild
+    /// continues the first and links the others (`telemetry::follow`).
     traces: Vec<TraceContext>,
 }
 
 impl Pending {
-    /// A rebuild continues the trace of its first change and links the others, up to this.
-    const MAX_TRACES: usize = 32;
-
     fn add(pending: &mut Option<Pending>, trace: TraceContext) {
         let now = Instant::now();
         let p = pending.get_or_insert_with(|| Pending { first: now, last: now, traces: Vec::new() });
         p.last = now;
-        if trace.traceparent.is_some() && p.traces.len() < Self::MAX_TRACES {
+        if trace.traceparent.is_some() && p.traces.len() < portico_bus::follow::MAX_CAUSES {
             p.traces.push(trace);
         }
-    }
-
-    /// The span of the rebuild these changes lead to: a child of the first change's trace,
-    /// linked to the others' (a start-up rebuild links the first `MAX_TRACES` objects).
-    fn span(&self, next_generation: u64) -> tracing::Span {
-        let span = tracing::info_span!(
-            parent: None,
-            "resolver.rebuild",
-            changes_traced = self.traces.len(),
-            candidate_generation = next_generation
-        );
-        if let Some((first, others)) = self.traces.split_first() {
-            portico_bus::telemetry::continue_trace(&span, first);
-            for other in others {
-                portico_bus::telemetry::link(&span, other);
-            }
-        }
-        span
     }
 }
 
@@ -284,8 +264,13 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 portico_bus::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
                 if ready && lease.held {
                     let changes = pending.take().expect("a deadline means a pending change");
-                    let span = changes.span(published.generation + 1);
-                    let trace = portico_bus::telemetry::outgoing(&span, &changes.traces.first().cloned().unwrap_or_default());
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "resolver.rebuild",
+                        changes_traced = changes.traces.len(),
+                        candidate_generation = published.generation + 1
+                    );
+                    let trace = portico_bus::telemetry::follow(&span, &changes.traces);
                     publish(buckets, &snapshot, &config.resolver, &mut published, &trace).instrument(span).await?;
                 } else {
                     pending = None; // published when the sync completes or the lease is won
