@@ -1,6 +1,7 @@
 //! The composition root's library: the `portico` command's subcommands, callable from tests.
 
 pub mod bench;
+pub mod credentials;
 pub mod demo;
 pub mod nats_config;
 pub mod status;

@@ -108,6 +108,16 @@ enum Command {
         #[arg(long, default_value = ".portico", env = "PORTICO_STATE_DIR")]
         state_dir: PathBuf,
     },
+    /// In Kubernetes (the Job in deploy/kubernetes): create the Secret with every service's
+    /// NATS password, unless it exists (then nothing changes). Needs only `create` on
+    /// Secrets.
+    NatsCredentials {
+        /// The namespace Portico runs in.
+        #[arg(long, env = "PORTICO_NAMESPACE", default_value = "portico")]
+        namespace: String,
+        #[arg(long, env = "PORTICO_NATS_SECRET", default_value = "portico-nats-users")]
+        secret: String,
+    },
     /// Time secrets validation and resolution on a generated cluster (DESIGN.md targets).
     /// Build with --release for meaningful figures.
     Bench {
@@ -203,6 +213,23 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("portico: {e}");
                     ExitCode::from(69)
+                }
+            }
+        }
+        Command::NatsCredentials { namespace, secret } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            match runtime.block_on(portico_deploy::credentials::ensure(&namespace, &secret)) {
+                Ok(portico_deploy::credentials::Outcome::Created) => {
+                    println!("created Secret {namespace}/{secret} with a NATS password per service");
+                    ExitCode::SUCCESS
+                }
+                Ok(portico_deploy::credentials::Outcome::Kept) => {
+                    println!("Secret {namespace}/{secret} exists; kept it (delete it and restart Portico's pods to change the passwords)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

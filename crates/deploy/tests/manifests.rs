@@ -6,6 +6,7 @@
 //! pass `envoy --mode validate`.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -83,6 +84,10 @@ fn pod_specs(documents: &[(String, Value)]) -> Vec<(String, String, PodSpec)> {
                 let s: StatefulSet = serde_json::from_value(value.clone()).unwrap();
                 out.push((file.clone(), name, s.spec.unwrap().template.spec.unwrap()));
             }
+            Some("Job") => {
+                let j: Job = serde_json::from_value(value.clone()).unwrap();
+                out.push((file.clone(), name, j.spec.unwrap().template.spec.unwrap()));
+            }
             _ => {}
         }
     }
@@ -106,6 +111,7 @@ fn every_manifest_parses_into_its_kubernetes_type_without_losing_a_field() {
             "Service" => drop(round_trip::<Service>(file, value)),
             "Deployment" => drop(round_trip::<Deployment>(file, value)),
             "StatefulSet" => drop(round_trip::<StatefulSet>(file, value)),
+            "Job" => drop(round_trip::<Job>(file, value)),
             "NetworkPolicy" => drop(round_trip::<NetworkPolicy>(file, value)),
             "CustomResourceDefinition" => drop(round_trip::<CustomResourceDefinition>(file, value)),
             other => panic!("{file}: kind {other} is not checked by this test"),
@@ -115,6 +121,7 @@ fn every_manifest_parses_into_its_kubernetes_type_without_losing_a_field() {
     assert_eq!(kinds.get("CustomResourceDefinition"), Some(&3), "HTTPProxy, TLSCertificateDelegation, Voyager Ingress");
     assert_eq!(kinds.get("Deployment"), Some(&6), "watcher, secrets, resolver, haproxy, renderer-envoy, envoy");
     assert_eq!(kinds.get("StatefulSet"), Some(&1), "nats");
+    assert_eq!(kinds.get("Job"), Some(&1), "nats-credentials");
 
     // The kustomization lists exactly the manifest files.
     let kustomization: serde_yaml::Value =
@@ -158,20 +165,31 @@ fn crds_match_the_groups_versions_and_names_portico_reads() {
 
 #[test]
 fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
+    // The Job that makes the NATS passwords may create Secrets in Portico's namespace (a
+    // Role, not a ClusterRole), nothing else: it cannot read them.
+    const CREDENTIALS: &str = "portico-nats-credentials";
     let documents = documents();
     for (file, value) in &documents {
         if let Some(kind @ ("ClusterRoleBinding" | "RoleBinding")) = value["kind"].as_str() {
             let subjects = value["subjects"].as_array().unwrap();
+            let credentials = kind == "RoleBinding"
+                && value["metadata"]["name"] == CREDENTIALS
+                && value["roleRef"]["name"] == CREDENTIALS
+                && subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == CREDENTIALS);
             assert!(
-                subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == "portico-watcher"),
+                credentials || subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == "portico-watcher"),
                 "{file}: a {kind} for someone other than the watcher: {subjects:?}"
             );
         }
-        if let Some("ClusterRole" | "Role") = value["kind"].as_str() {
+        if let Some(kind @ ("ClusterRole" | "Role")) = value["kind"].as_str() {
             for rule in value["rules"].as_array().unwrap() {
                 let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
                 assert!(!verbs.contains(&"*") && !verbs.contains(&"delete"), "{file}: {rule}");
-                if rule["resources"].as_array().unwrap().iter().any(|r| r == "secrets") {
+                if value["metadata"]["name"] == CREDENTIALS {
+                    assert_eq!(kind, "Role", "{file}: the Job's rights end at Portico's namespace");
+                    assert_eq!(rule["resources"], serde_json::json!(["secrets"]), "{file}: {rule}");
+                    assert_eq!(verbs, ["create"], "{file}: the Job creates the Secret and cannot read one");
+                } else if rule["resources"].as_array().unwrap().iter().any(|r| r == "secrets") {
                     assert_eq!(verbs, ["list", "watch"], "{file}: Secrets are listed and watched, nothing more");
                 }
             }
@@ -182,6 +200,8 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
         let automount = spec.automount_service_account_token;
         if name == "portico-watcher" {
             assert_eq!(account, "portico-watcher", "{file}");
+        } else if name == CREDENTIALS {
+            assert_eq!(account, CREDENTIALS, "{file}");
         } else {
             let token_free = automount == Some(false) || account == "portico-service";
             assert!(token_free, "{file}: {name} must run without an API token");
@@ -203,10 +223,12 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
     assert_eq!(service["automountServiceAccountToken"], false);
 }
 
-/// A Portico binary's `--help`, from the workspace's build.
-fn help(binary: &str) -> String {
+/// A Portico binary's `--help` (of `subcommand`, when there is one), from the workspace's
+/// build.
+fn help(binary: &str, subcommand: Option<&str>) -> String {
     let path = portico_deploy::up::sibling_bin_dir().join(binary);
     let out = std::process::Command::new(&path)
+        .args(subcommand)
         .arg("--help")
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (cargo test --workspace --all-features builds it)", path.display()));
@@ -215,7 +237,15 @@ fn help(binary: &str) -> String {
 
 /// Every `--flag` and PORTICO_* variable given to a Portico binary is one it accepts.
 fn check_invocation(place: &str, binary: &str, args: &[String], env: &[String]) {
-    let help = help(binary);
+    // `portico` takes a subcommand first.
+    let subcommand = (binary == "portico").then(|| args.first().map(String::as_str)).flatten();
+    if binary == "portico" {
+        assert!(
+            subcommand.is_some_and(|s| help(binary, None).contains(&format!("  {s} "))),
+            "{place}: portico has no {subcommand:?}"
+        );
+    }
+    let help = help(binary, subcommand);
     for arg in args.iter().filter(|a| a.starts_with("--")) {
         assert!(
             help.contains(&format!("{arg} ")) || help.contains(&format!("{arg}\n")),
@@ -223,7 +253,11 @@ fn check_invocation(place: &str, binary: &str, args: &[String], env: &[String]) 
         );
     }
     for name in env.iter().filter(|n| n.starts_with("PORTICO_")) {
-        assert!(help.contains(&format!("[env: {name}=")), "{place}: {binary} reads no {name}");
+        // `[env: NAME]` where the value is hidden (passwords).
+        assert!(
+            help.contains(&format!("[env: {name}=")) || help.contains(&format!("[env: {name}]")),
+            "{place}: {binary} reads no {name}"
+        );
     }
 }
 
@@ -243,7 +277,7 @@ fn every_flag_and_variable_given_to_a_portico_binary_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5, "the five services run from the portico image");
+    assert_eq!(checked, 6, "the five services and the credentials Job run from the portico image");
 
     let compose: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/compose.yaml")).unwrap()).unwrap();
