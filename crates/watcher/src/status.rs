@@ -17,11 +17,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use portico_bus::nats::{watch_current_and_new, Buckets, BusError};
-use portico_bus::{names, open};
+use portico_bus::{names, open, TraceContext};
 use portico_model::{Kind, ObjectRef, ObjectStatus};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct StatusConfig {
@@ -39,8 +40,9 @@ pub struct StatusConfig {
 pub struct StatusWriter {
     client: Client,
     config: StatusConfig,
-    /// Contour-shaped status JSON by object, as the resolver last said.
-    desired: BTreeMap<ObjectRef, serde_json::Value>,
+    /// Contour-shaped status JSON by object, as the resolver last said, with the trace of
+    /// the rebuild that said it (the patch is the last span of that change's trace).
+    desired: BTreeMap<ObjectRef, (serde_json::Value, TraceContext)>,
     /// The last status patched per object while holding the lease.
     written: BTreeMap<ObjectRef, serde_json::Value>,
     lease: LeaseState,
@@ -131,28 +133,33 @@ impl StatusWriter {
 
     /// Patch up to `budget` statuses that differ from what was written.
     async fn write(&mut self, budget: usize) {
-        let pending: Vec<(ObjectRef, serde_json::Value)> = self
+        let pending: Vec<(ObjectRef, serde_json::Value, TraceContext)> = self
             .desired
             .iter()
-            .filter(|(o, s)| self.written.get(*o) != Some(*s))
+            .filter(|(o, (s, _))| self.written.get(*o) != Some(s))
             .take(budget)
-            .map(|(o, s)| (o.clone(), s.clone()))
+            .map(|(o, (s, t))| (o.clone(), s.clone(), t.clone()))
             .collect();
-        for (object, status) in pending {
+        for (object, status, trace) in pending {
+            let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
+            portico_bus::telemetry::continue_trace(&span, &trace);
             let patch = Patch::Merge(serde_json::json!({ "status": status }));
             let params = PatchParams::default();
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());
             let result = match object.kind {
                 Kind::HttpProxy => Api::<crds::HTTPProxy>::namespaced(self.client.clone(), ns)
                     .patch_status(name, &params, &patch)
+                    .instrument(span.clone())
                     .await
                     .map(|_| ()),
                 Kind::VoyagerIngress => Api::<crds::VoyagerIngress>::namespaced(self.client.clone(), ns)
                     .patch_status(name, &params, &patch)
+                    .instrument(span.clone())
                     .await
                     .map(|_| ()),
                 _ => Ok(()),
             };
+            let _entered = span.enter();
             match result {
                 Ok(()) => {
                     tracing::info!(object = %object, status = %status["currentStatus"], "status written");
@@ -171,9 +178,9 @@ impl StatusWriter {
         use async_nats::jetstream::kv::Operation;
         if entry.operation == Operation::Put {
             match open::<ObjectStatus>(&entry.value) {
-                Ok((status, _)) => {
+                Ok((status, trace)) => {
                     let contour = serde_json::to_value(status.to_contour()).unwrap_or_default();
-                    self.desired.insert(status.object, contour);
+                    self.desired.insert(status.object, (contour, trace));
                 }
                 Err(e) => tracing::warn!(key = %entry.key, error = %e, "skipping a status that cannot be opened"),
             }
