@@ -1,5 +1,5 @@
 //! Logs and traces. Every service logs to stderr (filtered by `RUST_LOG`) and records a
-//! span per unit of work (`watcher.publish`, `secrets.validate`, `resolver.rebuild`,
+//! span per unit of work (`watcher.publish`, `secrets.verdict`, `resolver.rebuild`,
 //! `haproxy.apply`, `envoy.serve`, ...). A span continues the trace carried by the envelope
 //! it consumed, and what it publishes carries the span's own context, so one change is one
 //! trace from the watcher to the proxies.
@@ -29,6 +29,8 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     /// Where spans go, for the start-up log line; `None` when nothing is exported.
     pub exporting_to: Option<String>,
+    /// Why the configured exporter could not be built (then nothing is exported).
+    pub export_error: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -57,7 +59,7 @@ pub fn provider(service: &str) -> Telemetry {
     }
     resource = resource.with_attribute(KeyValue::new("service.instance.id", crate::cli::instance_name(None)));
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    let mut exporting_to = None;
+    let (mut exporting_to, mut export_error) = (None, None);
     if let Some(endpoint) = export_endpoint() {
         match opentelemetry_otlp::SpanExporter::builder().build() {
             Ok(exporter) => {
@@ -66,10 +68,10 @@ pub fn provider(service: &str) -> Telemetry {
                 exporting_to = Some(endpoint);
             }
             // Logged once the subscriber is installed (see `init`).
-            Err(e) => exporting_to = Some(format!("nowhere: the OTLP exporter cannot be built ({e})")),
+            Err(e) => export_error = Some(format!("the OTLP exporter for {endpoint} cannot be built: {e}")),
         }
     }
-    Telemetry { provider: builder.build(), exporting_to }
+    Telemetry { provider: builder.build(), exporting_to, export_error }
 }
 
 /// The OTLP exporter, run on the service's runtime: the batch processor calls it from a
@@ -123,12 +125,10 @@ pub fn init(service: &str) -> Telemetry {
         .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::Targets::new().with_target("portico", tracing::Level::INFO));
     let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
-    match &telemetry.exporting_to {
-        Some(to) if to.starts_with("nowhere") => {
-            tracing::error!("traces go {to}; fix the OTEL_EXPORTER_OTLP_* variables")
-        }
-        Some(to) => tracing::info!(endpoint = %to, "exporting traces with OTLP"),
-        None => tracing::debug!("no OTEL_EXPORTER_OTLP_ENDPOINT: traces are not exported"),
+    match (&telemetry.exporting_to, &telemetry.export_error) {
+        (_, Some(e)) => tracing::error!("traces are not exported: {e}; fix the OTEL_EXPORTER_OTLP_* variables"),
+        (Some(to), None) => tracing::info!(endpoint = %to, "exporting traces with OTLP"),
+        (None, None) => tracing::debug!("no OTEL_EXPORTER_OTLP_ENDPOINT: traces are not exported"),
     }
     telemetry
 }
