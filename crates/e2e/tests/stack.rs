@@ -276,7 +276,16 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
             watch.envoy_restarting.store(false, Ordering::SeqCst);
         }
         advance(&stack, &watch, i as u64 + 1, what);
-        let now = applied(&stack);
+        // A renderer reports after its proxy runs the change: give the record a moment.
+        let risen = |now: &[(String, u64)]| {
+            now.iter().all(|(p, g)| *g > generations.iter().find(|(q, _)| q == p).map(|(_, g)| *g).unwrap_or(0))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut now = applied(&stack);
+        while !risen(&now) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            now = applied(&stack);
+        }
         for (proxy, generation) in &now {
             let before = generations.iter().find(|(p, _)| p == proxy).map(|(_, g)| *g).unwrap_or(0);
             assert!(*generation > before, "{proxy} applied generation {generation} after {before} ({what})");

@@ -50,6 +50,10 @@ struct Renderer {
     haproxy: Haproxy,
     /// The generation and configuration last applied.
     applied: Option<(u64, Vec<u8>)>,
+    /// The record of the last attempt while it is not yet on the bus (the put failed, say
+    /// while NATS restarted): written again before anything else, so `portico status` never
+    /// keeps showing an older generation than HAProxy runs.
+    unreported: Option<(AppliedRecord, TraceContext)>,
 }
 
 impl Renderer {
@@ -65,6 +69,7 @@ impl Renderer {
         buckets: &Buckets,
         causes: &[TraceContext],
     ) -> Result<Option<std::time::Duration>, ServiceError> {
+        self.report(buckets).await?;
         let Some(record) = model else { return Ok(None) };
         if let Some((generation, _)) = &self.applied {
             if record.generation < *generation {
@@ -171,13 +176,21 @@ impl Renderer {
             at_unix_ms: unix_ms(),
             took_ms: started.elapsed().as_millis() as u64,
         };
+        self.unreported = Some((record, trace.clone()));
+        self.report(buckets).await
+    }
+
+    /// Put the record of the last attempt, unless it is on the bus already.
+    async fn report(&mut self, buckets: &Buckets) -> Result<(), ServiceError> {
+        let Some((record, trace)) = &self.unreported else { return Ok(()) };
         let key = format!("haproxy.{}", self.config.instance);
-        buckets.applied.put(&key, seal(&record, trace).into()).await.map_err(|e| BusError::StoreFailed {
+        buckets.applied.put(&key, seal(record, trace).into()).await.map_err(|e| BusError::StoreFailed {
             operation: "putting",
             bucket: names::APPLIED.to_owned(),
             key,
             reason: e.to_string(),
         })?;
+        self.unreported = None;
         Ok(())
     }
 }
@@ -235,7 +248,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         }
         tracing::info!(generation, "HAProxy runs a configuration applied earlier");
     }
-    let mut renderer = Renderer { config, haproxy, applied };
+    let mut renderer = Renderer { config, haproxy, applied, unreported: None };
     tracing::info!("HAProxy renderer running");
     let bus = renderer.config.bus.clone();
     portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;
