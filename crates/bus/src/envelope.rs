@@ -7,7 +7,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of the payload types. A reader refuses an envelope of another version
 /// (logs and counts it) instead of misreading it.
-pub const SCHEMA_VERSION: u16 = 1;
+/// 2: HTTPProxy includes and unimplemented fields; routes answering 502.
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +103,8 @@ mod tests {
 
     #[test]
     fn another_schema_version_is_refused_not_misread() {
-        let envelope = Envelope { schema: 2, trace: TraceContext::default(), payload: codec::encode(&1u8) };
+        let envelope =
+            Envelope { schema: SCHEMA_VERSION + 1, trace: TraceContext::default(), payload: codec::encode(&1u8) };
         let err = open::<u8>(&codec::encode(&envelope)).unwrap_err();
         assert_eq!(err, OpenError::IncompatibleSchema { got: 2, supported: 1 });
     }

@@ -158,9 +158,11 @@ pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
         objects.push(Object::HttpProxy(HttpProxy {
             meta: meta(&namespace, &format!("proxy-{i}")),
             fqdn: Some(format!("app-{i}.example.com")),
+            includes: vec![],
+            ignored: vec![],
             routes: vec![HttpProxyRoute {
                 prefixes: vec![],
-                ignored_conditions: vec![],
+                ignored: vec![],
                 services: vec![HttpProxyService {
                     name: format!("svc-{service}"),
                     port: 8443,

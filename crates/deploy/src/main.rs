@@ -96,6 +96,10 @@ enum Command {
         /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
         #[arg(long, value_parser = parse_client_cert, env = "PORTICO_CLIENT_CERT")]
         client_cert: Option<portico_model::SecretRef>,
+        /// Contour's --root-namespaces: where root HTTPProxies may be defined,
+        /// comma-separated; empty means any namespace.
+        #[arg(long, env = "PORTICO_ROOT_NAMESPACES", value_delimiter = ',')]
+        root_namespaces: Vec<portico_model::K8sName>,
     },
     /// Run the whole stack locally: nats-server (JetStream, one user per service), the five
     /// services, HAProxy and Envoy. Without PATHS it runs a demo: TLS backends with
@@ -137,7 +141,15 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Translate { paths, out_dir, http_port, envoy_admin_port, bind_address, client_cert } => {
+        Command::Translate {
+            paths,
+            out_dir,
+            http_port,
+            envoy_admin_port,
+            bind_address,
+            client_cert,
+            root_namespaces,
+        } => {
             let options = translate::Options {
                 paths,
                 out_dir: out_dir.clone(),
@@ -145,6 +157,7 @@ fn main() -> ExitCode {
                 envoy_admin_port,
                 bind_address,
                 client_cert,
+                root_namespaces,
                 now: unix_now(),
             };
             match translate::run(&options) {

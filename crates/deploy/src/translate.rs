@@ -18,6 +18,8 @@ pub struct Options {
     /// The address the proxies' listeners bind to.
     pub bind_address: std::net::IpAddr,
     pub client_cert: Option<SecretRef>,
+    /// Contour's `--root-namespaces`; empty means any namespace.
+    pub root_namespaces: Vec<portico_model::K8sName>,
     /// Seconds since the epoch, for certificate expiry.
     pub now: i64,
 }
@@ -94,7 +96,11 @@ pub fn run(options: &Options) -> Result<Outcome, TranslateError> {
             other => snapshot.apply(other).expect("secrets are handled above"),
         }
     }
-    let config = Config { http_port: options.http_port, client_cert: options.client_cert.clone() };
+    let config = Config {
+        http_port: options.http_port,
+        client_cert: options.client_cert.clone(),
+        root_namespaces: options.root_namespaces.clone(),
+    };
     let resolved = resolve(&snapshot, &config);
 
     write(&options.out_dir.join("status.json"), &json(&status_entries(&resolved.statuses)))?;
@@ -255,10 +261,10 @@ pub fn report(outcome: &Outcome, out_dir: &Path) -> String {
     s.push_str(&status_table(&outcome.resolved.statuses));
     let model = &outcome.resolved.model;
     let routes = model.routes().count();
-    let rejected = model.routes().filter(|(_, _, r)| r.action == portico_model::RouteAction::Reject).count();
+    let rejected = model.routes().filter(|(_, _, r)| r.action.direct_status().is_some()).count();
     let _ = writeln!(
         s,
-        "\n{} objects and {} secrets read; {routes} routes ({rejected} answering 503), {} clusters; model {}",
+        "\n{} objects and {} secrets read; {routes} routes ({rejected} answering 502 or 503), {} clusters; model {}",
         outcome.objects - outcome.secrets,
         outcome.secrets,
         model.clusters.len(),

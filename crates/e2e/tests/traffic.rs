@@ -67,6 +67,20 @@ fn manifests(good_ca: &str, other_ca: &str, client: &portico_e2e::Issued, tls: u
     );
     yaml += &route("/mtls", "{name: mtlsback, port: 443, validation: {caSecret: good-ca, subjectName: backend.test}}");
     yaml += &route("/plain", "{name: plainback, port: 443}");
+    // Inclusion (SPEC section 9): the root includes a team's child under /team, which
+    // includes a proxy that does not exist under /ghost; `team/orphan` is included by nothing.
+    yaml += "  includes:\n  - {name: child, namespace: team, conditions: [{prefix: /team}]}\n";
+    yaml += &service("teamplain", plain, "").replace("namespace: app", "namespace: team");
+    yaml += &service("teamtls", tls, tls_annotation).replace("namespace: app", "namespace: team");
+    yaml += "---\napiVersion: projectcontour.io/v1\nkind: TLSCertificateDelegation\nmetadata: {name: to-team, namespace: app}\n\
+             spec: {delegations: [{secretName: good-ca, targetNamespaces: [team]}]}\n";
+    yaml += "---\napiVersion: projectcontour.io/v1\nkind: HTTPProxy\nmetadata: {name: child, namespace: team}\nspec:\n\
+             \x20 includes: [{name: ghost, conditions: [{prefix: /ghost}]}]\n  routes:\n";
+    yaml += &route("/api", "{name: teamplain, port: 443}");
+    yaml +=
+        &route("/secure", "{name: teamtls, port: 443, validation: {caSecret: app/good-ca, subjectName: backend.test}}");
+    yaml += "---\napiVersion: projectcontour.io/v1\nkind: HTTPProxy\nmetadata: {name: orphan, namespace: team}\nspec:\n  routes:\n";
+    yaml += &route("/orphan", "{name: teamplain, port: 443}");
     yaml += "---\napiVersion: voyager.appscode.com/v1beta1\nkind: Ingress\nmetadata: {name: matrix, namespace: app}\n\
              spec:\n  rules:\n  - host: voyager.test\n    http:\n      paths:\n\
              \x20     - {path: /none, backend: {serviceName: vnone, servicePort: '443'}}\n\
@@ -84,6 +98,7 @@ fn translate_for(manifests: &Path, out: &Path, port: u16, client_cert: bool) -> 
         envoy_admin_port: free_port(),
         bind_address: "127.0.0.1".parse().unwrap(),
         client_cert: client_cert.then(|| portico_model::SecretRef::new("portico", "client").unwrap()),
+        root_namespaces: Vec::new(),
         now: portico_deploy::unix_now(),
     };
     let outcome = translate::run(&options).expect("translate");
@@ -134,6 +149,25 @@ const MATRIX: &[(&str, &str, &str, u16, &[&str])] = &[
     ),
     ("Voyager verifyhost with the wrong name fails", "voyager.test", "/wrong-name", 503, &[]),
     ("no route", "nowhere.test", "/", 404, &[]),
+    (
+        "a child's route at the root's host under the joined prefix",
+        "contour.test",
+        "/team/api",
+        200,
+        &["backend=plain"],
+    ),
+    (
+        "a child's TLS route verified with a CA delegated to the child's namespace",
+        "contour.test",
+        "/team/secure",
+        200,
+        &["backend=tls", "sni=backend.test"],
+    ),
+    ("a child's route is not served at its own prefix", "contour.test", "/api", 404, &[]),
+    ("a child's route is not served on another host", "nowhere.test", "/team/api", 404, &[]),
+    ("an include of a missing proxy answers 502 under its joined prefix", "contour.test", "/team/ghost", 502, &[]),
+    ("an orphan is not served at the root's host", "contour.test", "/orphan", 404, &[]),
+    ("an orphan is not served on any other host", "nowhere.test", "/orphan", 404, &[]),
 ];
 
 #[test]

@@ -210,20 +210,52 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpProxy {
     pub meta: Meta,
-    /// `spec.virtualhost.fqdn`; absent means the proxy answers for any host.
+    /// `spec.virtualhost.fqdn`. `None` when there is no `virtualhost`: the proxy is not a
+    /// root and is served only where a root includes it (SPEC section 9), never on its own.
     pub fqdn: Option<String>,
+    /// `spec.includes`, in order.
+    pub includes: Vec<HttpProxyInclude>,
     pub routes: Vec<HttpProxyRoute>,
+    /// Fields of `spec` and `spec.virtualhost` that Portico does not implement, as paths
+    /// (`spec.virtualhost.ipAllowPolicy`, `spec.tcpproxy`). The resolver decides whether
+    /// each is a warning or, when it restricts access, an error.
+    pub ignored: Vec<FieldPath>,
+}
+
+impl HttpProxy {
+    /// A root has a `virtualhost`; only roots are served on their own.
+    pub fn is_root(&self) -> bool {
+        self.fqdn.is_some()
+    }
+}
+
+/// The path of a field in an object as written (`spec.routes[0].retryPolicy`), naming
+/// what Portico did not implement. Never rendered into a proxy's configuration.
+pub type FieldPath = String;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProxyInclude {
+    /// The included HTTPProxy's name, as written.
+    pub name: String,
+    /// Its namespace as written; absent means the includer's namespace.
+    pub namespace: Option<String>,
+    /// Every `conditions[].prefix`, in order (Contour accepts at most one).
+    pub prefixes: Vec<String>,
+    /// Conditions and fields of the include that Portico does not implement (`header`,
+    /// `queryParameter`...), as paths.
+    pub ignored: Vec<FieldPath>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpProxyRoute {
     /// Every `conditions[].prefix`, in order (Portico accepts at most one).
     pub prefixes: Vec<String>,
-    /// Conditions of kinds Portico does not read (header, query...), by their key.
-    pub ignored_conditions: Vec<String>,
     pub services: Vec<HttpProxyService>,
     /// `requestHeadersPolicy.set` entries, in order.
     pub set_headers: Vec<(String, String)>,
+    /// Fields of the route and of its services that Portico does not implement, as paths
+    /// (`spec.routes[0].conditions[1].header`, `spec.routes[0].services[0].mirror`).
+    pub ignored: Vec<FieldPath>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +292,9 @@ pub struct VoyagerIngress {
     /// `spec.backend`: the default for requests no rule matches.
     pub backend: Option<VoyagerBackend>,
     pub rules: Vec<VoyagerRule>,
+    /// Fields and `ingress.appscode.com/` annotations Portico does not implement, as paths
+    /// (`spec.frontendRules`, `metadata.annotations[ingress.appscode.com/auth-type]`).
+    pub ignored: Vec<FieldPath>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,20 @@ pub enum RouteAction {
     },
     /// The route is in error: answer 503, never forward (fail closed).
     Reject,
+    /// An HTTPProxy include that cannot be followed (missing, or another root): answer 502
+    /// under the include's prefix, as Contour does.
+    BadGateway,
+}
+
+impl RouteAction {
+    /// The status a route answers with itself, never forwarding: `None` for `Forward`.
+    pub fn direct_status(&self) -> Option<u16> {
+        match self {
+            RouteAction::Forward { .. } => None,
+            RouteAction::Reject => Some(503),
+            RouteAction::BadGateway => Some(502),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

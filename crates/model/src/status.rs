@@ -18,6 +18,12 @@ pub enum ProblemType {
     RouteError,
     VirtualHostError,
     SpecError,
+    /// Contour's `IncludeError`: an include that cannot be followed.
+    IncludeError,
+    /// Contour's `RootNamespaceError`: a root outside `--root-namespaces`.
+    RootNamespaceError,
+    /// Contour's `Orphaned`: no root includes this HTTPProxy.
+    Orphaned,
 }
 
 /// Why, in Contour's vocabulary where Contour has a word for it.
@@ -44,6 +50,20 @@ pub enum Reason {
     NoReadyEndpoints,
     /// Warning: fields Portico does not read.
     IgnoredField,
+    /// Error: a field Portico does not implement that restricts who may reach a route
+    /// (header or query conditions, auth, IP filters): serving without it would widen access.
+    UnsupportedRestriction,
+    /// An include names an HTTPProxy that does not exist (the include's prefix answers 502).
+    IncludeNotFound,
+    /// An include names another root (the include's prefix answers 502).
+    RootIncludesRoot,
+    IncludeCreatesCycle,
+    /// Two includes of one HTTPProxy with the same conditions.
+    DuplicateMatchConditions,
+    /// A root HTTPProxy outside the namespaces `--root-namespaces` allows.
+    RootProxyNotAllowedInNamespace,
+    /// No root includes this HTTPProxy: it is served nowhere.
+    Orphaned,
 }
 
 impl Reason {
@@ -60,6 +80,13 @@ impl Reason {
             Reason::VerificationWeakened => "VerificationWeakened",
             Reason::NoReadyEndpoints => "NoReadyEndpoints",
             Reason::IgnoredField => "IgnoredField",
+            Reason::UnsupportedRestriction => "UnsupportedRestriction",
+            Reason::IncludeNotFound => "IncludeNotFound",
+            Reason::RootIncludesRoot => "RootIncludesRoot",
+            Reason::IncludeCreatesCycle => "IncludeCreatesCycle",
+            Reason::DuplicateMatchConditions => "DuplicateMatchConditions",
+            Reason::RootProxyNotAllowedInNamespace => "RootProxyNotAllowedInNamespace",
+            Reason::Orphaned => "Orphaned",
         }
     }
 }
@@ -140,6 +167,7 @@ impl ObjectStatus {
             _ => "Valid HTTPProxy",
         };
         let first_error = self.problems.iter().find(|p| p.severity == Severity::Error);
+        let orphaned = self.problems.iter().any(|p| p.problem_type == ProblemType::Orphaned);
         let (current_status, description, condition) = match first_error {
             None => (
                 "valid",
@@ -166,6 +194,8 @@ impl ObjectStatus {
                 },
             ),
         };
+        // Contour's own words for a proxy that no root includes.
+        let current_status = if orphaned { "orphaned" } else { current_status };
         ContourStatus { current_status: current_status.to_owned(), description, conditions: vec![condition] }
     }
 }

@@ -280,10 +280,14 @@ fn domains(host: &HostMatch) -> Vec<String> {
 }
 
 fn reject() -> route::route::Action {
+    direct(503, "route in error, see its status")
+}
+
+fn direct(status: u32, body: &str) -> route::route::Action {
     route::route::Action::DirectResponse(route::DirectResponseAction {
-        status: 503,
+        status,
         body: Some(core::DataSource {
-            specifier: Some(core::data_source::Specifier::InlineString("route in error, see its status".to_owned())),
+            specifier: Some(core::data_source::Specifier::InlineString(body.to_owned())),
             ..Default::default()
         }),
         ..Default::default()
@@ -322,6 +326,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
                 .map(|r| {
                     let action = match &r.action {
                         RouteAction::Reject => reject(),
+                        RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
                         RouteAction::Forward { backends, host_rewrite } => {
                             if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
                                 out.problems.push(format!(

@@ -67,7 +67,7 @@ async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_
 
     let client = connect(&bus).await.unwrap();
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, client_cert: None });
+    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
     for material in trust.values() {
         let key = names::secret_key(&material.secret.namespace, &material.secret.name);
         buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();

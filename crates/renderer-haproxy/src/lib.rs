@@ -27,6 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 /// The backend that answers 503 for routes in error.
 pub const REJECT_BACKEND: &str = "portico_reject_503";
 /// The backend that answers 404 when no route matches.
+/// The backend of routes whose HTTPProxy include cannot be followed: answers 502.
+pub const BAD_GATEWAY_BACKEND: &str = "portico_include_502";
 pub const NOT_FOUND_BACKEND: &str = "portico_no_route_404";
 
 #[derive(Clone, Debug)]
@@ -198,6 +200,10 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
                 let this = format!("{{ var(txn.route) -m str {id} }}");
                 let backends = match &route.action {
                     RouteAction::Reject => None,
+                    RouteAction::BadGateway => {
+                        writeln!(uses, "    use_backend {BAD_GATEWAY_BACKEND} if {this}").unwrap();
+                        continue;
+                    }
                     RouteAction::Forward { backends, host_rewrite } => {
                         let blocked: Vec<&String> =
                             backends.iter().filter_map(|b| unrenderable.get(b.cluster.as_str())).collect();
@@ -274,6 +280,11 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
     writeln!(
         cfg,
         "backend {REJECT_BACKEND}\n    http-request return status 503 content-type text/plain string \"route in error, see its status\"\n"
+    )
+    .unwrap();
+    writeln!(
+        cfg,
+        "backend {BAD_GATEWAY_BACKEND}\n    http-request return status 502 content-type text/plain string \"include not found, see the HTTPProxy's status\"\n"
     )
     .unwrap();
     writeln!(

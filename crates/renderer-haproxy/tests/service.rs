@@ -68,7 +68,7 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
 
     let client = connect(&bus).await.unwrap();
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    let config = Config { http_port: port, client_cert: None };
+    let config = Config { http_port: port, ..Config::default() };
     let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &config);
     for material in trust.values() {
         let key = names::secret_key(&material.secret.namespace, &material.secret.name);
@@ -154,7 +154,7 @@ async fn an_external_haproxy_is_configured_through_the_shared_directory_and_outl
     let client = connect(&bus).await.unwrap();
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
     let (model, trust) =
-        pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port: port, client_cert: None });
+        pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port: port, ..Config::default() });
     for material in trust.values() {
         let key = names::secret_key(&material.secret.namespace, &material.secret.name);
         buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();

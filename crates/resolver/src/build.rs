@@ -18,8 +18,13 @@ pub struct Upstream {
 }
 
 pub enum PendingAction {
-    Forward { upstreams: Vec<(Upstream, u32)>, host_rewrite: Option<DnsName> },
+    Forward {
+        upstreams: Vec<(Upstream, u32)>,
+        host_rewrite: Option<DnsName>,
+    },
     Reject,
+    /// An include that cannot be followed: 502 (SPEC section 9).
+    BadGateway,
 }
 
 impl PendingAction {
@@ -81,6 +86,7 @@ pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Mod
     for ((port, host, prefix), (owner, action)) in table {
         let forward = match action {
             PendingAction::Reject => None,
+            PendingAction::BadGateway => Some(Forward::BadGateway),
             PendingAction::Forward { upstreams, host_rewrite } => {
                 let mut backends: Vec<(usize, u32)> = Vec::with_capacity(upstreams.len());
                 for (u, weight) in upstreams {
@@ -103,7 +109,7 @@ pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Mod
                         None => backends.push((i, weight)),
                     }
                 }
-                Some(Forward { backends, host_rewrite })
+                Some(Forward::To { backends, host_rewrite })
             }
         };
         routes.push(Placed { port, host, prefix, owner, forward });
@@ -114,7 +120,8 @@ pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Mod
     for Placed { port, host, prefix, owner, forward } in routes {
         let action = match forward {
             None => RouteAction::Reject,
-            Some(Forward { backends, host_rewrite }) => RouteAction::Forward {
+            Some(Forward::BadGateway) => RouteAction::BadGateway,
+            Some(Forward::To { backends, host_rewrite }) => RouteAction::Forward {
                 backends: backends
                     .into_iter()
                     .map(|(i, weight)| WeightedCluster { cluster: names[i].clone(), weight })
@@ -147,7 +154,7 @@ pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Mod
     Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
 }
 
-/// A route that won its slot, with its backends as cluster indices (`None`: it rejects).
+/// A route that won its slot, with its backends as cluster indices (`None`: it rejects with 503).
 struct Placed {
     port: u16,
     host: HostMatch,
@@ -156,9 +163,9 @@ struct Placed {
     forward: Option<Forward>,
 }
 
-struct Forward {
-    backends: Vec<(usize, u32)>,
-    host_rewrite: Option<DnsName>,
+enum Forward {
+    To { backends: Vec<(usize, u32)>, host_rewrite: Option<DnsName> },
+    BadGateway,
 }
 
 /// Exact hosts first, then wildcards, then any: the order proxies should match in.

@@ -107,9 +107,10 @@ impl<'a> Index<'a> {
             )));
         }
         let info = self.usable(secret, |v| &v.ca).map_err(|detail| {
+            // Contour's mapping (SPEC section 2): ServiceError / TLSUpstreamValidation.
             Problem::error(
-                ProblemType::TLSError,
-                Reason::SecretNotValid,
+                ProblemType::ServiceError,
+                Reason::TLSUpstreamValidation,
                 format!("{label}: {SECRET_NOT_FOUND_OR_MISCONFIGURED}"),
             )
             .with_detail(detail)
@@ -232,4 +233,28 @@ pub fn route_prefix(written: &str, problems: &mut Vec<Problem>) -> Option<PathPr
 /// The number of errors in a problem list: resolving a route failed when it grew.
 pub fn error_count(problems: &[Problem]) -> usize {
     problems.iter().filter(|p| p.severity == Severity::Error).count()
+}
+
+/// The words of SPEC section 9 for a field Portico does not implement: a warning, or an
+/// error when the field restricts access (`restricts`: then `guards`, what it guards, is
+/// not served). Every dialect words it the same.
+pub fn ignored_field(path: &str, restricts: bool, guards: &str) -> Problem {
+    // A field's name is the user's: quoted unless it is a plain path.
+    let plain = path.len() <= 200 && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"._[]-/".contains(&b));
+    let path = if plain { path.to_owned() } else { quote(path) };
+    if restricts {
+        Problem::error(
+            ProblemType::SpecError,
+            Reason::UnsupportedRestriction,
+            format!(
+                "{path} is not supported by Portico; {guards} is not served (503), since serving it without this restriction would widen access"
+            ),
+        )
+    } else {
+        Problem::warning(
+            ProblemType::SpecError,
+            Reason::IgnoredField,
+            format!("{path} is not supported by Portico and is ignored"),
+        )
+    }
 }

@@ -1,13 +1,16 @@
-//! The Contour dialect (SPEC section 2): HTTPProxy routes, the upstream protocol's
-//! precedence, `validation`, and delegation.
+//! The Contour dialect (SPEC sections 2 and 9): HTTPProxy roots and the children they
+//! include, routes, the upstream protocol's precedence, `validation`, delegation, and the
+//! fields Portico does not implement.
 
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::common::{error_count, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
+use crate::common::{error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, PathPrefix, Problem,
-    ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion, UpstreamProtocol, Verification,
+    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, Kind, ObjectStatus, PathPrefix,
+    Problem, ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion, UpstreamProtocol,
+    Verification,
 };
+use std::collections::HashMap;
 
 pub const ANNOTATION_TLS: &str = "projectcontour.io/upstream-protocol.tls";
 pub const ANNOTATION_H2C: &str = "projectcontour.io/upstream-protocol.h2c";
@@ -15,16 +18,74 @@ pub const ANNOTATION_H2: &str = "projectcontour.io/upstream-protocol.h2";
 /// At most this many subject names in `validation`.
 pub const MAX_SUBJECT_NAMES: usize = 8;
 
-/// Resolve one HTTPProxy into routes, pushing its problems.
-pub fn resolve_proxy(
-    index: &Index<'_>,
-    proxy: &HttpProxy,
-    owner: usize,
-    problems: &mut Vec<Problem>,
-) -> Vec<PendingRoute> {
-    let host = match &proxy.fqdn {
-        None => HostMatch::Any,
-        Some(fqdn) => match DnsName::parse(fqdn) {
+/// The fields Portico does not implement whose absence would widen who may reach a route
+/// (SPEC section 9): a route (or virtual host) that has one is not served at all.
+const RESTRICTING_FIELDS: &[&str] = &[
+    "header",
+    "queryParameter",
+    "exact",
+    "regex",
+    "authPolicy",
+    "authorization",
+    "ipAllowPolicy",
+    "ipDenyPolicy",
+    "jwtVerificationPolicy",
+    "jwtProviders",
+    "clientValidation",
+    // A mirror served as an ordinary backend would answer real requests.
+    "mirror",
+];
+
+/// Whether leaving out the field at `path` would widen access: its last name (without an
+/// index) is one of `RESTRICTING_FIELDS`.
+pub fn restricts_access(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let name = last.split('[').next().unwrap_or(last);
+    RESTRICTING_FIELDS.contains(&name)
+}
+
+/// Contour's `IncludeError` entries.
+fn include_error(reason: Reason, message: String) -> Problem {
+    Problem::error(ProblemType::IncludeError, reason, message)
+}
+
+/// What Contour says of an HTTPProxy that no root includes.
+pub const ORPHANED: &str = "this HTTPProxy is not part of a delegation chain from a root HTTPProxy";
+
+/// Join an include's prefix and the prefix under it as Contour does: concatenated, runs of
+/// `/` folded into one; a `/` under a prefix adds nothing (`/team` + `/` = `/team`).
+pub fn join_prefix(outer: &str, inner: &str) -> String {
+    if inner == "/" && !outer.is_empty() {
+        return outer.to_owned();
+    }
+    let mut joined = String::with_capacity(outer.len() + inner.len());
+    for c in outer.chars().chain(inner.chars()) {
+        if !(c == '/' && joined.ends_with('/')) {
+            joined.push(c);
+        }
+    }
+    joined
+}
+
+/// Resolve every HTTPProxy (SPEC sections 2 and 9): each root on its own host, the
+/// children it includes under the include's prefix on the root's host, and every proxy no
+/// root reaches `orphaned` and served nowhere. Pushes one status per HTTPProxy, in the
+/// snapshot's order, onto `statuses`; a route's owner is the proxy that wrote it.
+pub fn resolve_proxies(index: &Index<'_>, statuses: &mut Vec<ObjectStatus>) -> Vec<PendingRoute> {
+    let proxies: Vec<&HttpProxy> = index.snapshot.http_proxies.values().collect();
+    let base = statuses.len();
+    for proxy in &proxies {
+        statuses.push(ObjectStatus { object: proxy.meta.object_ref(Kind::HttpProxy), problems: ignored_fields(proxy) });
+    }
+    let position: HashMap<(&str, &str), usize> =
+        proxies.iter().enumerate().map(|(i, p)| ((p.meta.namespace.as_str(), p.meta.name.as_str()), i)).collect();
+    let mut walk =
+        Walk { index, proxies: &proxies, position, base, reached: vec![false; proxies.len()], routes: Vec::new() };
+    for (i, proxy) in proxies.iter().enumerate() {
+        let Some(fqdn) = &proxy.fqdn else { continue };
+        walk.reached[i] = true;
+        let problems = &mut statuses[base + i].problems;
+        let host = match DnsName::parse(fqdn) {
             Ok(name) => HostMatch::Exact(name),
             Err(e) => {
                 let why = if fqdn.is_empty() { "it is empty".to_owned() } else { e.0 };
@@ -33,33 +94,210 @@ pub fn resolve_proxy(
                     Reason::InvalidValue,
                     format!("spec.virtualhost.fqdn {}: {why}", quote(fqdn)),
                 ));
-                return Vec::new();
-            }
-        },
-    };
-    let mut routes = Vec::new();
-    for route in &proxy.routes {
-        let written = route.prefixes.first().map(String::as_str).unwrap_or("/");
-        let route_label = format!("route {}", quote(written));
-        let prefix = match route.prefixes.as_slice() {
-            [] => PathPrefix::root(),
-            [one] => match route_prefix(one, problems) {
-                Some(p) => p,
-                None => continue,
-            },
-            _ => {
-                problems.push(Problem::error(
-                    ProblemType::RouteError,
-                    Reason::InvalidValue,
-                    format!("{route_label}: more than one prefix condition; use one prefix per route"),
-                ));
                 continue;
             }
         };
-        let action = resolve_route(index, proxy, route, written, &route_label, problems);
-        routes.push(PendingRoute { listener: index.config.http_port, host: host.clone(), prefix, owner, action });
+        if !index.config.root_allowed(&proxy.meta.namespace) {
+            problems.push(Problem::error(
+                ProblemType::RootNamespaceError,
+                Reason::RootProxyNotAllowedInNamespace,
+                "root HTTPProxy cannot be defined in this namespace",
+            ));
+            continue;
+        }
+        // A restriction of the whole virtual host that Portico cannot enforce closes it.
+        let closed = proxy.ignored.iter().any(|p| p.starts_with("spec.virtualhost.") && restricts_access(p));
+        let mut visited = vec![i];
+        walk.proxy(statuses, &host, i, "", closed, &mut visited);
     }
-    routes
+    for (i, reached) in walk.reached.iter().enumerate() {
+        if !reached {
+            statuses[base + i].problems.push(Problem::error(ProblemType::Orphaned, Reason::Orphaned, ORPHANED));
+        }
+    }
+    // A child included more than once reports each problem once.
+    for status in &mut statuses[base..] {
+        let mut seen: Vec<Problem> = Vec::with_capacity(status.problems.len());
+        status.problems.retain(|p| {
+            let new = !seen.contains(p);
+            if new {
+                seen.push(p.clone());
+            }
+            new
+        });
+    }
+    walk.routes
+}
+
+/// Every field of `proxy` that Portico does not implement, as a warning or (when leaving
+/// it out would widen access) an error.
+fn ignored_fields(proxy: &HttpProxy) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = proxy
+        .ignored
+        .iter()
+        .map(|p| {
+            let guards =
+                if p.starts_with("spec.virtualhost.") { "no route of this virtual host" } else { "this HTTPProxy" };
+            ignored_field(p, restricts_access(p), guards)
+        })
+        .collect();
+    for include in &proxy.includes {
+        problems.extend(
+            include.ignored.iter().map(|p| ignored_field(p, restricts_access(p), "no route under this include")),
+        );
+    }
+    for route in &proxy.routes {
+        problems.extend(route.ignored.iter().map(|p| ignored_field(p, restricts_access(p), "the route")));
+    }
+    problems
+}
+
+/// The walk from the roots down their includes.
+struct Walk<'i, 'a> {
+    index: &'i Index<'a>,
+    proxies: &'i [&'a HttpProxy],
+    position: HashMap<(&'a str, &'a str), usize>,
+    /// Index of the first HTTPProxy's status.
+    base: usize,
+    reached: Vec<bool>,
+    routes: Vec<PendingRoute>,
+}
+
+impl Walk<'_, '_> {
+    /// The routes of proxy `i` and of what it includes, under `outer` (the joined prefixes
+    /// of the includes above it; empty at the root). `closed`: an enclosing restriction
+    /// Portico cannot enforce, so every route answers 503. `visited`: the chain from the
+    /// root to `i`, to find cycles.
+    fn proxy(
+        &mut self,
+        statuses: &mut [ObjectStatus],
+        host: &HostMatch,
+        i: usize,
+        outer: &str,
+        closed: bool,
+        visited: &mut Vec<usize>,
+    ) {
+        let proxy = self.proxies[i];
+        let owner = self.base + i;
+        let mut seen_prefixes: Vec<String> = Vec::new();
+        for include in &proxy.includes {
+            let problems = &mut statuses[owner].problems;
+            let namespace = include.namespace.as_deref().unwrap_or(proxy.meta.namespace.as_str());
+            let inner = match include.prefixes.as_slice() {
+                [] => String::new(),
+                [one] => match route_prefix(one, problems) {
+                    Some(p) => p.to_string(),
+                    None => continue,
+                },
+                _ => {
+                    problems.push(include_error(
+                        Reason::InvalidValue,
+                        "include: more than one prefix is not allowed in a condition block".to_owned(),
+                    ));
+                    continue;
+                }
+            };
+            let joined = join_prefix(outer, &inner);
+            // Conditions Portico does not implement make two includes differ in ways it
+            // cannot see; they are errors already, so only plain prefixes are compared.
+            if include.ignored.is_empty() {
+                if seen_prefixes.contains(&joined) {
+                    problems.push(include_error(
+                        Reason::DuplicateMatchConditions,
+                        "duplicate conditions defined on an include".to_owned(),
+                    ));
+                    continue;
+                }
+                seen_prefixes.push(joined.clone());
+            }
+            let broken = match self.position.get(&(namespace, include.name.as_str())) {
+                None => Some(include_error(
+                    Reason::IncludeNotFound,
+                    format!("include {namespace}/{} not found", include.name),
+                )),
+                Some(&target) if self.proxies[target].is_root() => Some(include_error(
+                    Reason::RootIncludesRoot,
+                    format!("root httpproxy cannot include another root httpproxy ({})", self.proxies[target].meta),
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = broken {
+                // Contour answers 502 under the include's prefix.
+                problems.push(problem);
+                let served_at = if joined.is_empty() { "/" } else { joined.as_str() };
+                match served_at.parse::<PathPrefix>() {
+                    Ok(prefix) => self.routes.push(PendingRoute {
+                        listener: self.index.config.http_port,
+                        host: host.clone(),
+                        prefix,
+                        owner,
+                        action: PendingAction::BadGateway,
+                    }),
+                    Err(e) => problems.push(too_long(served_at, e)),
+                }
+                continue;
+            }
+            let target = self.position[&(namespace, include.name.as_str())];
+            self.reached[target] = true;
+            if visited.contains(&target) {
+                let chain: Vec<String> =
+                    visited.iter().chain([&target]).map(|&v| self.proxies[v].meta.to_string()).collect();
+                statuses[self.base + target].problems.push(include_error(
+                    Reason::IncludeCreatesCycle,
+                    format!("include creates an include cycle: {}", chain.join(" -> ")),
+                ));
+                continue;
+            }
+            let closed = closed || include.ignored.iter().any(|p| restricts_access(p));
+            visited.push(target);
+            self.proxy(statuses, host, target, &joined, closed, visited);
+            visited.pop();
+        }
+        for route in &proxy.routes {
+            let problems = &mut statuses[owner].problems;
+            let written = route.prefixes.first().map(String::as_str).unwrap_or("/");
+            let route_label = format!("route {}", quote(written));
+            let own = match route.prefixes.as_slice() {
+                [] => PathPrefix::root(),
+                [one] => match route_prefix(one, problems) {
+                    Some(p) => p,
+                    None => continue,
+                },
+                _ => {
+                    problems.push(Problem::error(
+                        ProblemType::RouteError,
+                        Reason::InvalidValue,
+                        format!("{route_label}: more than one prefix condition; use one prefix per route"),
+                    ));
+                    continue;
+                }
+            };
+            let joined = join_prefix(outer, own.as_str());
+            let prefix = match joined.parse::<PathPrefix>() {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(too_long(&joined, e));
+                    continue;
+                }
+            };
+            let mut action = resolve_route(self.index, proxy, route, written, &route_label, problems);
+            if closed || route.ignored.iter().any(|p| restricts_access(p)) {
+                action = PendingAction::Reject;
+            }
+            self.routes.push(PendingRoute {
+                listener: self.index.config.http_port,
+                host: host.clone(),
+                prefix,
+                owner,
+                action,
+            });
+        }
+    }
+}
+
+/// A joined prefix outside the grammar (only its length can be wrong: its parts passed).
+fn too_long(joined: &str, e: portico_model::GrammarError) -> Problem {
+    Problem::error(ProblemType::IncludeError, Reason::InvalidValue, format!("the joined prefix {}: {e}", quote(joined)))
 }
 
 fn resolve_route(
@@ -71,16 +309,6 @@ fn resolve_route(
     problems: &mut Vec<Problem>,
 ) -> PendingAction {
     let errors_before = error_count(problems);
-    for ignored in &route.ignored_conditions {
-        problems.push(Problem::warning(
-            ProblemType::RouteError,
-            Reason::IgnoredField,
-            format!(
-                "{route_label}: condition {} is not read by Portico; the route matches on its prefix alone",
-                quote(ignored)
-            ),
-        ));
-    }
     let mut host_rewrite = None;
     for (name, value) in &route.set_headers {
         if name.eq_ignore_ascii_case("host") {
@@ -184,8 +412,9 @@ fn resolve_service(
     let protocol = effective_protocol(svc.protocol.as_deref(), service, port)
         .map_err(|e| Problem::error(ProblemType::ServiceError, Reason::UnsupportedProtocol, format!("{label}: {e}")))?;
 
-    let tls_error =
-        |what: String| Problem::error(ProblemType::TLSError, Reason::TLSUpstreamValidation, format!("{label}: {what}"));
+    let tls_error = |what: String| {
+        Problem::error(ProblemType::ServiceError, Reason::TLSUpstreamValidation, format!("{label}: {what}"))
+    };
     let mut ca_trust = None;
     let mut verify = Verification::None;
     let mut first_subject = None;

@@ -15,7 +15,7 @@ pub mod voyager;
 #[cfg(feature = "service")]
 pub mod service;
 
-use portico_model::{Kind, Model, ObjectStatus, SecretRef};
+use portico_model::{K8sName, Kind, Model, ObjectStatus, SecretRef};
 
 pub use snapshot::Snapshot;
 
@@ -26,11 +26,21 @@ pub struct Config {
     pub http_port: u16,
     /// The upstream client certificate (Contour's "Envoy client certificate").
     pub client_cert: Option<SecretRef>,
+    /// Contour's `--root-namespaces`: where root HTTPProxies may be defined; empty means
+    /// anywhere.
+    pub root_namespaces: Vec<K8sName>,
+}
+
+impl Config {
+    /// Whether a root HTTPProxy may be defined in `namespace`.
+    pub fn root_allowed(&self, namespace: &K8sName) -> bool {
+        self.root_namespaces.is_empty() || self.root_namespaces.contains(namespace)
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { http_port: 8080, client_cert: None }
+        Config { http_port: 8080, client_cert: None, root_namespaces: Vec::new() }
     }
 }
 
@@ -49,11 +59,7 @@ pub fn resolve(snapshot: &Snapshot, config: &Config) -> Resolved {
     let mut routes = Vec::new();
     // HTTPProxies first, then Voyager Ingresses, each by namespace and name: the order in
     // which route conflicts are decided, and (Kind's order) the order of the statuses.
-    for proxy in snapshot.http_proxies.values() {
-        let mut problems = Vec::new();
-        routes.extend(contour::resolve_proxy(&index, proxy, statuses.len(), &mut problems));
-        statuses.push(ObjectStatus { object: proxy.meta.object_ref(Kind::HttpProxy), problems });
-    }
+    routes.extend(contour::resolve_proxies(&index, &mut statuses));
     for ingress in snapshot.voyager_ingresses.values() {
         let mut problems = Vec::new();
         routes.extend(voyager::resolve_ingress(&index, ingress, statuses.len(), &mut problems));

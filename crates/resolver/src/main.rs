@@ -22,6 +22,10 @@ struct Args {
     /// The upstream client certificate Secret, NAMESPACE/NAME.
     #[arg(long, env = "PORTICO_CLIENT_CERT", value_parser = parse_secret)]
     client_cert: Option<portico_model::SecretRef>,
+    /// Contour's --root-namespaces: the namespaces where root HTTPProxies (those with a
+    /// virtualhost) may be defined, comma-separated; empty means any.
+    #[arg(long, env = "PORTICO_ROOT_NAMESPACES", value_delimiter = ',')]
+    root_namespaces: Vec<portico_model::K8sName>,
     /// This instance's name in the lease (defaults to the host name and process id).
     #[arg(long, env = "PORTICO_INSTANCE")]
     instance: Option<String>,
@@ -46,7 +50,7 @@ fn main() -> ExitCode {
     let instance = instance_name(args.instance);
     let mut config = ServiceConfig::new(
         args.nats.connect_config("portico-resolver"),
-        Config { http_port: args.http_port, client_cert: args.client_cert },
+        Config { http_port: args.http_port, client_cert: args.client_cert, root_namespaces: args.root_namespaces },
         instance,
     );
     config.holdoff = Duration::from_millis(args.holdoff_ms);

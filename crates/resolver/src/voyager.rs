@@ -3,7 +3,7 @@
 
 use crate::backend_tls;
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::common::{error_count, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
+use crate::common::{error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
 use portico_model::names::quote;
 use portico_model::{
     Alpn, CaSource, ClusterKey, HostMatch, Problem, ProblemType, Reason, SecretRef, TlsPolicy, TlsVersion,
@@ -17,6 +17,13 @@ pub const ANNOTATION_CA_SECRET: &str = "portico.dev/upstream-ca-secret";
 /// HAProxy's own text for `verify required` without a CA, from the seed.
 pub const VERIFY_WITHOUT_CA: &str = "verify is enabled by default but no CA file specified. If you're running on a LAN where you're certain to trust the server's certificate, please set an explicit 'verify none' statement on the 'server' line, or use 'ssl-server-verify none' in the global section to disable server-side verifications by default.";
 
+/// Whether leaving out a Voyager field or annotation would widen access: authentication,
+/// source allow-lists, and frontend rules (which carry ACLs).
+pub fn restricts_access(path: &str) -> bool {
+    let annotation = path.strip_prefix("metadata.annotations[").unwrap_or("");
+    path.contains("frontendRules") || annotation.contains("auth") || annotation.contains("whitelist-source-range")
+}
+
 /// Resolve one Voyager Ingress into routes, pushing its problems.
 pub fn resolve_ingress(
     index: &Index<'_>,
@@ -25,6 +32,14 @@ pub fn resolve_ingress(
     problems: &mut Vec<Problem>,
 ) -> Vec<PendingRoute> {
     let mut routes = Vec::new();
+    // What Portico does not implement is named; a restriction it cannot enforce closes
+    // every route of the Ingress (SPEC section 9).
+    let mut closed = false;
+    for path in &ingress.ignored {
+        let restricts = restricts_access(path);
+        closed |= restricts;
+        problems.push(ignored_field(path, restricts, "no route of this Ingress"));
+    }
     let mut add =
         |listener: u16, host: HostMatch, path: &str, backend: &VoyagerBackend, problems: &mut Vec<Problem>| {
             let Some(prefix) = route_prefix(path, problems) else { return };
@@ -37,7 +52,7 @@ pub fn resolve_ingress(
                 }
             };
             let failed = error_count(problems) > errors_before;
-            let action = if failed { PendingAction::Reject } else { action };
+            let action = if failed || closed { PendingAction::Reject } else { action };
             routes.push(PendingRoute { listener, host, prefix, owner, action });
         };
     for rule in &ingress.rules {

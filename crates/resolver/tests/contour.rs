@@ -152,98 +152,98 @@ const ROUTE_ERRORS: &[(&str, &str, &str, &str, &str)] = &[
         "a missing CA secret gives the seed's exact message",
         "{name: tls-svc, port: 8443, validation: {caSecret: nope, subjectName: backend.example.com}}",
         "route \"/\": service \"tls-svc\": upstreamValidation requested but secret not found or misconfigured",
-        "SecretNotValid",
+        "ServiceError/TLSUpstreamValidation",
         "secret \"shop/nope\" not found",
     ),
     (
         "a CA secret that is not a valid bundle gives the same message, with the reason as detail",
         "{name: tls-svc, port: 8443, validation: {caSecret: bad-ca, subjectName: backend.example.com}}",
         "route \"/\": service \"tls-svc\": upstreamValidation requested but secret not found or misconfigured",
-        "SecretNotValid",
+        "ServiceError/TLSUpstreamValidation",
         "secret \"shop/bad-ca\": failed to locate certificate",
     ),
     (
         "a CA in another namespace without delegation is not permitted",
         "{name: tls-svc, port: 8443, validation: {caSecret: infra/private-ca, subjectName: a.b}}",
         "route \"/\": service \"tls-svc\": certificate delegation not permitted for CA secret \"infra/private-ca\"",
-        "CACertificateNotDelegated",
+        "TLSError/CACertificateNotDelegated",
         "add a TLSCertificateDelegation in namespace \"infra\"",
     ),
     (
         "a delegation to another namespace does not cover this one",
         "{name: tls-svc, port: 8443, validation: {caSecret: infra/elsewhere-ca, subjectName: a.b}}",
         "route \"/\": service \"tls-svc\": certificate delegation not permitted for CA secret \"infra/elsewhere-ca\"",
-        "CACertificateNotDelegated",
+        "TLSError/CACertificateNotDelegated",
         "",
     ),
     (
         "validation on a plain port is an error, not silently dropped",
         "{name: tls-svc, port: 80, validation: {caSecret: ca, subjectName: a.b}}",
         "route \"/\": service \"tls-svc\": upstreamValidation requested but service port 80 is not TLS",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "validation on h2c is an error",
         "{name: tls-svc, port: 8443, protocol: h2c, validation: {caSecret: ca, subjectName: a.b}}",
         "route \"/\": service \"tls-svc\": upstreamValidation requested but service port 8443 is not TLS",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "subjectName is required",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca}}",
         "route \"/\": service \"tls-svc\": upstreamValidation requested but validation.subjectName is empty",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "subjectNames must start with subjectName",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a.b, subjectNames: [c.d, a.b]}}",
         "route \"/\": service \"tls-svc\": validation.subjectNames[0] \"c.d\" must equal validation.subjectName \"a.b\"",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "at most 8 subject names",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: a1.b, subjectNames: [a1.b, a2.b, a3.b, a4.b, a5.b, a6.b, a7.b, a8.b, a9.b]}}",
         "route \"/\": service \"tls-svc\": validation.subjectNames has 9 names; at most 8 are allowed",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "a subject name must be a DNS name",
         "{name: tls-svc, port: 8443, validation: {caSecret: ca, subjectName: \"a b\"}}",
         "route \"/\": service \"tls-svc\": validation subject name: DNS name \"a b\" is not valid",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "a caSecret with two slashes is refused",
         "{name: tls-svc, port: 8443, validation: {caSecret: a/b/c, subjectName: a.b}}",
         "route \"/\": service \"tls-svc\": validation.caSecret: secret reference \"a/b/c\"",
-        "TLSUpstreamValidation",
+        "ServiceError/TLSUpstreamValidation",
         "",
     ),
     (
         "an unknown protocol is unsupported",
         "{name: tls-svc, port: 8443, protocol: https}",
         "route \"/\": service \"tls-svc\": unsupported protocol \"https\" (use h2, h2c or tls)",
-        "UnsupportedProtocol",
+        "ServiceError/UnsupportedProtocol",
         "",
     ),
     (
         "a missing Service is an unresolved reference",
         "{name: ghost, port: 80}",
         "route \"/\": service \"ghost\": not found in namespace \"shop\"",
-        "ServiceUnresolvedReference",
+        "ServiceError/ServiceUnresolvedReference",
         "",
     ),
     (
         "a missing port is an unresolved reference",
         "{name: tls-svc, port: 9443}",
         "route \"/\": service \"tls-svc\": port 9443 not found on the Service",
-        "ServiceUnresolvedReference",
+        "ServiceError/ServiceUnresolvedReference",
         "",
     ),
 ];
@@ -255,9 +255,9 @@ fn route_errors_make_the_proxy_invalid_and_the_route_answer_503() {
         let status = w.status("shop/p");
         assert_eq!(status.current_status, "invalid", "{sentence}");
         assert!(status.description.starts_with(description), "{sentence}: got {:?}", status.description);
-        let errs = errors(&status);
-        assert_eq!(errs[0].0, *reason, "{sentence}");
-        assert!(errs[0].1.contains(detail), "{sentence}: entry {:?} lacks {detail:?}", errs[0].1);
+        let first = &status.conditions[0].errors[0];
+        assert_eq!(format!("{}/{}", first.condition_type, first.reason), *reason, "{sentence}");
+        assert!(first.message.contains(detail), "{sentence}: entry {:?} lacks {detail:?}", first.message);
         assert!(w.rejects(8080, HOST, "/"), "{sentence}: the route must answer 503");
         assert!(w.resolved.model.clusters.is_empty(), "{sentence}: no cluster for a rejected route");
     }
@@ -272,7 +272,11 @@ fn the_description_is_exactly_the_seeds_sentence_and_the_detail_goes_in_the_entr
     );
     let condition = &status.conditions[0];
     assert_eq!((condition.condition_type.as_str(), condition.status.as_str()), ("Valid", "False"));
-    assert_eq!(condition.errors[0].condition_type, "TLSError");
+    assert_eq!(
+        (condition.errors[0].condition_type.as_str(), condition.errors[0].reason.as_str()),
+        ("ServiceError", "TLSUpstreamValidation"),
+        "Contour's mapping for a missing CA secret"
+    );
     assert_eq!(condition.errors[0].message, format!("{}: secret \"shop/nope\" not found", status.description));
 }
 
@@ -588,23 +592,28 @@ fn object_level_and_route_level_input_errors() {
     assert!(bad_fqdn.resolved.model.listeners.is_empty(), "nothing to route on");
 
     let two_prefixes =
-        custom("  routes: [{conditions: [{prefix: /a}, {prefix: /b}], services: [{name: tls-svc, port: 8443}]}]\n");
+        custom("  virtualhost: {fqdn: www.example.com}\n  routes: [{conditions: [{prefix: /a}, {prefix: /b}], services: [{name: tls-svc, port: 8443}]}]\n");
     assert_eq!(
         two_prefixes.status("shop/p").description,
         "route \"/a\": more than one prefix condition; use one prefix per route"
     );
 
     let bad_prefix =
-        custom("  routes: [{conditions: [{prefix: \"/a b\"}], services: [{name: tls-svc, port: 8443}]}]\n");
+        custom("  virtualhost: {fqdn: www.example.com}\n  routes: [{conditions: [{prefix: \"/a b\"}], services: [{name: tls-svc, port: 8443}]}]\n");
     assert!(bad_prefix.status("shop/p").description.starts_with("route \"/a b\": path prefix \"/a b\" is not valid"));
 
-    let no_services = custom("  routes: [{conditions: [{prefix: /x}]}]\n");
+    let no_services = custom("  virtualhost: {fqdn: www.example.com}\n  routes: [{conditions: [{prefix: /x}]}]\n");
     assert_eq!(no_services.status("shop/p").description, "route \"/x\": the route has no services");
-    assert!(no_services.rejects(8080, "*", "/x"), "a proxy without virtualhost answers for any host");
+    assert!(no_services.rejects(8080, HOST, "/x"));
 
-    let header = custom("  routes: [{conditions: [{prefix: /h}, {header: {name: x, present: true}}], services: [{name: tls-svc, port: 8443}]}]\n");
-    assert_eq!(header.status("shop/p").current_status, "valid");
-    assert_eq!(warnings(&header.status("shop/p"))[0].0, "IgnoredField");
+    let header = custom("  virtualhost: {fqdn: www.example.com}\n  routes: [{conditions: [{prefix: /h}, {header: {name: x, present: true}}], services: [{name: tls-svc, port: 8443}]}]\n");
+    assert_eq!(
+        header.status("shop/p").current_status,
+        "invalid",
+        "a header condition restricts who may reach the route"
+    );
+    assert_eq!(errors(&header.status("shop/p"))[0].0, "UnsupportedRestriction");
+    assert!(header.rejects(8080, HOST, "/h"), "served without its header condition it would widen access");
 }
 
 #[test]

@@ -4,8 +4,8 @@
 mod support;
 
 use portico_model::{
-    EndpointSlice, HttpProxy, HttpProxyRoute, HttpProxyService, Meta, Service, ServicePort, ServiceType,
-    UpstreamValidation, VoyagerBackend, VoyagerIngress, VoyagerPath, VoyagerRule,
+    EndpointSlice, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, Meta, Service, ServicePort,
+    ServiceType, UpstreamValidation, VoyagerBackend, VoyagerIngress, VoyagerPath, VoyagerRule,
 };
 use portico_resolver::{backend_tls, resolve, Config, Snapshot};
 use proptest::prelude::*;
@@ -126,12 +126,46 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
             ready: true,
         }],
     };
+    // The root includes a child under a hostile prefix, and a proxy of a hostile name.
+    let child = HttpProxy {
+        meta: meta("default", "child"),
+        fqdn: None,
+        includes: vec![],
+        routes: vec![HttpProxyRoute {
+            prefixes: vec!["/c".into()],
+            services: vec![HttpProxyService {
+                name: "web".into(),
+                port: 443,
+                weight: None,
+                protocol: None,
+                validation: None,
+            }],
+            set_headers: vec![],
+            ignored: vec![format!("spec.routes[0].{}", i.host_header)],
+        }],
+        ignored: vec![],
+    };
     let proxy = HttpProxy {
         meta: meta("default", "p"),
         fqdn: Some(i.fqdn.clone()),
+        includes: vec![
+            HttpProxyInclude {
+                name: "child".into(),
+                namespace: None,
+                prefixes: vec![i.prefix.clone()],
+                ignored: vec![],
+            },
+            HttpProxyInclude {
+                name: i.service_name.clone(),
+                namespace: Some(i.voyager_host.clone()),
+                prefixes: vec![format!("{}/missing", i.voyager_path)],
+                ignored: vec![i.protocol.clone()],
+            },
+        ],
+        ignored: vec![format!("spec.{}", i.protocol)],
         routes: vec![HttpProxyRoute {
             prefixes: vec![i.prefix.clone()],
-            ignored_conditions: vec![i.protocol.clone()],
+            ignored: vec![i.protocol.clone()],
             services: vec![
                 HttpProxyService {
                     name: "web".into(),
@@ -158,6 +192,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
     let ingress = VoyagerIngress {
         meta: meta("default", "ing"),
         backend: Some(VoyagerBackend { service_name: "web".into(), service_port: "443".into() }),
+        ignored: vec![format!("metadata.annotations[{}]", i.voyager_host)],
         rules: vec![VoyagerRule {
             host: i.voyager_host.clone(),
             port: Some(9000),
@@ -172,6 +207,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
         portico_model::Object::Service(service),
         portico_model::Object::EndpointSlice(slice),
         portico_model::Object::HttpProxy(proxy),
+        portico_model::Object::HttpProxy(child),
         portico_model::Object::VoyagerIngress(ingress),
     ] {
         snap.apply(o).unwrap();
@@ -248,6 +284,8 @@ fn the_property_is_not_vacuous_valid_user_values_do_reach_the_model() {
         strings(&serde_json::to_value(&resolved.model).unwrap(), &mut all);
         let mut want = vec![
             "/api",
+            "/api/c",
+            "/v/missing",
             "www.example.com",
             "sub.example.com",
             "host.example.com",

@@ -142,13 +142,13 @@ const ERRORS: &[(&str, &str, &str, &str)] = &[
         "a missing CA secret",
         r#"ingress.appscode.com/backend-tls: "ssl", portico.dev/upstream-ca-secret: nope"#,
         "upstreamValidation requested but secret not found or misconfigured",
-        "SecretNotValid",
+        "TLSUpstreamValidation",
     ),
     (
         "a broken CA secret",
         r#"ingress.appscode.com/backend-tls: "ssl", portico.dev/upstream-ca-secret: broken-ca"#,
         "upstreamValidation requested but secret not found or misconfigured",
-        "SecretNotValid",
+        "TLSUpstreamValidation",
     ),
     (
         "ca-file and a CA secret together",
@@ -256,4 +256,52 @@ fn backends_resolve_by_port_name_listener_port_and_only_in_the_ingress_namespace
 fn a_rejected_route_never_carries_a_backend() {
     let w = with(r#"ingress.appscode.com/backend-tls: "ssl verfyhost a.b""#);
     assert!(matches!(w.route(8080, APP, "/").action, RouteAction::Reject));
+}
+
+#[test]
+fn voyager_fields_portico_does_not_implement_are_named_and_restrictions_close_the_ingress() {
+    let ingress_with = |metadata_extra: &str, spec_extra: &str, backend_extra: &str| {
+        let yaml = ingress("ingress.appscode.com/backend-tls: \"ssl verify none\"")
+            .replace(
+                "metadata: {name: ing, namespace: default}",
+                &format!("metadata: {{name: ing, namespace: default{metadata_extra}}}"),
+            )
+            .replace("spec:\n  backend:", &format!("spec:\n{spec_extra}  backend:"))
+            .replace(
+                "      - backend: {serviceName: web, servicePort: '443'}",
+                &format!("      - backend: {{serviceName: web, servicePort: '443'{backend_extra}}}"),
+            );
+        world(&yaml, cas())
+    };
+    let w = ingress_with(
+        ", annotations: {ingress.appscode.com/type: LoadBalancer}",
+        "  tls: [{hosts: [app.example.com], secretName: cert}]\n",
+        ", backendRules: ['http-request set-header X-Evil 1']",
+    );
+    let status = w.voyager_status("default/ing");
+    assert_eq!(status.current_status, "valid", "{:?}", errors(&status));
+    let mut got: Vec<String> =
+        warnings(&status).into_iter().filter(|(r, _)| r == "IgnoredField").map(|(_, m)| m).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "metadata.annotations[ingress.appscode.com/type] is not supported by Portico and is ignored",
+            "spec.rules[0].http.paths[0].backend.backendRules is not supported by Portico and is ignored",
+            "spec.tls is not supported by Portico and is ignored",
+        ]
+    );
+    assert!(!w.rejects(8080, APP, "/"));
+
+    for (sentence, metadata, spec) in [
+        ("basic auth", ", annotations: {ingress.appscode.com/auth-type: basic}", ""),
+        ("a source allow-list", ", annotations: {ingress.appscode.com/whitelist-source-range: 10.0.0.0/8}", ""),
+        ("frontend rules", "", "  frontendRules: [{port: 80, rules: ['acl x src 10.0.0.0/8']}]\n"),
+    ] {
+        let w = ingress_with(metadata, spec, "");
+        let status = w.voyager_status("default/ing");
+        assert_eq!(status.current_status, "invalid", "{sentence}");
+        assert_eq!(errors(&status)[0].0, "UnsupportedRestriction", "{sentence}");
+        assert!(w.rejects(8080, APP, "/") && w.rejects(8080, "*", "/"), "{sentence}: every route answers 503");
+    }
 }

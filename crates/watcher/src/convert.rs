@@ -113,13 +113,20 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
     let meta = meta(&p.metadata)?;
     let mut routes = Vec::new();
     for (r, route) in p.spec.routes.iter().enumerate() {
+        let at = format!("spec.routes[{r}]");
+        let mut ignored = unimplemented(&at, &route.other);
+        ignored.extend(unimplemented_conditions(&at, &route.conditions));
         let mut services = Vec::new();
         for (s, svc) in route.services.iter().enumerate() {
-            let field = |f: &str| format!("spec.routes[{r}].services[{s}].{f}");
+            let field = |f: &str| format!("{at}.services[{s}].{f}");
             let weight = svc
                 .weight
                 .map(|w| u32::try_from(w).map_err(|_| ConvertError::BadWeight { field: field("weight"), value: w }))
                 .transpose()?;
+            ignored.extend(unimplemented(&format!("{at}.services[{s}]"), &svc.other));
+            if let Some(v) = &svc.validation {
+                ignored.extend(unimplemented(&format!("{at}.services[{s}].validation"), &v.other));
+            }
             services.push(model::HttpProxyService {
                 name: svc.name.clone(),
                 port: port(|| field("port"), svc.port)?,
@@ -132,19 +139,65 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
                 }),
             });
         }
+        if let Some(policy) = &route.request_headers_policy {
+            ignored.extend(unimplemented(&format!("{at}.requestHeadersPolicy"), &policy.other));
+            for (h, header) in policy.set.iter().enumerate() {
+                ignored.extend(unimplemented(&format!("{at}.requestHeadersPolicy.set[{h}]"), &header.other));
+            }
+        }
         routes.push(model::HttpProxyRoute {
             prefixes: route.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
-            ignored_conditions: route.conditions.iter().flat_map(|c| c.other.keys().cloned()).collect(),
             services,
             set_headers: route
                 .request_headers_policy
                 .iter()
                 .flat_map(|p| p.set.iter().map(|h| (h.name.clone(), h.value.clone())))
                 .collect(),
+            ignored,
         });
     }
+    let includes = p
+        .spec
+        .includes
+        .iter()
+        .enumerate()
+        .map(|(i, include)| {
+            let at = format!("spec.includes[{i}]");
+            let mut ignored = unimplemented(&at, &include.other);
+            ignored.extend(unimplemented_conditions(&at, &include.conditions));
+            model::HttpProxyInclude {
+                name: include.name.clone(),
+                namespace: include.namespace.clone().filter(|n| !n.is_empty()),
+                prefixes: include.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
+                ignored,
+            }
+        })
+        .collect();
+    let mut ignored = unimplemented("spec", &p.spec.other);
+    if let Some(v) = &p.spec.virtualhost {
+        ignored.extend(unimplemented("spec.virtualhost", &v.other));
+        // Client certificate validation restricts who may connect: named on its own, so
+        // that the resolver can close the virtual host rather than only warn about `tls`.
+        if v.other.get("tls").is_some_and(|tls| tls.get("clientValidation").is_some()) {
+            ignored.push("spec.virtualhost.tls.clientValidation".to_owned());
+        }
+    }
     let fqdn = p.spec.virtualhost.as_ref().map(|v| v.fqdn.clone());
-    Ok(model::HttpProxy { meta, fqdn, routes })
+    Ok(model::HttpProxy { meta, fqdn, includes, routes, ignored })
+}
+
+/// The paths of the fields at `at` that Portico does not implement (`at.name`).
+fn unimplemented(at: &str, fields: &crds::Unimplemented) -> Vec<model::FieldPath> {
+    fields.keys().map(|name| format!("{at}.{name}")).collect()
+}
+
+/// The paths of the match conditions other than `prefix` (`at.conditions[1].header`).
+fn unimplemented_conditions(at: &str, conditions: &[crds::MatchCondition]) -> Vec<model::FieldPath> {
+    conditions
+        .iter()
+        .enumerate()
+        .flat_map(|(c, condition)| unimplemented(&format!("{at}.conditions[{c}]"), &condition.other))
+        .collect()
 }
 
 pub fn delegation(d: &crds::TLSCertificateDelegation) -> Result<model::TlsCertificateDelegation, ConvertError> {
@@ -175,9 +228,27 @@ fn voyager_backend(b: &crds::VoyagerBackend) -> model::VoyagerBackend {
 
 pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress, ConvertError> {
     let meta = meta(&i.metadata)?;
+    let mut ignored: Vec<model::FieldPath> = i
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("ingress.appscode.com/"))
+        .map(|(k, _)| format!("metadata.annotations[{k}]"))
+        .collect();
+    ignored.extend(unimplemented("spec", &i.spec.other));
+    if let Some(b) = &i.spec.backend {
+        ignored.extend(unimplemented("spec.backend", &b.other));
+    }
     let mut rules = Vec::new();
     for (r, rule) in i.spec.rules.iter().enumerate() {
+        ignored.extend(unimplemented(&format!("spec.rules[{r}]"), &rule.other));
         let http = rule.http.clone().unwrap_or_default();
+        ignored.extend(unimplemented(&format!("spec.rules[{r}].http"), &http.other));
+        for (p, path) in http.paths.iter().enumerate() {
+            ignored.extend(unimplemented(&format!("spec.rules[{r}].http.paths[{p}]"), &path.other));
+            ignored.extend(unimplemented(&format!("spec.rules[{r}].http.paths[{p}].backend"), &path.backend.other));
+        }
         let listener = match &http.port {
             None => None,
             Some(IntOrString::Int(n)) => Some(port(|| format!("spec.rules[{r}].http.port"), i64::from(*n))?),
@@ -196,5 +267,5 @@ pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress
                 .collect(),
         });
     }
-    Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules })
+    Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules, ignored })
 }

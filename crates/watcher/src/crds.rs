@@ -16,14 +16,40 @@ pub struct HTTPProxySpec {
     #[serde(default)]
     pub virtualhost: Option<VirtualHost>,
     #[serde(default)]
+    pub includes: Vec<Include>,
+    #[serde(default)]
     pub routes: Vec<Route>,
+    /// Every other field (`tcpproxy`, `httpVersions`...): Portico does not implement them
+    /// and says so in the status, never dropping one silently (SPEC section 9).
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
+
+/// The fields of one level of an object that Portico does not implement, kept by name so
+/// that each can be reported.
+pub type Unimplemented = BTreeMap<String, serde_json::Value>;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualHost {
     #[serde(default)]
     pub fqdn: String,
+    /// `tls`, `ipAllowPolicy`, `authorization`...
+    #[serde(flatten)]
+    pub other: Unimplemented,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Include {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<MatchCondition>,
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -35,6 +61,9 @@ pub struct Route {
     pub services: Vec<Service>,
     #[serde(default)]
     pub request_headers_policy: Option<HeadersPolicy>,
+    /// `timeoutPolicy`, `retryPolicy`, `authPolicy`...
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -42,9 +71,9 @@ pub struct Route {
 pub struct MatchCondition {
     #[serde(default)]
     pub prefix: Option<String>,
-    /// `header`, `queryParameter`... which Portico does not read; kept to warn about.
+    /// `header`, `queryParameter`, `exact`, `regex`: Portico does not implement them.
     #[serde(flatten)]
-    pub other: BTreeMap<String, serde_json::Value>,
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -59,6 +88,9 @@ pub struct Service {
     pub protocol: Option<String>,
     #[serde(default)]
     pub validation: Option<UpstreamValidation>,
+    /// `mirror`, `requestHeadersPolicy`, `slowStartPolicy`...
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -70,6 +102,8 @@ pub struct UpstreamValidation {
     pub subject_name: String,
     #[serde(default)]
     pub subject_names: Vec<String>,
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -77,6 +111,9 @@ pub struct UpstreamValidation {
 pub struct HeadersPolicy {
     #[serde(default)]
     pub set: Vec<HeaderValue>,
+    /// `remove`.
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -86,6 +123,8 @@ pub struct HeaderValue {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 /// projectcontour.io/v1 TLSCertificateDelegation.
@@ -122,6 +161,9 @@ pub struct VoyagerIngressSpec {
     pub backend: Option<VoyagerBackend>,
     #[serde(default)]
     pub rules: Vec<VoyagerRule>,
+    /// `tls`, `frontendRules`, the pod settings...
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -131,6 +173,9 @@ pub struct VoyagerRule {
     pub host: String,
     #[serde(default)]
     pub http: Option<VoyagerHttpRule>,
+    /// `tcp`.
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -140,6 +185,9 @@ pub struct VoyagerHttpRule {
     pub port: Option<IntOrString>,
     #[serde(default)]
     pub paths: Vec<VoyagerPath>,
+    /// `address`, `noTLS`, `nodePort`.
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -148,6 +196,8 @@ pub struct VoyagerPath {
     #[serde(default)]
     pub path: Option<String>,
     pub backend: VoyagerBackend,
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -156,4 +206,7 @@ pub struct VoyagerBackend {
     #[serde(default)]
     pub service_name: String,
     pub service_port: IntOrString,
+    /// `headerRules`, `rewriteRules`, `backendRules` (raw HAProxy lines, never copied)...
+    #[serde(flatten)]
+    pub other: Unimplemented,
 }

@@ -128,7 +128,7 @@ fn every_kind_decodes_into_portico_objects() {
     assert_eq!(proxy.fqdn.as_deref(), Some("www.example.com"));
     let route = &proxy.routes[0];
     assert_eq!(route.prefixes, vec!["/api"]);
-    assert_eq!(route.ignored_conditions, vec!["header"]);
+    assert_eq!(route.ignored, vec!["spec.routes[0].conditions[1].header"]);
     assert_eq!(route.set_headers, vec![("Host".to_owned(), "backend.example.com".to_owned())]);
     let v = route.services[0].validation.as_ref().unwrap();
     assert_eq!((v.ca_secret.as_str(), v.subject_name.as_str()), ("infra/ca", "backend.example.com"));

@@ -455,7 +455,7 @@ impl Pipeline {
         ));
         let mut resolver_config = portico_resolver::service::ServiceConfig::new(
             bus.clone(),
-            portico_resolver::Config { http_port: 8080, client_cert: None },
+            portico_resolver::Config::default(),
             "resolver-test".into(),
         );
         resolver_config.holdoff = Duration::from_millis(20);

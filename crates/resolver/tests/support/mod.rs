@@ -119,12 +119,26 @@ impl World {
                 assert_eq!(backends.len(), 1, "one backend expected");
                 self.resolved.model.cluster(&backends[0].cluster).expect("the cluster exists")
             }
-            RouteAction::Reject => panic!("route {host}{prefix} rejects"),
+            other => panic!("route {host}{prefix} does not forward: {other:?}"),
         }
     }
 
     pub fn rejects(&self, port: u16, host: &str, prefix: &str) -> bool {
         self.route(port, host, prefix).action == RouteAction::Reject
+    }
+
+    /// The status a route answers with itself (502 or 503), or `None` when it forwards.
+    pub fn answers(&self, port: u16, host: &str, prefix: &str) -> Option<u16> {
+        self.route(port, host, prefix).action.direct_status()
+    }
+
+    /// Every route as (host, prefix, the object that wrote it), in the model's order.
+    pub fn route_list(&self) -> Vec<(String, String, String)> {
+        self.resolved
+            .model
+            .routes()
+            .map(|(_, h, r)| (h.to_string(), r.prefix.to_string(), format!("{}/{}", r.source.namespace, r.source.name)))
+            .collect()
     }
 }
 
