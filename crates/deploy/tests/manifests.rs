@@ -323,3 +323,120 @@ fn the_envoy_bootstraps_pass_envoys_own_validation() {
         );
     }
 }
+
+/// Run a checking tool on `file`; a missing tool fails with what to run, never skips.
+fn tool(program: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
+        panic!("{program} could not be run ({e}); scripts/setup.sh installs it (source it, or run scripts/test.sh)")
+    })
+}
+
+/// `kubectl kustomize deploy/kubernetes`: what `kubectl apply -k` reads, with Kubernetes'
+/// own YAML parser (stricter than serde_yaml: it refused a `?` in a flow mapping that
+/// serde_yaml accepted, which broke every install).
+fn kustomized(dir: &Path) -> PathBuf {
+    let out = tool("kubectl", &["kustomize", kubernetes_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    file
+}
+
+#[test]
+fn kubectl_kustomize_renders_every_manifest_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(kustomized(dir.path())).unwrap();
+    let rendered: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let key =
+        |v: &Value| format!("{}/{}", v["kind"].as_str().unwrap_or("?"), v["metadata"]["name"].as_str().unwrap_or("?"));
+    let mut want: Vec<String> = documents().iter().map(|(_, v)| key(v)).collect();
+    let mut got: Vec<String> = rendered.iter().map(key).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "kubectl kustomize must render exactly the documents of the manifest files");
+    for v in &rendered {
+        let namespaced = !matches!(
+            v["kind"].as_str(),
+            Some("Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding")
+        );
+        if namespaced {
+            assert_eq!(v["metadata"]["namespace"], "portico", "{} lands in Portico's namespace", key(v));
+        }
+    }
+}
+
+#[test]
+fn every_rendered_object_passes_the_kubernetes_api_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = kustomized(dir.path());
+    // kubernetes-validate (PyPI) carries the API's OpenAPI schemas; --strict refuses
+    // unknown fields too.
+    let out =
+        tool("kubernetes-validate", &["--strict", "--kubernetes-version", "1.33", "--quiet", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused the manifests:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_compose_file_passes_the_compose_specification() {
+    let compose = repo().join("deploy/compose.yaml");
+    // check-jsonschema (PyPI) vendors the Compose Specification's JSON schema.
+    let out = tool("check-jsonschema", &["--builtin-schema", "vendor.compose-spec", compose.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "deploy/compose.yaml is not a valid Compose file:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_bundled_examples_pass_the_schemas_of_porticos_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    let crds: Vec<CustomResourceDefinition> = documents()
+        .into_iter()
+        .filter(|(_, v)| v["kind"] == "CustomResourceDefinition")
+        .map(|(f, v)| round_trip(&f, &v))
+        .collect();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("examples/upstream-tls")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(document).unwrap()).unwrap();
+            let (Some(api_version), Some(kind)) = (value["apiVersion"].as_str(), value["kind"].as_str()) else {
+                continue;
+            };
+            let Some(crd) = crds.iter().find(|c| {
+                c.spec.names.kind == kind
+                    && c.spec.versions.iter().any(|v| format!("{}/{}", c.spec.group, v.name) == api_version)
+            }) else {
+                continue;
+            };
+            let version = crd.spec.versions.iter().find(|v| api_version.ends_with(&format!("/{}", v.name))).unwrap();
+            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("a schema");
+            let schema_file = dir.path().join(format!("schema-{checked}.json"));
+            let object_file = dir.path().join(format!("object-{checked}.json"));
+            std::fs::write(&schema_file, serde_json::to_vec(schema).unwrap()).unwrap();
+            std::fs::write(&object_file, serde_json::to_vec(&value).unwrap()).unwrap();
+            let out = tool(
+                "check-jsonschema",
+                &["--schemafile", schema_file.to_str().unwrap(), object_file.to_str().unwrap()],
+            );
+            assert!(
+                out.status.success(),
+                "{kind} {} does not pass its CRD's schema:\n{}",
+                value["metadata"]["name"],
+                String::from_utf8_lossy(&out.stdout)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} custom objects checked");
+}
