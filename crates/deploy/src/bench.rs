@@ -31,7 +31,13 @@ pub struct Report {
     pub generate: Duration,
     pub validate_secrets: Duration,
     pub resolve: Vec<Duration>,
+    /// A one-object change through the incremental resolver: re-resolving the units
+    /// that depend on it and updating the route table (`Incremental::rebuild`).
     pub one_change: Vec<Duration>,
+    /// Reading the whole model off the table after that change (`Incremental::model`).
+    pub one_change_model: Vec<Duration>,
+    /// An EndpointSlice changed (the most frequent change in a real cluster): rebuild.
+    pub endpoint_change: Vec<Duration>,
     pub content_hash: Duration,
     /// haproxy.cfg and its files.
     pub render_haproxy: Vec<Duration>,
@@ -222,21 +228,35 @@ pub fn run(options: &Options, now: i64) -> Report {
     }
     let resolved = resolved.expect("at least one run");
 
-    // A one-object change: edit one HTTPProxy's subject name and rebuild (the resolver
-    // rebuilds in full; this measures what one change costs).
-    let mut one_change = Vec::new();
-    let key = snapshot.http_proxies.keys().next().cloned();
+    // One-object changes through the incremental resolver (what the resolver service
+    // does): an HTTPProxy's subject name, then an EndpointSlice's endpoints.
+    let mut incremental = portico_resolver::Incremental::from_snapshot(snapshot.clone(), config.clone());
+    incremental.rebuild();
+    let (mut one_change, mut one_change_model, mut endpoint_change) = (Vec::new(), Vec::new(), Vec::new());
+    let proxy = snapshot.http_proxies.values().next().cloned();
+    let slice = snapshot.endpoint_slices.values().next().cloned();
     for run in 0..options.runs.max(1) {
-        if let Some(key) = &key {
-            let proxy = snapshot.http_proxies.get_mut(key).expect("exists");
+        if let Some(mut proxy) = proxy.clone() {
             if let Some(v) = proxy.routes[0].services[0].validation.as_mut() {
                 v.subject_name = format!("changed-{run}.example.com");
             }
+            incremental.apply(Object::HttpProxy(proxy)).expect("not a secret");
         }
         let started = Instant::now();
-        let changed = resolve(&snapshot, &config);
+        let changes = incremental.rebuild();
         one_change.push(started.elapsed());
-        drop(changed); // outside the timed region, like the full-resolve runs
+        let started = Instant::now();
+        let model = incremental.model();
+        one_change_model.push(started.elapsed());
+        drop((changes, model)); // outside the timed region, like the full-resolve runs
+        if let Some(mut slice) = slice.clone() {
+            slice.endpoints.truncate(1 + run % 3);
+            incremental.apply(Object::EndpointSlice(slice)).expect("not a secret");
+        }
+        let started = Instant::now();
+        let changes = incremental.rebuild();
+        endpoint_change.push(started.elapsed());
+        drop(changes);
     }
 
     let started = Instant::now();
@@ -281,6 +301,8 @@ pub fn run(options: &Options, now: i64) -> Report {
         validate_secrets,
         resolve: resolve_times,
         one_change,
+        one_change_model,
+        endpoint_change,
         content_hash,
         render_haproxy,
         render_envoy,
@@ -320,7 +342,9 @@ impl Report {
              generate world            {}\n\
              validate {} CA secrets  {}\n\
              full resolve              median {} (min {}, max {}, {} runs)\n\
-             one-object change         median {} (full rebuild)\n\
+             one-object change         median {} (incremental: the dependents of one HTTPProxy)\n\
+             + model read-off          median {} (the whole model from the route table)\n\
+             EndpointSlice change      median {} (incremental)\n\
              model content hash        {}\n\
              render haproxy.cfg        median {} ({:.1} MiB)\n\
              render Envoy resources    median {} (typed, for xDS)\n\
@@ -342,6 +366,8 @@ impl Report {
             ms(max),
             self.resolve.len(),
             ms(median(&self.one_change)),
+            ms(median(&self.one_change_model)),
+            ms(median(&self.endpoint_change)),
             ms(self.content_hash),
             ms(median(&self.render_haproxy)),
             self.haproxy_cfg_bytes as f64 / 1_048_576.0,

@@ -1,9 +1,10 @@
 //! From resolved routes to the model: the route table (one owner per listener, host and
-//! prefix), clusters with collision-free names, and the trust the clusters need.
+//! prefix, kept across rebuilds), clusters with collision-free names, and the trust the
+//! clusters need.
 
 use portico_model::names::quote;
 use portico_model::{
-    Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectStatus, PathPrefix, Problem, ProblemType, Reason,
+    Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType, Reason,
     Route, RouteAction, Servers, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
@@ -45,127 +46,347 @@ pub struct PendingRoute {
     pub listener: u16,
     pub host: HostMatch,
     pub prefix: PathPrefix,
-    /// Index of the owning object's status.
-    pub owner: usize,
+    /// The object that wrote the route (its status gets the route's problems).
+    pub owner: ObjectRef,
     pub action: PendingAction,
 }
 
-/// Assemble the model. `routes` must come in a deterministic order: when two objects claim
-/// the same listener, host and prefix, the first keeps it and the later gets an error.
-/// Problems found here are added to `statuses[owner]`.
-pub fn assemble(routes: Vec<PendingRoute>, statuses: &mut [ObjectStatus]) -> Model {
-    let mut table: BTreeMap<(u16, HostMatch, PathPrefix), (usize, PendingAction)> = BTreeMap::new();
-    for route in routes {
-        let slot = (route.listener, route.host, route.prefix);
-        if let Some((owner, _)) = table.get(&slot) {
-            let (prefix, host, port) = (quote(slot.2.as_str()), &slot.1, slot.0);
-            let message = if *owner == route.owner {
-                format!("route {prefix}: host {host} has this prefix twice; the first route is used")
-            } else {
-                format!("route {prefix}: host {host} on port {port} is already routed by {}", statuses[*owner].object)
-            };
-            statuses[route.owner].problems.push(Problem::error(
-                ProblemType::RouteError,
-                Reason::DuplicateRoute,
-                message,
-            ));
-            continue;
+/// A small map kept as a sorted vector: most slots have one claim and most owners a few,
+/// where a `BTreeMap` would allocate a node of eleven entries for each.
+#[derive(Clone, Debug)]
+pub struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K: Ord, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> VecMap<K, V> {
+    pub fn insert(&mut self, key: K, value: V) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
         }
-        table.insert(slot, (route.owner, route.action));
     }
 
-    // Intern clusters (one per distinct key), keeping routes' references as indices. The
-    // lookup is by the key's SHA-256, which also names the cluster; a hit is confirmed by
-    // comparing the keys, so distinct keys never merge even if their digests collided.
-    let mut by_digest: DigestMap<Vec<usize>> = DigestMap::default();
-    let mut scratch = Vec::with_capacity(256);
-    let mut clusters: Vec<(ClusterKey, Servers, [u8; 32])> = Vec::new();
-    let mut trust: BTreeSet<TrustRef> = BTreeSet::new();
-    let mut client_cert: Option<TrustRef> = None;
-    let mut routes: Vec<Placed> = Vec::with_capacity(table.len());
-    for ((port, host, prefix), (owner, action)) in table {
-        let forward = match action {
-            PendingAction::Reject => None,
-            PendingAction::BadGateway => Some(Forward::BadGateway),
-            PendingAction::Forward { upstreams, host_rewrite } => {
-                let mut backends: Vec<(usize, u32)> = Vec::with_capacity(upstreams.len());
-                for (u, weight) in upstreams {
-                    let digest = key_digest(&u.key, &mut scratch);
-                    let same = by_digest.entry(digest).or_default();
-                    let i = match same.iter().find(|&&i| clusters[i].0 == u.key) {
-                        Some(&i) => i,
-                        None => {
-                            same.push(clusters.len());
-                            clusters.push((u.key, u.servers, digest));
-                            clusters.len() - 1
-                        }
-                    };
-                    trust.extend(u.ca_trust);
-                    if u.client_cert.is_some() {
-                        client_cert = u.client_cert;
-                    }
-                    match backends.iter_mut().find(|(c, _)| *c == i) {
-                        Some((_, w)) => *w += weight,
-                        None => backends.push((i, weight)),
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    pub fn first(&self) -> Option<(&K, &V)> {
+        self.0.first().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A listener, host and prefix: what one route occupies.
+pub type Slot = (u16, HostMatch, PathPrefix);
+
+/// Where a claim stands in the order conflicts are decided in: HTTPProxy units before
+/// Voyager Ingresses, each by namespace and name (`UnitKey`'s order), then the claim's
+/// place within its unit. The first claim of a slot keeps it.
+pub type Order<U> = (U, u32);
+
+/// What a route does, with its clusters named by key.
+#[derive(Clone, Debug)]
+enum Claimed {
+    Forward {
+        backends: Vec<(ClusterId, u32)>,
+        host_rewrite: Option<DnsName>,
+        trust: Vec<TrustRef>,
+        client_cert: Option<TrustRef>,
+    },
+    Reject,
+    BadGateway,
+}
+
+#[derive(Clone, Debug)]
+struct Claim {
+    owner: ObjectRef,
+    action: Claimed,
+}
+
+/// A cluster key's digest and name, computed once per key while any claim uses it.
+#[derive(Clone, Debug)]
+struct Interned {
+    key: ClusterKey,
+    digest: [u8; 32],
+    short: String,
+    servers: Servers,
+    claims: usize,
+}
+
+/// The route table, kept across rebuilds: every claim of every slot in conflict order,
+/// and the clusters the claims use. A unit's claims are replaced as a whole
+/// (`replace`); the model is read off the winners (`model`). Full and incremental
+/// resolution both go through it, so they cannot disagree on how a table is assembled.
+#[derive(Clone, Debug)]
+pub struct Table<U: Ord + Clone + std::hash::Hash> {
+    slots: BTreeMap<Slot, VecMap<Order<U>, Claim>>,
+    by_unit: HashMap<U, Vec<(Slot, u32)>>,
+    /// Each owner's claims, in conflict order.
+    by_owner: HashMap<ObjectRef, VecMap<Order<U>, Slot>>,
+    /// Cluster keys by id, and their ids: claims name clusters by id, so the model is
+    /// read off without hashing or comparing keys.
+    ids: HashMap<ClusterKey, ClusterId>,
+    clusters: Vec<Option<Interned>>,
+    free: Vec<ClusterId>,
+    scratch: Vec<u8>,
+}
+
+/// A cluster key's place in the table.
+type ClusterId = u32;
+
+impl<U: Ord + Clone + std::hash::Hash> Default for Table<U> {
+    fn default() -> Self {
+        Table {
+            slots: BTreeMap::new(),
+            by_unit: HashMap::new(),
+            by_owner: HashMap::new(),
+            ids: HashMap::new(),
+            clusters: Vec::new(),
+            free: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<U: Ord + Clone + std::hash::Hash> Table<U> {
+    /// Replace the claims of `unit` with `routes` (none: the unit is gone). Returns the
+    /// slots whose claims changed, old and new.
+    pub fn replace(&mut self, unit: &U, routes: Vec<PendingRoute>) -> Vec<Slot> {
+        let mut touched = Vec::new();
+        for (slot, seq) in self.by_unit.remove(unit).unwrap_or_default() {
+            let Some(claims) = self.slots.get_mut(&slot) else { continue };
+            let order = (unit.clone(), seq);
+            if let Some(claim) = claims.remove(&order) {
+                if let Some(mine) = self.by_owner.get_mut(&claim.owner) {
+                    mine.remove(&order);
+                    if mine.is_empty() {
+                        self.by_owner.remove(&claim.owner);
                     }
                 }
-                Some(Forward::To { backends, host_rewrite })
+                if let Claimed::Forward { backends, .. } = &claim.action {
+                    for (id, _) in backends {
+                        let slot = &mut self.clusters[*id as usize];
+                        let gone = slot.as_mut().map(|c| {
+                            c.claims -= 1;
+                            c.claims == 0
+                        });
+                        if gone == Some(true) {
+                            let interned = slot.take().expect("present");
+                            self.ids.remove(&interned.key);
+                            self.free.push(*id);
+                        }
+                    }
+                }
+            }
+            if claims.is_empty() {
+                self.slots.remove(&slot);
+            }
+            touched.push(slot);
+        }
+        let mut mine = Vec::with_capacity(routes.len());
+        for (seq, route) in routes.into_iter().enumerate() {
+            let seq = seq as u32;
+            let action = match route.action {
+                PendingAction::Reject => Claimed::Reject,
+                PendingAction::BadGateway => Claimed::BadGateway,
+                PendingAction::Forward { upstreams, host_rewrite } => {
+                    let mut backends: Vec<(ClusterId, u32)> = Vec::with_capacity(upstreams.len());
+                    let mut trust = Vec::new();
+                    let mut client_cert = None;
+                    for (u, weight) in upstreams {
+                        trust.extend(u.ca_trust);
+                        if u.client_cert.is_some() {
+                            client_cert = u.client_cert;
+                        }
+                        let id = self.intern(u.key, u.servers);
+                        match backends.iter_mut().find(|(k, _)| *k == id) {
+                            Some((_, w)) => {
+                                *w += weight;
+                                self.release(id); // one claim holds a cluster once
+                            }
+                            None => backends.push((id, weight)),
+                        }
+                    }
+                    Claimed::Forward { backends, host_rewrite, trust, client_cert }
+                }
+            };
+            let slot = (route.listener, route.host, route.prefix);
+            self.by_owner.entry(route.owner.clone()).or_default().insert((unit.clone(), seq), slot.clone());
+            self.slots
+                .entry(slot.clone())
+                .or_default()
+                .insert((unit.clone(), seq), Claim { owner: route.owner, action });
+            mine.push((slot.clone(), seq));
+            touched.push(slot);
+        }
+        if !mine.is_empty() {
+            self.by_unit.insert(unit.clone(), mine);
+        }
+        touched
+    }
+
+    /// The id of `key`, interned with one more claim. Every claim of a key computes its
+    /// servers from the same snapshot: the newest is right for all of them.
+    fn intern(&mut self, key: ClusterKey, servers: Servers) -> ClusterId {
+        if let Some(&id) = self.ids.get(&key) {
+            let c = self.clusters[id as usize].as_mut().expect("interned");
+            c.servers = servers;
+            c.claims += 1;
+            return id;
+        }
+        let digest = key_digest(&key, &mut self.scratch);
+        let short = cluster_name(&key, &portico_model::hex(&digest[..8]));
+        let interned = Interned { key: key.clone(), digest, short, servers, claims: 1 };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.clusters[id as usize] = Some(interned);
+                id
+            }
+            None => {
+                self.clusters.push(Some(interned));
+                (self.clusters.len() - 1) as ClusterId
             }
         };
-        routes.push(Placed { port, host, prefix, owner, forward });
+        self.ids.insert(key, id);
+        id
     }
-    let names = cluster_names(clusters.iter().map(|(k, _, d)| (k, d)));
 
-    let mut listeners: BTreeMap<u16, BTreeMap<HostMatch, Vec<Route>>> = BTreeMap::new();
-    for Placed { port, host, prefix, owner, forward } in routes {
-        let action = match forward {
-            None => RouteAction::Reject,
-            Some(Forward::BadGateway) => RouteAction::BadGateway,
-            Some(Forward::To { backends, host_rewrite }) => RouteAction::Forward {
-                backends: backends
-                    .into_iter()
-                    .map(|(i, weight)| WeightedCluster { cluster: names[i].clone(), weight })
-                    .collect(),
-                host_rewrite,
-            },
-        };
-        let source = statuses[owner].object.clone();
-        listeners.entry(port).or_default().entry(host).or_default().push(Route { prefix, source, action });
+    /// Drop one claim of a cluster.
+    fn release(&mut self, id: ClusterId) {
+        let slot = &mut self.clusters[id as usize];
+        if let Some(c) = slot.as_mut() {
+            c.claims -= 1;
+            if c.claims == 0 {
+                let interned = slot.take().expect("present");
+                self.ids.remove(&interned.key);
+                self.free.push(id);
+            }
+        }
     }
-    let listeners = listeners
-        .into_iter()
-        .map(|(port, hosts)| {
-            let mut virtual_hosts: Vec<VirtualHost> = hosts
-                .into_iter()
-                .map(|(host, mut routes)| {
-                    routes.sort_by(|a, b| {
-                        b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(a.prefix.cmp(&b.prefix))
-                    });
-                    VirtualHost { host, routes }
+
+    /// Who claims `slot`.
+    pub fn claimants(&self, slot: &Slot) -> Vec<ObjectRef> {
+        self.slots.get(slot).into_iter().flat_map(|c| c.iter().map(|(_, c)| c.owner.clone())).collect()
+    }
+
+    /// The `DuplicateRoute` errors of `owner`'s claims that an earlier claim beat, in
+    /// conflict order.
+    pub fn lost_by(&self, owner: &ObjectRef) -> Vec<(Order<U>, Problem)> {
+        let mut out = Vec::new();
+        for (order, slot) in self.by_owner.get(owner).into_iter().flat_map(VecMap::iter) {
+            let Some(claims) = self.slots.get(slot) else { continue };
+            let Some((first, winner)) = claims.first() else { continue };
+            if first == order {
+                continue;
+            }
+            let (port, host, prefix) = slot;
+            let quoted = quote(prefix.as_str());
+            let message = if &winner.owner == owner {
+                format!("route {quoted}: host {host} has this prefix twice; the first route is used")
+            } else {
+                format!("route {quoted}: host {host} on port {port} is already routed by {}", winner.owner)
+            };
+            out.push((order.clone(), Problem::error(ProblemType::RouteError, Reason::DuplicateRoute, message)));
+        }
+        out
+    }
+
+    /// The model: each slot's first claim, clusters named collision-free.
+    pub fn model(&self) -> Model {
+        // The clusters winners use, and their names (the full digest where two short
+        // names collide, so different keys never share a cluster).
+        let mut used = vec![false; self.clusters.len()];
+        let mut trust: BTreeSet<TrustRef> = BTreeSet::new();
+        let mut client_cert: Option<TrustRef> = None;
+        for claims in self.slots.values() {
+            let Some((_, winner)) = claims.first() else { continue };
+            if let Claimed::Forward { backends, trust: t, client_cert: c, .. } = &winner.action {
+                for (id, _) in backends {
+                    used[*id as usize] = true;
+                }
+                trust.extend(t.iter().cloned());
+                if c.is_some() {
+                    client_cert = c.clone();
+                }
+            }
+        }
+        let interned = |id: usize| self.clusters[id].as_ref().expect("a claimed cluster is interned");
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for id in (0..used.len()).filter(|&i| used[i]) {
+            *count.entry(interned(id).short.as_str()).or_default() += 1;
+        }
+        let names: Vec<Option<String>> = (0..used.len())
+            .map(|id| {
+                used[id].then(|| {
+                    let i = interned(id);
+                    if count[i.short.as_str()] > 1 {
+                        cluster_name(&i.key, &portico_model::hex(&i.digest))
+                    } else {
+                        i.short.clone()
+                    }
                 })
-                .collect();
-            virtual_hosts.sort_by(|a, b| host_rank(&a.host).cmp(&host_rank(&b.host)).then(a.host.cmp(&b.host)));
-            Listener { port, virtual_hosts }
-        })
-        .collect();
-    let mut clusters: Vec<Cluster> =
-        clusters.into_iter().zip(names).map(|((key, servers, _), name)| Cluster { name, key, servers }).collect();
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
-}
+            })
+            .collect();
+        let name = |id: &ClusterId| names[*id as usize].clone().expect("a used cluster is named");
 
-/// A route that won its slot, with its backends as cluster indices (`None`: it rejects with 503).
-struct Placed {
-    port: u16,
-    host: HostMatch,
-    prefix: PathPrefix,
-    owner: usize,
-    forward: Option<Forward>,
-}
-
-enum Forward {
-    To { backends: Vec<(usize, u32)>, host_rewrite: Option<DnsName> },
-    BadGateway,
+        let mut listeners: BTreeMap<u16, BTreeMap<&HostMatch, Vec<Route>>> = BTreeMap::new();
+        for ((port, host, prefix), claims) in &self.slots {
+            let Some((_, winner)) = claims.first() else { continue };
+            let action = match &winner.action {
+                Claimed::Reject => RouteAction::Reject,
+                Claimed::BadGateway => RouteAction::BadGateway,
+                Claimed::Forward { backends, host_rewrite, .. } => RouteAction::Forward {
+                    backends: backends
+                        .iter()
+                        .map(|(id, weight)| WeightedCluster { cluster: name(id), weight: *weight })
+                        .collect(),
+                    host_rewrite: host_rewrite.clone(),
+                },
+            };
+            listeners.entry(*port).or_default().entry(host).or_default().push(Route {
+                prefix: prefix.clone(),
+                source: winner.owner.clone(),
+                action,
+            });
+        }
+        let listeners = listeners
+            .into_iter()
+            .map(|(port, hosts)| {
+                let mut virtual_hosts: Vec<VirtualHost> = hosts
+                    .into_iter()
+                    .map(|(host, mut routes)| {
+                        routes.sort_by(|a, b| {
+                            b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(a.prefix.cmp(&b.prefix))
+                        });
+                        VirtualHost { host: host.clone(), routes }
+                    })
+                    .collect();
+                virtual_hosts.sort_by(|a, b| host_rank(&a.host).cmp(&host_rank(&b.host)).then(a.host.cmp(&b.host)));
+                Listener { port, virtual_hosts }
+            })
+            .collect();
+        let mut clusters: Vec<Cluster> = (0..used.len())
+            .filter(|&id| used[id])
+            .map(|id| {
+                let i = interned(id);
+                Cluster { name: name(&(id as ClusterId)), key: i.key.clone(), servers: i.servers.clone() }
+            })
+            .collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
+    }
 }
 
 /// Exact hosts first, then wildcards, then any: the order proxies should match in.
@@ -186,32 +407,17 @@ pub fn key_digest(key: &ClusterKey, buf: &mut Vec<u8>) -> [u8; 32] {
     Sha256::digest(buf.as_slice()).into()
 }
 
-/// The digests are uniformly random already: their first eight bytes are the hash.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut first = [0u8; 8];
-            first[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(first);
-        }
-    }
+/// `<namespace>_<service>_<port>_<hash>`.
+fn cluster_name(key: &ClusterKey, hash: &str) -> String {
+    format!("{}_{}_{}_{hash}", key.namespace, key.service, key.port)
 }
-
-type DigestMap<V> = HashMap<[u8; 32], V, std::hash::BuildHasherDefault<DigestHasher>>;
 
 /// `<namespace>_<service>_<port>_<hash>`, one per key, in the keys' order. The hash is 16
 /// hex digits of the key's digest; if two different keys ever share a name, both get the
 /// full 64 digits, so distinct keys never share a cluster. `_` cannot occur in Kubernetes
 /// names, so the parts stay apart.
 pub fn cluster_names<'a>(keys: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32])>) -> Vec<String> {
-    let name = |key: &ClusterKey, hash: &str| format!("{}_{}_{}_{hash}", key.namespace, key.service, key.port);
+    let name = cluster_name;
     let full: Vec<(&ClusterKey, String)> = keys.map(|(k, d)| (k, portico_model::hex(d))).collect();
     let short: Vec<String> = full.iter().map(|(k, h)| name(k, &h[..16])).collect();
     let mut count: HashMap<&str, usize> = HashMap::new();

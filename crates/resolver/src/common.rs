@@ -1,51 +1,63 @@
 //! What both dialects share: finding a Service and its port, its servers, the CA-secret
 //! rules (delegation before existence, then the verdict), and the client certificate.
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Key, Snapshot};
 use crate::Config;
 use portico_model::names::quote;
 use portico_model::{
     CaSource, DnsName, K8sName, PathPrefix, Problem, ProblemType, Reason, SecretRef, SecretVerdict, Servers, Service,
     ServicePort, ServiceType, Severity, TargetPort, TrustRef,
 };
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 /// The seed's words for a CA secret that is missing or not a valid CA bundle.
 pub const SECRET_NOT_FOUND_OR_MISCONFIGURED: &str =
     "upstreamValidation requested but secret not found or misconfigured";
 
-/// Indexes built once per resolve.
+/// What a resolution read besides its own object: a change to any of these may change
+/// its result (the resolver's dependency index, `incremental`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dep {
+    /// An HTTPProxy an include names (found or not).
+    Proxy(Key),
+    /// A Service (and so its EndpointSlices), found or not.
+    Service(Key),
+    /// A Secret's verdict: a CA bundle or the client certificate.
+    Secret(SecretRef),
+    /// The TLSCertificateDelegations of a namespace.
+    Delegations(K8sName),
+}
+
+/// Lookups into the snapshot for one unit of resolution (a root HTTPProxy with what it
+/// includes, or a Voyager Ingress), recording what they read.
 pub struct Index<'a> {
     pub snapshot: &'a Snapshot,
     pub config: &'a Config,
-    /// EndpointSlices by (namespace, service name).
-    slices: HashMap<(&'a str, &'a str), Vec<&'a portico_model::EndpointSlice>>,
-    /// Services by (namespace, name).
-    services: HashMap<(&'a str, &'a str), &'a Service>,
-    /// Delegation entries by the namespace they delegate from.
-    delegations: HashMap<&'a str, Vec<&'a portico_model::Delegation>>,
+    deps: RefCell<BTreeSet<Dep>>,
 }
 
 impl<'a> Index<'a> {
     pub fn new(snapshot: &'a Snapshot, config: &'a Config) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<_>> = HashMap::new();
-        for slice in snapshot.endpoint_slices.values() {
-            if let Some(service) = &slice.service_name {
-                slices.entry((slice.meta.namespace.as_str(), service.as_str())).or_default().push(slice);
-            }
-        }
-        let mut delegations: HashMap<&str, Vec<_>> = HashMap::new();
-        for d in snapshot.delegations.values() {
-            delegations.entry(d.meta.namespace.as_str()).or_default().extend(&d.delegations);
-        }
-        let services =
-            snapshot.services.values().map(|s| ((s.meta.namespace.as_str(), s.meta.name.as_str()), s)).collect();
-        Index { snapshot, config, slices, services, delegations }
+        Index { snapshot, config, deps: RefCell::new(BTreeSet::new()) }
+    }
+
+    /// Everything read since the last call.
+    pub fn take_deps(&self) -> BTreeSet<Dep> {
+        std::mem::take(&mut *self.deps.borrow_mut())
+    }
+
+    pub fn record(&self, dep: Dep) {
+        self.deps.borrow_mut().insert(dep);
     }
 
     pub fn service(&self, namespace: &K8sName, name: &str) -> Option<&'a Service> {
-        self.services.get(&(namespace.as_str(), name)).copied()
+        let name: K8sName = name.parse().ok()?; // an invalid name can never exist
+        let key = (namespace.clone(), name);
+        let found = self.snapshot.services.get(&key);
+        self.record(Dep::Service(key));
+        found
     }
 
     /// Whether a secret may be used from `target_namespace`: same namespace, or a
@@ -54,7 +66,8 @@ impl<'a> Index<'a> {
         if &secret.namespace == target_namespace {
             return true;
         }
-        self.delegations.get(secret.namespace.as_str()).into_iter().flatten().any(|d| {
+        self.record(Dep::Delegations(secret.namespace.clone()));
+        self.snapshot.delegations_in(&secret.namespace).flat_map(|d| &d.delegations).any(|d| {
             d.secret_name == secret.name.as_str()
                 && d.target_namespaces.iter().any(|t| t == "*" || t == target_namespace.as_str())
         })
@@ -66,9 +79,8 @@ impl<'a> Index<'a> {
             let host = DnsName::parse(name).map_err(|e| format!("ExternalName: {e}"))?;
             return Ok(Servers::Dns { host, port: port.port });
         }
-        let key = (service.meta.namespace.as_str(), service.meta.name.as_str());
         let mut addresses = Vec::new();
-        for slice in self.slices.get(&key).into_iter().flatten() {
+        for slice in self.snapshot.slices_of(&service.meta.namespace, service.meta.name.as_str()) {
             let Some(slice_port) = matching_slice_port(slice, port) else {
                 continue;
             };
@@ -132,6 +144,7 @@ impl<'a> Index<'a> {
         secret: &SecretRef,
         pick: impl Fn(&'a SecretVerdict) -> &'a Result<T, String>,
     ) -> Result<&'a T, String> {
+        self.record(Dep::Secret(secret.clone()));
         let verdict = self.snapshot.verdicts.get(secret).ok_or_else(|| format!("secret \"{secret}\" not found"))?;
         pick(verdict).as_ref().map_err(|reason| format!("secret \"{secret}\": {reason}"))
     }

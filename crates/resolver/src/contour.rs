@@ -3,14 +3,16 @@
 //! fields Portico does not implement.
 
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::common::{error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
+use crate::common::{
+    error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Dep, Index,
+};
+use crate::snapshot::Key;
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyRoute, HttpProxyService, Kind, ObjectStatus, PathPrefix,
-    Problem, ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion, UpstreamProtocol,
-    Verification,
+    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, K8sName, Kind,
+    ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion,
+    UpstreamProtocol, Verification,
 };
-use std::collections::HashMap;
 
 pub const ANNOTATION_TLS: &str = "projectcontour.io/upstream-protocol.tls";
 pub const ANNOTATION_H2C: &str = "projectcontour.io/upstream-protocol.h2c";
@@ -67,71 +69,62 @@ pub fn join_prefix(outer: &str, inner: &str) -> String {
     joined
 }
 
-/// Resolve every HTTPProxy (SPEC sections 2 and 9): each root on its own host, the
-/// children it includes under the include's prefix on the root's host, and every proxy no
-/// root reaches `orphaned` and served nowhere. Pushes one status per HTTPProxy, in the
-/// snapshot's order, onto `statuses`; a route's owner is the proxy that wrote it.
-pub fn resolve_proxies(index: &Index<'_>, statuses: &mut Vec<ObjectStatus>) -> Vec<PendingRoute> {
-    let proxies: Vec<&HttpProxy> = index.snapshot.http_proxies.values().collect();
-    let base = statuses.len();
-    for proxy in &proxies {
-        statuses.push(ObjectStatus { object: proxy.meta.object_ref(Kind::HttpProxy), problems: ignored_fields(proxy) });
-    }
-    let position: HashMap<(&str, &str), usize> =
-        proxies.iter().enumerate().map(|(i, p)| ((p.meta.namespace.as_str(), p.meta.name.as_str()), i)).collect();
-    let mut walk =
-        Walk { index, proxies: &proxies, position, base, reached: vec![false; proxies.len()], routes: Vec::new() };
-    for (i, proxy) in proxies.iter().enumerate() {
-        let Some(fqdn) = &proxy.fqdn else { continue };
-        walk.reached[i] = true;
-        let problems = &mut statuses[base + i].problems;
-        let host = match DnsName::parse(fqdn) {
-            Ok(name) => HostMatch::Exact(name),
-            Err(e) => {
-                let why = if fqdn.is_empty() { "it is empty".to_owned() } else { e.0 };
-                problems.push(Problem::error(
+/// What resolving one unit produced: a root HTTPProxy with everything it includes, or a
+/// Voyager Ingress.
+#[derive(Default)]
+pub struct UnitOutput {
+    /// In the order they were found: the order route conflicts are decided in.
+    pub routes: Vec<PendingRoute>,
+    /// Problems by the object they belong to, in the order they were found.
+    pub problems: Vec<(ObjectRef, Problem)>,
+    /// The HTTPProxies an include reached (so they are not orphans).
+    pub reached: Vec<Key>,
+}
+
+/// Resolve one root HTTPProxy and the children it includes (SPEC sections 2 and 9): the
+/// root on its own host, each child under the include's prefix on the root's host. A
+/// route's owner is the proxy that wrote it; a child's problems are the child's.
+pub fn resolve_root(index: &Index<'_>, root: &HttpProxy) -> UnitOutput {
+    let mut out = UnitOutput::default();
+    let Some(fqdn) = &root.fqdn else { return out };
+    let this = root.meta.object_ref(Kind::HttpProxy);
+    let host = match DnsName::parse(fqdn) {
+        Ok(name) => HostMatch::Exact(name),
+        Err(e) => {
+            let why = if fqdn.is_empty() { "it is empty".to_owned() } else { e.0 };
+            out.problems.push((
+                this,
+                Problem::error(
                     ProblemType::VirtualHostError,
                     Reason::InvalidValue,
                     format!("spec.virtualhost.fqdn {}: {why}", quote(fqdn)),
-                ));
-                continue;
-            }
-        };
-        if !index.config.root_allowed(&proxy.meta.namespace) {
-            problems.push(Problem::error(
+                ),
+            ));
+            return out;
+        }
+    };
+    if !index.config.root_allowed(&root.meta.namespace) {
+        out.problems.push((
+            this,
+            Problem::error(
                 ProblemType::RootNamespaceError,
                 Reason::RootProxyNotAllowedInNamespace,
                 "root HTTPProxy cannot be defined in this namespace",
-            ));
-            continue;
-        }
-        // A restriction of the whole virtual host that Portico cannot enforce closes it.
-        let closed = proxy.ignored.iter().any(|p| p.starts_with("spec.virtualhost.") && restricts_access(p));
-        let mut visited = vec![i];
-        walk.proxy(statuses, &host, i, "", closed, &mut visited);
+            ),
+        ));
+        return out;
     }
-    for (i, reached) in walk.reached.iter().enumerate() {
-        if !reached {
-            statuses[base + i].problems.push(Problem::error(ProblemType::Orphaned, Reason::Orphaned, ORPHANED));
-        }
-    }
-    // A child included more than once reports each problem once.
-    for status in &mut statuses[base..] {
-        let mut seen: Vec<Problem> = Vec::with_capacity(status.problems.len());
-        status.problems.retain(|p| {
-            let new = !seen.contains(p);
-            if new {
-                seen.push(p.clone());
-            }
-            new
-        });
-    }
-    walk.routes
+    // A restriction of the whole virtual host that Portico cannot enforce closes it.
+    let closed = root.ignored.iter().any(|p| p.starts_with("spec.virtualhost.") && restricts_access(p));
+    let mut walk = Walk { index, host, out };
+    let mut visited = vec![root];
+    walk.proxy(root, "", closed, &mut visited);
+    walk.out
 }
 
 /// Every field of `proxy` that Portico does not implement, as a warning or (when leaving
 /// it out would widen access) an error.
-fn ignored_fields(proxy: &HttpProxy) -> Vec<Problem> {
+pub fn ignored_fields(proxy: &HttpProxy) -> Vec<Problem> {
     let mut problems: Vec<Problem> = proxy
         .ignored
         .iter()
@@ -152,146 +145,171 @@ fn ignored_fields(proxy: &HttpProxy) -> Vec<Problem> {
     problems
 }
 
-/// The walk from the roots down their includes.
+/// The walk from one root down its includes.
 struct Walk<'i, 'a> {
     index: &'i Index<'a>,
-    proxies: &'i [&'a HttpProxy],
-    position: HashMap<(&'a str, &'a str), usize>,
-    /// Index of the first HTTPProxy's status.
-    base: usize,
-    reached: Vec<bool>,
-    routes: Vec<PendingRoute>,
+    host: HostMatch,
+    out: UnitOutput,
 }
 
-impl Walk<'_, '_> {
-    /// The routes of proxy `i` and of what it includes, under `outer` (the joined prefixes
+impl<'a> Walk<'_, 'a> {
+    /// The routes of `proxy` and of what it includes, under `outer` (the joined prefixes
     /// of the includes above it; empty at the root). `closed`: an enclosing restriction
     /// Portico cannot enforce, so every route answers 503. `visited`: the chain from the
-    /// root to `i`, to find cycles.
-    fn proxy(
-        &mut self,
-        statuses: &mut [ObjectStatus],
-        host: &HostMatch,
-        i: usize,
-        outer: &str,
-        closed: bool,
-        visited: &mut Vec<usize>,
-    ) {
-        let proxy = self.proxies[i];
-        let owner = self.base + i;
+    /// root to `proxy`, to find cycles.
+    fn proxy(&mut self, proxy: &'a HttpProxy, outer: &str, closed: bool, visited: &mut Vec<&'a HttpProxy>) {
+        let owner = proxy.meta.object_ref(Kind::HttpProxy);
         let mut seen_prefixes: Vec<String> = Vec::new();
         for include in &proxy.includes {
-            let problems = &mut statuses[owner].problems;
-            let namespace = include.namespace.as_deref().unwrap_or(proxy.meta.namespace.as_str());
-            let inner = match include.prefixes.as_slice() {
-                [] => String::new(),
-                [one] => match route_prefix(one, problems) {
-                    Some(p) => p.to_string(),
-                    None => continue,
-                },
-                _ => {
-                    problems.push(include_error(
-                        Reason::InvalidValue,
-                        "include: more than one prefix is not allowed in a condition block".to_owned(),
-                    ));
-                    continue;
-                }
-            };
-            let joined = join_prefix(outer, &inner);
-            // Conditions Portico does not implement make two includes differ in ways it
-            // cannot see; they are errors already, so only plain prefixes are compared.
-            if include.ignored.is_empty() {
-                if seen_prefixes.contains(&joined) {
-                    problems.push(include_error(
-                        Reason::DuplicateMatchConditions,
-                        "duplicate conditions defined on an include".to_owned(),
-                    ));
-                    continue;
-                }
-                seen_prefixes.push(joined.clone());
-            }
-            let broken = match self.position.get(&(namespace, include.name.as_str())) {
-                None => Some(include_error(
-                    Reason::IncludeNotFound,
-                    format!("include {namespace}/{} not found", include.name),
-                )),
-                Some(&target) if self.proxies[target].is_root() => Some(include_error(
-                    Reason::RootIncludesRoot,
-                    format!("root httpproxy cannot include another root httpproxy ({})", self.proxies[target].meta),
-                )),
-                Some(_) => None,
-            };
-            if let Some(problem) = broken {
-                // Contour answers 502 under the include's prefix.
-                problems.push(problem);
-                let served_at = if joined.is_empty() { "/" } else { joined.as_str() };
-                match served_at.parse::<PathPrefix>() {
-                    Ok(prefix) => self.routes.push(PendingRoute {
-                        listener: self.index.config.http_port,
-                        host: host.clone(),
-                        prefix,
-                        owner,
-                        action: PendingAction::BadGateway,
-                    }),
-                    Err(e) => problems.push(too_long(served_at, e)),
-                }
-                continue;
-            }
-            let target = self.position[&(namespace, include.name.as_str())];
-            self.reached[target] = true;
-            if visited.contains(&target) {
-                let chain: Vec<String> =
-                    visited.iter().chain([&target]).map(|&v| self.proxies[v].meta.to_string()).collect();
-                statuses[self.base + target].problems.push(include_error(
-                    Reason::IncludeCreatesCycle,
-                    format!("include creates an include cycle: {}", chain.join(" -> ")),
-                ));
-                continue;
-            }
-            let closed = closed || include.ignored.iter().any(|p| restricts_access(p));
-            visited.push(target);
-            self.proxy(statuses, host, target, &joined, closed, visited);
-            visited.pop();
+            let mut problems = Vec::new();
+            self.include(proxy, include, outer, closed, visited, &mut seen_prefixes, &owner, &mut problems);
+            self.out.problems.extend(problems.into_iter().map(|p| (owner.clone(), p)));
         }
         for route in &proxy.routes {
-            let problems = &mut statuses[owner].problems;
-            let written = route.prefixes.first().map(String::as_str).unwrap_or("/");
-            let route_label = format!("route {}", quote(written));
-            let own = match route.prefixes.as_slice() {
-                [] => PathPrefix::root(),
-                [one] => match route_prefix(one, problems) {
-                    Some(p) => p,
-                    None => continue,
-                },
-                _ => {
-                    problems.push(Problem::error(
-                        ProblemType::RouteError,
-                        Reason::InvalidValue,
-                        format!("{route_label}: more than one prefix condition; use one prefix per route"),
-                    ));
-                    continue;
-                }
-            };
-            let joined = join_prefix(outer, own.as_str());
-            let prefix = match joined.parse::<PathPrefix>() {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(too_long(&joined, e));
-                    continue;
-                }
-            };
-            let mut action = resolve_route(self.index, proxy, route, written, &route_label, problems);
-            if closed || route.ignored.iter().any(|p| restricts_access(p)) {
-                action = PendingAction::Reject;
-            }
-            self.routes.push(PendingRoute {
-                listener: self.index.config.http_port,
-                host: host.clone(),
-                prefix,
-                owner,
-                action,
-            });
+            let mut problems = Vec::new();
+            self.route(proxy, route, outer, closed, &owner, &mut problems);
+            self.out.problems.extend(problems.into_iter().map(|p| (owner.clone(), p)));
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn include(
+        &mut self,
+        proxy: &'a HttpProxy,
+        include: &HttpProxyInclude,
+        outer: &str,
+        closed: bool,
+        visited: &mut Vec<&'a HttpProxy>,
+        seen_prefixes: &mut Vec<String>,
+        owner: &ObjectRef,
+        problems: &mut Vec<Problem>,
+    ) {
+        let namespace = include.namespace.as_deref().unwrap_or(proxy.meta.namespace.as_str());
+        let inner = match include.prefixes.as_slice() {
+            [] => String::new(),
+            [one] => match route_prefix(one, problems) {
+                Some(p) => p.to_string(),
+                None => return,
+            },
+            _ => {
+                problems.push(include_error(
+                    Reason::InvalidValue,
+                    "include: more than one prefix is not allowed in a condition block".to_owned(),
+                ));
+                return;
+            }
+        };
+        let joined = join_prefix(outer, &inner);
+        // Conditions Portico does not implement make two includes differ in ways it cannot
+        // see; they are errors already, so only plain prefixes are compared.
+        if include.ignored.is_empty() {
+            if seen_prefixes.contains(&joined) {
+                problems.push(include_error(
+                    Reason::DuplicateMatchConditions,
+                    "duplicate conditions defined on an include".to_owned(),
+                ));
+                return;
+            }
+            seen_prefixes.push(joined.clone());
+        }
+        let key: Option<Key> = match (namespace.parse::<K8sName>(), include.name.parse::<K8sName>()) {
+            (Ok(ns), Ok(name)) => Some((ns, name)),
+            _ => None, // names outside the grammar can never exist
+        };
+        if let Some(key) = &key {
+            self.index.record(Dep::Proxy(key.clone()));
+        }
+        let target = key.as_ref().and_then(|k| self.index.snapshot.http_proxies.get(k));
+        let broken = match target {
+            None => {
+                Some(include_error(Reason::IncludeNotFound, format!("include {namespace}/{} not found", include.name)))
+            }
+            Some(child) if child.is_root() => Some(include_error(
+                Reason::RootIncludesRoot,
+                format!("root httpproxy cannot include another root httpproxy ({})", child.meta),
+            )),
+            Some(_) => None,
+        };
+        if let Some(problem) = broken {
+            // Contour answers 502 under the include's prefix.
+            problems.push(problem);
+            let served_at = if joined.is_empty() { "/" } else { joined.as_str() };
+            match served_at.parse::<PathPrefix>() {
+                Ok(prefix) => self.out.routes.push(PendingRoute {
+                    listener: self.index.config.http_port,
+                    host: self.host.clone(),
+                    prefix,
+                    owner: owner.clone(),
+                    action: PendingAction::BadGateway,
+                }),
+                Err(e) => problems.push(too_long(served_at, e)),
+            }
+            return;
+        }
+        let (Some(child), Some(key)) = (target, key) else { return };
+        self.out.reached.push(key);
+        if visited.iter().any(|v| v.meta == child.meta) {
+            let chain: Vec<String> = visited.iter().chain([&child]).map(|v| v.meta.to_string()).collect();
+            self.out.problems.push((
+                child.meta.object_ref(Kind::HttpProxy),
+                include_error(
+                    Reason::IncludeCreatesCycle,
+                    format!("include creates an include cycle: {}", chain.join(" -> ")),
+                ),
+            ));
+            return;
+        }
+        let closed = closed || include.ignored.iter().any(|p| restricts_access(p));
+        visited.push(child);
+        self.proxy(child, &joined, closed, visited);
+        visited.pop();
+    }
+
+    fn route(
+        &mut self,
+        proxy: &HttpProxy,
+        route: &HttpProxyRoute,
+        outer: &str,
+        closed: bool,
+        owner: &ObjectRef,
+        problems: &mut Vec<Problem>,
+    ) {
+        let written = route.prefixes.first().map(String::as_str).unwrap_or("/");
+        let route_label = format!("route {}", quote(written));
+        let own = match route.prefixes.as_slice() {
+            [] => PathPrefix::root(),
+            [one] => match route_prefix(one, problems) {
+                Some(p) => p,
+                None => return,
+            },
+            _ => {
+                problems.push(Problem::error(
+                    ProblemType::RouteError,
+                    Reason::InvalidValue,
+                    format!("{route_label}: more than one prefix condition; use one prefix per route"),
+                ));
+                return;
+            }
+        };
+        let joined = join_prefix(outer, own.as_str());
+        let prefix = match joined.parse::<PathPrefix>() {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(too_long(&joined, e));
+                return;
+            }
+        };
+        let mut action = resolve_route(self.index, proxy, route, written, &route_label, problems);
+        if closed || route.ignored.iter().any(|p| restricts_access(p)) {
+            action = PendingAction::Reject;
+        }
+        self.out.routes.push(PendingRoute {
+            listener: self.index.config.http_port,
+            host: self.host.clone(),
+            prefix,
+            owner: owner.clone(),
+            action,
+        });
     }
 }
 

@@ -9,14 +9,16 @@ pub mod backend_tls;
 pub mod build;
 pub mod common;
 pub mod contour;
+pub mod incremental;
 pub mod snapshot;
 pub mod voyager;
 
 #[cfg(feature = "service")]
 pub mod service;
 
-use portico_model::{K8sName, Kind, Model, ObjectStatus, SecretRef};
+use portico_model::{K8sName, Model, ObjectStatus, SecretRef};
 
+pub use incremental::{Changes, Incremental, UnitKey};
 pub use snapshot::Snapshot;
 
 /// What the resolver needs besides the objects.
@@ -52,19 +54,10 @@ pub struct Resolved {
     pub statuses: Vec<ObjectStatus>,
 }
 
-/// Resolve a snapshot into the model and statuses.
+/// Resolve a snapshot into the model and statuses: the incremental resolver with every
+/// unit dirty, so full and incremental resolution cannot differ.
 pub fn resolve(snapshot: &Snapshot, config: &Config) -> Resolved {
-    let index = common::Index::new(snapshot, config);
-    let mut statuses = Vec::with_capacity(snapshot.http_proxies.len() + snapshot.voyager_ingresses.len());
-    let mut routes = Vec::new();
-    // HTTPProxies first, then Voyager Ingresses, each by namespace and name: the order in
-    // which route conflicts are decided, and (Kind's order) the order of the statuses.
-    routes.extend(contour::resolve_proxies(&index, &mut statuses));
-    for ingress in snapshot.voyager_ingresses.values() {
-        let mut problems = Vec::new();
-        routes.extend(voyager::resolve_ingress(&index, ingress, statuses.len(), &mut problems));
-        statuses.push(ObjectStatus { object: ingress.meta.object_ref(Kind::VoyagerIngress), problems });
-    }
-    let model = build::assemble(routes, &mut statuses);
-    Resolved { model, statuses }
+    let mut incremental = Incremental::from_snapshot(snapshot.clone(), config.clone());
+    incremental.rebuild();
+    incremental.resolved()
 }

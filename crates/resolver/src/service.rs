@@ -11,11 +11,11 @@
 //!   (judged on its own monotonic clock, so clock skew cannot matter). A holder whose
 //!   renewal fails stops publishing at once.
 
-use crate::{resolve, Config, Snapshot};
+use crate::{Config, Incremental};
 use futures_util::StreamExt;
 use portico_bus::nats::{get_blob, put_blob, watch_current_and_new, Buckets, BusError};
 use portico_bus::{codec, names, open, seal, LeaseRecord, ModelRecord, TraceContext};
-use portico_model::{Kind, Object, SecretVerdict};
+use portico_model::{Kind, Object, ObjectStatus, SecretVerdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
@@ -109,15 +109,21 @@ struct Published {
 
 async fn publish(
     buckets: &Buckets,
-    snapshot: &Snapshot,
-    config: &Config,
+    state: &mut Incremental,
     published: &mut Published,
     trace: &TraceContext,
 ) -> Result<(), BusError> {
     let started = std::time::Instant::now();
-    let resolved = resolve(snapshot, config);
-    let hash = resolved.model.content_hash();
-    portico_bus::admin::counter("portico_resolver_rebuilds_total", "Full rebuilds of the model.", 1.0);
+    // Only the units that read what changed are resolved again (`Incremental`).
+    let changes = state.rebuild();
+    let model = state.model();
+    let hash = model.content_hash();
+    portico_bus::admin::counter("portico_resolver_rebuilds_total", "Rebuilds of the model.", 1.0);
+    portico_bus::admin::counter(
+        "portico_resolver_units_resolved_total",
+        "Units (root HTTPProxies with their includes, Voyager Ingresses) resolved again.",
+        changes.units as f64,
+    );
     portico_bus::admin::gauge(
         "portico_resolver_rebuild_duration_seconds",
         "How long the last rebuild (resolve and hash) took.",
@@ -125,11 +131,12 @@ async fn publish(
     );
     if published.hash.as_ref() != Some(&hash) {
         published.generation += 1;
-        let record = ModelRecord { generation: published.generation, hash: hash.clone(), model: resolved.model };
+        let record = ModelRecord { generation: published.generation, hash: hash.clone(), model };
         put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, trace)).await?;
         tracing::info!(
             generation = published.generation,
             model_hash = &hash[..12],
+            units = changes.units,
             elapsed_ms = started.elapsed().as_millis() as u64,
             trace_id = trace.trace_id().unwrap_or("-"),
             "model published"
@@ -141,12 +148,17 @@ async fn publish(
             published.generation as f64,
         );
     }
-    let mut current = BTreeSet::new();
-    for status in &resolved.statuses {
+    // A new holder has no cache and writes every status once; after that, only the
+    // statuses the rebuild changed.
+    let candidates: Vec<&ObjectStatus> = if published.statuses.is_empty() {
+        state.statuses().collect()
+    } else {
+        changes.statuses.iter().filter_map(|r| state.status_of(r)).collect()
+    };
+    for status in candidates {
         let key = names::object_key(status.object.kind, &status.object.namespace, &status.object.name);
         // The bus carries the problems; readers render Contour's shape with `to_contour`.
         let encoded = codec::encode(status);
-        current.insert(key.clone());
         if published.statuses.get(&key) != Some(&encoded) {
             buckets.status.put(&key, seal(status, trace).into()).await.map_err(|e| BusError::StoreFailed {
                 operation: "putting",
@@ -157,8 +169,8 @@ async fn publish(
             published.statuses.insert(key, encoded);
         }
     }
-    let gone: Vec<String> = published.statuses.keys().filter(|k| !current.contains(*k)).cloned().collect();
-    for key in gone {
+    for gone in &changes.removed_statuses {
+        let key = names::object_key(gone.kind, &gone.namespace, &gone.name);
         let _ = buckets.status.delete(&key).await;
         published.statuses.remove(&key);
     }
@@ -230,7 +242,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
     let (config, buckets) = (&*config, &buckets);
     let mut objects = watch_current_and_new(&buckets.objects).await?;
     let mut verdicts = watch_current_and_new(&buckets.verdicts).await?;
-    let mut snapshot = Snapshot::default();
+    let mut state = Incremental::new(config.resolver.clone());
     let mut synced_kinds: BTreeSet<Kind> = BTreeSet::new();
     let mut verdicts_synced = false;
     let mut published = Published::default();
@@ -271,7 +283,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         candidate_generation = published.generation + 1
                     );
                     let trace = portico_bus::telemetry::follow(&span, &changes.traces);
-                    publish(buckets, &snapshot, &config.resolver, &mut published, &trace).instrument(span).await?;
+                    publish(buckets, &mut state, &mut published, &trace).instrument(span).await?;
                 } else {
                     pending = None; // published when the sync completes or the lease is won
                     if ready {
@@ -294,14 +306,14 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                     match open::<Object>(&entry.value) {
                         Ok((object, t)) => {
                             trace = t;
-                            if let Err(e) = snapshot.apply(object) {
+                            if let Err(e) = state.apply(object) {
                                 tracing::warn!(error = %e, "ignored");
                             }
                         }
                         Err(e) => { undecodable(&entry.key, &e); continue; }
                     }
                 } else if let Some((kind, ns, name)) = names::parse_object_key(&entry.key) {
-                    snapshot.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
+                    state.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
                 }
                 Pending::add(&mut pending, trace);
             }
@@ -316,12 +328,12 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                     verdicts_synced = true;
                 } else if entry.operation == async_nats::jetstream::kv::Operation::Put {
                     match open::<SecretVerdict>(&entry.value) {
-                        Ok((verdict, t)) => { trace = t; snapshot.set_verdict(verdict); }
+                        Ok((verdict, t)) => { trace = t; state.set_verdict(verdict); }
                         Err(e) => { undecodable(&entry.key, &e); continue; }
                     }
                 } else if let Some((ns, name)) = entry.key.split_once('.') {
                     if let Ok(secret) = portico_model::SecretRef::new(ns, name) {
-                        snapshot.remove_verdict(&secret);
+                        state.remove_verdict(&secret);
                     }
                 }
                 Pending::add(&mut pending, trace);

@@ -5,11 +5,14 @@ use portico_model::{
     EndpointSlice, HttpProxy, K8sName, Kind, Object, ObjectRef, SecretRef, SecretVerdict, Service,
     TlsCertificateDelegation, VoyagerIngress,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub type Key = (K8sName, K8sName);
 
 /// Everything the resolver reads. Secrets themselves are not here: only their verdicts.
+///
+/// The maps are the objects; the indexes beside them are kept by `apply` and `remove`
+/// (mutate the maps only through those), so that a lookup never scans every object.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub services: BTreeMap<Key, Service>,
@@ -18,6 +21,10 @@ pub struct Snapshot {
     pub delegations: BTreeMap<Key, TlsCertificateDelegation>,
     pub voyager_ingresses: BTreeMap<Key, VoyagerIngress>,
     pub verdicts: BTreeMap<SecretRef, SecretVerdict>,
+    /// EndpointSlices by (namespace, their `kubernetes.io/service-name`).
+    slices_by_service: BTreeMap<(K8sName, String), BTreeSet<K8sName>>,
+    /// TLSCertificateDelegations by namespace.
+    delegations_by_namespace: BTreeMap<K8sName, BTreeSet<K8sName>>,
 }
 
 /// Secrets go to the secrets service, never to the resolver.
@@ -34,12 +41,17 @@ impl Snapshot {
                 self.services.insert(key, o);
             }
             Object::EndpointSlice(o) => {
+                self.unindex_slice(&key);
+                if let Some(service) = &o.service_name {
+                    self.slices_by_service.entry((key.0.clone(), service.clone())).or_default().insert(key.1.clone());
+                }
                 self.endpoint_slices.insert(key, o);
             }
             Object::HttpProxy(o) => {
                 self.http_proxies.insert(key, o);
             }
             Object::TlsCertificateDelegation(o) => {
+                self.delegations_by_namespace.entry(key.0.clone()).or_default().insert(key.1.clone());
                 self.delegations.insert(key, o);
             }
             Object::VoyagerIngress(o) => {
@@ -55,12 +67,51 @@ impl Snapshot {
         let key = (object.namespace.clone(), object.name.clone());
         match object.kind {
             Kind::Service => drop(self.services.remove(&key)),
-            Kind::EndpointSlice => drop(self.endpoint_slices.remove(&key)),
+            Kind::EndpointSlice => {
+                self.unindex_slice(&key);
+                self.endpoint_slices.remove(&key);
+            }
             Kind::HttpProxy => drop(self.http_proxies.remove(&key)),
-            Kind::TlsCertificateDelegation => drop(self.delegations.remove(&key)),
+            Kind::TlsCertificateDelegation => {
+                if let Some(names) = self.delegations_by_namespace.get_mut(&key.0) {
+                    names.remove(&key.1);
+                    if names.is_empty() {
+                        self.delegations_by_namespace.remove(&key.0);
+                    }
+                }
+                self.delegations.remove(&key);
+            }
             Kind::VoyagerIngress => drop(self.voyager_ingresses.remove(&key)),
             Kind::Secret => drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1 })),
         }
+    }
+
+    fn unindex_slice(&mut self, key: &Key) {
+        let Some(service) = self.endpoint_slices.get(key).and_then(|s| s.service_name.clone()) else { return };
+        let index = (key.0.clone(), service);
+        if let Some(names) = self.slices_by_service.get_mut(&index) {
+            names.remove(&key.1);
+            if names.is_empty() {
+                self.slices_by_service.remove(&index);
+            }
+        }
+    }
+
+    /// The EndpointSlices labelled with a Service's name.
+    pub fn slices_of<'a>(&'a self, namespace: &K8sName, service: &str) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let names = self.slices_by_service.get(&(namespace.clone(), service.to_owned()));
+        let namespace = namespace.clone();
+        names.into_iter().flatten().filter_map(move |n| self.endpoint_slices.get(&(namespace.clone(), n.clone())))
+    }
+
+    /// The TLSCertificateDelegations of a namespace.
+    pub fn delegations_in<'a>(
+        &'a self,
+        namespace: &K8sName,
+    ) -> impl Iterator<Item = &'a TlsCertificateDelegation> + 'a {
+        let names = self.delegations_by_namespace.get(namespace);
+        let namespace = namespace.clone();
+        names.into_iter().flatten().filter_map(move |n| self.delegations.get(&(namespace.clone(), n.clone())))
     }
 
     pub fn set_verdict(&mut self, verdict: SecretVerdict) {

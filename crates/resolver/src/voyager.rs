@@ -25,12 +25,8 @@ pub fn restricts_access(path: &str) -> bool {
 }
 
 /// Resolve one Voyager Ingress into routes, pushing its problems.
-pub fn resolve_ingress(
-    index: &Index<'_>,
-    ingress: &VoyagerIngress,
-    owner: usize,
-    problems: &mut Vec<Problem>,
-) -> Vec<PendingRoute> {
+pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &mut Vec<Problem>) -> Vec<PendingRoute> {
+    let owner = ingress.meta.object_ref(portico_model::Kind::VoyagerIngress);
     let mut routes = Vec::new();
     // What Portico does not implement is named; a restriction it cannot enforce closes
     // every route of the Ingress (SPEC section 9).
@@ -53,7 +49,7 @@ pub fn resolve_ingress(
             };
             let failed = error_count(problems) > errors_before;
             let action = if failed || closed { PendingAction::Reject } else { action };
-            routes.push(PendingRoute { listener, host, prefix, owner, action });
+            routes.push(PendingRoute { listener, host, prefix, owner: owner.clone(), action });
         };
     for rule in &ingress.rules {
         let host = match HostMatch::parse(&rule.host) {
