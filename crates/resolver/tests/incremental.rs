@@ -275,3 +275,17 @@ fn a_change_re_resolves_only_the_units_that_read_what_changed() {
     assert!(!inc.is_dirty());
     assert_eq!(inc.rebuild(), portico_resolver::Changes::default());
 }
+
+#[test]
+fn a_change_to_a_child_re_resolves_only_the_roots_that_include_it() {
+    let mut inc = Incremental::new(Config::default());
+    inc.apply(service(1, 0, false)).unwrap();
+    inc.apply(proxy(0, 0, [1, 1, 1, 2, 2, 0, 0, 0])).unwrap(); // a/p0 includes b/p1
+    inc.apply(proxy(0, 2, [2, 0, 0, 0, 0, 0, 0, 0])).unwrap(); // a/p2: another root, no includes
+    inc.apply(proxy(1, 1, [0, 0, 0, 0, 0, 0, 1, 0])).unwrap(); // b/p1, the child
+    assert_eq!(inc.rebuild().units, 3, "two roots, and the child's own (empty) unit");
+    inc.apply(proxy(1, 1, [0, 0, 0, 0, 0, 1, 2, 0])).unwrap(); // the child gets another route
+    let changes = inc.rebuild();
+    assert_eq!(changes.units, 2, "the child's root and the child itself, not the other root: {changes:?}");
+    assert!(inc.model().routes().any(|(_, _, r)| r.prefix.as_str() == "/team/team"));
+}
