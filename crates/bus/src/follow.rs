@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub struct RendererInputs {
     model_watch: async_nats::jetstream::kv::Watch,
     trust_watch: async_nats::jetstream::kv::Watch,
-    /// The newest model seen; an older generation never replaces it.
+    /// The newest model seen; an older version (epoch, generation) never replaces it.
     pub model: Option<ModelRecord>,
     pub trust: BTreeMap<SecretRef, TrustMaterial>,
     /// Counts trust changes, so a renderer can tell two renderings of one generation apart.
@@ -166,7 +166,9 @@ impl RendererInputs {
                 };
                 match open::<ModelRecord>(&bytes) {
                     Ok((record, trace)) => {
-                        if self.model.as_ref().is_none_or(|m| record.generation > m.generation) {
+                        // Epoch, then generation: a resolver that started a new epoch
+                        // (NATS lost its state) is followed, never ignored.
+                        if self.model.as_ref().is_none_or(|m| record.version() > m.version()) {
                             self.model = Some(record);
                             return Ok(Some(trace));
                         }

@@ -18,11 +18,36 @@ use serde::{Deserialize, Serialize};
 /// The value of `portico-model/current`: what the resolver published, for the renderers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRecord {
-    /// Increases by one with every published model; renderers never apply an older one.
+    /// When this sequence of generations began (milliseconds since the Unix epoch). A
+    /// resolver that finds no readable record on the bus (NATS lost its state, a schema
+    /// change, a failed read) starts a new epoch, so its generations still order after
+    /// every earlier one and the renderers follow it instead of ignoring it.
+    pub epoch: u64,
+    /// Increases by one with every published model within an epoch.
     pub generation: u64,
     /// `Model::content_hash`.
     pub hash: String,
     pub model: portico_model::Model,
+}
+
+impl ModelRecord {
+    /// What orders models: epoch, then generation. Renderers never apply an older one.
+    pub fn version(&self) -> Version {
+        Version { epoch: self.epoch, generation: self.generation }
+    }
+}
+
+/// A model's place in the order models were published in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub epoch: u64,
+    pub generation: u64,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (epoch {})", self.generation, self.epoch)
+    }
 }
 
 /// The value of a lease key: who holds it. Liveness is judged by renewals being seen.
@@ -34,6 +59,8 @@ pub struct LeaseRecord {
 /// The value of `portico-applied/<renderer>.<instance>`: what a renderer last tried to apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedRecord {
+    /// The model's epoch and generation (`ModelRecord`).
+    pub epoch: u64,
     pub generation: u64,
     pub hash: String,
     /// `None` when applied; otherwise why not (the proxy kept its previous configuration).
@@ -47,6 +74,10 @@ pub struct AppliedRecord {
 }
 
 impl AppliedRecord {
+    pub fn version(&self) -> Version {
+        Version { epoch: self.epoch, generation: self.generation }
+    }
+
     /// The most problems a record lists: it must fit in one NATS message (1 MiB), and
     /// 10,000 routes missing one CA would not.
     pub const MAX_PROBLEMS: usize = 20;

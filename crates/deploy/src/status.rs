@@ -20,8 +20,8 @@ pub struct Buckets {
 #[derive(Debug, Default)]
 pub struct Report {
     pub statuses: Vec<ObjectStatus>,
-    /// The published model's generation and content hash.
-    pub model: Option<(u64, String)>,
+    /// The published model's version (epoch, generation) and content hash.
+    pub model: Option<(portico_bus::Version, String)>,
     /// `haproxy.<instance>` / `envoy.<node>` → what it applied last.
     pub applied: BTreeMap<String, AppliedRecord>,
     /// The active resolver.
@@ -79,7 +79,7 @@ pub async fn collect(buckets: &Buckets) -> Result<Report, String> {
         .map_err(|e| e.to_string())?
     {
         if let Ok((record, _)) = open_envelope::<ModelRecord>(&bytes) {
-            report.model = Some((record.generation, record.hash));
+            report.model = Some((record.version(), record.hash));
         }
     }
     if let Ok(Some(value)) = buckets.leases.get("resolver").await {
@@ -104,10 +104,10 @@ pub fn render(report: &Report) -> String {
     let mut s = crate::translate::status_table(&report.statuses);
     let _ = writeln!(s);
     match &report.model {
-        Some((generation, hash)) => {
+        Some((version, hash)) => {
             let _ = writeln!(
                 s,
-                "model: generation {generation} ({}), published by {}",
+                "model: generation {version} ({}), published by {}",
                 &hash[..12.min(hash.len())],
                 report.resolver.as_deref().unwrap_or("-")
             );
@@ -120,7 +120,7 @@ pub fn render(report: &Report) -> String {
         .applied
         .iter()
         .map(|(proxy, a)| {
-            let current = report.model.as_ref().is_some_and(|(g, _)| *g == a.generation);
+            let current = report.model.as_ref().is_some_and(|(v, _)| *v == a.version());
             let state = match &a.error {
                 Some(e) => format!("NOT APPLIED: {e}"),
                 None if current => "applied (current)".into(),

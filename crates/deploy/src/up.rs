@@ -342,6 +342,15 @@ impl Stack {
         }
     }
 
+    /// Kill nats-server, delete its JetStream store (a lost volume), and start it again:
+    /// everything on the bus is gone, and the services must rebuild it.
+    pub fn restart_nats_wiped(&mut self) -> Result<(), UpError> {
+        self.stop(Part::Nats, true);
+        let store = self.options.state_dir.join("nats/store");
+        std::fs::remove_dir_all(&store).map_err(io(&store))?;
+        self.spawn(Part::Nats)
+    }
+
     /// Stop and start one part again.
     pub fn restart(&mut self, part: Part, kill: bool) -> Result<(), UpError> {
         self.stop(part, kill);
@@ -403,10 +412,10 @@ impl Stack {
                 if let Ok(report) = crate::status::collect(&buckets).await {
                     if let Some(model) = &report.model {
                         let applied = |key: &str| {
-                            report.applied.get(key).is_some_and(|a| a.generation == model.0 && a.error.is_none())
+                            report.applied.get(key).is_some_and(|a| a.version() == model.0 && a.error.is_none())
                         };
                         if applied(&format!("haproxy.{HAPROXY_INSTANCE}")) && applied(&format!("envoy.{ENVOY_NODE}")) {
-                            return Some(model.0);
+                            return Some(model.0.generation);
                         }
                     }
                 }

@@ -38,9 +38,9 @@ fn report_timing(what: &str, took: [Duration; 2]) {
     eprintln!("{what:<60} HAProxy {:>5} ms   Envoy {:>5} ms", took[0].as_millis(), took[1].as_millis());
 }
 
-/// Applied generations per proxy as the cli user reads them.
-fn applied(stack: &LocalStack) -> Vec<(String, u64)> {
-    stack.report().applied.into_iter().map(|(k, a)| (k, a.generation)).collect()
+/// Applied model versions (epoch, generation) per proxy as the cli user reads them.
+fn applied(stack: &LocalStack) -> Vec<(String, portico_bus::Version)> {
+    stack.report().applied.into_iter().map(|(k, a)| (k, a.version())).collect()
 }
 
 #[test]
@@ -245,18 +245,22 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
     let mut generations = applied(&stack);
 
     eprintln!("\nrestart, then one change; from the file write to the proxy serving it:");
-    let restarts: [(Part, bool, &str); 9] = [
-        (Part::Watcher, false, "watcher restarted (SIGTERM)"),
-        (Part::Secrets, false, "secrets restarted (SIGTERM)"),
-        (Part::Resolver(0), false, "resolver restarted (SIGTERM)"),
-        (Part::Resolver(0), true, "resolver killed (SIGKILL) and started"),
-        (Part::RendererHaproxy, true, "renderer-haproxy killed: takes over the running HAProxy"),
-        (Part::RendererHaproxy, false, "renderer-haproxy restarted: HAProxy on the last applied"),
-        (Part::RendererEnvoy, false, "renderer-envoy restarted (SIGTERM)"),
-        (Part::Envoy, false, "Envoy restarted: configured again over ADS"),
-        (Part::Nats, true, "nats-server killed and started (memory buckets lost)"),
+    // (part, SIGKILL instead of SIGTERM, its store wiped too, what it is)
+    let restarts: [(Part, bool, bool, &str); 10] = [
+        (Part::Watcher, false, false, "watcher restarted (SIGTERM)"),
+        (Part::Secrets, false, false, "secrets restarted (SIGTERM)"),
+        (Part::Resolver(0), false, false, "resolver restarted (SIGTERM)"),
+        (Part::Resolver(0), true, false, "resolver killed (SIGKILL) and started"),
+        (Part::RendererHaproxy, true, false, "renderer-haproxy killed: takes over the running HAProxy"),
+        (Part::RendererHaproxy, false, false, "renderer-haproxy restarted: HAProxy on the last applied"),
+        (Part::RendererEnvoy, false, false, "renderer-envoy restarted (SIGTERM)"),
+        (Part::Envoy, false, false, "Envoy restarted: configured again over ADS"),
+        (Part::Nats, true, false, "nats-server killed and started (memory buckets lost)"),
+        // A lost volume: the model record is gone, the resolver starts a new epoch at
+        // generation 1, and both proxies must follow it (issue 10, item 1).
+        (Part::Nats, true, true, "nats-server killed, its store wiped, started"),
     ];
-    for (i, (part, kill, what)) in restarts.into_iter().enumerate() {
+    for (i, (part, kill, wipe, what)) in restarts.into_iter().enumerate() {
         let stops_haproxy = part == Part::RendererHaproxy && !kill;
         if stops_haproxy {
             watch.haproxy_restarting.store(true, Ordering::SeqCst);
@@ -265,7 +269,11 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
             // Envoy itself restarts: its connection failures are not a regression either.
             watch.envoy_restarting.store(true, Ordering::SeqCst);
         }
-        stack.stack.restart(part, kill).unwrap_or_else(|e| panic!("restarting {}: {e}", part.name()));
+        if wipe {
+            stack.stack.restart_nats_wiped().unwrap_or_else(|e| panic!("wiping nats-server's store: {e}"));
+        } else {
+            stack.stack.restart(part, kill).unwrap_or_else(|e| panic!("restarting {}: {e}", part.name()));
+        }
         if stops_haproxy {
             stack.until(Via::Haproxy, "steps.example.com", &format!("/step-{i}"), 200, Duration::from_secs(30));
             watch.haproxy_restarting.store(false, Ordering::SeqCst);
@@ -277,8 +285,8 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
         }
         advance(&stack, &watch, i as u64 + 1, what);
         // A renderer reports after its proxy runs the change: give the record a moment.
-        let risen = |now: &[(String, u64)]| {
-            now.iter().all(|(p, g)| *g > generations.iter().find(|(q, _)| q == p).map(|(_, g)| *g).unwrap_or(0))
+        let risen = |now: &[(String, portico_bus::Version)]| {
+            now.iter().all(|(p, g)| *g > generations.iter().find(|(q, _)| q == p).map(|(_, g)| *g).unwrap_or_default())
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut now = applied(&stack);
@@ -287,7 +295,7 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
             now = applied(&stack);
         }
         for (proxy, generation) in &now {
-            let before = generations.iter().find(|(p, _)| p == proxy).map(|(_, g)| *g).unwrap_or(0);
+            let before = generations.iter().find(|(p, _)| p == proxy).map(|(_, g)| *g).unwrap_or_default();
             assert!(*generation > before, "{proxy} applied generation {generation} after {before} ({what})");
         }
         generations = now;

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listene
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use portico_bus::follow::RendererInputs;
 use portico_bus::nats::{Buckets, BusError};
-use portico_bus::{seal, AppliedRecord, TraceContext};
+use portico_bus::{seal, AppliedRecord, TraceContext, Version};
 use prost::Name;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,7 +66,8 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
         if reported.get(&ack.node) == Some(&(version.clone(), error.clone())) {
             continue;
         }
-        let Some((generation, hash, served)) = hashes.borrow().get(&version).cloned() else { continue };
+        let Some((model_version, hash, served)) = hashes.borrow().get(&version).cloned() else { continue };
+        let generation = model_version.generation;
         // Envoy's answer is the last step of the change's trace.
         let span = tracing::info_span!(parent: None, "envoy.ack", node = %ack.node, generation, nack = error.is_some());
         portico_bus::telemetry::continue_trace(&span, &served);
@@ -79,6 +80,7 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
             tracing::info!(node = %ack.node, generation, "applied by Envoy");
         }
         let record = AppliedRecord {
+            epoch: model_version.epoch,
             generation,
             hash,
             error: error.clone(),
@@ -93,9 +95,9 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
     }
 }
 
-/// Snapshot version → (generation, model hash, trace of the serving), for the applied
+/// Snapshot version → (model version, model hash, trace of the serving), for the applied
 /// records.
-type Versions = BTreeMap<String, (u64, String, TraceContext)>;
+type Versions = BTreeMap<String, (Version, String, TraceContext)>;
 
 /// What outlives a session: the channels to the ADS server and the snapshot counter.
 struct Serving {
@@ -104,8 +106,8 @@ struct Serving {
     versions: watch::Sender<Versions>,
     /// Numbers every snapshot this process serves, so versions never repeat.
     served: u64,
-    /// The generation served, so an older one is never served after it.
-    generation: Option<u64>,
+    /// The model version (epoch, generation) served, so an older one is never served after it.
+    generation: Option<Version>,
     /// Until the first session starts the reporter, what it will report from.
     reporter_inputs: Option<(mpsc::UnboundedReceiver<Ack>, watch::Receiver<Versions>)>,
     reporter: Option<tokio::task::JoinHandle<()>>,
@@ -174,7 +176,7 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         }
         wait = None;
         let Some(record) = &inputs.model else { continue };
-        if serving.generation.is_some_and(|g| record.generation < g) {
+        if serving.generation.is_some_and(|g| record.version() < g) {
             continue; // never go back
         }
         let rendered = resources(&record.model, &inputs.trust, &serving.options, Delivery::Ads);
@@ -195,16 +197,16 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             );
         }
         serving.served += 1;
-        let version = format!("{}.{}", record.generation, serving.served);
+        let version = format!("{}.{}.{}", record.epoch, record.generation, serving.served);
         let span = tracing::info_span!(parent: None, "envoy.serve", generation = record.generation, version = %version);
         // The ACKs of this version continue this span's trace (see `report`). The parent is
         // set before the span is entered: it cannot change once the span has started.
         let served_trace = portico_bus::telemetry::follow(&span, &causes);
         let _entered = span.enter();
         serving.versions.send_modify(|m| {
-            m.insert(version.clone(), (record.generation, record.hash.clone(), served_trace));
+            m.insert(version.clone(), (record.version(), record.hash.clone(), served_trace));
         });
-        serving.generation = Some(record.generation);
+        serving.generation = Some(record.version());
         portico_bus::admin::set_ready(true);
         portico_bus::admin::gauge(
             "portico_renderer_envoy_generation",

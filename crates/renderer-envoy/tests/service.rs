@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 }
 
 async fn publish(buckets: &Buckets, generation: u64, model: &Model) {
-    let record = ModelRecord { generation, hash: model.content_hash(), model: model.clone() };
+    let record = ModelRecord { epoch: 1, generation, hash: model.content_hash(), model: model.clone() };
     put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, &TraceContext::default()))
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! Running HAProxy in master-worker mode and applying rendered configurations to it:
 //! check, switch, hitless reload through the master socket, confirmation, and rollback.
 //!
-//! Layout under the work directory: `gen-<generation>/` holds one rendered configuration
+//! Layout under the work directory: `gen-<epoch>-<generation>-<ms>/` holds one rendered configuration
 //! with its files (paths inside point into that directory), and the symlink `haproxy.cfg`
 //! points at the one HAProxy runs. A configuration is made current only after
 //! `haproxy -c` accepts it, and the symlink goes back if the reload fails, so a broken
@@ -238,10 +238,18 @@ impl Haproxy {
         self.current.as_deref()
     }
 
-    /// The generation HAProxy runs, from its directory's name (`gen-<generation>-...`).
-    pub fn current_generation(&self) -> Option<u64> {
+    /// The model epoch and generation HAProxy runs, from its directory's name
+    /// (`gen-<epoch>-<generation>-<ms>`; the first, empty one is `gen-0`: epoch 0,
+    /// generation 0). A directory named otherwise (an older layout) gives `None`.
+    pub fn current_version(&self) -> Option<(u64, u64)> {
         let name = self.current.as_ref()?.file_name()?.to_str()?;
-        name.strip_prefix("gen-")?.split('-').next()?.parse().ok()
+        let mut parts = name.strip_prefix("gen-")?.split('-');
+        let epoch = parts.next()?.parse().ok()?;
+        let generation = match parts.next() {
+            None => 0,
+            Some(g) => g.parse().ok()?,
+        };
+        parts.next().is_none_or(|ms| ms.parse::<u64>().is_ok()).then_some((epoch, generation))
     }
 
     /// The master's process id.

@@ -8,7 +8,7 @@ use crate::apply::{write_files, ApplyError, Haproxy, Started};
 use crate::{render, Options, Rendered, Trust};
 use portico_bus::follow::{hold_back, RendererInputs};
 use portico_bus::nats::{Buckets, BusError};
-use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext, Version};
 use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
@@ -48,8 +48,8 @@ fn unix_ms() -> u64 {
 struct Renderer {
     config: ServiceConfig,
     haproxy: Haproxy,
-    /// The generation and configuration last applied.
-    applied: Option<(u64, Vec<u8>)>,
+    /// The version (epoch, generation) and configuration last applied.
+    applied: Option<(Version, Vec<u8>)>,
     /// The record of the last attempt while it is not yet on the bus (the put failed, say
     /// while NATS restarted): written again before anything else, so `portico status` never
     /// keeps showing an older generation than HAProxy runs.
@@ -71,23 +71,19 @@ impl Renderer {
     ) -> Result<Option<std::time::Duration>, ServiceError> {
         self.report(buckets).await?;
         let Some(record) = model else { return Ok(None) };
-        if let Some((generation, _)) = &self.applied {
-            if record.generation < *generation {
-                tracing::debug!(
-                    generation = record.generation,
-                    applied = generation,
-                    "older than the applied one; ignored"
-                );
+        if let Some((applied, _)) = &self.applied {
+            if record.version() < *applied {
+                tracing::debug!(version = %record.version(), applied = %applied, "older than the applied one; ignored");
                 return Ok(None); // never go back
             }
         }
         let started = std::time::Instant::now();
-        let dir = self.config.work_dir.join(format!("gen-{}-{}", record.generation, unix_ms()));
+        let dir = self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, unix_ms()));
         let rendered = render(&record.model, trust, &Renderer::options_for(&self.config, &dir)?);
         let cfg = rendered.files.get("haproxy.cfg").cloned().unwrap_or_default();
-        if let Some((generation, applied_cfg)) = &self.applied {
+        if let Some((applied, applied_cfg)) = &self.applied {
             // The same text with files named by content hash: nothing to do.
-            if *generation == record.generation && applied_cfg == &cfg {
+            if *applied == record.version() && applied_cfg == &cfg {
                 return Ok(None);
             }
         }
@@ -122,7 +118,8 @@ impl Renderer {
         buckets: &Buckets,
         trace: &TraceContext,
     ) -> Result<(), ServiceError> {
-        let (generation, hash) = (record.generation, record.hash.clone());
+        let (version, hash) = (record.version(), record.hash.clone());
+        let generation = version.generation;
         let result = match write_files(dir, &rendered.files) {
             // The check and the reload confirmation block; keep them off the async workers.
             Ok(()) => tokio::task::block_in_place(|| self.haproxy.apply(dir)),
@@ -130,7 +127,7 @@ impl Renderer {
         };
         let error = match &result {
             Ok(()) => {
-                self.applied = Some((generation, cfg));
+                self.applied = Some((version, cfg));
                 portico_bus::admin::set_ready(true);
                 portico_bus::admin::counter(
                     "portico_renderer_haproxy_applies_total",
@@ -169,6 +166,7 @@ impl Renderer {
             }
         };
         let record = AppliedRecord {
+            epoch: version.epoch,
             generation,
             hash,
             error,
@@ -238,15 +236,15 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         Started::Empty => tracing::info!("started HAProxy on an empty configuration"),
     }
     // What HAProxy runs now, so that an older generation is never applied over it.
-    let applied = haproxy.current_generation().and_then(|generation| {
+    let applied = haproxy.current_version().and_then(|(epoch, generation)| {
         let cfg = std::fs::read(haproxy.current_dir()?.join("haproxy.cfg")).ok()?;
-        Some((generation, cfg))
+        Some((Version { epoch, generation }, cfg))
     });
-    if let Some((generation, _)) = &applied {
-        if *generation > 0 {
+    if let Some((version, _)) = &applied {
+        if version.generation > 0 {
             portico_bus::admin::set_ready(true);
         }
-        tracing::info!(generation, "HAProxy runs a configuration applied earlier");
+        tracing::info!(version = %version, "HAProxy runs a configuration applied earlier");
     }
     let mut renderer = Renderer { config, haproxy, applied, unreported: None };
     tracing::info!("HAProxy renderer running");

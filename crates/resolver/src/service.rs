@@ -102,6 +102,7 @@ async fn lease_step(buckets: &Buckets, config: &ServiceConfig, lease: &mut Lease
 
 #[derive(Default)]
 struct Published {
+    epoch: u64,
     generation: u64,
     hash: Option<String>,
     statuses: BTreeMap<String, Vec<u8>>,
@@ -131,10 +132,12 @@ async fn publish(
     );
     if published.hash.as_ref() != Some(&hash) {
         published.generation += 1;
-        let record = ModelRecord { generation: published.generation, hash: hash.clone(), model };
+        let record =
+            ModelRecord { epoch: published.epoch, generation: published.generation, hash: hash.clone(), model };
         put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, trace)).await?;
         tracing::info!(
             generation = published.generation,
+            epoch = published.epoch,
             model_hash = &hash[..12],
             units = changes.units,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -197,17 +200,35 @@ impl Pending {
     }
 }
 
-/// The generation and hash on the bus, so that a new holder continues the sequence (and
-/// republishes every status, whose cache it does not have).
+/// The epoch, generation and hash on the bus, so that a new holder continues the sequence
+/// (and republishes every status, whose cache it does not have). When there is no record it
+/// can read (NATS lost its state, another schema, a failed read), it starts a new epoch: its
+/// generations then order after every earlier one, so no renderer ignores them.
 async fn current_published(buckets: &Buckets) -> Published {
-    let mut published = Published::default();
-    if let Ok(Some(bytes)) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await {
-        if let Ok((record, _)) = open::<ModelRecord>(&bytes) {
-            published.generation = record.generation;
-            published.hash = Some(record.hash);
+    let read = match get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await {
+        Ok(Some(bytes)) => open::<ModelRecord>(&bytes).map(|(r, _)| r).map_err(|e| e.to_string()),
+        Ok(None) => Err("no model on the bus".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    match read {
+        Ok(record) => Published {
+            epoch: record.epoch,
+            generation: record.generation,
+            hash: Some(record.hash),
+            statuses: BTreeMap::new(),
+        },
+        Err(why) => {
+            let epoch = new_epoch();
+            tracing::info!(epoch, reason = %why, "starting a new epoch of model generations");
+            Published { epoch, ..Published::default() }
         }
     }
-    published
+}
+
+/// A new epoch: the wall clock in milliseconds, which orders after every earlier epoch as
+/// long as the clock does not go back further than the time between two epochs.
+fn new_epoch() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1)
 }
 
 /// Log and count an entry that cannot be opened (another schema version, garbage).
