@@ -10,8 +10,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 2: HTTPProxy includes and unimplemented fields; routes answering 502.
 pub const SCHEMA_VERSION: u16 = 2;
 
-/// A W3C `traceparent` (and optional `tracestate`), validated.
+/// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
+/// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a
+/// new trace instead of reaching code that slices it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "UncheckedTraceContext")]
 pub struct TraceContext {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
@@ -46,7 +49,23 @@ impl TraceContext {
 
     /// The trace id, when there is a trace.
     pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent.as_deref().map(|t| &t[3..35])
+        self.traceparent.as_deref().and_then(|t| t.get(3..35))
+    }
+}
+
+/// `TraceContext` as it is on the wire, before validation.
+#[derive(Deserialize)]
+struct UncheckedTraceContext {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl From<UncheckedTraceContext> for TraceContext {
+    fn from(raw: UncheckedTraceContext) -> Self {
+        match raw.traceparent {
+            Some(parent) => TraceContext::new(&parent, raw.tracestate.as_deref()),
+            None => TraceContext::default(),
+        }
     }
 }
 

@@ -150,9 +150,9 @@ impl TraceContext {
     pub fn span_context(&self) -> Option<SpanContext> {
         let parent = self.traceparent.as_deref()?;
         // `TraceContext::new` validated the form: 00-<trace id>-<span id>-<flags>.
-        let trace_id = TraceId::from_hex(&parent[3..35]).ok()?;
-        let span_id = SpanId::from_hex(&parent[36..52]).ok()?;
-        let flags = u8::from_str_radix(&parent[53..55], 16).ok()?;
+        let trace_id = TraceId::from_hex(parent.get(3..35)?).ok()?;
+        let span_id = SpanId::from_hex(parent.get(36..52)?).ok()?;
+        let flags = u8::from_str_radix(parent.get(53..55)?, 16).ok()?;
         let state = self.tracestate.as_deref().and_then(|s| TraceState::from_str(s).ok()).unwrap_or_default();
         Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state))
     }

@@ -108,7 +108,7 @@ pub fn render(report: &Report) -> String {
             let _ = writeln!(
                 s,
                 "model: generation {version} ({}), published by {}",
-                &hash[..12.min(hash.len())],
+                hash.get(..12).unwrap_or(hash), // a hash from the bus: never sliced blindly
                 report.resolver.as_deref().unwrap_or("-")
             );
         }

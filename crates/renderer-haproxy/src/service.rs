@@ -147,7 +147,7 @@ impl Renderer {
                 self.haproxy.prune(dir);
                 tracing::info!(
                     generation,
-                    model_hash = &hash[..12.min(hash.len())],
+                    model_hash = hash.get(..12).unwrap_or(&hash), // from the bus: never sliced blindly
                     took_ms = started.elapsed().as_millis() as u64,
                     trace_id = trace.trace_id().unwrap_or("-"),
                     "applied"
