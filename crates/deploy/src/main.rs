@@ -64,7 +64,7 @@ impl UpArgs {
             envoy_address: self.envoy_address,
             bin_dir: self.bin_dir.unwrap_or_else(up::sibling_bin_dir),
             client_cert: self.client_cert,
-            poll: std::time::Duration::from_millis(250),
+            poll: std::time::Duration::from_millis(100),
             service_env: Vec::new(),
         })
     }

@@ -35,7 +35,7 @@ pub struct Options {
     /// Where the `portico-*` service binaries are.
     pub bin_dir: PathBuf,
     pub client_cert: Option<portico_model::SecretRef>,
-    /// The watcher's polling interval.
+    /// The watcher's debounce (`--poll-ms`).
     pub poll: Duration,
     /// Extra environment for the service binaries (they inherit this process's, too):
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` and friends, say.

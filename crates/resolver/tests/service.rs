@@ -61,6 +61,7 @@ async fn files_to_model_and_statuses_through_the_services_with_a_standby_taking_
             paths: vec![dir.path().to_owned()],
             bus: bus.clone(),
             poll_every: Duration::from_millis(50),
+            rescan_every: Duration::from_secs(3600),
         },
         watcher_stopped,
     ));

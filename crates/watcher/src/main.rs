@@ -43,9 +43,15 @@ struct Args {
     nats: NatsArgs,
     #[command(flatten)]
     admin: AdminArgs,
-    /// Milliseconds between reads of the files (a change is live within two).
-    #[arg(long, env = "PORTICO_POLL_MS", default_value_t = 250)]
+    /// The debounce, in milliseconds: after the file system reports a change, the files
+    /// are read, and read again this much later; the change is published once two reads
+    /// agree (so it is live within about two).
+    #[arg(long, env = "PORTICO_POLL_MS", default_value_t = 100)]
     poll_ms: u64,
+    /// Milliseconds between safety rescans of the files when no change was reported (a
+    /// missed notification, a file system without them).
+    #[arg(long, env = "PORTICO_RESCAN_MS", default_value_t = 30_000)]
+    rescan_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -71,7 +77,12 @@ fn main() -> ExitCode {
             portico_watcher::kubernetes::run(config, client, shutdown).await
         })
     } else {
-        let config = ServiceConfig { paths: args.paths, bus, poll_every: Duration::from_millis(args.poll_ms.max(10)) };
+        let config = ServiceConfig {
+            paths: args.paths,
+            bus,
+            poll_every: Duration::from_millis(args.poll_ms.max(10)),
+            rescan_every: Duration::from_millis(args.rescan_ms.max(args.poll_ms).max(100)),
+        };
         serve("portico-watcher", &args_admin, |shutdown| run(config, shutdown))
     }
 }

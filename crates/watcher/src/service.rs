@@ -1,8 +1,11 @@
 //! The watcher's file source on the bus: YAML files and directories → the objects bucket
 //! (and raw Secrets → the secrets bucket, nowhere else), with initial-sync markers.
 //!
-//! It polls: every interval it reads the files, re-decodes only those whose content
-//! changed, and publishes once a scan has been stable for one interval (the debounce).
+//! It scans when the file system says something changed (inotify, through `notify`), and
+//! otherwise only every `rescan_every` as a safety net (a missed event, a file system
+//! without notifications): idle, it reads nothing. A scan reads the files off the async
+//! workers, re-decodes only those whose content changed, and a change is published once
+//! a scan `poll_every` later sees the same thing (the debounce).
 //! Safety rules, because a half-saved file is normal:
 //! - a file that cannot be read or decoded keeps its last good objects published;
 //! - if a configured path cannot be read at all, nothing changes this cycle;
@@ -18,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -25,9 +29,11 @@ use tracing::Instrument;
 pub struct ServiceConfig {
     pub paths: Vec<PathBuf>,
     pub bus: ConnectConfig,
-    /// How often the files are read. A change is published after it has been stable for
-    /// one interval, so it is live on the bus within two.
+    /// The debounce: after a change, the files are read again this much later, and the
+    /// change is published once two reads agree (so it is live within about two).
     pub poll_every: Duration,
+    /// The safety rescan when no notification came.
+    pub rescan_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +60,15 @@ struct FileState {
     good: Vec<Object>,
 }
 
+/// Every file's last decoding.
+#[derive(Default)]
+struct Files {
+    files: BTreeMap<PathBuf, FileState>,
+}
+
 #[derive(Default)]
 pub(crate) struct State {
-    files: BTreeMap<PathBuf, FileState>,
+    files: Files,
     /// What is on the bus: key → encoded object (empty when unknown, i.e. found at start).
     pub(crate) published: BTreeMap<(Bucket, String), Vec<u8>>,
     /// The desired set of the previous scan, for the debounce.
@@ -85,7 +97,7 @@ fn new_trace(seed: &[u8]) -> TraceContext {
 
 /// Read the files and work out the desired objects; `None` when a configured path cannot
 /// be read at all (then nothing may change).
-fn scan(paths: &[PathBuf], state: &mut State) -> Option<BTreeMap<(Bucket, String), Object>> {
+fn scan(paths: &[PathBuf], state: &mut Files) -> Option<BTreeMap<(Bucket, String), Object>> {
     let files = match manifest_files(paths) {
         Ok(files) => files,
         Err(e) => {
@@ -243,21 +255,46 @@ async fn session(
     state.published.clear();
     state.synced = false;
     existing_keys(buckets, state).await?;
-    let mut tick = tokio::time::interval(config.poll_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    // Dropped with the session, which stops the notifications.
+    let _watcher = watch_files(&config.paths, changed.clone());
+    // The first scan of a session runs at once; after that, one waits for a notification
+    // (or the safety rescan), and one more follows `poll_every` later until two agree.
+    let mut unsettled = true;
+    let mut first = true;
     loop {
-        tick.tick().await;
-        let Some(desired) = scan(&config.paths, state) else { continue };
-        let mut fingerprint = Sha256::new();
-        for ((bucket, key), object) in &desired {
-            fingerprint.update([*bucket as u8]);
-            fingerprint.update(key.as_bytes());
-            fingerprint.update(codec::encode(object));
+        if !first {
+            let quiet = if unsettled { config.poll_every } else { config.rescan_every };
+            tokio::select! {
+                () = changed.notified() => {
+                    unsettled = true;
+                    tokio::time::sleep(config.poll_every).await;
+                }
+                () = tokio::time::sleep(quiet) => {}
+            }
         }
-        let fingerprint: [u8; 32] = fingerprint.finalize().into();
+        first = false;
+        // Reading, decoding and fingerprinting 10,000 objects is blocking work.
+        let paths = config.paths.clone();
+        let mut files = std::mem::take(&mut state.files);
+        let scanned = tokio::task::spawn_blocking(move || {
+            let desired = scan(&paths, &mut files).map(|desired| {
+                let fingerprint = fingerprint(&desired);
+                (desired, fingerprint)
+            });
+            (files, desired)
+        })
+        .await;
+        let Ok((files, scanned)) = scanned else {
+            tracing::error!("the file scan panicked; scanning again");
+            continue;
+        };
+        state.files = files;
+        let Some((desired, fingerprint)) = scanned else { continue };
         // Debounce: publish a scan only when the one before it saw the same thing (the
         // first scan of a session is published at once).
         let stable = state.previous == Some(fingerprint) || !state.synced;
+        unsettled = state.previous != Some(fingerprint);
         state.previous = Some(fingerprint);
         if !stable {
             continue;
@@ -277,6 +314,49 @@ async fn session(
             tracing::info!(changes, "changes published");
         }
     }
+}
+
+/// A digest of the desired objects, to tell whether two scans saw the same.
+fn fingerprint(desired: &BTreeMap<(Bucket, String), Object>) -> [u8; 32] {
+    let mut fingerprint = Sha256::new();
+    for ((bucket, key), object) in desired {
+        fingerprint.update([*bucket as u8]);
+        fingerprint.update(key.as_bytes());
+        fingerprint.update(codec::encode(object));
+    }
+    fingerprint.finalize().into()
+}
+
+/// Watch the configured paths: a directory recursively, a file through its directory
+/// (editors replace files by renaming, which a watch on the file itself would miss).
+/// `None` when notifications cannot be had; the safety rescan still finds changes.
+fn watch_files(paths: &[PathBuf], changed: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            changed.notify_one();
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "no file notifications; changes are found by the periodic rescan only");
+            return None;
+        }
+    };
+    for path in paths {
+        let (target, mode) = if path.is_dir() {
+            (path.as_path(), notify::RecursiveMode::Recursive)
+        } else {
+            (
+                path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")),
+                notify::RecursiveMode::NonRecursive,
+            )
+        };
+        if let Err(e) = watcher.watch(target, mode) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot watch; changes there are found by the periodic rescan only");
+        }
+    }
+    Some(watcher)
 }
 
 pub(crate) async fn put_marker(store: &async_nats::jetstream::kv::Store, key: &str) -> Result<(), BusError> {

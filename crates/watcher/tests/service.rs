@@ -25,7 +25,13 @@ struct Running {
 
 fn start(dir: &Path, bus: &ConnectConfig) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServiceConfig { paths: vec![dir.to_owned()], bus: bus.clone(), poll_every: POLL };
+    // The safety rescan is an hour away: every change below is found by notification.
+    let config = ServiceConfig {
+        paths: vec![dir.to_owned()],
+        bus: bus.clone(),
+        poll_every: POLL,
+        rescan_every: Duration::from_secs(3600),
+    };
     let task = tokio::spawn(run(config, async move {
         let _ = stopped.await;
     }));
@@ -77,10 +83,13 @@ async fn files_become_objects_on_the_bus_and_follow_every_edit() {
     std::fs::write(&file, format!("{}---\n{SECRET}", service(8080, "web"))).unwrap();
     wait_for(&objects, web, port_is(8080)).await;
 
-    // A half-saved file: nothing of it is deleted or changed.
+    // A half-saved file: nothing of it is deleted or changed. The barrier: another file
+    // written after it, whose object can be published only by a scan that read both.
     std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop\n").unwrap();
-    tokio::time::sleep(POLL * 6).await;
-    wait_for(&objects, web, port_is(8080)).await;
+    std::fs::write(dir.path().join("barrier.yaml"), service(82, "barrier")).unwrap();
+    wait_for(&objects, "service.shop.barrier", port_is(82)).await;
+    let web_now = objects.get(web).await.unwrap().map(|raw| open::<Object>(&raw).unwrap().0);
+    assert!(port_is(8080)(web_now), "the broken file's Service is kept as it was");
     assert!(secrets.get("shop.ca").await.unwrap().is_some(), "the Secret of the broken file stays");
 
     // Fixed, with the Secret removed: the Secret goes.
