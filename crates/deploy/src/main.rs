@@ -271,13 +271,19 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
         "portico: starting nats-server, the five services, HAProxy and Envoy (logs in {}/logs)",
         options.state_dir.display()
     );
-    let mut stack = up::Stack::start(options.clone()).map_err(|e| e.to_string())?;
-    let Some(generation) = stack.wait_applied(std::time::Duration::from_secs(60)) else {
-        return Err(format!(
-            "the proxies did not apply the model within 60 s; see {}/logs and `portico status --state-dir {}`",
-            options.state_dir.display(),
-            options.state_dir.display()
-        ));
+    // From here on, Ctrl-C stops everything started so far, at any moment.
+    let interrupted = up::interrupt_flag();
+    let mut stack = up::Stack::start_interruptible(options.clone(), &interrupted).map_err(|e| e.to_string())?;
+    let generation = match stack.wait_applied_while_moving(std::time::Duration::from_secs(60), &interrupted) {
+        up::Applied::Generation(g) => g,
+        up::Applied::Interrupted => return Err(up::UpError::Interrupted.to_string()),
+        up::Applied::Stalled => {
+            return Err(format!(
+                "the proxies did not apply the model, and nothing moved for 60 s; see {}/logs and `portico status --state-dir {}`",
+                options.state_dir.display(),
+                options.state_dir.display()
+            ))
+        }
     };
     let bus = stack.bus(portico_deploy::nats_config::User::Cli);
     let report = up::runtime()
@@ -307,24 +313,7 @@ Edit {}/manifests/demo.yaml and both proxies follow (fix /broken: caSecret: demo
         options.state_dir.display(),
         options.state_dir.display()
     );
-    up::runtime().block_on(async {
-        let stop = portico_bus::cli::shutdown_signal();
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                () = &mut stop => break,
-                _ = tick.tick() => {
-                    if let Err(e) = stack.check_running() {
-                        eprintln!("portico: {e}; starting it again");
-                        if let up::UpError::Exited { .. } = e {
-                            stack.restart_exited();
-                        }
-                    }
-                }
-            }
-        }
-    });
+    stack.supervise(&interrupted);
     eprintln!("portico: stopping");
     drop(stack);
     drop(demo);

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Plain, documented configuration of a local stack.
@@ -93,6 +95,40 @@ pub enum UpError {
     PortInUse { what: &'static str, address: std::net::SocketAddr, flag: &'static str },
     #[error("creating the buckets: {0}")]
     Buckets(String),
+    #[error("interrupted during start-up; everything started so far was stopped")]
+    Interrupted,
+}
+
+/// Set once SIGINT or SIGTERM arrives. Installing it replaces the default (die at once)
+/// with a flag that start-up and supervision check, so that whatever was started is
+/// stopped, at any moment.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    runtime().block_on(async {
+        // Registered here, before anything starts; awaited in the background.
+        let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        runtime().spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            set.store(true, Ordering::SeqCst);
+        });
+    });
+    flag
+}
+
+/// What `Stack::wait_applied` saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Both proxies run this generation of the model on the bus.
+    Generation(u64),
+    /// Nothing moved (no new model, no new applied record) for the whole quiet limit.
+    Stalled,
+    Interrupted,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UpError + '_ {
@@ -149,6 +185,13 @@ impl Stack {
     /// Write the configuration and start nats-server, the buckets, the five services and
     /// Envoy. Returns once every process runs; `wait_applied` tells when the proxies serve.
     pub fn start(options: Options) -> Result<Stack, UpError> {
+        Stack::start_interruptible(options, &AtomicBool::new(false))
+    }
+
+    /// `start`, giving up as soon as `interrupted` is set: what was started so far is
+    /// stopped (the partial stack is dropped), and `UpError::Interrupted` returned.
+    pub fn start_interruptible(options: Options, interrupted: &AtomicBool) -> Result<Stack, UpError> {
+        let check = || if interrupted.load(Ordering::SeqCst) { Err(UpError::Interrupted) } else { Ok(()) };
         let state = &options.state_dir;
         let plain = |p: &Path| {
             p.is_absolute() && p.to_str().is_some_and(|s| !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
@@ -191,15 +234,19 @@ impl Stack {
         let bootstrap = state.join("envoy/bootstrap.yaml");
         std::fs::write(&bootstrap, envoy_bootstrap(&options)).map_err(io(&bootstrap))?;
 
+        check()?;
         let mut stack = Stack { options, passwords, children: BTreeMap::new(), admin_ports: BTreeMap::new() };
         stack.spawn(Part::Nats)?;
+        check()?;
         stack.create_buckets()?;
         for part in
             [Part::Watcher, Part::Secrets, Part::Resolver(0), Part::RendererHaproxy, Part::RendererEnvoy, Part::Envoy]
         {
+            check()?;
             stack.spawn(part)?;
         }
         std::thread::sleep(Duration::from_millis(200));
+        check()?;
         stack.check_running()?;
         Ok(stack)
     }
@@ -403,26 +450,74 @@ impl Stack {
     /// Wait until both proxies have applied the model generation on the bus (without
     /// error) and return it; `None` after `limit`.
     pub fn wait_applied(&self, limit: Duration) -> Option<u64> {
+        match self.wait_applied_while_moving(limit, &AtomicBool::new(false)) {
+            Applied::Generation(g) => Some(g),
+            Applied::Stalled | Applied::Interrupted => None,
+        }
+    }
+
+    /// Wait until both proxies have applied the model generation on the bus (without
+    /// error). The limit follows the work: it is how long nothing may move (no new model,
+    /// no new applied record), so a world of 10,000 routes that takes a minute to load is
+    /// waited for, and a stack that is stuck is not.
+    pub fn wait_applied_while_moving(&self, quiet_limit: Duration, interrupted: &AtomicBool) -> Applied {
         let bus = self.bus(User::Cli);
         runtime().block_on(async {
-            let deadline = Instant::now() + limit;
-            let client = portico_bus::nats::connect(&bus).await.ok()?;
-            let buckets = crate::status::open(&client).await.ok()?;
+            let mut deadline = Instant::now() + quiet_limit;
+            let mut last_seen = None;
+            let mut buckets = None;
             while Instant::now() < deadline {
-                if let Ok(report) = crate::status::collect(&buckets).await {
+                if interrupted.load(Ordering::SeqCst) {
+                    return Applied::Interrupted;
+                }
+                if buckets.is_none() {
+                    let open = async {
+                        let client = portico_bus::nats::connect(&bus).await.ok()?;
+                        crate::status::open(&client).await.ok()
+                    };
+                    buckets = tokio::time::timeout(Duration::from_secs(5), open).await.ok().flatten();
+                }
+                let report = match &buckets {
+                    Some(b) => tokio::time::timeout(Duration::from_secs(5), crate::status::collect(b)).await.ok(),
+                    None => None,
+                };
+                if let Some(report) = report.and_then(Result::ok) {
                     if let Some(model) = &report.model {
                         let applied = |key: &str| {
                             report.applied.get(key).is_some_and(|a| a.version() == model.0 && a.error.is_none())
                         };
                         if applied(&format!("haproxy.{HAPROXY_INSTANCE}")) && applied(&format!("envoy.{ENVOY_NODE}")) {
-                            return Some(model.0.generation);
+                            return Applied::Generation(model.0.generation);
                         }
+                    }
+                    let seen = (
+                        report.model.as_ref().map(|m| m.0),
+                        report.applied.values().map(|a| (a.version(), a.at_unix_ms)).collect::<Vec<_>>(),
+                        report.statuses.len(),
+                    );
+                    if last_seen.as_ref() != Some(&seen) {
+                        last_seen = Some(seen);
+                        deadline = Instant::now() + quiet_limit;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            None
+            Applied::Stalled
         })
+    }
+
+    /// Supervise until `interrupted` is set: a part that exits is reported and started
+    /// again.
+    pub fn supervise(&mut self, interrupted: &AtomicBool) {
+        while !interrupted.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Err(e) = self.check_running() {
+                eprintln!("portico: {e}; starting it again");
+                if let UpError::Exited { .. } = e {
+                    self.restart_exited();
+                }
+            }
+        }
     }
 }
 

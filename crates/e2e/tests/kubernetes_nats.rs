@@ -25,12 +25,22 @@ fn documents(file: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Kills the processes when the test ends, however it ends.
+/// Stops the processes when the test ends, however it ends: SIGTERM first, newest first,
+/// so that the HAProxy renderer stops the HAProxy it started (a SIGKILL would leave it
+/// running, as a crashed renderer does by design), then SIGKILL what is left.
 struct Processes(Vec<(String, Child)>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
+        for (_, child) in self.0.iter_mut().rev() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in self.0.iter_mut().rev() {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
