@@ -275,6 +275,13 @@ enum Blob {
 
 /// Put a value of any size: inline when small, else into `store` and a pointer into `kv`.
 /// The object is written before the pointer, so a reader never sees a pointer to nothing.
+///
+/// Storage is bounded: a key has two object slots, `<key>.a` and `<key>.b`, and a new
+/// value goes into the one the current pointer does not name, so a reader of the current
+/// value is never overwritten, and the store holds at most two objects per key however
+/// many values were put (it held one per value, forever). Objects of any other name
+/// (an older layout) are deleted. A reader that fell two values behind finds its object
+/// replaced; `get_blob` then reads the pointer again.
 pub async fn put_blob(
     kv: &kv::Store,
     store: &object_store::ObjectStore,
@@ -287,22 +294,61 @@ pub async fn put_blob(
         key: key.to_owned(),
         reason,
     };
+    let slots = [format!("{key}.a"), format!("{key}.b")];
     let blob = if bytes.len() <= INLINE_LIMIT {
         Blob::Inline(bytes.to_vec())
     } else {
+        let current = match kv.get(key).await {
+            Ok(Some(raw)) => match codec::decode::<Blob>(&raw) {
+                Ok(Blob::Stored { object, .. }) => Some(object),
+                _ => None,
+            },
+            _ => None,
+        };
+        let object = if current.as_deref() == Some(slots[0].as_str()) { &slots[1] } else { &slots[0] };
         let sha256 = portico_model::hex(&Sha256::digest(bytes));
-        let object = format!("{key}-{sha256}");
         store
             .put(object.as_str(), &mut &bytes[..])
             .await
             .map_err(|e| failed("storing the object for", e.to_string()))?;
-        Blob::Stored { object, size: bytes.len() as u64, sha256 }
+        Blob::Stored { object: object.clone(), size: bytes.len() as u64, sha256 }
     };
-    kv.put(key, codec::encode(&blob).into()).await.map_err(|e| failed("putting", e.to_string()))
+    let revision = kv.put(key, codec::encode(&blob).into()).await.map_err(|e| failed("putting", e.to_string()))?;
+    // Objects of this key under another name are from an older layout: gone.
+    if let Ok(mut list) = store.list().await {
+        use futures_util::StreamExt;
+        let mut stale = Vec::new();
+        while let Some(Ok(info)) = list.next().await {
+            let ours = info.name.strip_prefix(key).is_some_and(|rest| rest.starts_with('-'));
+            if ours && !slots.contains(&info.name) {
+                stale.push(info.name);
+            }
+        }
+        for name in stale {
+            let _ = store.delete(name.as_str()).await;
+        }
+    }
+    Ok(revision)
 }
 
 /// Read a value written by `put_blob`; `None` when the key has no value.
 pub async fn get_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+) -> Result<Option<Vec<u8>>, BusError> {
+    // An object replaced while it was read (the reader fell two values behind) does not
+    // match its pointer: the pointer is read again.
+    let mut attempt = 0;
+    loop {
+        match get_blob_once(kv, store, key).await {
+            Err(BusError::ValueCorrupt { .. }) if attempt < 3 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn get_blob_once(
     kv: &kv::Store,
     store: &object_store::ObjectStore,
     key: &str,

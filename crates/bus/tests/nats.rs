@@ -90,3 +90,32 @@ async fn large_values_go_through_the_object_store_and_come_back_intact() {
     let err = get_blob(&buckets.model, &buckets.model_store, "garbage").await.unwrap_err();
     assert!(matches!(err, BusError::ValueCorrupt { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn the_object_store_stays_flat_however_many_models_are_put() {
+    let server = NatsServer::start();
+    let (client, buckets) = setup(&server).await;
+    // An object of the older layout (one per value, never deleted) is cleaned up.
+    let legacy = format!("{}-deadbeef", names::MODEL_KEY);
+    buckets.model_store.put(legacy.as_str(), &mut &[1u8, 2, 3][..]).await.unwrap();
+    let size = INLINE_LIMIT + 64 * 1024;
+    for n in 0..40u32 {
+        let value: Vec<u8> = (0..size).map(|i| (i as u32).wrapping_mul(n + 1) as u8).collect();
+        put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &value).await.unwrap();
+        assert_eq!(get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await.unwrap(), Some(value));
+    }
+    let mut names_left = Vec::new();
+    let mut list = buckets.model_store.list().await.unwrap();
+    while let Some(info) = futures_util::StreamExt::next(&mut list).await {
+        names_left.push(info.unwrap().name);
+    }
+    names_left.sort();
+    assert_eq!(names_left, vec![format!("{}.a", names::MODEL_KEY), format!("{}.b", names::MODEL_KEY)]);
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(format!("OBJ_{}", names::MODEL_STORE)).await.unwrap();
+    let bytes = stream.info().await.unwrap().state.bytes;
+    assert!(
+        bytes < 3 * size as u64,
+        "40 values of {size} bytes left {bytes} bytes in the object store's stream: it must hold two at most"
+    );
+}
