@@ -57,6 +57,19 @@ impl Snapshot {
     }
 }
 
+/// What the reporter hears from the ADS streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    Ack(Ack),
+    /// A node's stream ended: what was tracked for it can go.
+    Gone {
+        node: String,
+    },
+}
+
+/// How many node events may wait for the reporter; a stream waits when it is full.
+pub const NODE_EVENTS: usize = 1024;
+
 /// What a node said about a version of a type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack {
@@ -73,7 +86,7 @@ pub struct Ack {
 pub struct Ads {
     /// `None` until the first model is known: requests wait rather than get an empty config.
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    pub acks: mpsc::UnboundedSender<Ack>,
+    pub acks: mpsc::Sender<NodeEvent>,
 }
 
 #[derive(Default)]
@@ -147,7 +160,7 @@ impl AggregatedDiscoveryService for Ads {
             let mut node = String::new();
             let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
             let mut nonces = 0u64;
-            loop {
+            'stream: loop {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
@@ -162,7 +175,8 @@ impl AggregatedDiscoveryService for Ads {
                             let error = req.error_detail.as_ref().map(|e| e.message.clone());
                             let version = if error.is_some() { sub.sent_version.clone().unwrap_or_default() } else { req.version_info.clone() };
                             let subscribed = subs.keys().cloned().collect();
-                            let _ = acks.send(Ack { node: node.clone(), type_url: req.type_url.clone(), version, error, subscribed });
+                            let ack = Ack { node: node.clone(), type_url: req.type_url.clone(), version, error, subscribed };
+                            let _ = acks.send(NodeEvent::Ack(ack)).await;
                             let sub = subs.get_mut(&req.type_url).expect("just used");
                             if req.resource_names == sub.names {
                                 continue; // a plain ACK or NACK
@@ -190,11 +204,14 @@ impl AggregatedDiscoveryService for Ads {
                             sub.nonce = nonces.to_string();
                             sub.sent_version = Some(snapshot.version.clone());
                             if tx.send(Ok(response(&snapshot, &type_url, &sub.names, &sub.nonce))).await.is_err() {
-                                return;
+                                break 'stream;
                             }
                         }
                     }
                 }
+            }
+            if !node.is_empty() {
+                let _ = acks.send(NodeEvent::Gone { node }).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

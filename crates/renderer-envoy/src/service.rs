@@ -4,7 +4,7 @@
 //! acknowledged for its clusters and listeners (or the NACK's reason). Replicas serve the
 //! same model independently.
 
-use crate::ads::{Ack, Ads, Snapshot};
+use crate::ads::{Ads, NodeEvent, Snapshot, NODE_EVENTS};
 use crate::{resources, Delivery, Options};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -41,10 +41,38 @@ fn unix_ms() -> u64 {
 }
 
 /// Reports, per node, when every subscribed type has acknowledged one version, or a NACK.
-async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes: watch::Receiver<Versions>) {
+async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes: watch::Receiver<Versions>) {
+    // Per connected node only: a node's entries go when its stream ends.
     let mut by_node: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut reported: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
-    while let Some(ack) = acks.recv().await {
+    // Records whose put failed (NATS restarting, say): put again every second until they
+    // are on the bus, unless a newer record for the node replaces them first.
+    let mut unreported: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = retry.tick(), if !unreported.is_empty() => {
+                let keys: Vec<String> = unreported.keys().cloned().collect();
+                for key in keys {
+                    if buckets.applied.put(&key, unreported[&key].clone().into()).await.is_ok() {
+                        unreported.remove(&key);
+                    }
+                }
+                continue;
+            }
+        };
+        let ack = match event {
+            NodeEvent::Ack(ack) => ack,
+            NodeEvent::Gone { node } => {
+                by_node.remove(&node);
+                reported.remove(&node);
+                continue;
+            }
+        };
         let acked = by_node.entry(ack.node.clone()).or_default();
         let (version, error) = match &ack.error {
             Some(e) => (ack.version.clone(), Some(format!("{} rejected: {e}", ack.type_url))),
@@ -90,7 +118,16 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
         };
         let key = format!("envoy.{}", ack.node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
         drop(_entered); // not across the await: the task may move between threads
-        let _ = buckets.applied.put(&key, seal(&record, &trace).into()).instrument(span).await;
+        let sealed = seal(&record, &trace);
+        match buckets.applied.put(&key, sealed.clone().into()).instrument(span).await {
+            Ok(_) => {
+                unreported.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "the applied record could not be written; retrying");
+                unreported.insert(key, sealed);
+            }
+        }
         reported.insert(ack.node, (version, error));
     }
 }
@@ -98,6 +135,19 @@ async fn report(buckets: Buckets, mut acks: mpsc::UnboundedReceiver<Ack>, hashes
 /// Snapshot version → (model version, model hash, trace of the serving), for the applied
 /// records.
 type Versions = BTreeMap<String, (Version, String, TraceContext)>;
+
+/// How many served snapshot versions are remembered for the ACKs that name them: an ACK
+/// of an older one comes from a node that has newer ones on the way, and is not reported.
+pub const KEPT_VERSIONS: usize = 64;
+
+/// Keep the `keep` newest versions (by the serving counter, the last part of the version).
+pub fn prune_versions<V>(versions: &mut BTreeMap<String, V>, keep: usize) {
+    while versions.len() > keep {
+        let served = |k: &String| k.rsplit('.').next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let Some(oldest) = versions.keys().min_by_key(|k| served(k)).cloned() else { return };
+        versions.remove(&oldest);
+    }
+}
 
 /// What outlives a session: the channels to the ADS server and the snapshot counter.
 struct Serving {
@@ -109,7 +159,7 @@ struct Serving {
     /// The model version (epoch, generation) served, so an older one is never served after it.
     generation: Option<Version>,
     /// Until the first session starts the reporter, what it will report from.
-    reporter_inputs: Option<(mpsc::UnboundedReceiver<Ack>, watch::Receiver<Versions>)>,
+    reporter_inputs: Option<(mpsc::Receiver<NodeEvent>, watch::Receiver<Versions>)>,
     reporter: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,7 +172,7 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     let (hash_tx, hash_rx) = watch::channel(BTreeMap::new());
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (ack_tx, ack_rx) = mpsc::channel(NODE_EVENTS);
 
     let ads = Ads { snapshots: snapshot_rx, acks: ack_tx };
     let listen = config.listen;
@@ -205,6 +255,7 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         let _entered = span.enter();
         serving.versions.send_modify(|m| {
             m.insert(version.clone(), (record.version(), record.hash.clone(), served_trace));
+            prune_versions(m, KEPT_VERSIONS);
         });
         serving.generation = Some(record.version());
         portico_bus::admin::set_ready(true);
@@ -214,5 +265,24 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             record.generation as f64,
         );
         let _ = serving.snapshots.send(Some(Arc::new(Snapshot::new(version, &rendered))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_versions_are_remembered_however_many_were_served() {
+        let mut versions = BTreeMap::new();
+        for served in 1..=10_000u64 {
+            // Epoch and generation as they come; the serving counter orders them.
+            versions.insert(format!("1764672000000.{}.{served}", served / 3), served);
+            prune_versions(&mut versions, KEPT_VERSIONS);
+            assert!(versions.len() <= KEPT_VERSIONS);
+        }
+        let mut kept: Vec<u64> = versions.values().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, (10_000 - KEPT_VERSIONS as u64 + 1..=10_000).collect::<Vec<_>>());
     }
 }
