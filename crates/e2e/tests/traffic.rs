@@ -85,7 +85,9 @@ fn manifests(good_ca: &str, other_ca: &str, client: &portico_e2e::Issued, tls: u
              spec:\n  rules:\n  - host: voyager.test\n    http:\n      paths:\n\
              \x20     - {path: /none, backend: {serviceName: vnone, servicePort: '443'}}\n\
              \x20     - {path: /verified, backend: {serviceName: vverified, servicePort: '443'}}\n\
-             \x20     - {path: /wrong-name, backend: {serviceName: vwrong, servicePort: '443'}}\n";
+             \x20     - {path: /wrong-name, backend: {serviceName: vwrong, servicePort: '443'}}\n\
+             \x20 - host: '*.wild.test'\n    http:\n      paths:\n\
+             \x20     - {path: /, backend: {serviceName: plainback, servicePort: '443'}}\n";
     yaml
 }
 
@@ -149,6 +151,9 @@ const MATRIX: &[(&str, &str, &str, u16, &[&str])] = &[
     ),
     ("Voyager verifyhost with the wrong name fails", "voyager.test", "/wrong-name", 503, &[]),
     ("no route", "nowhere.test", "/", 404, &[]),
+    ("a wildcard host takes one label", "a.wild.test", "/", 200, &["backend=plain"]),
+    ("a wildcard host does not take two labels", "a.b.wild.test", "/", 404, &[]),
+    ("a wildcard host is not its own suffix", "wild.test", "/", 404, &[]),
     (
         "a child's route at the root's host under the joined prefix",
         "contour.test",

@@ -279,6 +279,27 @@ fn domains(host: &HostMatch) -> Vec<String> {
     }
 }
 
+/// Envoy's `*.example.com` domain takes any depth; the model's wildcard is one label (as
+/// HAProxy renders it, and as Contour does it): a wildcard's routes also match the
+/// authority against one label before the suffix, with an optional port.
+fn one_label(host: &HostMatch) -> Vec<route::HeaderMatcher> {
+    let HostMatch::Wildcard(suffix) = host else { return Vec::new() };
+    let regex = format!("^[^.]+[.]{}(:[0-9]+)?$", suffix.as_str().replace('.', "[.]"));
+    vec![route::HeaderMatcher {
+        name: ":authority".to_owned(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+            matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(matcher::RegexMatcher {
+                    regex,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }]
+}
+
 fn reject() -> route::route::Action {
     direct(503, "route in error, see its status")
 }
@@ -343,6 +364,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
                         name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
                         r#match: Some(route::RouteMatch {
                             path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
+                            headers: one_label(&vhost.host),
                             ..Default::default()
                         }),
                         action: Some(action),

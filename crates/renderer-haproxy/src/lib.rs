@@ -136,7 +136,12 @@ fn host_condition(host: &HostMatch) -> String {
     match host {
         HostMatch::Any => String::new(),
         HostMatch::Exact(name) => format!(" {{ var(txn.host) -m str {name} }}"),
-        HostMatch::Wildcard(suffix) => format!(" {{ var(txn.host) -m end .{suffix} }}"),
+        // One label, as the model (and Envoy) means it: `*.example.com` takes
+        // `a.example.com`, not `a.b.example.com`. `[.]` rather than `\.`: HAProxy's parser
+        // would eat the backslash. The suffix is a DNS name: letters, digits, '-' and '.'.
+        HostMatch::Wildcard(suffix) => {
+            format!(" {{ var(txn.host) -m reg ^[^.]+[.]{} }}", suffix.as_str().replace('.', "[.]") + "$")
+        }
     }
 }
 
