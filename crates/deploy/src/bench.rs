@@ -181,6 +181,7 @@ pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
                     }),
                 }],
                 set_headers: vec![],
+                response_timeout: None,
             }],
         }));
     }

@@ -131,6 +131,16 @@ where
         let name = name.clone();
         let seen = seen.clone();
         async move {
+            // `?delay_ms=N` (at most 30 s): a slow backend, for timeout tests.
+            let delay = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map(|ms| std::time::Duration::from_millis(ms.min(30_000)));
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             let host = request
                 .headers()
                 .get(hyper::header::HOST)

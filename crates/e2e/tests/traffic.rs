@@ -67,6 +67,9 @@ fn manifests(good_ca: &str, other_ca: &str, client: &portico_e2e::Issued, tls: u
     );
     yaml += &route("/mtls", "{name: mtlsback, port: 443, validation: {caSecret: good-ca, subjectName: backend.test}}");
     yaml += &route("/plain", "{name: plainback, port: 443}");
+    // Timeouts agree between the proxies: the default, and timeoutPolicy.response.
+    yaml += &route("/slow-default", "{name: plainback, port: 443}");
+    yaml += "  - conditions: [{prefix: /slow-1s}]\n    timeoutPolicy: {response: 1s}\n    services: [{name: plainback, port: 443}]\n";
     // Inclusion (SPEC section 9): the root includes a team's child under /team, which
     // includes a proxy that does not exist under /ghost; `team/orphan` is included by nothing.
     yaml += "  includes:\n  - {name: child, namespace: team, conditions: [{prefix: /team}]}\n";
@@ -151,6 +154,20 @@ const MATRIX: &[(&str, &str, &str, u16, &[&str])] = &[
     ),
     ("Voyager verifyhost with the wrong name fails", "voyager.test", "/wrong-name", 503, &[]),
     ("no route", "nowhere.test", "/", 404, &[]),
+    (
+        "a backend answering in 2.5 s is waited for by default",
+        "contour.test",
+        "/slow-default?delay_ms=2500",
+        200,
+        &["backend=plain"],
+    ),
+    (
+        "timeoutPolicy.response 1s: a backend answering in 2.5 s times out",
+        "contour.test",
+        "/slow-1s?delay_ms=2500",
+        504,
+        &[],
+    ),
     ("a wildcard host takes one label", "a.wild.test", "/", 200, &["backend=plain"]),
     ("a wildcard host does not take two labels", "a.b.wild.test", "/", 404, &[]),
     ("a wildcard host is not its own suffix", "wild.test", "/", 404, &[]),

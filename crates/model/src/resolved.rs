@@ -134,6 +134,9 @@ pub enum RouteAction {
         backends: Vec<WeightedCluster>,
         /// A literal Host header to send upstream.
         host_rewrite: Option<DnsName>,
+        /// How long the backend may take to answer (HTTPProxy `timeoutPolicy.response`);
+        /// `None`: `Timeout::DEFAULT_RESPONSE`, the same in both proxies.
+        timeout: Option<Timeout>,
     },
     /// The route is in error: answer 503, never forward (fail closed).
     Reject,
@@ -150,6 +153,61 @@ impl RouteAction {
             RouteAction::Reject => Some(503),
             RouteAction::BadGateway => Some(502),
         }
+    }
+}
+
+/// A response timeout: milliseconds, or none at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Timeout {
+    Millis(u64),
+    Infinite,
+}
+
+impl Timeout {
+    /// What both proxies give a backend to answer when no policy says otherwise (HAProxy's
+    /// `timeout server`, Envoy's route timeout, which would otherwise be 15 s).
+    pub const DEFAULT_RESPONSE: Timeout = Timeout::Millis(60_000);
+    /// The longest finite timeout accepted (HAProxy's limit is about 24.8 days).
+    pub const MAX_MILLIS: u64 = 24 * 3600 * 1000;
+
+    /// Contour's grammar: a Go duration of `h`, `m`, `s` and `ms` parts (`1m30s`,
+    /// `500ms`), or `infinity`/`infinite`. At most `MAX_MILLIS`; 0 is not a timeout.
+    pub fn parse(value: &str) -> Result<Timeout, String> {
+        if value == "infinity" || value == "infinite" {
+            return Ok(Timeout::Infinite);
+        }
+        let refuse =
+            || format!("{} is not a duration (use e.g. 30s, 1m30s, 500ms or infinity)", crate::names::quote(value));
+        if value.is_empty() || value.len() > 32 {
+            return Err(refuse());
+        }
+        let mut total: u64 = 0;
+        let mut rest = value;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(refuse());
+            }
+            let number: u64 = rest[..digits].parse().map_err(|_| refuse())?;
+            rest = &rest[digits..];
+            let (unit, len) = if rest.starts_with("ms") {
+                (1, 2)
+            } else if rest.starts_with('s') {
+                (1000, 1)
+            } else if rest.starts_with('m') {
+                (60_000, 1)
+            } else if rest.starts_with('h') {
+                (3_600_000, 1)
+            } else {
+                return Err(refuse());
+            };
+            rest = &rest[len..];
+            total = number.checked_mul(unit).and_then(|n| total.checked_add(n)).ok_or_else(refuse)?;
+        }
+        if total == 0 || total > Self::MAX_MILLIS {
+            return Err(format!("{} must be between 1ms and 24h, or infinity", crate::names::quote(value)));
+        }
+        Ok(Timeout::Millis(total))
     }
 }
 

@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use portico_model::{
-    Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, TlsVersion, TrustMaterial,
+    Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, Timeout, TlsVersion, TrustMaterial,
     UpstreamProtocol, Verification,
 };
 use prost::{Message, Name};
@@ -348,7 +348,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
                     let action = match &r.action {
                         RouteAction::Reject => reject(),
                         RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
-                        RouteAction::Forward { backends, host_rewrite } => {
+                        RouteAction::Forward { backends, host_rewrite, timeout } => {
                             if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
                                 out.problems.push(format!(
                                     "{} route {} {}: answers 503: {why}",
@@ -356,7 +356,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
                                 ));
                                 reject()
                             } else {
-                                forward(backends, host_rewrite.as_ref())
+                                forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
                             }
                         }
                     };
@@ -422,6 +422,7 @@ fn inline(text: &str) -> core::DataSource {
 fn forward(
     backends: &[portico_model::WeightedCluster],
     host_rewrite: Option<&portico_model::DnsName>,
+    timeout: Timeout,
 ) -> route::route::Action {
     use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
@@ -442,6 +443,12 @@ fn forward(
     route::route::Action::Route(route::RouteAction {
         cluster_specifier: Some(specifier),
         host_rewrite_specifier: host_rewrite.map(|h| HostRewriteSpecifier::HostRewriteLiteral(h.to_string())),
+        // Explicit: Envoy's own default is 15 s, HAProxy's `timeout server` is 60 s.
+        // Zero disables the timeout (`infinity`).
+        timeout: Some(match timeout {
+            Timeout::Millis(ms) => Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 },
+            Timeout::Infinite => Duration { seconds: 0, nanos: 0 },
+        }),
         ..Default::default()
     })
 }

@@ -17,8 +17,8 @@ pub mod apply;
 pub mod service;
 
 use portico_model::{
-    Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, TrustMaterial, UpstreamProtocol,
-    Verification,
+    Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, Timeout, TrustMaterial,
+    UpstreamProtocol, Verification,
 };
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -177,6 +177,9 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
     );
 
     let mut route_id = 0usize;
+    // Whether any route sets its own response timeout (then backends apply `txn.timeout`).
+    let any_timeout =
+        model.routes().any(|(_, _, r)| matches!(&r.action, RouteAction::Forward { timeout: Some(_), .. }));
     let main = portico_model::Listener { port: options.http_port, virtual_hosts: Vec::new() };
     let mut listeners: Vec<&portico_model::Listener> = model.listeners.iter().collect();
     if !listeners.iter().any(|l| l.port == options.http_port) {
@@ -209,7 +212,7 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
                         writeln!(uses, "    use_backend {BAD_GATEWAY_BACKEND} if {this}").unwrap();
                         continue;
                     }
-                    RouteAction::Forward { backends, host_rewrite } => {
+                    RouteAction::Forward { backends, host_rewrite, timeout } => {
                         let blocked: Vec<&String> =
                             backends.iter().filter_map(|b| unrenderable.get(b.cluster.as_str())).collect();
                         if let Some(why) = blocked.first() {
@@ -221,6 +224,16 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
                         } else {
                             if let Some(host) = host_rewrite {
                                 writeln!(actions, "    http-request set-header Host {host} if {this}").unwrap();
+                            }
+                            // The default is `timeout server` in defaults (Timeout::DEFAULT_RESPONSE).
+                            // A frontend cannot set a server timeout: it is carried in a
+                            // variable to the backend, which applies it (see below).
+                            if let Some(t) = timeout {
+                                let ms = match t {
+                                    Timeout::Millis(ms) => *ms,
+                                    Timeout::Infinite => Timeout::MAX_MILLIS, // HAProxy has no "never"
+                                };
+                                writeln!(actions, "    http-request set-var(txn.timeout) int({ms}) if {this}").unwrap();
                             }
                             Some(backends)
                         }
@@ -269,6 +282,9 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
         let Some(cluster_files) = renderable.get(cluster.name.as_str()) else { continue };
         writeln!(cfg, "backend {}", cluster.name).unwrap();
         cfg.push_str("    balance roundrobin\n");
+        if any_timeout {
+            cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
+        }
         let opts = server_options(cluster, cluster_files, base);
         match &cluster.servers {
             Servers::Endpoints(list) => {

@@ -89,6 +89,8 @@ fn weights_rewrites_h2_ipv6_external_names_wildcards_and_503s_pass_haproxy() {
     assert!(cfg.contains("server s1 localhost:443 init-addr last,libc,none"));
     assert!(cfg.contains("alpn h2,http/1.1 ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3"));
     assert!(cfg.contains("{ var(txn.host) -m reg ^[^.]+[.]example[.]org$ }"), "a wildcard is one label");
+    assert!(cfg.contains("http-request set-var(txn.timeout) int(90000)"), "timeoutPolicy.response 1m30s");
+    assert!(cfg.contains("http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }"));
     assert!(cfg.contains(&format!("use_backend {} if", portico_renderer_haproxy::REJECT_BACKEND)));
     assert!(cfg.contains("frontend listener_8081"));
 }

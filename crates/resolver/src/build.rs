@@ -5,7 +5,7 @@
 use portico_model::names::quote;
 use portico_model::{
     Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType, Reason,
-    Route, RouteAction, Servers, TrustRef, VirtualHost, WeightedCluster,
+    Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,6 +22,7 @@ pub enum PendingAction {
     Forward {
         upstreams: Vec<(Upstream, u32)>,
         host_rewrite: Option<DnsName>,
+        timeout: Option<Timeout>,
     },
     Reject,
     /// An include that cannot be followed: 502 (SPEC section 9).
@@ -31,14 +32,18 @@ pub enum PendingAction {
 impl PendingAction {
     /// Contour's weights: none given means equal shares; some given means the others get 0;
     /// all zero means equal shares again.
-    pub fn forward(upstreams: Vec<(Upstream, Option<u32>)>, host_rewrite: Option<DnsName>) -> Self {
+    pub fn forward(
+        upstreams: Vec<(Upstream, Option<u32>)>,
+        host_rewrite: Option<DnsName>,
+        timeout: Option<Timeout>,
+    ) -> Self {
         let any_weight = upstreams.iter().any(|(_, w)| w.is_some());
         let mut weighted: Vec<(Upstream, u32)> =
             upstreams.into_iter().map(|(u, w)| (u, if any_weight { w.unwrap_or(0) } else { 1 })).collect();
         if weighted.iter().all(|(_, w)| *w == 0) {
             weighted.iter_mut().for_each(|(_, w)| *w = 1);
         }
-        PendingAction::Forward { upstreams: weighted, host_rewrite }
+        PendingAction::Forward { upstreams: weighted, host_rewrite, timeout }
     }
 }
 
@@ -102,6 +107,7 @@ enum Claimed {
     Forward {
         backends: Vec<(ClusterId, u32)>,
         host_rewrite: Option<DnsName>,
+        timeout: Option<Timeout>,
         trust: Vec<TrustRef>,
         client_cert: Option<TrustRef>,
     },
@@ -201,7 +207,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             let action = match route.action {
                 PendingAction::Reject => Claimed::Reject,
                 PendingAction::BadGateway => Claimed::BadGateway,
-                PendingAction::Forward { upstreams, host_rewrite } => {
+                PendingAction::Forward { upstreams, host_rewrite, timeout } => {
                     let mut backends: Vec<(ClusterId, u32)> = Vec::with_capacity(upstreams.len());
                     let mut trust = Vec::new();
                     let mut client_cert = None;
@@ -219,7 +225,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                             None => backends.push((id, weight)),
                         }
                     }
-                    Claimed::Forward { backends, host_rewrite, trust, client_cert }
+                    Claimed::Forward { backends, host_rewrite, timeout, trust, client_cert }
                 }
             };
             let slot = (route.listener, route.host, route.prefix);
@@ -347,12 +353,13 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             let action = match &winner.action {
                 Claimed::Reject => RouteAction::Reject,
                 Claimed::BadGateway => RouteAction::BadGateway,
-                Claimed::Forward { backends, host_rewrite, .. } => RouteAction::Forward {
+                Claimed::Forward { backends, host_rewrite, timeout, .. } => RouteAction::Forward {
                     backends: backends
                         .iter()
                         .map(|(id, weight)| WeightedCluster { cluster: name(id), weight: *weight })
                         .collect(),
                     host_rewrite: host_rewrite.clone(),
+                    timeout: *timeout,
                 },
             };
             listeners.entry(*port).or_default().entry(host).or_default().push(Route {

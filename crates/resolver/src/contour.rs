@@ -10,8 +10,8 @@ use crate::snapshot::Key;
 use portico_model::names::quote;
 use portico_model::{
     Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, K8sName, Kind,
-    ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, TlsPolicy, TlsVersion,
-    UpstreamProtocol, Verification,
+    ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, Timeout, TlsPolicy,
+    TlsVersion, UpstreamProtocol, Verification,
 };
 
 pub const ANNOTATION_TLS: &str = "projectcontour.io/upstream-protocol.tls";
@@ -360,10 +360,22 @@ fn resolve_route(
             Err(problem) => problems.push(problem),
         }
     }
+    let timeout = match route.response_timeout.as_deref().map(Timeout::parse) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            problems.push(Problem::error(
+                ProblemType::RouteError,
+                Reason::InvalidValue,
+                format!("{route_label}: timeoutPolicy.response {e}"),
+            ));
+            None
+        }
+    };
     if error_count(problems) > errors_before {
         return PendingAction::Reject;
     }
-    PendingAction::forward(upstreams, host_rewrite)
+    PendingAction::forward(upstreams, host_rewrite, timeout)
 }
 
 /// The effective upstream protocol of a Service port, from the `protocol` field, then

@@ -656,3 +656,35 @@ fn the_output_is_deterministic_and_sorted() {
     sorted.sort();
     assert_eq!(names, sorted);
 }
+
+#[test]
+fn timeout_policy_response_is_parsed_and_a_bad_one_rejects_the_route() {
+    use portico_model::Timeout;
+    let with = |timeout: &str| {
+        world(
+            &format!(
+                "{BASE}---\napiVersion: projectcontour.io/v1\nkind: HTTPProxy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  virtualhost: {{fqdn: {HOST}}}\n  routes: [{{timeoutPolicy: {{response: \"{timeout}\"}}, services: [{{name: plain-svc, port: 80}}]}}]\n"
+            ),
+            cas(),
+        )
+    };
+    let cases = [
+        ("seconds", "30s", Timeout::Millis(30_000)),
+        ("minutes and seconds", "1m30s", Timeout::Millis(90_000)),
+        ("milliseconds", "250ms", Timeout::Millis(250)),
+        ("infinity", "infinity", Timeout::Infinite),
+    ];
+    for (sentence, written, want) in cases {
+        let w = with(written);
+        assert_eq!(w.status("shop/p").current_status, "valid", "{sentence}");
+        let RouteAction::Forward { timeout, .. } = &w.route(8080, HOST, "/").action else { panic!("{sentence}") };
+        assert_eq!(*timeout, Some(want), "{sentence}");
+    }
+    for bad in ["30", "1x", "-5s", "0s", "25h", "1s\nhttp-request deny"] {
+        let w = with(&bad.replace('\n', "\\n"));
+        let status = w.status("shop/p");
+        assert_eq!(status.current_status, "invalid", "{bad:?}");
+        assert!(status.description.contains("timeoutPolicy.response"), "{bad:?}: {}", status.description);
+        assert!(w.rejects(8080, HOST, "/"), "{bad:?}: the route answers 503");
+    }
+}

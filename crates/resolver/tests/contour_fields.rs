@@ -28,6 +28,7 @@ const IMPLEMENTED: &[&str] = &[
     "spec.routes[0].services[0].validation.subjectNames",
     "spec.routes[0].requestHeadersPolicy.set[0].name",
     "spec.routes[0].requestHeadersPolicy.set[0].value",
+    "spec.routes[0].timeoutPolicy.response",
 ];
 
 /// The package's directory: brought by the script if it is not there yet, so that a plain

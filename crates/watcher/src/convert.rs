@@ -145,8 +145,12 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
                 ignored.extend(unimplemented(&format!("{at}.requestHeadersPolicy.set[{h}]"), &header.other));
             }
         }
+        if let Some(policy) = &route.timeout_policy {
+            ignored.extend(unimplemented(&format!("{at}.timeoutPolicy"), &policy.other));
+        }
         routes.push(model::HttpProxyRoute {
             prefixes: route.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
+            response_timeout: route.timeout_policy.as_ref().and_then(|p| p.response.clone()),
             services,
             set_headers: route
                 .request_headers_policy

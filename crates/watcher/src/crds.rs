@@ -61,7 +61,9 @@ pub struct Route {
     pub services: Vec<Service>,
     #[serde(default)]
     pub request_headers_policy: Option<HeadersPolicy>,
-    /// `timeoutPolicy`, `retryPolicy`, `authPolicy`...
+    #[serde(default)]
+    pub timeout_policy: Option<TimeoutPolicy>,
+    /// `retryPolicy`, `authPolicy`...
     #[serde(flatten)]
     pub other: Unimplemented,
 }
@@ -102,6 +104,16 @@ pub struct UpstreamValidation {
     pub subject_name: String,
     #[serde(default)]
     pub subject_names: Vec<String>,
+    #[serde(flatten)]
+    pub other: Unimplemented,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutPolicy {
+    #[serde(default)]
+    pub response: Option<String>,
+    /// `idle`, `idleConnection`.
     #[serde(flatten)]
     pub other: Unimplemented,
 }
