@@ -39,6 +39,8 @@ pub enum BusError {
     WatchFailed { bucket: &'static str, reason: String },
     #[error("value {key} in {bucket}: {reason}")]
     ValueCorrupt { bucket: String, key: String, reason: String },
+    #[error("{key} in {bucket} changed since this writer last saw it (another holder wrote it): {reason}")]
+    Fenced { bucket: String, key: String, reason: String },
 }
 
 /// Connect, retrying the first connection and reconnecting forever after.
@@ -288,6 +290,35 @@ pub async fn put_blob(
     key: &str,
     bytes: &[u8],
 ) -> Result<u64, BusError> {
+    write_blob(kv, store, key, bytes, Write::Always).await
+}
+
+/// `put_blob` fenced by compare-and-set: the pointer is written only if the key is still
+/// at `expected` (`None`: only if the key does not exist). A writer that lost its lease
+/// while it stalled finds the key moved on (its successor wrote it) and writes nothing
+/// that readers see (`BusError::Fenced`).
+pub async fn put_blob_fenced(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    bytes: &[u8],
+    expected: Option<u64>,
+) -> Result<u64, BusError> {
+    write_blob(kv, store, key, bytes, Write::If(expected)).await
+}
+
+enum Write {
+    Always,
+    If(Option<u64>),
+}
+
+async fn write_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    bytes: &[u8],
+    write: Write,
+) -> Result<u64, BusError> {
     let failed = |operation, reason: String| BusError::StoreFailed {
         operation,
         bucket: kv.name.clone(),
@@ -313,7 +344,19 @@ pub async fn put_blob(
             .map_err(|e| failed("storing the object for", e.to_string()))?;
         Blob::Stored { object: object.clone(), size: bytes.len() as u64, sha256 }
     };
-    let revision = kv.put(key, codec::encode(&blob).into()).await.map_err(|e| failed("putting", e.to_string()))?;
+    let value: Vec<u8> = codec::encode(&blob);
+    let revision =
+        match write {
+            Write::Always => kv.put(key, value.into()).await.map_err(|e| failed("putting", e.to_string()))?,
+            Write::If(Some(expected)) => kv.update(key, value.into(), expected).await.map_err(|e| {
+                BusError::Fenced { bucket: kv.name.clone(), key: key.to_owned(), reason: e.to_string() }
+            })?,
+            Write::If(None) => kv.create(key, value.into()).await.map_err(|e| BusError::Fenced {
+                bucket: kv.name.clone(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?,
+        };
     // Objects of this key under another name are from an older layout: gone.
     if let Ok(mut list) = store.list().await {
         use futures_util::StreamExt;

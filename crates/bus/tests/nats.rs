@@ -1,7 +1,9 @@
 //! The bus against a real nats-server with JetStream.
 
 use futures_util::StreamExt;
-use portico_bus::nats::{connect, ensure_buckets, get_blob, put_blob, BusError, ConnectConfig, INLINE_LIMIT};
+use portico_bus::nats::{
+    connect, ensure_buckets, get_blob, put_blob, put_blob_fenced, BusError, ConnectConfig, INLINE_LIMIT,
+};
 use portico_bus::{names, open, seal, TraceContext};
 use portico_testkit::NatsServer;
 
@@ -118,4 +120,25 @@ async fn the_object_store_stays_flat_however_many_models_are_put() {
         bytes < 3 * size as u64,
         "40 values of {size} bytes left {bytes} bytes in the object store's stream: it must hold two at most"
     );
+}
+
+#[tokio::test]
+async fn a_fenced_put_writes_only_over_the_revision_its_writer_last_saw() {
+    let server = NatsServer::start();
+    let (_client, buckets) = setup(&server).await;
+    let key = names::MODEL_KEY;
+    let put = |value: Vec<u8>, expected: Option<u64>| {
+        let buckets = buckets.clone();
+        async move { put_blob_fenced(&buckets.model, &buckets.model_store, key, &value, expected).await }
+    };
+    let first = put(vec![1; 10], None).await.expect("the first write creates the key");
+    assert!(matches!(put(vec![2; 10], None).await, Err(BusError::Fenced { .. })), "create-only fails when it exists");
+    // The holder writes over what it saw; a successor then writes; the old holder, resumed
+    // after a stall, writes over the revision it saw: refused, and readers keep the successor's.
+    let holder = put(vec![3; 10], Some(first)).await.expect("over the revision it saw");
+    let successor = put(vec![4; INLINE_LIMIT + 1], Some(holder)).await.expect("the successor's write");
+    let stale = put(vec![5; INLINE_LIMIT + 1], Some(holder)).await;
+    assert!(matches!(stale, Err(BusError::Fenced { .. })), "{stale:?}");
+    assert_eq!(get_blob(&buckets.model, &buckets.model_store, key).await.unwrap(), Some(vec![4; INLINE_LIMIT + 1]));
+    assert!(put(vec![6; 10], Some(successor)).await.is_ok());
 }

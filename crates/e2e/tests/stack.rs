@@ -330,6 +330,46 @@ fn the_standby_resolver_takes_over_when_the_active_one_dies() {
     assert!(stack.stack.log(Part::Resolver(1)).contains("acquired the resolver lease"));
 }
 
+/// Issue 10, item 2: a resolver paused (SIGSTOP) inside its debounce, past its lease,
+/// resumes after its successor published newer models: it publishes nothing (its renewal
+/// and its model write are both compare-and-set), and the model on the bus never goes back.
+#[test]
+fn a_resolver_paused_past_its_lease_never_overwrites_its_successor() {
+    let mut stack = LocalStack::start(&[("steps.yaml", &steps(0))]);
+    stack.until_both("steps.example.com", "/step-0", 200);
+    stack.stack.spawn(Part::Resolver(1)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(stack.report().resolver.as_deref(), Some("resolver"), "the first resolver holds the lease");
+    let paused = stack.stack.pid(Part::Resolver(0)).unwrap() as libc::pid_t;
+
+    // A change the first resolver receives, then it stops inside its 100 ms debounce.
+    stack.write("steps.yaml", &steps(1));
+    std::thread::sleep(Duration::from_millis(170));
+    // SAFETY: kill(2) on a child of this test's stack.
+    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    stack.until_both("steps.example.com", "/step-1", 200);
+    stack.write("steps.yaml", &steps(2));
+    stack.until_both("steps.example.com", "/step-2", 200);
+    assert_eq!(stack.report().resolver.as_deref(), Some("resolver-1"), "the standby took over");
+    let before = stack.report().model.unwrap();
+
+    // SAFETY: as above.
+    unsafe { libc::kill(paused, libc::SIGCONT) };
+    // The barrier: the resumed resolver says it stands by.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stack.stack.log(Part::Resolver(0)).contains("lost the resolver lease") {
+        assert!(std::time::Instant::now() < deadline, "the resumed resolver never stood by\n{}", stack.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = stack.report().model.unwrap();
+    assert!(after.0 >= before.0, "the model went back from {} to {}", before.0, after.0);
+    assert_eq!(after.1, before.1, "the model on the bus is still the successor's");
+    assert_eq!(stack.report().resolver.as_deref(), Some("resolver-1"));
+    // And the successor still publishes.
+    stack.write("steps.yaml", &steps(3));
+    stack.until_both("steps.example.com", "/step-3", 200);
+}
+
 #[test]
 fn fifty_changes_under_load_lose_no_request() {
     let stack = LocalStack::start(&[("steps.yaml", &steps(0))]);

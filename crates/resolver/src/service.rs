@@ -13,7 +13,7 @@
 
 use crate::{Config, Incremental};
 use futures_util::StreamExt;
-use portico_bus::nats::{get_blob, put_blob, watch_current_and_new, Buckets, BusError};
+use portico_bus::nats::{get_blob, put_blob_fenced, watch_current_and_new, Buckets, BusError};
 use portico_bus::{codec, names, open, seal, LeaseRecord, ModelRecord, TraceContext};
 use portico_model::{Kind, Object, ObjectStatus, SecretVerdict};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,6 +104,10 @@ async fn lease_step(buckets: &Buckets, config: &ServiceConfig, lease: &mut Lease
 struct Published {
     epoch: u64,
     generation: u64,
+    /// The model key's revision after our last write (or as read on becoming active):
+    /// the next write is a compare-and-set on it, so a holder that stalled past its lease
+    /// cannot overwrite its successor's model.
+    model_revision: Option<u64>,
     hash: Option<String>,
     statuses: BTreeMap<String, Vec<u8>>,
 }
@@ -134,7 +138,11 @@ async fn publish(
         published.generation += 1;
         let record =
             ModelRecord { epoch: published.epoch, generation: published.generation, hash: hash.clone(), model };
-        put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, trace)).await?;
+        let sealed = seal(&record, trace);
+        published.model_revision = Some(
+            put_blob_fenced(&buckets.model, &buckets.model_store, names::MODEL_KEY, &sealed, published.model_revision)
+                .await?,
+        );
         tracing::info!(
             generation = published.generation,
             epoch = published.epoch,
@@ -210,17 +218,19 @@ async fn current_published(buckets: &Buckets) -> Published {
         Ok(None) => Err("no model on the bus".to_owned()),
         Err(e) => Err(e.to_string()),
     };
+    let model_revision = buckets.model.entry(names::MODEL_KEY).await.ok().flatten().map(|e| e.revision);
     match read {
         Ok(record) => Published {
             epoch: record.epoch,
             generation: record.generation,
+            model_revision,
             hash: Some(record.hash),
             statuses: BTreeMap::new(),
         },
         Err(why) => {
             let epoch = new_epoch();
             tracing::info!(epoch, reason = %why, "starting a new epoch of model generations");
-            Published { epoch, ..Published::default() }
+            Published { epoch, model_revision, ..Published::default() }
         }
     }
 }
@@ -296,6 +306,12 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 portico_bus::admin::set_ready(ready);
                 portico_bus::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
                 if ready && lease.held {
+                    // Fence: renew by compare-and-set before publishing. A holder that
+                    // stalled past its lease (a long pause, SIGSTOP) finds it taken and
+                    // publishes nothing; the model itself is written by compare-and-set too.
+                    lease_step(buckets, config, &mut lease).await;
+                }
+                if ready && lease.held {
                     let changes = pending.take().expect("a deadline means a pending change");
                     let span = tracing::info_span!(
                         parent: None,
@@ -304,7 +320,14 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         candidate_generation = published.generation + 1
                     );
                     let trace = portico_bus::telemetry::follow(&span, &changes.traces);
-                    publish(buckets, &mut state, &mut published, &trace).instrument(span).await?;
+                    match publish(buckets, &mut state, &mut published, &trace).instrument(span).await {
+                        Ok(()) => {}
+                        Err(e @ BusError::Fenced { .. }) => {
+                            tracing::warn!(instance = %config.instance, error = %e, "another resolver published since this one last held the lease; standing by");
+                            lease.held = false;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 } else {
                     pending = None; // published when the sync completes or the lease is won
                     if ready {
