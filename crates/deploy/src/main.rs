@@ -286,14 +286,19 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
         }
     };
     let bus = stack.bus(portico_deploy::nats_config::User::Cli);
-    let report = up::runtime()
-        .block_on(async {
-            let client = portico_bus::nats::connect(&bus).await.map_err(|e| e.to_string())?;
-            status::collect(&status::open(&client).await?).await
-        })
-        .unwrap_or_default();
+    let report = up::runtime().block_on(async {
+        let client = portico_bus::nats::connect(&bus).await.map_err(|e| e.to_string())?;
+        status::collect(&status::open(&client).await?).await
+    });
     println!("\nPortico is up: HAProxy and Envoy both applied model generation {generation}.\n");
-    print!("{}", translate::status_table(&report.statuses));
+    match report {
+        Ok(report) => print!("{}", translate::status_table(&report.statuses)),
+        // Never an empty table that looks like "no objects".
+        Err(e) => println!(
+            "(the statuses could not be read: {e}; `portico status --state-dir {}` shows them)",
+            options.state_dir.display()
+        ),
+    }
     let (h, e, port) = (options.haproxy_address, options.envoy_address, options.http_port);
     if demo.is_some() {
         println!(

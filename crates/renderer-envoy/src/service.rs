@@ -176,11 +176,15 @@ pub async fn run(
 
     let ads = Ads { snapshots: snapshot_rx, acks: ack_tx };
     let listen = config.listen;
+    // Bound here, before anything else: a port that cannot be had is a start-up error the
+    // operator sees at once (and /readyz never says ready), not a surprise at shutdown.
+    let incoming = tonic::transport::server::TcpIncoming::bind(listen)
+        .map_err(|e| ServiceError::Serve(listen, format!("cannot listen: {e}")))?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(ads))
-            .serve_with_shutdown(listen, async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stopped.await;
             }),
     );

@@ -112,3 +112,23 @@ async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
 }
+
+/// Issue 10, item 10: an ADS port that cannot be had fails the start, at once, naming the
+/// address, instead of surfacing only at shutdown while /readyz said ready.
+#[tokio::test]
+async fn an_ads_port_in_use_fails_the_start_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let bus = ConnectConfig { url: "nats://127.0.0.1:1".into(), name: "test".into(), ..Default::default() };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        run(
+            ServiceConfig { bus, listen, http_port: 8080, bind_address: "127.0.0.1".parse().unwrap() },
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the start fails at once, before connecting to NATS");
+    let error = outcome.expect_err("the port is taken").to_string();
+    assert!(error.contains(&listen.to_string()) && error.contains("cannot listen"), "{error}");
+}

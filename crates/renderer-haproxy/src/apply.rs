@@ -27,6 +27,8 @@ pub enum ApplyError {
     ReloadFailed,
     #[error("the reload was not confirmed within {0:?}")]
     ReloadUnconfirmed(Duration),
+    #[error("{failed}; and switching back to the running configuration failed ({rollback}): a restart of HAProxy now would read the refused one")]
+    RollbackFailed { failed: Box<ApplyError>, rollback: String },
 }
 
 /// An HAProxy master process and the directory it runs from.
@@ -314,14 +316,21 @@ impl Haproxy {
         let (reloads, failed) = self.reload_counters()?;
         switch(&self.work_dir, dir)?;
         let result = tracing::info_span!("haproxy.reload").in_scope(|| self.reload_and_confirm(reloads, failed));
-        if result.is_err() {
-            if let Some(previous) = &self.current {
-                let _ = switch(&self.work_dir, previous);
+        match result {
+            Ok(()) => {
+                self.current = Some(dir.to_owned());
+                Ok(())
             }
-        } else {
-            self.current = Some(dir.to_owned());
+            Err(failed) => {
+                // What is on disk must be what runs: switch back, and say so when that fails.
+                if let Some(previous) = &self.current {
+                    if let Err(e) = switch(&self.work_dir, previous) {
+                        return Err(ApplyError::RollbackFailed { failed: Box::new(failed), rollback: e.to_string() });
+                    }
+                }
+                Err(failed)
+            }
         }
-        result
     }
 
     fn reload_and_confirm(&self, reloads: u64, failed: u64) -> Result<(), ApplyError> {

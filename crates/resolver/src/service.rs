@@ -108,6 +108,8 @@ struct Published {
     /// the next write is a compare-and-set on it, so a holder that stalled past its lease
     /// cannot overwrite its successor's model.
     model_revision: Option<u64>,
+    /// Status keys whose delete failed: deleted again at the next publish, never forgotten.
+    undeleted: BTreeSet<String>,
     hash: Option<String>,
     statuses: BTreeMap<String, Vec<u8>>,
 }
@@ -182,8 +184,19 @@ async fn publish(
     }
     for gone in &changes.removed_statuses {
         let key = names::object_key(gone.kind, &gone.namespace, &gone.name);
-        let _ = buckets.status.delete(&key).await;
         published.statuses.remove(&key);
+        published.undeleted.insert(key);
+    }
+    let keys: Vec<String> = published.undeleted.iter().cloned().collect();
+    for key in keys {
+        match buckets.status.delete(&key).await {
+            Ok(()) => {
+                published.undeleted.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "a status of a deleted object could not be removed; retrying with the next change")
+            }
+        }
     }
     Ok(())
 }
@@ -225,7 +238,7 @@ async fn current_published(buckets: &Buckets) -> Published {
             generation: record.generation,
             model_revision,
             hash: Some(record.hash),
-            statuses: BTreeMap::new(),
+            ..Published::default()
         },
         Err(why) => {
             let epoch = new_epoch();
