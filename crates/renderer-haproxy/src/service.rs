@@ -47,7 +47,8 @@ fn unix_ms() -> u64 {
 
 struct Renderer {
     config: ServiceConfig,
-    haproxy: Haproxy,
+    /// Always `Some`, except while an apply runs on a blocking thread.
+    haproxy: Option<Haproxy>,
     /// The version (epoch, generation) and configuration last applied.
     applied: Option<(Version, Vec<u8>)>,
     /// The record of the last attempt while it is not yet on the bus (the put failed, say
@@ -121,8 +122,25 @@ impl Renderer {
         let (version, hash) = (record.version(), record.hash.clone());
         let generation = version.generation;
         let result = match write_files(dir, &rendered.files) {
-            // The check and the reload confirmation block; keep them off the async workers.
-            Ok(()) => tokio::task::block_in_place(|| self.haproxy.apply(dir)),
+            // The check and the reload confirmation block: on a blocking thread, never on an
+            // async worker (block_in_place would also panic on a current-thread runtime).
+            Ok(()) => {
+                let mut haproxy = self.haproxy.take().expect("HAProxy is the renderer's between applies");
+                let dir = dir.to_owned();
+                match tokio::task::spawn_blocking(move || {
+                    let result = haproxy.apply(&dir);
+                    (haproxy, result)
+                })
+                .await
+                {
+                    Ok((haproxy, result)) => {
+                        self.haproxy = Some(haproxy);
+                        result
+                    }
+                    // A panic while applying: the same as if it had happened here.
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
             Err(e) => Err(e),
         };
         let error = match &result {
@@ -144,7 +162,9 @@ impl Renderer {
                     "How long the last apply took (render, check, reload, confirmation).",
                     started.elapsed().as_secs_f64(),
                 );
-                self.haproxy.prune(dir);
+                if let Some(haproxy) = &self.haproxy {
+                    haproxy.prune(dir);
+                }
                 tracing::info!(
                     generation,
                     model_hash = hash.get(..12).unwrap_or(&hash), // from the bus: never sliced blindly
@@ -220,13 +240,13 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         let pid = haproxy.pid();
         (haproxy, Started::Adopted { pid })
     } else {
-        Haproxy::start_or_adopt(
-            &config.haproxy,
-            &config.work_dir,
-            &first,
-            &first_files,
-            &config.work_dir.join("haproxy.log"),
-        )?
+        // Starting (haproxy -c, waiting for the master socket) blocks: off the async workers.
+        let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            Haproxy::start_or_adopt(&binary, &work_dir, &first, &first_files, &work_dir.join("haproxy.log"))
+        })
+        .await
+        .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))??
     };
     match &started {
         Started::Adopted { pid } => tracing::info!(pid, "took over the HAProxy left running in the work directory"),
@@ -246,7 +266,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         }
         tracing::info!(version = %version, "HAProxy runs a configuration applied earlier");
     }
-    let mut renderer = Renderer { config, haproxy, applied, unreported: None };
+    let mut renderer = Renderer { config, haproxy: Some(haproxy), applied, unreported: None };
     tracing::info!("HAProxy renderer running");
     let bus = renderer.config.bus.clone();
     portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;

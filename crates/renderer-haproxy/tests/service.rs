@@ -35,7 +35,9 @@ async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
     panic!("generation {generation} was never reported");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// A current-thread runtime on purpose: the renderer must do its blocking work (haproxy -c,
+// the reload confirmation) on blocking threads; block_in_place would panic here.
+#[tokio::test(flavor = "current_thread")]
 async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_one() {
     let server = NatsServer::start();
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
