@@ -127,7 +127,10 @@ impl Renderer {
             Ok(()) => {
                 let mut haproxy = self.haproxy.take().expect("HAProxy is the renderer's between applies");
                 let dir = dir.to_owned();
+                // The check and reload spans are children of haproxy.apply: the span goes along.
+                let span = tracing::Span::current();
                 match tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     let result = haproxy.apply(&dir);
                     (haproxy, result)
                 })

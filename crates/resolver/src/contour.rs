@@ -222,7 +222,12 @@ impl<'a> Walk<'_, 'a> {
         let target = key.as_ref().and_then(|k| self.index.snapshot.http_proxies.get(k));
         let broken = match target {
             None => {
-                Some(include_error(Reason::IncludeNotFound, format!("include {namespace}/{} not found", include.name)))
+                // Names outside the grammar are the user's bytes: quoted, never raw.
+                let named = match &key {
+                    Some((ns, name)) => format!("{ns}/{name}"),
+                    None => format!("{}/{}", quote(namespace), quote(&include.name)),
+                };
+                Some(include_error(Reason::IncludeNotFound, format!("include {named} not found")))
             }
             Some(child) if child.is_root() => Some(include_error(
                 Reason::RootIncludesRoot,

@@ -9,7 +9,7 @@
 //! full resolve of the same snapshot (`tests/incremental.rs` checks this over random
 //! change sequences), and `resolve` is this with every unit dirty.
 
-use crate::build::{Slot, Table};
+use crate::build::{Slot, Table, VecMap};
 use crate::common::{Dep, Index};
 use crate::contour::{self, UnitOutput};
 use crate::snapshot::Key;
@@ -55,30 +55,7 @@ pub struct Incremental {
 }
 
 /// A few units, sorted: most dependencies have one or two readers.
-#[derive(Default)]
-struct Units(Vec<UnitKey>);
-
-impl Units {
-    fn insert(&mut self, unit: &UnitKey) {
-        if let Err(i) = self.0.binary_search(unit) {
-            self.0.insert(i, unit.clone());
-        }
-    }
-
-    fn remove(&mut self, unit: &UnitKey) {
-        if let Ok(i) = self.0.binary_search(unit) {
-            self.0.remove(i);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, UnitKey> {
-        self.0.iter()
-    }
-}
+type Units = VecMap<UnitKey, ()>;
 
 struct Unit {
     output: UnitOutput,
@@ -182,7 +159,7 @@ impl Incremental {
 
     fn mark(&mut self, dep: &Dep) {
         if let Some(units) = self.dependents.get(dep) {
-            self.dirty.extend(units.iter().cloned());
+            self.dirty.extend(units.iter().map(|(unit, ())| unit.clone()));
         }
     }
 
@@ -221,10 +198,10 @@ impl Incremental {
             slots.extend(self.table.replace(unit, routes));
             if let Some(output) = output {
                 for dep in &deps {
-                    self.dependents.entry(dep.clone()).or_default().insert(unit);
+                    self.dependents.entry(dep.clone()).or_default().insert(unit.clone(), ());
                 }
                 for reference in named(&output) {
-                    self.contributors.entry(reference.clone()).or_default().insert(unit);
+                    self.contributors.entry(reference.clone()).or_default().insert(unit.clone(), ());
                     touched.insert(reference);
                 }
                 self.units.insert(unit.clone(), Unit { output, deps });
@@ -290,7 +267,7 @@ impl Incremental {
         };
         let units = self.contributors.get(reference);
         let mut reached = false;
-        for unit in units.into_iter().flat_map(Units::iter) {
+        for (unit, ()) in units.into_iter().flat_map(Units::iter) {
             let Some(u) = self.units.get(unit) else { continue };
             reached |= u.output.reached.contains(&key);
             problems.extend(u.output.problems.iter().filter(|(o, _)| o == reference).map(|(_, p)| p.clone()));
