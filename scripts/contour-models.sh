@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Brings Contour's published API models (the npm package @kubernetes-models/contour,
-# generated from Contour's CRDs) into ~/.cache/portico/contour-models, for the test that
-# checks every HTTPProxy field is either implemented or named in a warning
-# (crates/resolver/tests/contour_fields.rs). Idempotent; prints the package directory.
+# generated from Contour's CRDs, with the JSON-schema validators it ships) into
+# ~/.cache/portico/contour-models-<version>, for the tests that check every HTTPProxy
+# field is implemented or named (crates/resolver/tests/contour_fields.rs) and that every
+# status Portico writes passes Contour's schema (crates/watcher/tests/kubernetes.rs,
+# through scripts/contour-validate.mjs). Idempotent; prints the package's directory.
 set -euo pipefail
 VERSION=6.0.0
 dest="${PORTICO_CONTOUR_MODELS:-$HOME/.cache/portico/contour-models-$VERSION}"
-if [ ! -f "$dest/package/projectcontour.io/v1/HTTPProxySpec.d.ts" ]; then
+package="$dest/node_modules/@kubernetes-models/contour"
+if [ ! -f "$package/projectcontour.io/v1/HTTPProxySpec.d.ts" ] || [ ! -d "$dest/node_modules/@kubernetes-models/validate" ]; then
   if ! command -v npm >/dev/null 2>&1; then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -14,11 +17,9 @@ if [ ! -f "$dest/package/projectcontour.io/v1/HTTPProxySpec.d.ts" ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq npm >&2
   fi
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  # npm pack downloads the published tarball only (no install, no scripts run).
-  (cd "$tmp" && npm pack --silent "@kubernetes-models/contour@$VERSION" >/dev/null)
   mkdir -p "$dest"
-  tar -xzf "$tmp"/kubernetes-models-contour-"$VERSION".tgz -C "$dest"
+  # No scripts run; the package and its validators' runtime only.
+  (cd "$dest" && npm install --silent --no-audit --no-fund --ignore-scripts \
+    "@kubernetes-models/contour@$VERSION" >/dev/null)
 fi
-echo "$dest/package"
+echo "$package"

@@ -177,6 +177,8 @@ impl ObjectStatus {
                     status: "True".to_owned(),
                     reason: "Valid".to_owned(),
                     message: valid_text.to_owned(),
+                    last_transition_time: None,
+                    observed_generation: None,
                     errors,
                     warnings,
                 },
@@ -189,6 +191,8 @@ impl ObjectStatus {
                     status: "False".to_owned(),
                     reason: "ErrorPresent".to_owned(),
                     message: "At least one error present, see Errors for details".to_owned(),
+                    last_transition_time: None,
+                    observed_generation: None,
                     errors,
                     warnings,
                 },
@@ -219,6 +223,12 @@ pub struct DetailedCondition {
     pub status: String,
     pub reason: String,
     pub message: String,
+    /// Set by the status writer, which knows when the status last flipped and which
+    /// generation of the object it describes (Contour's CRD requires the first).
+    #[serde(rename = "lastTransitionTime", default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(rename = "observedGeneration", default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<SubCondition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -43,8 +43,12 @@ pub struct StatusWriter {
     /// Contour-shaped status JSON by object, as the resolver last said, with the trace of
     /// the rebuild that said it (the patch is the last span of that change's trace).
     desired: BTreeMap<ObjectRef, (serde_json::Value, TraceContext)>,
-    /// The last status patched per object while holding the lease.
+    /// The last status patched per object while holding the lease (as the resolver said
+    /// it, before the writer's stamps).
     written: BTreeMap<ObjectRef, serde_json::Value>,
+    /// Per object, the `Valid` condition's status last written and when it last flipped:
+    /// `lastTransitionTime` changes only when the status does.
+    transitions: BTreeMap<ObjectRef, (String, serde_json::Value)>,
     lease: LeaseState,
 }
 
@@ -66,6 +70,7 @@ impl StatusWriter {
             config,
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
+            transitions: BTreeMap::new(),
             lease: LeaseState::default(),
         }
     }
@@ -125,6 +130,7 @@ impl StatusWriter {
         if self.lease.held && !was_held {
             tracing::info!(identity = %me, "acquired the status-writer lease; writing statuses");
             self.written.clear(); // write everything once: the previous writer may have missed some
+            self.transitions.clear(); // and read the transitions off the objects again
         } else if !self.lease.held && was_held {
             tracing::warn!(identity = %me, "lost the status-writer lease; no longer writing");
         }
@@ -143,9 +149,10 @@ impl StatusWriter {
         for (object, status, trace) in pending {
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
             portico_bus::telemetry::continue_trace(&span, &trace);
-            let patch = Patch::Merge(serde_json::json!({ "status": status }));
-            let params = PatchParams::default();
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());
+            let stamped = self.stamp(&object, &status).instrument(span.clone()).await;
+            let patch = Patch::Merge(serde_json::json!({ "status": stamped }));
+            let params = PatchParams::default();
             let result = match object.kind {
                 Kind::HttpProxy => Api::<crds::HTTPProxy>::namespaced(self.client.clone(), ns)
                     .patch_status(name, &params, &patch)
@@ -163,6 +170,11 @@ impl StatusWriter {
             match result {
                 Ok(()) => {
                     tracing::info!(object = %object, status = %status["currentStatus"], "status written");
+                    let condition = &stamped["conditions"][0];
+                    if let Some(flipped) = condition["status"].as_str() {
+                        self.transitions
+                            .insert(object.clone(), (flipped.to_owned(), condition["lastTransitionTime"].clone()));
+                    }
                     self.written.insert(object, status);
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -172,6 +184,48 @@ impl StatusWriter {
                 Err(e) => tracing::warn!(object = %object, error = %e, "writing the status failed; retrying"),
             }
         }
+    }
+
+    /// The status as patched: the resolver's, with the `Valid` condition stamped with
+    /// `lastTransitionTime` (kept while the condition's status stays the same, from what
+    /// this writer wrote or what the object already says; now when it flips) and
+    /// `observedGeneration` (the object's generation as it is read now). Contour's CRD
+    /// requires the first; without it every patch would be refused.
+    async fn stamp(&mut self, object: &ObjectRef, status: &serde_json::Value) -> serde_json::Value {
+        let mut stamped = status.clone();
+        let Some(condition) = stamped["conditions"].get_mut(0) else { return stamped };
+        let flipped_to = condition["status"].as_str().unwrap_or_default().to_owned();
+        let current = self.current(object).await;
+        let known = self.transitions.get(object).filter(|(s, _)| *s == flipped_to).map(|(_, t)| t.clone());
+        let on_object = current.as_ref().and_then(|o| {
+            let c = o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Valid")?.clone();
+            (c["status"] == flipped_to.as_str() && c["lastTransitionTime"].is_string())
+                .then(|| c["lastTransitionTime"].clone())
+        });
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap_or_default();
+        condition["lastTransitionTime"] = known.or(on_object).unwrap_or(now);
+        if let Some(generation) = current.and_then(|o| o.metadata.generation) {
+            condition["observedGeneration"] = serde_json::json!(generation);
+        }
+        stamped
+    }
+
+    /// The object as the API server has it now (`None` when it cannot be read: the patch
+    /// then says what it can).
+    async fn current(&self, object: &ObjectRef) -> Option<kube::api::DynamicObject> {
+        use kube::api::{ApiResource, DynamicObject};
+        let resource = match object.kind {
+            Kind::HttpProxy => ApiResource::erase::<crds::HTTPProxy>(&()),
+            Kind::VoyagerIngress => ApiResource::erase::<crds::VoyagerIngress>(&()),
+            _ => return None,
+        };
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), object.namespace.as_str(), &resource)
+            .get_status(object.name.as_str())
+            .await
+            .ok()
     }
 
     fn apply_entry(&mut self, entry: async_nats::jetstream::kv::Entry) {
@@ -188,6 +242,7 @@ impl StatusWriter {
             let object = ObjectRef { kind, namespace, name };
             self.desired.remove(&object);
             self.written.remove(&object);
+            self.transitions.remove(&object);
         }
     }
 }

@@ -122,6 +122,9 @@ impl FakeApi {
         if req.method == hyper::Method::PATCH && path.ends_with("/status") {
             return self.patch_status(&path, &body);
         }
+        if req.method == hyper::Method::GET && path.ends_with("/status") {
+            return self.get_status(&path);
+        }
         let Some((collection, api_version, kind)) = COLLECTIONS.iter().find(|(c, _, _)| *c == path) else {
             return full(
                 404,
@@ -174,6 +177,21 @@ impl FakeApi {
                 object["metadata"]["resourceVersion"] = json!(rv);
                 full(200, &object.clone())
             }
+            None => full(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
+            ),
+        }
+    }
+
+    /// GET .../namespaces/<ns>/<plural>/<name>/status: the object.
+    fn get_status(&self, path: &str) -> hyper::Response<Body> {
+        let parts: Vec<&str> = path.split('/').collect();
+        let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
+        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| c.ends_with(&format!("/{plural}"))).unwrap();
+        let state = self.state.lock().unwrap();
+        match state.objects.get(collection).and_then(|m| m.get(&format!("{ns}/{name}"))) {
+            Some(object) => full(200, object),
             None => full(
                 404,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
@@ -306,7 +324,7 @@ fn secret(name: &str, kind: &str) -> Value {
 }
 
 fn proxy(name: &str) -> Value {
-    json!({"apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy", "metadata": {"name": name, "namespace": "shop"},
+    json!({"apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy", "metadata": {"name": name, "namespace": "shop", "generation": 3},
            "spec": {"virtualhost": {"fqdn": "shop.example.com"}, "routes": [{"services": [{"name": "web", "port": 443}]}]}})
 }
 
@@ -548,6 +566,29 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     assert_eq!(patches[1]["status"]["currentStatus"], "valid");
     assert_eq!(patches[1]["status"]["description"], "Valid HTTPProxy");
 
+    // Every status passes Contour's published schema (which requires lastTransitionTime),
+    // and carries the generation of the object it describes.
+    let objects: Vec<Value> = patches
+        .iter()
+        .map(|p| {
+            json!({"apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy",
+                   "metadata": {"name": "shop", "namespace": "shop"}, "spec": {}, "status": p["status"]})
+        })
+        .collect();
+    contour_schema_accepts(&objects);
+    for p in &patches {
+        let condition = &p["status"]["conditions"][0];
+        assert!(condition["lastTransitionTime"].is_string(), "{condition}");
+        assert_eq!(condition["observedGeneration"], 3, "{condition}");
+    }
+    let without = json!([{"apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy", "metadata": {"name": "x", "namespace": "shop"},
+        "spec": {}, "status": {"currentStatus": "valid", "description": "d",
+        "conditions": [{"type": "Valid", "status": "True", "reason": "Valid", "message": "m"}]}}]);
+    assert!(
+        !contour_validate(without.as_array().unwrap()).0,
+        "the check is not vacuous: Contour's schema refuses a condition without lastTransitionTime"
+    );
+
     // A change that leaves the status as it is (another Service) patches nothing.
     until("the Service watch", || api.watching(SERVICES) > 0).await;
     api.put(SERVICES, service("other", 80), true);
@@ -555,6 +596,31 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     assert_eq!(api.patches("shop/shop").len(), 2, "an unchanged status is not written again");
 
     pipeline.stop().await;
+}
+
+/// Validate objects with Contour's published schema (scripts/contour-validate.mjs on the
+/// npm package that scripts/contour-models.sh brings): (all valid, what node said).
+fn contour_validate(objects: &[Value]) -> (bool, String) {
+    use std::io::Write;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let models = std::process::Command::new("bash").arg(repo.join("scripts/contour-models.sh")).output().unwrap();
+    assert!(models.status.success(), "scripts/contour-models.sh: {}", String::from_utf8_lossy(&models.stderr));
+    let dir = String::from_utf8(models.stdout).unwrap().trim().to_owned();
+    let mut node = std::process::Command::new("node")
+        .arg(repo.join("scripts/contour-validate.mjs"))
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (scripts/setup.sh installs npm, which brings it)");
+    node.stdin.take().unwrap().write_all(serde_json::to_string(objects).unwrap().as_bytes()).unwrap();
+    let out = node.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn contour_schema_accepts(objects: &[Value]) {
+    let (ok, said) = contour_validate(objects);
+    assert!(ok, "Contour's schema refuses a status Portico writes:\n{said}");
 }
 
 impl FakeApi {
