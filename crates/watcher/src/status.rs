@@ -49,6 +49,9 @@ pub struct StatusWriter {
     /// Per object, the `Valid` condition's status last written and when it last flipped:
     /// `lastTransitionTime` changes only when the status does.
     transitions: BTreeMap<ObjectRef, (String, serde_json::Value)>,
+    /// Where the last write stopped: the next starts after it, so objects whose patch keeps
+    /// failing do not take every tick's budget from the others.
+    cursor: Option<ObjectRef>,
     lease: LeaseState,
 }
 
@@ -71,6 +74,7 @@ impl StatusWriter {
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
             transitions: BTreeMap::new(),
+            cursor: None,
             lease: LeaseState::default(),
         }
     }
@@ -139,13 +143,15 @@ impl StatusWriter {
 
     /// Patch up to `budget` statuses that differ from what was written.
     async fn write(&mut self, budget: usize) {
-        let pending: Vec<(ObjectRef, serde_json::Value, TraceContext)> = self
-            .desired
-            .iter()
+        let rotated = rotated(&self.desired, self.cursor.as_ref());
+        let pending: Vec<(ObjectRef, serde_json::Value, TraceContext)> = rotated
             .filter(|(o, (s, _))| self.written.get(*o) != Some(s))
             .take(budget)
             .map(|(o, (s, t))| (o.clone(), s.clone(), t.clone()))
             .collect();
+        if let Some((last, _, _)) = pending.last() {
+            self.cursor = Some(last.clone());
+        }
         for (object, status, trace) in pending {
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
             portico_bus::telemetry::continue_trace(&span, &trace);
@@ -247,6 +253,13 @@ impl StatusWriter {
     }
 }
 
+/// The entries of `map` in the order a writer that stopped at `cursor` takes them: those
+/// after the cursor first, then from the start up to it.
+fn rotated<'a, K: Ord, V>(map: &'a BTreeMap<K, V>, cursor: Option<&K>) -> impl Iterator<Item = (&'a K, &'a V)> {
+    let (before, after): (Vec<_>, Vec<_>) = map.iter().partition(|(k, _)| cursor.is_some_and(|c| *k <= c));
+    after.into_iter().chain(before)
+}
+
 /// A bus session of the status writer: follow the statuses, keep the lease, write.
 pub async fn session(w: &mut StatusWriter, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
     let mut statuses = watch_current_and_new(&buckets.status).await?;
@@ -267,5 +280,20 @@ pub async fn session(w: &mut StatusWriter, buckets: Buckets) -> Result<std::conv
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotated;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn each_tick_starts_after_where_the_last_one_stopped() {
+        let map: BTreeMap<u32, ()> = (1..=5).map(|k| (k, ())).collect();
+        let keys = |cursor: Option<&u32>| rotated(&map, cursor).map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(keys(None), vec![1, 2, 3, 4, 5]);
+        assert_eq!(keys(Some(&2)), vec![3, 4, 5, 1, 2], "failing 1 and 2 do not take the next tick's budget");
+        assert_eq!(keys(Some(&5)), vec![1, 2, 3, 4, 5]);
     }
 }
