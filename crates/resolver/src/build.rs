@@ -174,7 +174,11 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         for (slot, seq) in self.by_unit.remove(unit).unwrap_or_default() {
             let Some(claims) = self.slots.get_mut(&slot) else { continue };
             let order = (unit.clone(), seq);
-            if let Some(claim) = claims.remove(&order) {
+            let removed = claims.remove(&order);
+            if claims.is_empty() {
+                self.slots.remove(&slot);
+            }
+            if let Some(claim) = removed {
                 if let Some(mine) = self.by_owner.get_mut(&claim.owner) {
                     mine.remove(&order);
                     if mine.is_empty() {
@@ -183,21 +187,9 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                 }
                 if let Claimed::Forward { backends, .. } = &claim.action {
                     for (id, _) in backends {
-                        let slot = &mut self.clusters[*id as usize];
-                        let gone = slot.as_mut().map(|c| {
-                            c.claims -= 1;
-                            c.claims == 0
-                        });
-                        if gone == Some(true) {
-                            let interned = slot.take().expect("present");
-                            self.ids.remove(&interned.key);
-                            self.free.push(*id);
-                        }
+                        self.release(*id);
                     }
                 }
-            }
-            if claims.is_empty() {
-                self.slots.remove(&slot);
             }
             touched.push(slot);
         }
@@ -253,7 +245,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             return id;
         }
         let digest = key_digest(&key, &mut self.scratch);
-        let short = cluster_name(&key, &portico_model::hex(&digest[..8]));
+        let short = short_cluster_name(&key, &digest);
         let interned = Interned { key: key.clone(), digest, short, servers, claims: 1 };
         let id = match self.free.pop() {
             Some(id) => {
@@ -329,22 +321,15 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             }
         }
         let interned = |id: usize| self.clusters[id].as_ref().expect("a claimed cluster is interned");
-        let mut count: HashMap<&str, usize> = HashMap::new();
-        for id in (0..used.len()).filter(|&i| used[i]) {
-            *count.entry(interned(id).short.as_str()).or_default() += 1;
+        let used_ids: Vec<usize> = (0..used.len()).filter(|&i| used[i]).collect();
+        let mut names: Vec<Option<String>> = vec![None; used.len()];
+        let named = names_of(used_ids.iter().map(|&id| {
+            let i = interned(id);
+            (&i.key, &i.digest, i.short.as_str())
+        }));
+        for (id, name) in used_ids.into_iter().zip(named) {
+            names[id] = Some(name);
         }
-        let names: Vec<Option<String>> = (0..used.len())
-            .map(|id| {
-                used[id].then(|| {
-                    let i = interned(id);
-                    if count[i.short.as_str()] > 1 {
-                        cluster_name(&i.key, &portico_model::hex(&i.digest))
-                    } else {
-                        i.short.clone()
-                    }
-                })
-            })
-            .collect();
         let name = |id: &ClusterId| names[*id as usize].clone().expect("a used cluster is named");
 
         let mut listeners: BTreeMap<u16, BTreeMap<&HostMatch, Vec<Route>>> = BTreeMap::new();
@@ -424,13 +409,33 @@ fn cluster_name(key: &ClusterKey, hash: &str) -> String {
 /// full 64 digits, so distinct keys never share a cluster. `_` cannot occur in Kubernetes
 /// names, so the parts stay apart.
 pub fn cluster_names<'a>(keys: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32])>) -> Vec<String> {
-    let name = cluster_name;
-    let full: Vec<(&ClusterKey, String)> = keys.map(|(k, d)| (k, portico_model::hex(d))).collect();
-    let short: Vec<String> = full.iter().map(|(k, h)| name(k, &h[..16])).collect();
+    let keys: Vec<(&ClusterKey, &[u8; 32], String)> = keys.map(|(k, d)| (k, d, short_cluster_name(k, d))).collect();
+    names_of(keys.iter().map(|(k, d, s)| (*k, *d, s.as_str())))
+}
+
+/// The name a key gets when no other key's short name is the same: 16 hex digits.
+fn short_cluster_name(key: &ClusterKey, digest: &[u8; 32]) -> String {
+    cluster_name(key, &portico_model::hex(&digest[..8]))
+}
+
+/// `cluster_names` for keys whose short names are at hand already (the route table keeps
+/// them): the collision rule in one place.
+fn names_of<'a>(clusters: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32], &'a str)>) -> Vec<String> {
+    let clusters: Vec<_> = clusters.collect();
     let mut count: HashMap<&str, usize> = HashMap::new();
-    for n in &short {
-        *count.entry(n.as_str()).or_default() += 1;
+    for (_, _, short) in &clusters {
+        *count.entry(short).or_default() += 1;
     }
-    let collided: Vec<bool> = short.iter().map(|n| count[n.as_str()] > 1).collect();
-    full.iter().zip(short.iter().zip(collided)).map(|((k, h), (s, c))| if c { name(k, h) } else { s.clone() }).collect()
+    clusters
+        .iter()
+        .map(
+            |(key, digest, short)| {
+                if count[short] > 1 {
+                    cluster_name(key, &portico_model::hex(*digest))
+                } else {
+                    (*short).to_owned()
+                }
+            },
+        )
+        .collect()
 }
