@@ -1,11 +1,18 @@
 //! Running HAProxy in master-worker mode and applying rendered configurations to it:
 //! check, switch, hitless reload through the master socket, confirmation, and rollback.
 //!
-//! Layout under the work directory: `gen-<epoch>-<generation>-<ms>/` holds one rendered configuration
-//! with its files (paths inside point into that directory), and the symlink `haproxy.cfg`
-//! points at the one HAProxy runs. A configuration is made current only after
-//! `haproxy -c` accepts it, and the symlink goes back if the reload fails, so a broken
-//! configuration never replaces a working one.
+//! Layout under the work directory: `gen-<epoch>-<generation>-<ms>/` holds one rendered
+//! configuration with its files; the symlink `current` points at the one HAProxy runs, and
+//! `haproxy.cfg` (what HAProxy is started with) points at `current/haproxy.cfg`. The
+//! configuration names its files through `current` (`<work_dir>/current/maps/…`), so two
+//! generations that differ only in map entries and server addresses have the same text
+//! apart from those addresses, and the runtime API can take HAProxy from one to the other
+//! without a reload ([`Haproxy::update`]).
+//!
+//! A configuration is made current by a reload only after `haproxy -c` accepts it (checked
+//! with its own directory's files), and `current` goes back if the reload fails, so a
+//! broken configuration never replaces a working one. A runtime update whose commands
+//! HAProxy refuses leaves HAProxy drifted from the files; a checked reload brings it back.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -27,6 +34,8 @@ pub enum ApplyError {
     ReloadFailed,
     #[error("the reload was not confirmed within {0:?}")]
     ReloadUnconfirmed(Duration),
+    #[error("HAProxy refused a runtime command ({answer}) in: {commands}")]
+    Refused { answer: String, commands: String },
     #[error("{failed}; and switching back to the running configuration failed ({rollback}): a restart of HAProxy now would read the refused one")]
     RollbackFailed { failed: Box<ApplyError>, rollback: String },
 }
@@ -73,10 +82,22 @@ impl Drop for Haproxy {
     }
 }
 
-/// The generation directory `work_dir/haproxy.cfg` points into, if any.
+/// The generation directory `work_dir/current` points at, if any (or, in the layout before
+/// `current`, the one `work_dir/haproxy.cfg` points into).
 fn link_target(work_dir: &Path) -> Option<PathBuf> {
-    let target = std::fs::read_link(work_dir.join("haproxy.cfg")).ok()?;
-    Some(target.parent()?.to_owned()).filter(|dir| dir.join("haproxy.cfg").is_file())
+    let target = match std::fs::read_link(work_dir.join(CURRENT)) {
+        Ok(dir) => dir,
+        Err(_) => std::fs::read_link(work_dir.join("haproxy.cfg")).ok()?.parent()?.to_owned(),
+    };
+    Some(target).filter(|dir| dir.join("haproxy.cfg").is_file() && dir.file_name() != Some(CURRENT.as_ref()))
+}
+
+/// The symlink to the generation HAProxy runs; configurations name their files through it.
+pub const CURRENT: &str = "current";
+
+/// The base directory configurations applied in `work_dir` name their files under.
+pub fn current_base(work_dir: &Path) -> PathBuf {
+    work_dir.join(CURRENT)
 }
 
 /// `(pid, reloads, failed)` from the master's line of `show proc`.
@@ -132,6 +153,26 @@ pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8
     Ok(())
 }
 
+/// `haproxy -c` on a generation directory's configuration, with the files of that
+/// directory: the configuration names them through `current`, which points elsewhere
+/// until the generation is applied, so the check reads a copy naming them in `dir`.
+pub fn check_generation(binary: &str, dir: &Path) -> Result<(), ApplyError> {
+    let cfg = dir.join("haproxy.cfg");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| ApplyError::CheckFailed(format!("{}: {e}", cfg.display())))?;
+    let (Some(work_dir), Some(dir_str)) = (dir.parent(), dir.to_str()) else {
+        return check(binary, &cfg);
+    };
+    let base = format!("{}/", current_base(work_dir).display());
+    if !text.contains(&base) {
+        return check(binary, &cfg);
+    }
+    let copy = dir.join("haproxy.check.cfg");
+    write(&copy, text.replace(&base, &format!("{dir_str}/")).as_bytes())?;
+    let result = check(binary, &copy);
+    let _ = std::fs::remove_file(&copy);
+    result
+}
+
 /// `haproxy -c` on a file.
 pub fn check(binary: &str, config: &Path) -> Result<(), ApplyError> {
     let out = Command::new(binary)
@@ -149,15 +190,36 @@ pub fn check(binary: &str, config: &Path) -> Result<(), ApplyError> {
     }
 }
 
-/// Point `work_dir/haproxy.cfg` at a generation directory's configuration, atomically.
+/// Point `work_dir/current` at a generation directory, atomically (and `haproxy.cfg` at
+/// `current/haproxy.cfg`, once).
 fn switch(work_dir: &Path, dir: &Path) -> Result<(), ApplyError> {
-    let link = work_dir.join("haproxy.cfg");
-    let tmp = work_dir.join("haproxy.cfg.next");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(dir.join("haproxy.cfg"), &tmp)
-        .and_then(|()| std::fs::rename(&tmp, &link))
-        .map_err(|source| ApplyError::WriteFailed { path: link, source })
+    let relink = |link: PathBuf, target: PathBuf| {
+        if std::fs::read_link(&link).ok().as_ref() == Some(&target) {
+            return Ok(());
+        }
+        let tmp = link.with_extension("next");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, &link))
+            .map_err(|source| ApplyError::WriteFailed { path: link, source })
+    };
+    relink(current_base(work_dir), dir.to_owned())?;
+    relink(work_dir.join("haproxy.cfg"), current_base(work_dir).join("haproxy.cfg"))
 }
+
+/// How [`Haproxy::update`] applied a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Through the runtime API, this many commands, no reload.
+    Runtime(usize),
+    /// By a checked reload.
+    Reload,
+    /// The runtime API refused a command; a checked reload brought HAProxy to the files.
+    ReloadAfterDrift,
+}
+
+/// The largest command line sent to the master socket at once (HAProxy's buffer is 16 kB).
+const BATCH_BYTES: usize = 8 * 1024;
 
 impl Haproxy {
     pub fn master_socket(&self) -> PathBuf {
@@ -189,7 +251,7 @@ impl Haproxy {
             return Ok((haproxy, Started::Adopted { pid }));
         }
         if let Some(dir) = link_target(work_dir) {
-            if check(binary, &dir.join("haproxy.cfg")).is_ok() {
+            if check_generation(binary, &dir).is_ok() {
                 return Ok((Haproxy::start(binary, work_dir, &dir, log)?, Started::LastApplied(dir)));
             }
         }
@@ -209,10 +271,14 @@ impl Haproxy {
         first_files: &std::collections::BTreeMap<String, Vec<u8>>,
         mut waiting: impl FnMut(Duration),
     ) -> Result<Haproxy, ApplyError> {
-        if link_target(work_dir).is_none() {
-            write_files(first, first_files)?;
-            check(binary, &first.join("haproxy.cfg"))?;
-            switch(work_dir, first)?;
+        match link_target(work_dir) {
+            None => {
+                write_files(first, first_files)?;
+                check_generation(binary, first)?;
+                switch(work_dir, first)?;
+            }
+            // A work directory of the layout before `current`: HAProxy reads `haproxy.cfg`.
+            Some(dir) => switch(work_dir, &dir)?,
         }
         let started = Instant::now();
         let mut next_note = Duration::from_secs(10);
@@ -261,7 +327,7 @@ impl Haproxy {
 
     /// Start HAProxy (master-worker, foreground) on an already rendered directory.
     pub fn start(binary: &str, work_dir: &Path, first: &Path, log: &Path) -> Result<Haproxy, ApplyError> {
-        check(binary, &first.join("haproxy.cfg"))?;
+        check_generation(binary, first)?;
         switch(work_dir, first)?;
         let socket = work_dir.join("master.sock");
         let _ = std::fs::remove_file(&socket);
@@ -303,6 +369,11 @@ impl Haproxy {
         master_command(&self.master_socket(), command)
     }
 
+    /// How many times the master has reloaded since it started.
+    pub fn reloads(&self) -> Result<u64, ApplyError> {
+        Ok(self.reload_counters()?.0)
+    }
+
     /// `(reloads, failed)` from the master's line of `show proc`.
     fn reload_counters(&self) -> Result<(u64, u64), ApplyError> {
         let (_, reloads, failed) = master_line(&self.master("show proc")?)?;
@@ -312,7 +383,7 @@ impl Haproxy {
     /// Make `dir` (a rendered generation) current: check it, switch, reload, confirm; on
     /// any failure the previous configuration stays current.
     pub fn apply(&mut self, dir: &Path) -> Result<(), ApplyError> {
-        tracing::info_span!("haproxy.check").in_scope(|| check(&self.binary, &dir.join("haproxy.cfg")))?;
+        tracing::info_span!("haproxy.check").in_scope(|| check_generation(&self.binary, dir))?;
         let (reloads, failed) = self.reload_counters()?;
         switch(&self.work_dir, dir)?;
         let result = tracing::info_span!("haproxy.reload").in_scope(|| self.reload_and_confirm(reloads, failed));
@@ -330,6 +401,76 @@ impl Haproxy {
                 }
                 Err(failed)
             }
+        }
+    }
+
+    /// Make `dir` current through the runtime API when `commands` is `Some` (the commands
+    /// that take what runs to `dir`'s configuration, see `runtime::commands`), else by
+    /// [`Haproxy::apply`]. When HAProxy refuses a command, it has drifted from the files:
+    /// a checked reload of `dir` brings it back, and if that fails too, a reload of the
+    /// previous configuration.
+    pub fn update(&mut self, dir: &Path, commands: Option<&[String]>) -> Result<Applied, ApplyError> {
+        let Some(commands) = commands else {
+            return self.apply(dir).map(|()| Applied::Reload);
+        };
+        let previous = self.current.clone();
+        switch(&self.work_dir, dir)?;
+        let refused =
+            tracing::info_span!("haproxy.runtime", commands = commands.len()).in_scope(|| self.run_commands(commands));
+        let Err(refused) = refused else {
+            self.current = Some(dir.to_owned());
+            return Ok(Applied::Runtime(commands.len()));
+        };
+        tracing::warn!(error = %refused, "HAProxy refused a runtime command; reloading to match the files");
+        match self.apply(dir) {
+            Ok(()) => Ok(Applied::ReloadAfterDrift),
+            Err(failed) => {
+                // HAProxy runs part of the change: back to the previous files, reloaded.
+                if let Some(previous) = previous {
+                    let back = switch(&self.work_dir, &previous).and_then(|()| {
+                        let (reloads, failures) = self.reload_counters()?;
+                        self.reload_and_confirm(reloads, failures)
+                    });
+                    if let Err(e) = back {
+                        return Err(ApplyError::RollbackFailed { failed: Box::new(failed), rollback: e.to_string() });
+                    }
+                }
+                Err(failed)
+            }
+        }
+    }
+
+    /// Send runtime commands to the current worker (`@1`), in batches; an answer other
+    /// than success is an error naming the batch's first refused command.
+    fn run_commands(&self, commands: &[String]) -> Result<(), ApplyError> {
+        let mut batch = String::new();
+        let mut first = 0;
+        for (i, command) in commands.iter().enumerate() {
+            if !batch.is_empty() && batch.len() + command.len() + 6 > BATCH_BYTES {
+                self.run_batch(&batch, &commands[first..i])?;
+                batch.clear();
+                first = i;
+            }
+            if !batch.is_empty() {
+                batch.push_str("; ");
+            }
+            batch.push_str("@1 ");
+            batch.push_str(command);
+        }
+        if !batch.is_empty() {
+            self.run_batch(&batch, &commands[first..])?;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&self, batch: &str, commands: &[String]) -> Result<(), ApplyError> {
+        let out = self.master(batch)?;
+        match out.lines().find(|l| !crate::runtime::is_success_line(l)) {
+            None => Ok(()),
+            Some(answer) => Err(ApplyError::Refused {
+                answer: answer.trim().to_owned(),
+                commands: commands.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+            }),
         }
     }
 

@@ -6,13 +6,24 @@
 //! newtype (which has passed its grammar), an enum, a number, or a hex digest this module
 //! re-checks; nothing is templated from a raw user string.
 //!
-//! Routing is decided once per request. The frontend keeps the request's original host in
-//! `txn.host`, then ordered rules set `txn.route` to the first matching route (exact hosts,
-//! then wildcards, then any; longest prefix first, the model's order). Everything else (a
-//! Host rewrite, the weighted pick, `use_backend`) keys off `txn.route`, so a rewrite can
-//! never change which route later rules see.
+//! Routing is decided once per request, by map lookups whose cost does not grow with the
+//! number of routes. The frontend keeps the request's original host in `txn.host`, then
+//! sets `txn.route` from the longest prefix of `host + path` in the listener's exact-host
+//! map, else of `host-without-its-first-label + path` in its wildcard map, else of `path`
+//! in its any-host map (exact hosts, then wildcards, then any; longest prefix first, as the
+//! model orders them). Everything else (a Host rewrite, the response timeout, the weighted
+//! pick, `use_backend`) keys off `txn.route` through more maps, so a rewrite can never
+//! change which route later rules see.
+//!
+//! Maps and server addresses are what changes most; [`Runtime`] describes them so that
+//! the service can apply a change through HAProxy's runtime API instead of reloading, when
+//! the rest of the configuration (the skeleton) is unchanged. Backends get server slots
+//! with room to grow (see [`slots`]).
 
 pub mod apply;
+pub mod runtime;
+
+pub use runtime::Runtime;
 #[cfg(feature = "service")]
 pub mod service;
 
@@ -51,7 +62,12 @@ pub struct Rendered {
     /// Routes rendered as 503 because the renderer could not honour them (trust material
     /// missing or not matching the model), each with the reason.
     pub problems: Vec<String>,
+    /// What the runtime API can change in place: map entries and server addresses.
+    pub runtime: Runtime,
 }
+
+/// Where a server's address goes in the skeleton (a byte no rendered value can hold).
+const SLOT: &str = "\u{1}";
 
 /// Trust material by secret.
 pub type Trust = BTreeMap<SecretRef, TrustMaterial>;
@@ -132,21 +148,79 @@ fn server_options(cluster: &Cluster, files: &ClusterFiles, base: &str) -> String
     o
 }
 
-fn host_condition(host: &HostMatch) -> String {
-    match host {
-        HostMatch::Any => String::new(),
-        HostMatch::Exact(name) => format!(" {{ var(txn.host) -m str {name} }}"),
-        // One label, as the model (and Envoy) means it: `*.example.com` takes
-        // `a.example.com`, not `a.b.example.com`. `[.]` rather than `\.`: HAProxy's parser
-        // would eat the backslash. The suffix is a DNS name: letters, digits, '-' and '.'.
-        HostMatch::Wildcard(suffix) => {
-            format!(" {{ var(txn.host) -m reg ^[^.]+[.]{} }}", suffix.as_str().replace('.', "[.]") + "$")
+/// A route's identifier in the maps and rules: stable across renderings (a digest of the
+/// listener, host and prefix), so that adding or removing one route changes one map entry,
+/// not the identifiers of all the routes after it.
+fn route_id(port: u16, host: &HostMatch, prefix: &str, taken: &mut std::collections::BTreeSet<String>) -> String {
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hashers are not promised to be).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let host = match host {
+        HostMatch::Any => "*any*".to_owned(),
+        HostMatch::Exact(name) => name.to_string(),
+        HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
+    };
+    for b in port.to_be_bytes().iter().chain(host.as_bytes()).chain(b"\n").chain(prefix.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let base = format!("r{h:016x}");
+    let mut id = base.clone();
+    let mut n = 1;
+    while !taken.insert(id.clone()) {
+        id = format!("{base}_{n}");
+        n += 1;
+    }
+    id
+}
+
+/// How many server slots a backend with `n` endpoints gets: room to grow without a reload
+/// (endpoints fill free slots through the runtime API), and the count a running backend
+/// already has while it still fits, so that shrinking does not reload either.
+pub fn slots(n: usize, running: Option<usize>) -> usize {
+    let fresh = n.next_power_of_two().max(4);
+    match running {
+        Some(r) if n <= r && r <= 2 * fresh => r,
+        _ => fresh,
+    }
+}
+
+/// The address written for a slot without an endpoint (the server is `disabled`).
+const EMPTY_SLOT: &str = "127.0.0.1:1 disabled";
+
+/// Endpoints into slots: an endpoint that had a slot in the running configuration keeps
+/// it, new ones take the free slots in order. Without a running configuration, in order.
+fn assign_slots(endpoints: &[SocketAddr], running: Option<&Vec<Option<SocketAddr>>>) -> Vec<Option<SocketAddr>> {
+    let count = slots(endpoints.len(), running.map(Vec::len));
+    let mut out: Vec<Option<SocketAddr>> = vec![None; count];
+    let mut placed = std::collections::BTreeSet::new();
+    if let Some(running) = running.filter(|r| r.len() == count) {
+        let wanted: std::collections::BTreeSet<&SocketAddr> = endpoints.iter().collect();
+        for (slot, addr) in running.iter().enumerate() {
+            if let Some(addr) = addr.filter(|a| wanted.contains(a)) {
+                if placed.insert(addr) {
+                    out[slot] = Some(addr);
+                }
+            }
         }
     }
+    let mut free = (0..count).filter(|i| out[*i].is_none()).collect::<Vec<_>>().into_iter();
+    for addr in endpoints {
+        if placed.insert(*addr) {
+            out[free.next().expect("slots() leaves room for every endpoint")] = Some(*addr);
+        }
+    }
+    out
 }
 
 /// Render the model.
 pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
+    render_over(model, trust, options, None)
+}
+
+/// Render the model so that it can be applied over `running` (the rendering HAProxy runs)
+/// through the runtime API where possible: endpoints keep their server slots, and slot
+/// counts are kept while they fit.
+pub fn render_over(model: &Model, trust: &Trust, options: &Options, running: Option<&Runtime>) -> Rendered {
     let base = options.base_dir.as_str();
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
@@ -165,6 +239,16 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
         }
     }
 
+    let mut runtime = Runtime::default();
+    let map_path = |name: &str| format!("{base}/maps/{name}.map");
+    let (backend_map, rewrite_map, timeout_map) = (map_path("backend"), map_path("host-rewrite"), map_path("timeout"));
+    for path in [&backend_map, &rewrite_map, &timeout_map] {
+        runtime.maps.insert(path.clone(), BTreeMap::new());
+    }
+
+    // The configuration with a marker where each server's address goes: the skeleton. Two
+    // renderings with the same skeleton differ only in map entries and server addresses,
+    // which the runtime API changes without a reload.
     let mut cfg = String::new();
     // No global maxconn: HAProxy 2.6 derives it from the file-descriptor limit, and a fixed
     // value above what the limit allows makes HAProxy refuse to start (`haproxy -c` does
@@ -176,10 +260,7 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
          timeout http-request 10s\n    option http-keep-alive\n\n",
     );
 
-    let mut route_id = 0usize;
-    // Whether any route sets its own response timeout (then backends apply `txn.timeout`).
-    let any_timeout =
-        model.routes().any(|(_, _, r)| matches!(&r.action, RouteAction::Forward { timeout: Some(_), .. }));
+    let mut ids = std::collections::BTreeSet::new();
     let main = portico_model::Listener { port: options.http_port, virtual_hosts: Vec::new() };
     let mut listeners: Vec<&portico_model::Listener> = model.listeners.iter().collect();
     if !listeners.iter().any(|l| l.port == options.http_port) {
@@ -187,29 +268,34 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
         listeners.sort_by_key(|l| l.port);
     }
     for listener in listeners {
-        let mut select = String::new(); // route selection
-        let mut actions = String::new(); // rewrites and weighted picks
-        let mut uses = String::new(); // use_backend
+        // Route selection is three map lookups (exact host, wildcard, any host), each the
+        // longest prefix of `host + path` (map_beg is a prefix tree): the same cost at 10
+        // routes and at 10,000. Wildcard keys are the host without its first label.
+        let exact = map_path(&format!("l{}-exact", listener.port));
+        let wildcard = map_path(&format!("l{}-wildcard", listener.port));
+        let any = map_path(&format!("l{}-any", listener.port));
+        for path in [&exact, &wildcard, &any] {
+            runtime.maps.insert(path.clone(), BTreeMap::new());
+        }
+        let mut weighted = String::new(); // the rules of routes split across backends
         for vhost in &listener.virtual_hosts {
             for route in &vhost.routes {
-                let id = format!("r{route_id}");
-                route_id += 1;
-                let path = if route.prefix.as_str() == "/" {
-                    String::new()
-                } else {
-                    format!(" {{ path_beg {} }}", route.prefix)
+                let id = route_id(listener.port, &vhost.host, route.prefix.as_str(), &mut ids);
+                let (map, key) = match &vhost.host {
+                    HostMatch::Exact(name) => (&exact, format!("{name}{}", route.prefix)),
+                    HostMatch::Wildcard(suffix) => (&wildcard, format!("{suffix}{}", route.prefix)),
+                    HostMatch::Any => (&any, route.prefix.to_string()),
                 };
-                writeln!(
-                    select,
-                    "    http-request set-var(txn.route) str({id}) if !{{ var(txn.route) -m found }}{}{path}",
-                    host_condition(&vhost.host)
-                )
-                .unwrap();
-                let this = format!("{{ var(txn.route) -m str {id} }}");
+                // The model lists the longest prefix first, so the first route of a key is
+                // the one the model means.
+                runtime.maps.get_mut(map).expect("inserted above").entry(key).or_insert_with(|| id.clone());
+                let mut backend = |name: &str| {
+                    runtime.maps.get_mut(&backend_map).expect("inserted above").insert(id.clone(), name.to_owned())
+                };
                 let backends = match &route.action {
                     RouteAction::Reject => None,
                     RouteAction::BadGateway => {
-                        writeln!(uses, "    use_backend {BAD_GATEWAY_BACKEND} if {this}").unwrap();
+                        backend(BAD_GATEWAY_BACKEND);
                         continue;
                     }
                     RouteAction::Forward { backends, host_rewrite, timeout } => {
@@ -222,46 +308,52 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
                             ));
                             None
                         } else {
-                            if let Some(host) = host_rewrite {
-                                writeln!(actions, "    http-request set-header Host {host} if {this}").unwrap();
-                            }
-                            // The default is `timeout server` in defaults (Timeout::DEFAULT_RESPONSE).
-                            // A frontend cannot set a server timeout: it is carried in a
-                            // variable to the backend, which applies it (see below).
-                            if let Some(t) = timeout {
-                                let ms = match t {
-                                    Timeout::Millis(ms) => *ms,
-                                    Timeout::Infinite => Timeout::MAX_MILLIS, // HAProxy has no "never"
-                                };
-                                writeln!(actions, "    http-request set-var(txn.timeout) int({ms}) if {this}").unwrap();
-                            }
-                            Some(backends)
+                            Some((backends, host_rewrite, timeout))
                         }
                     }
                 };
-                match backends {
-                    None => writeln!(uses, "    use_backend {REJECT_BACKEND} if {this}").unwrap(),
-                    Some(backends) => {
-                        let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
+                let Some((backends, host_rewrite, timeout)) = backends else {
+                    backend(REJECT_BACKEND);
+                    continue;
+                };
+                let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
+                match live.as_slice() {
+                    [] => {} // every weight 0: nothing to send to (404, as before)
+                    [one] => {
+                        backend(one.cluster.as_str());
+                    }
+                    _ => {
+                        let this = format!("{{ var(txn.route) -m str {id} }}");
                         let total: u64 = live.iter().map(|b| u64::from(b.weight)).sum();
-                        if live.len() > 1 {
-                            writeln!(actions, "    http-request set-var(txn.pick) rand({total}) if {this}").unwrap();
-                        }
+                        writeln!(weighted, "    http-request set-var(txn.pick) rand({total}) if {this}").unwrap();
                         let mut below = 0u64;
                         for (i, b) in live.iter().enumerate() {
                             below += u64::from(b.weight);
                             if i + 1 < live.len() {
                                 writeln!(
-                                    uses,
+                                    weighted,
                                     "    use_backend {} if {this} {{ var(txn.pick) -m int lt {below} }}",
                                     b.cluster
                                 )
                                 .unwrap();
                             } else {
-                                writeln!(uses, "    use_backend {} if {this}", b.cluster).unwrap();
+                                writeln!(weighted, "    use_backend {} if {this}", b.cluster).unwrap();
                             }
                         }
                     }
+                }
+                if let Some(host) = host_rewrite {
+                    runtime.maps.get_mut(&rewrite_map).expect("inserted above").insert(id.clone(), host.to_string());
+                }
+                // The default is `timeout server` in defaults (Timeout::DEFAULT_RESPONSE). A
+                // frontend cannot set a server timeout: it is carried in a variable to the
+                // backend, which applies it (see below).
+                if let Some(t) = timeout {
+                    let ms = match t {
+                        Timeout::Millis(ms) => *ms,
+                        Timeout::Infinite => Timeout::MAX_MILLIS, // HAProxy has no "never"
+                    };
+                    runtime.maps.get_mut(&timeout_map).expect("inserted above").insert(id.clone(), ms.to_string());
                 }
             }
         }
@@ -272,25 +364,50 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
         };
         writeln!(cfg, "    bind {bind}").unwrap();
         cfg.push_str("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n");
-        cfg.push_str(&select);
-        cfg.push_str(&actions);
-        cfg.push_str(&uses);
+        cfg.push_str("    http-request set-var(txn.path) path\n");
+        writeln!(cfg, "    http-request set-var(txn.route) var(txn.host),concat(,txn.path,),map_beg({exact})").unwrap();
+        writeln!(
+            cfg,
+            "    http-request set-var(txn.route) var(txn.host),field(2,.,0),concat(,txn.path,),map_beg({wildcard}) if !{{ var(txn.route) -m found }}"
+        )
+        .unwrap();
+        writeln!(
+            cfg,
+            "    http-request set-var(txn.route) var(txn.path),map_beg({any}) if !{{ var(txn.route) -m found }}"
+        )
+        .unwrap();
+        // Everything else keys off `txn.route`, so a Host rewrite never changes the route.
+        writeln!(
+            cfg,
+            "    http-request set-header Host %[var(txn.route),map({rewrite_map})] if {{ var(txn.route),map({rewrite_map}) -m found }}"
+        )
+        .unwrap();
+        writeln!(cfg, "    http-request set-var(txn.timeout) var(txn.route),map_str_int({timeout_map})").unwrap();
+        cfg.push_str(&weighted);
+        writeln!(
+            cfg,
+            "    use_backend %[var(txn.route),map({backend_map})] if {{ var(txn.route),map({backend_map}) -m found }}"
+        )
+        .unwrap();
         writeln!(cfg, "    default_backend {NOT_FOUND_BACKEND}\n").unwrap();
     }
 
+    // Server addresses go where the skeleton has SLOT, in this order.
+    let mut addresses: Vec<String> = Vec::new();
     for cluster in &model.clusters {
         let Some(cluster_files) = renderable.get(cluster.name.as_str()) else { continue };
         writeln!(cfg, "backend {}", cluster.name).unwrap();
         cfg.push_str("    balance roundrobin\n");
-        if any_timeout {
-            cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
-        }
+        cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
         let opts = server_options(cluster, cluster_files, base);
         match &cluster.servers {
             Servers::Endpoints(list) => {
-                for (i, addr) in list.iter().enumerate() {
-                    writeln!(cfg, "    server s{} {}{opts}", i + 1, address(addr)).unwrap();
+                let slots = assign_slots(list, running.and_then(|r| r.servers.get(cluster.name.as_str())));
+                for (i, addr) in slots.iter().enumerate() {
+                    writeln!(cfg, "    server s{} {SLOT}{opts}", i + 1).unwrap();
+                    addresses.push(addr.as_ref().map_or_else(|| EMPTY_SLOT.to_owned(), address));
                 }
+                runtime.servers.insert(cluster.name.to_string(), slots);
             }
             Servers::Dns { host, port } => {
                 writeln!(cfg, "    server s1 {host}:{port} init-addr last,libc,none{opts}").unwrap();
@@ -314,6 +431,23 @@ pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
     )
     .unwrap();
 
+    runtime.skeleton = runtime::digest(cfg.as_bytes());
+    let mut filled = String::with_capacity(cfg.len() + addresses.len() * 24);
+    let mut pieces = cfg.split(SLOT);
+    filled.push_str(pieces.next().unwrap_or_default());
+    for (piece, addr) in pieces.zip(&addresses) {
+        filled.push_str(addr);
+        filled.push_str(piece);
+    }
+    let cfg = filled;
+    for (path, entries) in &runtime.maps {
+        let relative = path.strip_prefix(base).unwrap_or(path).trim_start_matches('/').to_owned();
+        let mut text = String::new();
+        for (key, value) in entries {
+            writeln!(text, "{key} {value}").unwrap();
+        }
+        files.insert(relative, text.into_bytes());
+    }
     files.insert("haproxy.cfg".to_owned(), cfg.into_bytes());
-    Rendered { files, problems }
+    Rendered { files, problems, runtime }
 }

@@ -4,8 +4,8 @@
 //! last good configuration when a new one fails, and reports every attempt in
 //! `portico-applied/haproxy.<instance>`.
 
-use crate::apply::{write_files, ApplyError, Haproxy, Started};
-use crate::{render, Options, Rendered, Trust};
+use crate::apply::{current_base, write_files, Applied, ApplyError, Haproxy, Started};
+use crate::{render, render_over, runtime, Options, Rendered, Runtime, Trust};
 use portico_bus::follow::{hold_back, RendererInputs};
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext, Version};
@@ -49,12 +49,62 @@ struct Renderer {
     config: ServiceConfig,
     /// Always `Some`, except while an apply runs on a blocking thread.
     haproxy: Option<Haproxy>,
-    /// The version (epoch, generation) and configuration last applied.
-    applied: Option<(Version, Vec<u8>)>,
+    /// What HAProxy runs.
+    applied: Option<AppliedState>,
     /// The record of the last attempt while it is not yet on the bus (the put failed, say
     /// while NATS restarted): written again before anything else, so `portico status` never
     /// keeps showing an older generation than HAProxy runs.
     unreported: Option<(AppliedRecord, TraceContext)>,
+}
+
+/// What HAProxy runs, as far as the renderer knows.
+struct AppliedState {
+    version: Version,
+    /// The digest of the files (`files_digest`): the same version rendered to the same files
+    /// is not applied again.
+    files: [u8; 32],
+    /// The maps and servers HAProxy runs; `None` when not known (HAProxy was started on or
+    /// taken over with a configuration applied earlier, or a rollback failed): the next
+    /// change is applied by a reload.
+    runtime: Option<Runtime>,
+}
+
+/// SHA-256 over the files' paths and contents, in order.
+fn files_digest<'a>(files: impl Iterator<Item = (&'a str, &'a [u8])>) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (path, contents) in files {
+        h.update((path.len() as u64).to_be_bytes());
+        h.update(path.as_bytes());
+        h.update((contents.len() as u64).to_be_bytes());
+        h.update(contents);
+    }
+    h.finalize().into()
+}
+
+/// The files of an applied generation directory, as `render` named them.
+fn read_generation(dir: &std::path::Path) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Option<()> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let relative = path.strip_prefix(root).ok()?.to_str()?.to_owned();
+                if relative != "haproxy.check.cfg" {
+                    out.insert(relative, std::fs::read(&path).ok()?);
+                }
+            }
+        }
+        Some(())
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out)?;
+    Some(out)
 }
 
 impl Renderer {
@@ -72,19 +122,20 @@ impl Renderer {
     ) -> Result<Option<std::time::Duration>, ServiceError> {
         self.report(buckets).await?;
         let Some(record) = model else { return Ok(None) };
-        if let Some((applied, _)) = &self.applied {
-            if record.version() < *applied {
-                tracing::debug!(version = %record.version(), applied = %applied, "older than the applied one; ignored");
+        if let Some(applied) = &self.applied {
+            if record.version() < applied.version {
+                tracing::debug!(version = %record.version(), applied = %applied.version, "older than the applied one; ignored");
                 return Ok(None); // never go back
             }
         }
         let started = std::time::Instant::now();
         let dir = self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, unix_ms()));
-        let rendered = render(&record.model, trust, &Renderer::options_for(&self.config, &dir)?);
-        let cfg = rendered.files.get("haproxy.cfg").cloned().unwrap_or_default();
-        if let Some((applied, applied_cfg)) = &self.applied {
-            // The same text with files named by content hash: nothing to do.
-            if *applied == record.version() && applied_cfg == &cfg {
+        let running = self.applied.as_ref().and_then(|a| a.runtime.as_ref());
+        let rendered = render_over(&record.model, trust, &Renderer::options_for(&self.config)?, running);
+        let digest = files_digest(rendered.files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
+        if let Some(applied) = &self.applied {
+            // The same files (named by content hash) for the same version: nothing to do.
+            if applied.version == record.version() && applied.files == digest {
                 return Ok(None);
             }
         }
@@ -103,7 +154,7 @@ impl Renderer {
             render_ms = started.elapsed().as_millis() as u64
         );
         let trace = portico_bus::telemetry::follow(&span, causes);
-        self.apply_rendered(record, rendered, cfg, &dir, started, buckets, &trace).instrument(span).await?;
+        self.apply_rendered(record, rendered, digest, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
 
@@ -113,7 +164,7 @@ impl Renderer {
         &mut self,
         record: &ModelRecord,
         rendered: Rendered,
-        cfg: Vec<u8>,
+        digest: [u8; 32],
         dir: &std::path::Path,
         started: std::time::Instant,
         buckets: &Buckets,
@@ -121,6 +172,12 @@ impl Renderer {
     ) -> Result<(), ServiceError> {
         let (version, hash) = (record.version(), record.hash.clone());
         let generation = version.generation;
+        // Maps and server addresses alone changed: the runtime API, no reload.
+        let commands = self
+            .applied
+            .as_ref()
+            .and_then(|a| a.runtime.as_ref())
+            .and_then(|r| runtime::commands(r, &rendered.runtime));
         let result = match write_files(dir, &rendered.files) {
             // The check and the reload confirmation block: on a blocking thread, never on an
             // async worker (block_in_place would also panic on a current-thread runtime).
@@ -131,7 +188,7 @@ impl Renderer {
                 let span = tracing::Span::current();
                 match tokio::task::spawn_blocking(move || {
                     let _entered = span.enter();
-                    let result = haproxy.apply(&dir);
+                    let result = haproxy.update(&dir, commands.as_deref());
                     (haproxy, result)
                 })
                 .await
@@ -147,14 +204,31 @@ impl Renderer {
             Err(e) => Err(e),
         };
         let error = match &result {
-            Ok(()) => {
-                self.applied = Some((version, cfg));
+            Ok(how) => {
+                self.applied = Some(AppliedState { version, files: digest, runtime: Some(rendered.runtime) });
                 portico_bus::admin::set_ready(true);
                 portico_bus::admin::counter(
                     "portico_renderer_haproxy_applies_total",
-                    "Configurations applied (reload confirmed).",
+                    "Configurations applied (through the runtime API, or by a confirmed reload).",
                     1.0,
                 );
+                match how {
+                    Applied::Runtime(_) => portico_bus::admin::counter(
+                        "portico_renderer_haproxy_runtime_updates_total",
+                        "Configurations applied through the runtime API, without a reload.",
+                        1.0,
+                    ),
+                    Applied::Reload => portico_bus::admin::counter(
+                        "portico_renderer_haproxy_reloads_total",
+                        "Configurations applied by a reload.",
+                        1.0,
+                    ),
+                    Applied::ReloadAfterDrift => portico_bus::admin::counter(
+                        "portico_renderer_haproxy_drift_reloads_total",
+                        "Reloads after HAProxy refused a runtime command (it had drifted from the files).",
+                        1.0,
+                    ),
+                }
                 portico_bus::admin::gauge(
                     "portico_renderer_haproxy_generation",
                     "The model generation HAProxy runs.",
@@ -170,6 +244,7 @@ impl Renderer {
                 }
                 tracing::info!(
                     generation,
+                    how = ?how,
                     model_hash = hash.get(..12).unwrap_or(&hash), // from the bus: never sliced blindly
                     took_ms = started.elapsed().as_millis() as u64,
                     trace_id = trace.trace_id().unwrap_or("-"),
@@ -178,6 +253,12 @@ impl Renderer {
                 None
             }
             Err(e) => {
+                if matches!(e, ApplyError::RollbackFailed { .. }) {
+                    // HAProxy runs something the renderer cannot name: reload next time.
+                    if let Some(applied) = &mut self.applied {
+                        applied.runtime = None;
+                    }
+                }
                 portico_bus::admin::counter(
                     "portico_renderer_haproxy_apply_failures_total",
                     "Configurations refused or not confirmed (HAProxy kept the previous one).",
@@ -225,7 +306,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?;
     let first = config.work_dir.join("gen-0");
-    let empty = Renderer::options_for(&config, &first)?;
+    let empty = Renderer::options_for(&config)?;
     let first_files = render(&Model::default(), &Trust::new(), &empty).files;
     let (haproxy, started) = if config.external_haproxy {
         let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
@@ -260,10 +341,11 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     }
     // What HAProxy runs now, so that an older generation is never applied over it.
     let applied = haproxy.current_version().and_then(|(epoch, generation)| {
-        let cfg = std::fs::read(haproxy.current_dir()?.join("haproxy.cfg")).ok()?;
-        Some((Version { epoch, generation }, cfg))
+        let files = read_generation(haproxy.current_dir()?)?;
+        let files = files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
+        Some(AppliedState { version: Version { epoch, generation }, files, runtime: None })
     });
-    if let Some((version, _)) = &applied {
+    if let Some(AppliedState { version, .. }) = &applied {
         if version.generation > 0 {
             portico_bus::admin::set_ready(true);
         }
@@ -292,7 +374,10 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
 }
 
 impl Renderer {
-    fn options_for(config: &ServiceConfig, dir: &std::path::Path) -> Result<Options, ServiceError> {
+    /// Files are named through `current` (see `apply`), so that generations differing in
+    /// maps and addresses only have the same configuration text.
+    fn options_for(config: &ServiceConfig) -> Result<Options, ServiceError> {
+        let dir = current_base(&config.work_dir);
         let base_dir = dir
             .to_str()
             .unwrap_or_default()

@@ -1,0 +1,185 @@
+//! What HAProxy's runtime API can change without a reload, and the commands that take a
+//! running configuration to a new one.
+//!
+//! A rendering is a skeleton (the configuration with a marker where each server address
+//! goes) plus its map entries and server slots. When the skeleton of the new rendering is
+//! the skeleton HAProxy runs, the difference is only map entries (routes added, removed or
+//! pointed elsewhere; Host rewrites; timeouts) and server addresses (endpoints added,
+//! removed or moved), and [`commands`] expresses it as runtime commands. Anything else
+//! (a backend or listener that appears or goes, TLS settings, weighted routes, a backend
+//! that outgrew its slots) needs a reload.
+//!
+//! The commands are ordered so that a request arriving between two of them is routed as
+//! by the old configuration or by the new one, never to nothing: the entries a route needs
+//! (its backend, rewrite, timeout, and the servers) are added before the host entry that
+//! selects it, and removed after.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// The parts of a rendering that the runtime API changes in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// SHA-256 of the skeleton: equal skeletons differ only in maps and servers.
+    pub skeleton: [u8; 32],
+    /// Map file path (as the configuration names it) → key → value.
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// Backend → its server slots (`s1`, `s2`, …), each with an endpoint or empty.
+    pub servers: BTreeMap<String, Vec<Option<SocketAddr>>>,
+}
+
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Whether a map holds route selection (host and path keys): changed last when adding,
+/// first when removing.
+fn selects_routes(path: &str) -> bool {
+    path.ends_with("-exact.map") || path.ends_with("-wildcard.map") || path.ends_with("-any.map")
+}
+
+/// A CLI argument: `;` separates commands and `\` escapes, so both are escaped. Keys and
+/// values come from model newtypes (host names, path prefixes, backend names, numbers),
+/// which hold neither spaces nor control characters.
+fn arg(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(';', "\\;")
+}
+
+/// The runtime commands that take `running` to `next`, or `None` when the skeletons differ
+/// (a reload is needed). An empty list: nothing to change.
+pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
+    if running.skeleton != next.skeleton
+        || running.maps.keys().ne(next.maps.keys())
+        || running.servers.keys().ne(next.servers.keys())
+        || running.servers.iter().zip(&next.servers).any(|((_, a), (_, b))| a.len() != b.len())
+    {
+        return None;
+    }
+    let empty = BTreeMap::new();
+    let upserts = |path: &String, out: &mut Vec<String>| {
+        let old = running.maps.get(path).unwrap_or(&empty);
+        for (key, value) in &next.maps[path] {
+            match old.get(key) {
+                None => out.push(format!("add map {} {} {}", arg(path), arg(key), arg(value))),
+                Some(v) if v != value => out.push(format!("set map {} {} {}", arg(path), arg(key), arg(value))),
+                Some(_) => {}
+            }
+        }
+    };
+    let deletes = |path: &String, out: &mut Vec<String>| {
+        let new = &next.maps[path];
+        for key in running.maps[path].keys().filter(|k| !new.contains_key(*k)) {
+            out.push(format!("del map {} {}", arg(path), arg(key)));
+        }
+    };
+    let mut out = Vec::new();
+    for path in next.maps.keys().filter(|p| !selects_routes(p)) {
+        upserts(path, &mut out);
+    }
+    for (backend, slots) in &next.servers {
+        for (i, (old, new)) in running.servers[backend].iter().zip(slots).enumerate() {
+            let server = format!("{backend}/s{}", i + 1);
+            match (old, new) {
+                (_, Some(addr)) if old != new => {
+                    out.push(format!("set server {server} addr {} port {}", addr.ip(), addr.port()));
+                    if old.is_none() {
+                        out.push(format!("set server {server} state ready"));
+                    }
+                }
+                (Some(_), None) => out.push(format!("set server {server} state maint")),
+                _ => {}
+            }
+        }
+    }
+    for path in next.maps.keys().filter(|p| selects_routes(p)) {
+        upserts(path, &mut out);
+    }
+    for path in next.maps.keys().filter(|p| selects_routes(p)) {
+        deletes(path, &mut out);
+    }
+    for path in next.maps.keys().filter(|p| !selects_routes(p)) {
+        deletes(path, &mut out);
+    }
+    Some(out)
+}
+
+/// Whether a line HAProxy answered to a runtime command reports success. Map and state
+/// commands answer nothing; `set server … addr` says what it changed.
+pub fn is_success_line(line: &str) -> bool {
+    let line = line.trim();
+    line.is_empty()
+        || line.starts_with("IP changed from")
+        || line.starts_with("no need to change the addr")
+        || line.starts_with("port changed from")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(maps: &[(&str, &[(&str, &str)])], servers: &[(&str, &[Option<&str>])]) -> Runtime {
+        Runtime {
+            skeleton: [7; 32],
+            maps: maps
+                .iter()
+                .map(|(p, e)| (p.to_string(), e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+                .collect(),
+            servers: servers
+                .iter()
+                .map(|(b, s)| (b.to_string(), s.iter().map(|a| a.map(|a| a.parse().unwrap())).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_new_route_is_selected_only_after_its_backend_exists_and_an_old_one_released_before() {
+        let before = runtime(
+            &[("/m/backend.map", &[("r1", "b1")]), ("/m/l80-exact.map", &[("a.com/", "r1")])],
+            &[("b1", &[Some("10.0.0.1:80"), Some("10.0.0.2:80"), None, None])],
+        );
+        let after = runtime(
+            &[("/m/backend.map", &[("r2", "b1")]), ("/m/l80-exact.map", &[("a.com/x;y", "r2")])],
+            &[("b1", &[Some("10.0.0.1:80"), None, Some("[::1]:8443"), None])],
+        );
+        assert_eq!(
+            commands(&before, &after).unwrap(),
+            [
+                "add map /m/backend.map r2 b1",
+                "set server b1/s2 state maint",
+                "set server b1/s3 addr ::1 port 8443",
+                "set server b1/s3 state ready",
+                "add map /m/l80-exact.map a.com/x\\;y r2",
+                "del map /m/l80-exact.map a.com/",
+                "del map /m/backend.map r1",
+            ]
+        );
+        assert_eq!(commands(&after, &after).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn another_skeleton_or_slot_count_needs_a_reload() {
+        let a = runtime(&[], &[("b1", &[None, None, None, None])]);
+        let mut b = a.clone();
+        b.skeleton = [8; 32];
+        assert_eq!(commands(&a, &b), None);
+        let c = runtime(&[], &[("b1", &[None; 8])]);
+        assert_eq!(commands(&a, &c), None);
+        let d = runtime(&[], &[("b2", &[None, None, None, None])]);
+        assert_eq!(commands(&a, &d), None);
+    }
+
+    #[test]
+    fn haproxy_answers_are_told_apart() {
+        assert!(is_success_line(""));
+        assert!(is_success_line(
+            "IP changed from '127.0.0.1' to '10.0.0.9', port changed from '1' to '8443' by 'stats socket command'"
+        ));
+        assert!(is_success_line(
+            "no need to change the addr, port changed from '1' to '18181' by 'stats socket command'"
+        ));
+        assert!(!is_success_line("No such server."));
+        assert!(!is_success_line("Key not found."));
+        assert!(!is_success_line("Unknown map identifier. Please use #<id> or <file>."));
+    }
+}

@@ -1,0 +1,168 @@
+//! Changes applied through HAProxy's runtime API, against a real HAProxy 2.6: route edits
+//! (map entries) and endpoint moves (server slots) take effect without a reload, the files
+//! on disk are what runs (a restart on them serves the same), and a command HAProxy refuses
+//! is followed by a checked reload that brings it to the files.
+
+use portico_renderer_haproxy::apply::{current_base, write_files, Applied, Haproxy, Started};
+use portico_renderer_haproxy::{render, render_over, runtime, Options, Rendered};
+use portico_resolver::Config;
+use portico_testkit::{http_get, pipeline_yaml};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+/// A plain HTTP backend answering every request with its name.
+fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+fn world(prefix: &str, endpoint_port: u16, rewrite: Option<&str>) -> String {
+    let rewrite = rewrite
+        .map(|h| format!("\n    requestHeadersPolicy: {{set: [{{name: Host, value: {h}}}]}}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{port: {endpoint_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: site, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: a.test}}
+  routes:
+  - conditions: [{{prefix: {prefix}}}]
+    services: [{{name: web, port: 80}}]{rewrite}
+"
+    )
+}
+
+fn rendering(work: &Path, port: u16, yaml: &str, running: Option<&portico_renderer_haproxy::Runtime>) -> Rendered {
+    let (model, trust) = pipeline_yaml(yaml, &Config { http_port: port, ..Config::default() });
+    let options = Options {
+        base_dir: current_base(work).to_str().unwrap().parse().unwrap(),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        http_port: port,
+    };
+    match running {
+        None => render(&model, &trust, &options),
+        Some(r) => render_over(&model, &trust, &options, Some(r)),
+    }
+}
+
+#[test]
+fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs() {
+    let (one, two) = (backend("one"), backend("two"));
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path().canonicalize().unwrap();
+
+    let first = rendering(&work, port, &world("/one", one, None), None);
+    let gen1 = work.join("gen-1-1-1");
+    write_files(&gen1, &first.files).unwrap();
+    let mut haproxy = Haproxy::start("haproxy", &work, &gen1, &work.join("haproxy.log")).unwrap();
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()));
+    let reloads = haproxy.reloads().unwrap();
+
+    // The route's prefix and the endpoint's port change, and a Host rewrite appears.
+    let second = rendering(&work, port, &world("/two", two, Some("inside.test")), Some(&first.runtime));
+    let commands = runtime::commands(&first.runtime, &second.runtime).expect("the same skeleton");
+    assert!(commands.iter().any(|c| c.starts_with("set server ")), "{commands:?}");
+    assert!(commands.iter().any(|c| c.starts_with("add map ")), "{commands:?}");
+    assert!(commands.iter().any(|c| c.starts_with("del map ")), "{commands:?}");
+    let gen2 = work.join("gen-1-2-2");
+    write_files(&gen2, &second.files).unwrap();
+    assert_eq!(haproxy.update(&gen2, Some(&commands)).unwrap(), Applied::Runtime(commands.len()));
+    assert_eq!(http_get(port, "a.test", "/two/x").unwrap(), (200, "two".to_owned()));
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap().0, 404, "the old prefix is gone");
+    assert_eq!(haproxy.reloads().unwrap(), reloads, "no reload");
+    assert_eq!(haproxy.current_dir(), Some(gen2.as_path()));
+
+    // What is on disk is what runs: HAProxy started afresh on the files serves the same.
+    drop(haproxy);
+    let first_files = render(
+        &Default::default(),
+        &Default::default(),
+        &Options {
+            base_dir: current_base(&work).to_str().unwrap().parse().unwrap(),
+            bind_address: "127.0.0.1".parse().unwrap(),
+            http_port: port,
+        },
+    )
+    .files;
+    let (mut haproxy, started) =
+        Haproxy::start_or_adopt("haproxy", &work, &work.join("gen-0"), &first_files, &work.join("haproxy.log"))
+            .unwrap();
+    assert_eq!(started, Started::LastApplied(gen2.clone()));
+    assert_eq!(http_get(port, "a.test", "/two/x").unwrap(), (200, "two".to_owned()));
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap().0, 404);
+
+    // A command HAProxy refuses (here a map it does not have): it is brought to the files
+    // by a checked reload.
+    let third = rendering(&work, port, &world("/three", one, None), Some(&second.runtime));
+    let gen3 = work.join("gen-1-3-3");
+    write_files(&gen3, &third.files).unwrap();
+    let refused = vec!["del map /nonexistent/portico.map key".to_owned()];
+    assert_eq!(haproxy.update(&gen3, Some(&refused)).unwrap(), Applied::ReloadAfterDrift);
+    assert_eq!(http_get(port, "a.test", "/three/x").unwrap(), (200, "one".to_owned()));
+    assert_eq!(http_get(port, "a.test", "/two/x").unwrap().0, 404);
+}
+
+#[test]
+fn endpoints_beyond_the_slots_or_a_new_backend_need_a_reload() {
+    let work = Path::new("/w");
+    let yaml = |endpoints: usize, service: &str| {
+        let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
+        world("/", 8080, None)
+            .replace(
+                "endpoints: [{addresses: [127.0.0.1]}]",
+                &format!("endpoints: [{{addresses: [{}]}}]", addresses.join(", ")),
+            )
+            .replace("services: [{name: web", &format!("services: [{{name: {service}"))
+            .replace(
+                "metadata: {name: web, namespace: demo}",
+                &format!("metadata: {{name: {service}, namespace: demo}}"),
+            )
+            .replace("kubernetes.io/service-name: web", &format!("kubernetes.io/service-name: {service}"))
+    };
+    let three = rendering(work, 80, &yaml(3, "web"), None);
+    let four = rendering(work, 80, &yaml(4, "web"), Some(&three.runtime));
+    assert!(runtime::commands(&three.runtime, &four.runtime).is_some(), "a fourth endpoint fits the four slots");
+    let five = rendering(work, 80, &yaml(5, "web"), Some(&four.runtime));
+    assert_eq!(runtime::commands(&four.runtime, &five.runtime), None, "a fifth does not");
+    // Shrinking keeps the eight slots a running backend has, so it needs no reload.
+    let two = rendering(work, 80, &yaml(2, "web"), Some(&five.runtime));
+    assert!(runtime::commands(&five.runtime, &two.runtime).is_some());
+    let other = rendering(work, 80, &yaml(3, "api"), Some(&three.runtime));
+    assert_eq!(runtime::commands(&three.runtime, &other.runtime), None, "another backend");
+}
