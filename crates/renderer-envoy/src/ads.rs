@@ -1,7 +1,13 @@
-//! An ADS server (state of the world, v3): every connected Envoy gets the current snapshot
-//! of resources for the types it subscribes to, in the order that avoids traffic drops
-//! (secrets, clusters, endpoints, then listeners, routes), and again on every change.
-//! ACKs and NACKs are told apart by the nonce and `error_detail`, per node.
+//! An ADS server, v3, in both variants: state of the world (`StreamAggregatedResources`)
+//! and incremental (`DeltaAggregatedResources`, which the bootstrap Portico writes uses).
+//!
+//! Every resource carries its own version (a digest of its encoding), so a change is sent
+//! as what changed: a delta stream gets only the resources added or changed and the names
+//! removed; a state-of-the-world stream gets only the types whose content changed. Updates
+//! go out in the order that avoids traffic drops (secrets, clusters, endpoints, then
+//! listeners, routes). Each stream tracks the responses its node has not answered yet and
+//! reports, per node, when it runs a snapshot (every response up to it acknowledged) or
+//! rejected one (a NACK, with Envoy's reason).
 
 use crate::Resources;
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
@@ -9,21 +15,29 @@ use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteCon
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The resources of one model, by type URL, with one version for all of them.
+/// One resource: its version (a digest of its encoding) and its encoding.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub version: String,
+    pub any: Any,
+}
+
+/// The resources of one model, by type URL and name, with one version for the whole.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub version: String,
-    pub resources: BTreeMap<String, Vec<(String, Any)>>,
+    pub resources: BTreeMap<String, BTreeMap<String, Entry>>,
 }
 
 /// Type URLs in the order an update is pushed.
@@ -37,50 +51,63 @@ pub fn push_order() -> [String; 5] {
     ]
 }
 
+/// A resource's version: 64 bits of SipHash over its encoding (std's hasher with fixed
+/// keys; a different build may number differently, which only makes a reconnecting Envoy
+/// receive resources it already had).
+fn digest(bytes: &[u8]) -> String {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 impl Snapshot {
     pub fn new(version: String, r: &Resources) -> Snapshot {
+        fn entries<'a, M: prost::Message + Name + 'a>(
+            items: impl Iterator<Item = (&'a String, &'a M)>,
+        ) -> BTreeMap<String, Entry> {
+            items
+                .map(|(name, message)| {
+                    let any = crate::any(message);
+                    (name.clone(), Entry { version: digest(&any.value), any })
+                })
+                .collect()
+        }
         let mut resources = BTreeMap::new();
-        let pack = |items: Vec<(String, Any)>| items;
-        resources.insert(Secret::type_url(), pack(r.secrets.iter().map(|s| (s.name.clone(), crate::any(s))).collect()));
-        resources
-            .insert(Cluster::type_url(), pack(r.clusters.iter().map(|c| (c.name.clone(), crate::any(c))).collect()));
+        resources.insert(Secret::type_url(), entries(r.secrets.iter().map(|s| (&s.name, s))));
+        resources.insert(Cluster::type_url(), entries(r.clusters.iter().map(|c| (&c.name, c))));
         resources.insert(
             ClusterLoadAssignment::type_url(),
-            r.load_assignments.iter().map(|l| (l.cluster_name.clone(), crate::any(l))).collect(),
+            entries(r.load_assignments.iter().map(|l| (&l.cluster_name, l))),
         );
-        resources.insert(Listener::type_url(), r.listeners.iter().map(|l| (l.name.clone(), crate::any(l))).collect());
-        resources.insert(
-            RouteConfiguration::type_url(),
-            r.route_configurations.iter().map(|c| (c.name.clone(), crate::any(c))).collect(),
-        );
+        resources.insert(Listener::type_url(), entries(r.listeners.iter().map(|l| (&l.name, l))));
+        resources.insert(RouteConfiguration::type_url(), entries(r.route_configurations.iter().map(|c| (&c.name, c))));
         Snapshot { version, resources }
     }
+
+    fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &Entry)> {
+        self.resources.get(type_url).into_iter().flatten()
+    }
+}
+
+/// Listeners and clusters are subscribed to as a whole (wildcard); the other types by name.
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == Listener::type_url() || type_url == Cluster::type_url()
 }
 
 /// What the reporter hears from the ADS streams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    Ack(Ack),
+    /// The node runs this snapshot version: every response sent to it up to this snapshot
+    /// has been acknowledged.
+    Applied { node: String, version: String },
+    /// The node rejected (NACKed) a response of this snapshot version.
+    Rejected { node: String, version: String, type_url: String, error: String },
     /// A node's stream ended: what was tracked for it can go.
-    Gone {
-        node: String,
-    },
+    Gone { node: String },
 }
 
 /// How many node events may wait for the reporter; a stream waits when it is full.
 pub const NODE_EVENTS: usize = 1024;
-
-/// What a node said about a version of a type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ack {
-    pub node: String,
-    pub type_url: String,
-    pub version: String,
-    /// `Some` for a NACK: Envoy's reason.
-    pub error: Option<String>,
-    /// Every type this stream has subscribed to.
-    pub subscribed: Vec<String>,
-}
 
 #[derive(Clone)]
 pub struct Ads {
@@ -89,33 +116,163 @@ pub struct Ads {
     pub acks: mpsc::Sender<NodeEvent>,
 }
 
+/// The responses a stream's node has not answered, and what to report when it has.
+#[derive(Default)]
+struct Tracker {
+    node: String,
+    /// Nonce → (type, snapshot version) of every response not acknowledged yet.
+    outstanding: BTreeMap<u64, (String, String)>,
+    /// The newest snapshot this stream has sent (or found nothing to send for).
+    latest: Option<String>,
+    reported: Option<String>,
+    nonces: u64,
+    /// The types the node has subscribed to.
+    subscribed: BTreeSet<String>,
+}
+
+impl Tracker {
+    fn next_nonce(&mut self, type_url: &str, version: &str) -> String {
+        self.latest = Some(version.to_owned());
+        self.nonces += 1;
+        self.outstanding.insert(self.nonces, (type_url.to_owned(), version.to_owned()));
+        self.nonces.to_string()
+    }
+
+    /// The node answered the response `nonce` of `type_url`. An answer covers the earlier
+    /// responses of its type too (a node may answer only the newest of several).
+    fn answered(&mut self, type_url: &str, nonce: &str, error: Option<String>) -> Option<NodeEvent> {
+        let nonce: u64 = nonce.parse().ok()?;
+        let (_, version) = self.outstanding.get(&nonce)?.clone();
+        self.outstanding.retain(|n, (t, _)| !(*n <= nonce && t == type_url));
+        match error {
+            Some(error) => {
+                Some(NodeEvent::Rejected { node: self.node.clone(), version, type_url: type_url.to_owned(), error })
+            }
+            None => self.settled(),
+        }
+    }
+
+    /// The node no longer wants any resource of `type_url` (e.g. its last cluster went, so
+    /// it wants no endpoints): it ignores responses of that type, and will not answer them.
+    fn abandon(&mut self, type_url: &str) {
+        self.outstanding.retain(|_, (t, _)| t != type_url);
+    }
+
+    /// `Applied` once nothing is outstanding, once per snapshot. Not before the node has
+    /// subscribed to both clusters and listeners (Envoy asks for listeners once its first
+    /// clusters are in), so that a node that has only its clusters is not reported as
+    /// running the snapshot.
+    fn settled(&mut self) -> Option<NodeEvent> {
+        let latest = self.latest.clone()?;
+        let both = self.subscribed.contains(&Cluster::type_url()) && self.subscribed.contains(&Listener::type_url());
+        if !both || !self.outstanding.is_empty() || self.node.is_empty() || self.reported.as_ref() == Some(&latest) {
+            return None;
+        }
+        self.reported = Some(latest.clone());
+        Some(NodeEvent::Applied { node: self.node.clone(), version: latest })
+    }
+}
+
+/// State of the world: what one type's subscription has been sent.
 #[derive(Default)]
 struct Subscription {
     names: Vec<String>,
-    sent_version: Option<String>,
-    nonce: String,
+    /// A digest of the resources last sent (their names and versions).
+    sent: Option<u64>,
 }
 
-/// The response for one type: all resources for the wildcard types (listeners,
-/// clusters), the named ones for the others.
-fn response(snapshot: &Snapshot, type_url: &str, names: &[String], nonce: &str) -> DiscoveryResponse {
-    let wildcard = type_url == Listener::type_url() || type_url == Cluster::type_url();
-    let resources = snapshot
-        .resources
-        .get(type_url)
-        .into_iter()
-        .flatten()
+/// The resources of one type for a state-of-the-world subscription, and their digest.
+fn sotw_resources<'a>(snapshot: &'a Snapshot, type_url: &str, names: &[String]) -> (Vec<&'a Entry>, u64) {
+    let wildcard = is_wildcard_type(type_url);
+    let mut h = std::hash::DefaultHasher::new();
+    let entries: Vec<&Entry> = snapshot
+        .of_type(type_url)
         // For the other types, an empty list subscribes to nothing (Envoy sends one when it
         // no longer needs any, e.g. after its last cluster went).
         .filter(|(name, _)| wildcard || names.contains(name))
-        .map(|(_, any)| any.clone())
+        .map(|(name, entry)| {
+            name.hash(&mut h);
+            entry.version.hash(&mut h);
+            entry
+        })
         .collect();
+    (entries, h.finish())
+}
+
+fn sotw_response(snapshot: &Snapshot, entries: Vec<&Entry>, type_url: &str, nonce: String) -> DiscoveryResponse {
     DiscoveryResponse {
         version_info: snapshot.version.clone(),
-        resources,
+        resources: entries.into_iter().map(|e| e.any.clone()).collect(),
         type_url: type_url.to_owned(),
-        nonce: nonce.to_owned(),
+        nonce,
         ..Default::default()
+    }
+}
+
+/// Which part of a delta a response carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Update,
+    Remove,
+    Both,
+}
+
+/// Incremental: what one type's subscription covers and what the node has.
+#[derive(Default)]
+struct DeltaSubscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name → version of every resource the node has (as sent, or as it said it had).
+    known: BTreeMap<String, String>,
+}
+
+impl DeltaSubscription {
+    fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The response that brings the node from what it has to `snapshot` (or the part of it
+    /// `pass` says), if anything differs.
+    fn response(&mut self, snapshot: &Snapshot, type_url: &str, pass: Pass) -> Option<DeltaDiscoveryResponse> {
+        let mut resources = Vec::new();
+        let updates = if pass == Pass::Remove { None } else { Some(snapshot.of_type(type_url)) };
+        for (name, entry) in updates.into_iter().flatten() {
+            if !(self.wildcard || self.names.contains(name)) {
+                continue;
+            }
+            if self.known.get(name) != Some(&entry.version) {
+                resources.push(Resource {
+                    name: name.clone(),
+                    version: entry.version.clone(),
+                    resource: Some(entry.any.clone()),
+                    ..Default::default()
+                });
+                self.known.insert(name.clone(), entry.version.clone());
+            }
+        }
+        let current = snapshot.resources.get(type_url);
+        let removed: Vec<String> = match pass {
+            Pass::Update => Vec::new(),
+            Pass::Remove | Pass::Both => self
+                .known
+                .keys()
+                .filter(|name| !current.is_some_and(|c| c.contains_key(*name)) || !self.covers(name))
+                .cloned()
+                .collect(),
+        };
+        for name in &removed {
+            self.known.remove(name);
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(DeltaDiscoveryResponse {
+            system_version_info: snapshot.version.clone(),
+            resources,
+            type_url: type_url.to_owned(),
+            removed_resources: removed,
+            ..Default::default()
+        })
     }
 }
 
@@ -136,6 +293,17 @@ impl Drop for Disconnect {
     }
 }
 
+/// Counts a stream while it runs.
+fn connected() -> Disconnect {
+    let connected = CONNECTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    portico_bus::admin::gauge(
+        "portico_renderer_envoy_connected_nodes",
+        "Envoy ADS streams open now.",
+        connected as f64,
+    );
+    Disconnect
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -150,68 +318,78 @@ impl AggregatedDiscoveryService for Ads {
         let mut snapshots = self.snapshots.clone();
         let acks = self.acks.clone();
         tokio::spawn(async move {
-            let connected = CONNECTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            portico_bus::admin::gauge(
-                "portico_renderer_envoy_connected_nodes",
-                "Envoy ADS streams open now.",
-                connected as f64,
-            );
-            let _disconnect = Disconnect;
-            let mut node = String::new();
+            let _disconnect = connected();
+            let mut tracker = Tracker::default();
             let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
-            let mut nonces = 0u64;
             'stream: loop {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
                         if let Some(n) = &req.node {
-                            node = n.id.clone();
+                            tracker.node = n.id.clone();
                         }
+                        tracker.subscribed.insert(req.type_url.clone());
+                        let first = !subs.contains_key(&req.type_url);
                         let sub = subs.entry(req.type_url.clone()).or_default();
                         if !req.response_nonce.is_empty() {
-                            if req.response_nonce != sub.nonce {
-                                continue; // a reply to an older response
-                            }
                             let error = req.error_detail.as_ref().map(|e| e.message.clone());
-                            let version = if error.is_some() { sub.sent_version.clone().unwrap_or_default() } else { req.version_info.clone() };
-                            let subscribed = subs.keys().cloned().collect();
-                            let ack = Ack { node: node.clone(), type_url: req.type_url.clone(), version, error, subscribed };
-                            let _ = acks.send(NodeEvent::Ack(ack)).await;
-                            let sub = subs.get_mut(&req.type_url).expect("just used");
-                            if req.resource_names == sub.names {
-                                continue; // a plain ACK or NACK
+                            if let Some(event) = tracker.answered(&req.type_url, &req.response_nonce, error) {
+                                if acks.send(event).await.is_err() { break; }
                             }
                         }
-                        let sub = subs.get_mut(&req.type_url).expect("just inserted");
+                        // The names of a request are what the node wants now, even when it
+                        // answers an older response (it may not have seen the newest yet).
+                        if !first && req.resource_names == sub.names {
+                            continue; // a plain ACK or NACK
+                        }
+                        // A new subscription, or other names: answer with the current snapshot.
                         sub.names = req.resource_names.clone();
-                        nonces += 1;
-                        sub.nonce = nonces.to_string();
+                        if sub.names.is_empty() && !is_wildcard_type(&req.type_url) {
+                            // Nothing of this type wanted any more: nothing to send or await.
+                            sub.sent = None;
+                            tracker.abandon(&req.type_url);
+                            if let Some(event) = tracker.settled() {
+                                if acks.send(event).await.is_err() { break; }
+                            }
+                            continue;
+                        }
                         let Some(snapshot) = snapshots.borrow().clone() else {
                             continue; // answered when the first snapshot arrives
                         };
-                        sub.sent_version = Some(snapshot.version.clone());
-                        if tx.send(Ok(response(&snapshot, &req.type_url, &sub.names, &sub.nonce))).await.is_err() {
+                        let (entries, digest) = sotw_resources(&snapshot, &req.type_url, &sub.names);
+                        sub.sent = Some(digest);
+                        let nonce = tracker.next_nonce(&req.type_url, &snapshot.version);
+                        if tx.send(Ok(sotw_response(&snapshot, entries, &req.type_url, nonce))).await.is_err() {
                             break;
                         }
                     }
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
                         let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                        tracker.latest = Some(snapshot.version.clone());
                         for type_url in push_order() {
                             let Some(sub) = subs.get_mut(&type_url) else { continue };
-                            if sub.sent_version.as_ref() == Some(&snapshot.version) { continue; }
-                            nonces += 1;
-                            sub.nonce = nonces.to_string();
-                            sub.sent_version = Some(snapshot.version.clone());
-                            if tx.send(Ok(response(&snapshot, &type_url, &sub.names, &sub.nonce))).await.is_err() {
+                            if sub.names.is_empty() && !is_wildcard_type(&type_url) {
+                                continue; // nothing of this type wanted
+                            }
+                            let (entries, digest) = sotw_resources(&snapshot, &type_url, &sub.names);
+                            if sub.sent == Some(digest) {
+                                continue; // this type did not change
+                            }
+                            sub.sent = Some(digest);
+                            let nonce = tracker.next_nonce(&type_url, &snapshot.version);
+                            if tx.send(Ok(sotw_response(&snapshot, entries, &type_url, nonce))).await.is_err() {
                                 break 'stream;
                             }
+                        }
+                        if let Some(event) = tracker.settled() {
+                            if acks.send(event).await.is_err() { break; }
                         }
                     }
                 }
             }
-            if !node.is_empty() {
-                let _ = acks.send(NodeEvent::Gone { node }).await;
+            if !tracker.node.is_empty() {
+                let _ = acks.send(NodeEvent::Gone { node: tracker.node }).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -219,8 +397,176 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("Portico serves state-of-the-world ADS; configure api_type: GRPC"))
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        let mut snapshots = self.snapshots.clone();
+        let acks = self.acks.clone();
+        tokio::spawn(async move {
+            let _disconnect = connected();
+            let mut tracker = Tracker::default();
+            let mut subs: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
+            'stream: loop {
+                tokio::select! {
+                    message = incoming.message() => {
+                        let Ok(Some(req)) = message else { break };
+                        if let Some(n) = &req.node {
+                            tracker.node = n.id.clone();
+                        }
+                        tracker.subscribed.insert(req.type_url.clone());
+                        if !req.response_nonce.is_empty() {
+                            let error = req.error_detail.as_ref().map(|e| e.message.clone());
+                            if let Some(event) = tracker.answered(&req.type_url, &req.response_nonce, error) {
+                                if acks.send(event).await.is_err() { break; }
+                            }
+                        }
+                        let first = !subs.contains_key(&req.type_url);
+                        let sub = subs.entry(req.type_url.clone()).or_default();
+                        if first {
+                            // What the node has from an earlier stream (another replica, say).
+                            sub.known = req.initial_resource_versions.clone().into_iter().collect();
+                            // A first request naming nothing subscribes to all (legacy wildcard).
+                            sub.wildcard = req.resource_names_subscribe.is_empty() && is_wildcard_type(&req.type_url);
+                        }
+                        let changes = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+                        for name in &req.resource_names_subscribe {
+                            if name == "*" { sub.wildcard = true } else { sub.names.insert(name.clone()); }
+                        }
+                        for name in &req.resource_names_unsubscribe {
+                            if name == "*" { sub.wildcard = false } else { sub.names.remove(name); }
+                            // Unsubscribed resources are dropped by the node itself.
+                            if !sub.covers(name) { sub.known.remove(name); }
+                        }
+                        if !sub.wildcard && sub.names.is_empty() && !req.resource_names_unsubscribe.is_empty() {
+                            // Nothing of this type wanted any more: nothing to send or await.
+                            tracker.abandon(&req.type_url);
+                            if let Some(event) = tracker.settled() {
+                                if acks.send(event).await.is_err() { break; }
+                            }
+                            continue;
+                        }
+                        if !(first || changes) {
+                            continue; // a plain ACK or NACK
+                        }
+                        let Some(snapshot) = snapshots.borrow().clone() else {
+                            continue; // answered when the first snapshot arrives
+                        };
+                        let response = match sub.response(&snapshot, &req.type_url, Pass::Both) {
+                            Some(response) => response,
+                            // Nothing to send, but a first request is always answered, so
+                            // that the node knows the server has nothing more for it.
+                            None if first => DeltaDiscoveryResponse {
+                                system_version_info: snapshot.version.clone(),
+                                type_url: req.type_url.clone(),
+                                ..Default::default()
+                            },
+                            None => continue,
+                        };
+                        let nonce = tracker.next_nonce(&req.type_url, &snapshot.version);
+                        if tx.send(Ok(DeltaDiscoveryResponse { nonce, ..response })).await.is_err() {
+                            break;
+                        }
+                    }
+                    changed = snapshots.changed() => {
+                        if changed.is_err() { break; }
+                        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                        tracker.latest = Some(snapshot.version.clone());
+                        // Additions and changes in push order, then removals in the reverse
+                        // order: nothing is removed while something sent still refers to it.
+                        let passes = push_order().into_iter().map(|t| (t, Pass::Update))
+                            .chain(push_order().into_iter().rev().map(|t| (t, Pass::Remove)));
+                        for (type_url, pass) in passes {
+                            let Some(sub) = subs.get_mut(&type_url) else { continue };
+                            let Some(response) = sub.response(&snapshot, &type_url, pass) else { continue };
+                            let nonce = tracker.next_nonce(&type_url, &snapshot.version);
+                            if tx.send(Ok(DeltaDiscoveryResponse { nonce, ..response })).await.is_err() {
+                                break 'stream;
+                            }
+                        }
+                        if let Some(event) = tracker.settled() {
+                            if acks.send(event).await.is_err() { break; }
+                        }
+                    }
+                }
+            }
+            if !tracker.node.is_empty() {
+                let _ = acks.send(NodeEvent::Gone { node: tracker.node }).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: &str, clusters: &[(&str, &str)]) -> Snapshot {
+        let entries = clusters
+            .iter()
+            .map(|(name, content)| {
+                let any = Any { type_url: Cluster::type_url(), value: content.as_bytes().to_vec() };
+                (name.to_string(), Entry { version: digest(&any.value), any })
+            })
+            .collect();
+        Snapshot { version: version.into(), resources: BTreeMap::from([(Cluster::type_url(), entries)]) }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> (Vec<&str>, Vec<&str>) {
+        (
+            r.resources.iter().map(|r| r.name.as_str()).collect(),
+            r.removed_resources.iter().map(String::as_str).collect(),
+        )
+    }
+
+    #[test]
+    fn a_delta_carries_what_changed_and_removals_come_in_their_own_pass() {
+        let t = Cluster::type_url();
+        let mut sub = DeltaSubscription { wildcard: true, ..Default::default() };
+        let one = snapshot("1", &[("a", "A"), ("b", "B")]);
+        assert_eq!(names(&sub.response(&one, &t, Pass::Both).unwrap()), (vec!["a", "b"], vec![]));
+        assert!(sub.response(&one, &t, Pass::Both).is_none(), "nothing changed, nothing sent");
+        let two = snapshot("2", &[("a", "A2"), ("c", "C")]);
+        assert_eq!(names(&sub.response(&two, &t, Pass::Update).unwrap()), (vec!["a", "c"], vec![]));
+        assert_eq!(names(&sub.response(&two, &t, Pass::Remove).unwrap()), (vec![], vec!["b"]));
+        assert!(sub.response(&two, &t, Pass::Both).is_none());
+    }
+
+    #[test]
+    fn a_node_that_reconnects_gets_only_what_it_lacks_and_named_subscriptions_only_their_names() {
+        let t = Cluster::type_url();
+        let one = snapshot("1", &[("a", "A"), ("b", "B")]);
+        let known = BTreeMap::from([("a".to_owned(), digest(b"A")), ("gone".to_owned(), "x".to_owned())]);
+        let mut sub = DeltaSubscription { wildcard: true, known, ..Default::default() };
+        assert_eq!(names(&sub.response(&one, &t, Pass::Both).unwrap()), (vec!["b"], vec!["gone"]));
+        let mut named = DeltaSubscription { names: BTreeSet::from(["b".to_owned()]), ..Default::default() };
+        assert_eq!(names(&named.response(&one, &t, Pass::Both).unwrap()), (vec!["b"], vec![]));
+    }
+
+    #[test]
+    fn a_node_runs_a_snapshot_once_every_response_is_answered_and_a_nack_names_its_snapshot() {
+        let (cds, lds, eds) = (Cluster::type_url(), Listener::type_url(), ClusterLoadAssignment::type_url());
+        let mut tracker = Tracker { node: "n".into(), ..Default::default() };
+        tracker.subscribed.insert(cds.clone());
+        let first = tracker.next_nonce(&cds, "v1");
+        assert_eq!(tracker.answered(&cds, &first, None), None, "listeners not subscribed yet");
+        tracker.subscribed.insert(lds.clone());
+        let l = tracker.next_nonce(&lds, "v1");
+        assert_eq!(
+            tracker.answered(&lds, &l, None),
+            Some(NodeEvent::Applied { node: "n".into(), version: "v1".into() })
+        );
+        // Two responses of a type; the answer to the newer one covers the older.
+        let (_older, c2, _endpoints) =
+            (tracker.next_nonce(&cds, "v2"), tracker.next_nonce(&cds, "v3"), tracker.next_nonce(&eds, "v3"));
+        assert_eq!(tracker.answered(&cds, &c2, None), None, "endpoints outstanding");
+        tracker.abandon(&eds); // the node no longer wants endpoints
+        assert_eq!(tracker.settled(), Some(NodeEvent::Applied { node: "n".into(), version: "v3".into() }));
+        let bad = tracker.next_nonce(&lds, "v4");
+        assert_eq!(
+            tracker.answered(&lds, &bad, Some("no".into())),
+            Some(NodeEvent::Rejected { node: "n".into(), version: "v4".into(), type_url: lds, error: "no".into() })
+        );
     }
 }

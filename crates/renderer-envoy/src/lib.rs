@@ -493,16 +493,33 @@ fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Liste
 /// and the one static cluster that reaches the ADS server. Every value is a number, an
 /// address or a node id the caller controls; `node_id` must be a plain token.
 pub fn ads_bootstrap(node_id: &str, admin_port: u16, ads: std::net::SocketAddr) -> String {
+    ads_bootstrap_with(node_id, admin_port, ads, AdsApi::Delta)
+}
+
+/// Which ADS variant a bootstrap asks for: incremental (what Portico writes) or state of
+/// the world (what older control planes' bootstraps say; renderer-envoy serves both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdsApi {
+    Delta,
+    StateOfTheWorld,
+}
+
+/// [`ads_bootstrap`] with the ADS variant chosen.
+pub fn ads_bootstrap_with(node_id: &str, admin_port: u16, ads: std::net::SocketAddr, api: AdsApi) -> String {
     assert!(
         !node_id.is_empty() && node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
         "node id {node_id:?} is not a plain token"
     );
     let (ads_ip, ads_port) = (ads.ip(), ads.port());
+    let api_type = match api {
+        AdsApi::Delta => "DELTA_GRPC",
+        AdsApi::StateOfTheWorld => "GRPC",
+    };
     format!(
         r#"node: {{id: {node_id}, cluster: portico}}
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
 dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
+  ads_config: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: portico_ads}}}}]}}
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:

@@ -6,12 +6,10 @@
 
 use crate::ads::{Ads, NodeEvent, Snapshot, NODE_EVENTS};
 use crate::{resources, Delivery, Options};
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use portico_bus::follow::RendererInputs;
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{seal, AppliedRecord, TraceContext, Version};
-use prost::Name;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -40,10 +38,9 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Reports, per node, when every subscribed type has acknowledged one version, or a NACK.
+/// Reports, per node, the snapshot it runs (see `ads::Tracker`) or a NACK.
 async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes: watch::Receiver<Versions>) {
-    // Per connected node only: a node's entries go when its stream ends.
-    let mut by_node: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // Per connected node only: a node's entry goes when its stream ends.
     let mut reported: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     // Records whose put failed (NATS restarting, say): put again every second until they
     // are on the bus, unless a newer record for the node replaces them first.
@@ -65,47 +62,31 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
                 continue;
             }
         };
-        let ack = match event {
-            NodeEvent::Ack(ack) => ack,
+        let (node, version, error) = match event {
+            NodeEvent::Applied { node, version } => (node, version, None),
+            NodeEvent::Rejected { node, version, type_url, error } => {
+                (node, version, Some(format!("{type_url} rejected: {error}")))
+            }
             NodeEvent::Gone { node } => {
-                by_node.remove(&node);
                 reported.remove(&node);
                 continue;
             }
         };
-        let acked = by_node.entry(ack.node.clone()).or_default();
-        let (version, error) = match &ack.error {
-            Some(e) => (ack.version.clone(), Some(format!("{} rejected: {e}", ack.type_url))),
-            None => {
-                acked.insert(ack.type_url.clone(), ack.version.clone());
-                // Clusters and listeners are always subscribed, and a stream is processed in
-                // order (secrets, clusters, endpoints, listeners, routes), so both at one
-                // version mean the node runs it. Types without subscriptions are not ACKed.
-                let wanted = [Cluster::type_url(), Listener::type_url()];
-                let complete =
-                    wanted.iter().filter(|t| ack.subscribed.contains(t)).all(|t| acked.get(t) == Some(&ack.version))
-                        && ack.subscribed.iter().any(|t| wanted.contains(t));
-                if !complete {
-                    continue;
-                }
-                (ack.version.clone(), None)
-            }
-        };
-        if reported.get(&ack.node) == Some(&(version.clone(), error.clone())) {
+        if reported.get(&node) == Some(&(version.clone(), error.clone())) {
             continue;
         }
         let Some((model_version, hash, served)) = hashes.borrow().get(&version).cloned() else { continue };
         let generation = model_version.generation;
         // Envoy's answer is the last step of the change's trace.
-        let span = tracing::info_span!(parent: None, "envoy.ack", node = %ack.node, generation, nack = error.is_some());
+        let span = tracing::info_span!(parent: None, "envoy.ack", node = %node, generation, nack = error.is_some());
         portico_bus::telemetry::continue_trace(&span, &served);
         let trace = portico_bus::telemetry::outgoing(&span, &served);
         let _entered = span.enter();
         if let Some(e) = &error {
             portico_bus::admin::counter("portico_renderer_envoy_nacks_total", "Configurations an Envoy rejected.", 1.0);
-            tracing::warn!(node = %ack.node, generation, error = %e, "NACK");
+            tracing::warn!(node = %node, generation, error = %e, "NACK");
         } else {
-            tracing::info!(node = %ack.node, generation, "applied by Envoy");
+            tracing::info!(node = %node, generation, "applied by Envoy");
         }
         let record = AppliedRecord {
             epoch: model_version.epoch,
@@ -116,7 +97,7 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
             at_unix_ms: unix_ms(),
             took_ms: 0,
         };
-        let key = format!("envoy.{}", ack.node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
+        let key = format!("envoy.{}", node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
         drop(_entered); // not across the await: the task may move between threads
         let sealed = seal(&record, &trace);
         match buckets.applied.put(&key, sealed.clone().into()).instrument(span).await {
@@ -128,7 +109,7 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
                 unreported.insert(key, sealed);
             }
         }
-        reported.insert(ack.node, (version, error));
+        reported.insert(node, (version, error));
     }
 }
 

@@ -6,6 +6,7 @@ use portico_bus::nats::{connect, ensure_buckets, put_blob, Buckets, ConnectConfi
 use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
 use portico_model::Model;
 use portico_renderer_envoy::service::{run, ServiceConfig};
+use portico_renderer_envoy::AdsApi;
 use portico_resolver::Config;
 use portico_testkit::{http_get, pipeline, repo, NatsServer};
 use std::process::{Command, Stdio};
@@ -47,8 +48,50 @@ async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
     panic!("generation {generation} was never acknowledged");
 }
 
+/// Each dynamic cluster Envoy runs: name → (version_info, last_updated).
+async fn clusters(admin_port: u16) -> std::collections::BTreeMap<String, (String, String)> {
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http_get(admin_port, "localhost", "/config_dump?resource=dynamic_active_clusters")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The admin answers in chunks: size line, data, CRLF.
+    let mut json = String::new();
+    let mut rest = body.as_str();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        json.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    let dump: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {body}"));
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let name = c["cluster"]["name"].as_str().unwrap_or_default().to_owned();
+            let version = c["version_info"].as_str().unwrap_or_default().to_owned();
+            (name, (version, c["last_updated"].as_str().unwrap_or_default().to_owned()))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_generation() {
+async fn an_envoy_on_incremental_ads_serves_the_model_and_acknowledges_each_generation() {
+    serve_over(AdsApi::Delta).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_on_state_of_the_world_ads_serves_the_model_and_acknowledges_each_generation() {
+    serve_over(AdsApi::StateOfTheWorld).await
+}
+
+async fn serve_over(api: AdsApi) {
     let server = NatsServer::start();
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
     let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
@@ -78,10 +121,11 @@ async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_
     let bootstrap = dir.path().join("envoy.yaml");
     std::fs::write(
         &bootstrap,
-        portico_renderer_envoy::ads_bootstrap(
+        portico_renderer_envoy::ads_bootstrap_with(
             "portico-test",
             admin_port,
             format!("127.0.0.1:{ads_port}").parse().unwrap(),
+            api,
         ),
     )
     .unwrap();
@@ -102,10 +146,28 @@ async fn an_envoy_configured_only_by_ads_serves_the_model_and_acknowledges_each_
     assert_eq!(one.error, None);
     assert_eq!(one.hash, model.content_hash());
 
-    // A new generation reaches the running Envoy without a restart.
+    // A new generation reaches the running Envoy without a restart: everything removed.
     publish(&buckets, 2, &Model::default()).await;
     answer(http_port, "shop.example.com", "/legacy", 404).await;
     assert_eq!(applied(&buckets, 2).await.error, None);
+    assert_eq!(clusters(admin_port).await.len(), 0, "every cluster removed");
+
+    // Everything back, then the same content again as generation 4: that generation is
+    // acknowledged although nothing had to be sent, and no cluster was sent again.
+    publish(&buckets, 3, &model).await;
+    answer(http_port, "shop.example.com", "/legacy", 503).await;
+    assert_eq!(applied(&buckets, 3).await.error, None);
+    let before = clusters(admin_port).await;
+    assert!(!before.is_empty());
+    if api == AdsApi::Delta {
+        for (name, (version, _)) in &before {
+            // Per-resource versions (a digest), not the snapshot's "epoch.generation.n".
+            assert!(version.len() == 16 && version.bytes().all(|b| b.is_ascii_hexdigit()), "{name}: {version}");
+        }
+    }
+    publish(&buckets, 4, &model).await;
+    assert_eq!(applied(&buckets, 4).await.error, None);
+    assert_eq!(clusters(admin_port).await, before, "clusters untouched by a generation that changed nothing");
 
     let _ = envoy.kill();
     let _ = envoy.wait();
