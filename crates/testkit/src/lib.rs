@@ -97,7 +97,12 @@ pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, Stri
 pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n")?;
+    // One write: `write!` on the stream would send each piece of the format in its own
+    // segment, and Nagle's algorithm with the peer's delayed ACK then stalls the request
+    // by 40 ms a piece (HAProxy waits for the whole header), which measured as latency.
+    stream.set_nodelay(true)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     // Stop at Content-Length rather than at the server's close: Envoy waits up to its
     // delayed_close_timeout (1 s) for the client to close first.
     let mut response = Vec::new();
