@@ -226,6 +226,16 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     for line in applied.iter().rev().take(3).rev() {
         let _ = writeln!(report, "  {}", line.split_once("applied ").map_or(*line, |(_, l)| l));
     }
+    // Where the time of the last changes went, as the services log it.
+    for (service, marker) in [("resolver", "model published"), ("renderer-envoy", " serving ")] {
+        let log = std::fs::read_to_string(stack.stack.options.state_dir.join(format!("logs/{service}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+        let _ = writeln!(report, "{service}, last changes:");
+        for line in lines.iter().rev().take(3).rev() {
+            let _ = writeln!(report, "  {}", line.split_once(": ").map_or(*line, |(_, l)| l));
+        }
+    }
     let _ = writeln!(report, "request latency to an unchanged route (median of 200 sequential requests):");
     for (i, name) in ["HAProxy", "Envoy"].into_iter().enumerate() {
         let _ = writeln!(

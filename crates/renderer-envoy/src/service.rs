@@ -214,7 +214,9 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         if serving.generation.is_some_and(|g| record.version() < g) {
             continue; // never go back
         }
+        let started = std::time::Instant::now();
         let rendered = resources(&record.model, &inputs.trust, &serving.options, Delivery::Ads);
+        let render_ms = started.elapsed().as_millis() as u64;
         if let Some(hold) = inputs.hold_back(!rendered.problems.is_empty()) {
             tracing::info!(
                 generation = record.generation,
@@ -249,7 +251,16 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             "The model generation served over ADS.",
             record.generation as f64,
         );
-        let _ = serving.snapshots.send(Some(Arc::new(Snapshot::new(version, &rendered))));
+        let snapshot = Snapshot::new(version.clone(), &rendered);
+        drop(rendered);
+        let _ = serving.snapshots.send(Some(Arc::new(snapshot)));
+        tracing::info!(
+            generation = record.generation,
+            version = %version,
+            render_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "serving"
+        );
     }
 }
 
