@@ -32,9 +32,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Decode a value at the start of a buffer, ignoring the rest (to read a header first).
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    bincode::serde::decode_from_slice(bytes, decoding())
-        .map(|(value, _)| value)
-        .map_err(|e| CodecError(e.to_string()))
+    bincode::serde::decode_from_slice(bytes, decoding()).map(|(value, _)| value).map_err(|e| CodecError(e.to_string()))
 }
 
 #[cfg(test)]

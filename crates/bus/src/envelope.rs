@@ -8,7 +8,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The version of the payload types. A reader refuses an envelope of another version
 /// (logs and counts it) instead of misreading it.
 /// 2: HTTPProxy includes and unimplemented fields; routes answering 502.
-pub const SCHEMA_VERSION: u16 = 2;
+/// 3: the model by piece (`portico-model`: `piece.*` and the `ModelIndex` at `current`).
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
 /// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a
@@ -93,15 +94,26 @@ pub fn seal<T: Serialize>(value: &T, trace: &TraceContext) -> Vec<u8> {
     codec::encode(&Envelope { schema: SCHEMA_VERSION, trace: trace.clone(), payload: codec::encode(value) })
 }
 
+/// `seal` of a payload already encoded (`codec::encode`).
+pub fn seal_raw(payload: Vec<u8>, trace: &TraceContext) -> Vec<u8> {
+    codec::encode(&Envelope { schema: SCHEMA_VERSION, trace: trace.clone(), payload })
+}
+
 /// Unwrap a value from the bus, with the trace context it carried.
 pub fn open<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, TraceContext), OpenError> {
+    let (payload, trace) = open_raw(bytes)?;
+    let value = codec::decode(&payload).map_err(OpenError::MalformedPayload)?;
+    Ok((value, trace))
+}
+
+/// `open` without decoding the payload: its encoding and the trace context.
+pub fn open_raw(bytes: &[u8]) -> Result<(Vec<u8>, TraceContext), OpenError> {
     let schema: u16 = codec::decode_prefix(bytes).map_err(OpenError::MalformedEnvelope)?;
     if schema != SCHEMA_VERSION {
         return Err(OpenError::IncompatibleSchema { got: schema, supported: SCHEMA_VERSION });
     }
     let envelope: Envelope = codec::decode(bytes).map_err(OpenError::MalformedEnvelope)?;
-    let value = codec::decode(&envelope.payload).map_err(OpenError::MalformedPayload)?;
-    Ok((value, envelope.trace))
+    Ok((envelope.payload, envelope.trace))
 }
 
 #[cfg(test)]

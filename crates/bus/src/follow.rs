@@ -1,6 +1,7 @@
 //! What every renderer follows: the newest model and the validated trust material.
 
-use crate::nats::{get_blob, watch_current_and_new, Buckets, BusError};
+use crate::model::{Followed, Follower};
+use crate::nats::{watch_current_and_new, Buckets, BusError};
 use crate::{names, open, ModelRecord, TraceContext};
 use futures_util::StreamExt;
 use portico_model::{SecretRef, TrustMaterial};
@@ -9,6 +10,8 @@ use std::collections::BTreeMap;
 /// The renderers' inputs, kept current by `next`.
 pub struct RendererInputs {
     model_watch: async_nats::jetstream::kv::Watch,
+    /// The pieces of the model bucket, put together into `model` generation by generation.
+    follower: Follower,
     trust_watch: async_nats::jetstream::kv::Watch,
     /// The newest model seen; an older version (epoch, generation) never replaces it.
     pub model: Option<ModelRecord>,
@@ -32,16 +35,11 @@ pub const TRUST_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RendererInputs {
     pub async fn new(buckets: &Buckets) -> Result<RendererInputs, BusError> {
-        let model_watch =
-            buckets.model.watch_with_history(names::MODEL_KEY).await.map_err(|e| BusError::StoreFailed {
-                operation: "watching",
-                bucket: names::MODEL.to_owned(),
-                key: names::MODEL_KEY.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let model_watch = watch_current_and_new(&buckets.model).await?;
         let trust_watch = watch_current_and_new(&buckets.trust).await?;
         let mut inputs = RendererInputs {
             model_watch,
+            follower: Follower::new(),
             trust_watch,
             model: None,
             trust: BTreeMap::new(),
@@ -69,8 +67,7 @@ impl RendererInputs {
     /// routes would answer 503 for a moment).
     async fn catch_up_trust(&mut self, buckets: &Buckets) -> Result<(), BusError> {
         let failed = |reason: String| BusError::WatchFailed { bucket: names::TRUST, reason };
-        let status = buckets.trust.status().await.map_err(|e| failed(e.to_string()))?;
-        if status.values() == 0 {
+        if crate::nats::messages(&buckets.trust).await? == 0 {
             return Ok(());
         }
         while let Some(entry) = self.trust_watch.next().await {
@@ -154,33 +151,21 @@ impl RendererInputs {
 
     /// Apply one entry; its trace when it changed something.
     async fn apply(&mut self, entry: Entry, buckets: &Buckets) -> Result<Option<TraceContext>, BusError> {
-        use async_nats::jetstream::kv::Operation;
         match entry {
             Entry::Trust(entry) => Ok(self.apply_trust(entry)),
-            Entry::Model(entry) => {
-                if entry.operation != Operation::Put {
-                    return Ok(None);
+            Entry::Model(entry) => match self.follower.apply(buckets, &entry).await? {
+                Followed::Model(record, trace) => {
+                    // The follower hands out only generations newer than the last it did.
+                    self.model = Some(*record);
+                    Ok(Some(trace))
                 }
-                let Some(bytes) = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await? else {
-                    return Ok(None);
-                };
-                match open::<ModelRecord>(&bytes) {
-                    Ok((record, trace)) => {
-                        // Epoch, then generation: a resolver that started a new epoch
-                        // (NATS lost its state) is followed, never ignored.
-                        if self.model.as_ref().is_none_or(|m| record.version() > m.version()) {
-                            self.model = Some(record);
-                            return Ok(Some(trace));
-                        }
-                        Ok(None)
-                    }
-                    Err(e) => {
-                        undecodable();
-                        tracing::warn!(error = %e, "skipping a model that cannot be opened");
-                        Ok(None)
-                    }
+                Followed::Nothing => Ok(None),
+                Followed::Unreadable(what) => {
+                    undecodable();
+                    tracing::warn!(key = %entry.key, error = %what, "skipping a model entry that cannot be opened");
+                    Ok(None)
                 }
-            }
+            },
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod codec;
 pub mod envelope;
 pub mod follow;
+pub mod model;
 pub mod names;
 pub mod nats;
 pub mod telemetry;
@@ -15,7 +16,8 @@ pub use envelope::{open, seal, OpenError, TraceContext, SCHEMA_VERSION};
 
 use serde::{Deserialize, Serialize};
 
-/// The value of `portico-model/current`: what the resolver published, for the renderers.
+/// A generation of the model as a renderer holds it: put together from the pieces on the
+/// bus by `model::Follower` (the bus carries pieces and a `model::ModelIndex`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRecord {
     /// When this sequence of generations began (milliseconds since the Unix epoch). A
@@ -25,7 +27,7 @@ pub struct ModelRecord {
     pub epoch: u64,
     /// Increases by one with every published model within an epoch.
     pub generation: u64,
-    /// `Model::content_hash`.
+    /// The index's digest of the pieces (`model::ModelIndex::digest`): equal models, equal hashes.
     pub hash: String,
     pub model: portico_model::Model,
 }

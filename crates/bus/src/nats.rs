@@ -307,9 +307,76 @@ pub async fn put_blob_fenced(
     write_blob(kv, store, key, bytes, Write::If(expected)).await
 }
 
+/// `put_blob_fenced` (or `put_blob` when `expected` is `Unfenced`) for one of many keys
+/// written together (the model's pieces): no listing of the object store for objects of
+/// an older layout, which would cost a round trip per key.
+pub(crate) async fn put_piece_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    bytes: &[u8],
+    expected: Option<Option<u64>>,
+) -> Result<u64, BusError> {
+    let write = match expected {
+        None => Write::AlwaysQuick,
+        Some(expected) => Write::IfQuick(expected),
+    };
+    write_blob(kv, store, key, bytes, write).await
+}
+
+/// Delete a key written by `put_blob` and its objects (`expected`: only if the key is still
+/// at that revision).
+pub(crate) async fn delete_blob(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    expected: Option<u64>,
+) -> Result<(), BusError> {
+    let stored =
+        matches!(kv.get(key).await, Ok(Some(raw)) if matches!(codec::decode::<Blob>(&raw), Ok(Blob::Stored { .. })));
+    match expected {
+        Some(revision) => kv.delete_expect_revision(key, Some(revision)).await.map_err(|e| BusError::Fenced {
+            bucket: kv.name.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?,
+        None => kv.delete(key).await.map_err(|e| BusError::StoreFailed {
+            operation: "deleting",
+            bucket: kv.name.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?,
+    }
+    if stored {
+        for slot in [format!("{key}.a"), format!("{key}.b")] {
+            let _ = store.delete(slot.as_str()).await;
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a value written by `put_blob`, from a watched entry's raw value (an object
+/// store read only for a large one).
+pub(crate) async fn blob_of_entry(
+    kv: &kv::Store,
+    store: &object_store::ObjectStore,
+    key: &str,
+    raw: &[u8],
+) -> Result<Option<Vec<u8>>, BusError> {
+    match codec::decode::<Blob>(raw) {
+        Ok(Blob::Inline(bytes)) => Ok(Some(bytes)),
+        // Read through the key: the object may have been replaced since this entry.
+        Ok(Blob::Stored { .. }) => get_blob(kv, store, key).await,
+        Err(e) => Err(BusError::ValueCorrupt { bucket: kv.name.clone(), key: key.to_owned(), reason: e.to_string() }),
+    }
+}
+
 enum Write {
     Always,
     If(Option<u64>),
+    /// As `Always` and `If`, without the clean-up of objects of an older layout.
+    AlwaysQuick,
+    IfQuick(Option<u64>),
 }
 
 async fn write_blob(
@@ -345,18 +412,24 @@ async fn write_blob(
         Blob::Stored { object: object.clone(), size: bytes.len() as u64, sha256 }
     };
     let value: Vec<u8> = codec::encode(&blob);
-    let revision =
-        match write {
-            Write::Always => kv.put(key, value.into()).await.map_err(|e| failed("putting", e.to_string()))?,
-            Write::If(Some(expected)) => kv.update(key, value.into(), expected).await.map_err(|e| {
-                BusError::Fenced { bucket: kv.name.clone(), key: key.to_owned(), reason: e.to_string() }
-            })?,
-            Write::If(None) => kv.create(key, value.into()).await.map_err(|e| BusError::Fenced {
-                bucket: kv.name.clone(),
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })?,
-        };
+    let quick = matches!(write, Write::AlwaysQuick | Write::IfQuick(_));
+    let revision = match write {
+        Write::Always | Write::AlwaysQuick => {
+            kv.put(key, value.into()).await.map_err(|e| failed("putting", e.to_string()))?
+        }
+        Write::If(Some(expected)) | Write::IfQuick(Some(expected)) => kv
+            .update(key, value.into(), expected)
+            .await
+            .map_err(|e| BusError::Fenced { bucket: kv.name.clone(), key: key.to_owned(), reason: e.to_string() })?,
+        Write::If(None) | Write::IfQuick(None) => kv.create(key, value.into()).await.map_err(|e| BusError::Fenced {
+            bucket: kv.name.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?,
+    };
+    if quick {
+        return Ok(revision);
+    }
     // Objects of this key under another name are from an older layout: gone.
     if let Ok(mut list) = store.list().await {
         use futures_util::StreamExt;
@@ -419,6 +492,16 @@ async fn get_blob_once(
             Ok(Some(bytes))
         }
     }
+}
+
+/// How many messages a bucket's stream holds now. (`kv::Store::status` answers from the
+/// stream information cached when the store was opened, which can be long stale.)
+pub async fn messages(kv: &kv::Store) -> Result<u64, BusError> {
+    kv.stream
+        .get_info()
+        .await
+        .map(|info| info.state.messages)
+        .map_err(|e| BusError::WatchFailed { bucket: "stream info", reason: format!("{}: {e}", kv.name) })
 }
 
 /// Watch every key of a bucket: first the current value of each key (deleted keys as

@@ -32,6 +32,11 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
     for material in trust.values().take(2) {
         out.push(("TrustMaterial", seal(material, &trace)));
     }
+    for piece in model.pieces().into_iter().take(3) {
+        out.push(("ModelPiece", seal(&piece, &trace)));
+    }
+    let index = portico_bus::model::ModelIndex { epoch: 1, generation: 2, pieces: 3, digest: "0".repeat(32) };
+    out.push(("ModelIndex", seal(&index, &trace)));
     let record = ModelRecord { epoch: 1, generation: 2, hash: model.content_hash(), model };
     out.push(("ModelRecord", seal(&record, &trace)));
     let applied = AppliedRecord {
@@ -80,6 +85,13 @@ fn open_as(kind: &str, bytes: &[u8]) {
             }
         }
         "AppliedRecord" => check!(AppliedRecord),
+        "ModelIndex" => check!(portico_bus::model::ModelIndex),
+        "ModelPiece" => {
+            if let Ok((piece, trace)) = open::<portico_model::ModelPiece>(bytes) {
+                use_trace(&trace);
+                let _ = portico_model::Model::from_pieces([&piece]);
+            }
+        }
         "LeaseRecord" => check!(LeaseRecord),
         "bool" => check!(bool),
         other => panic!("no check for {other}"),

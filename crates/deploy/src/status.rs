@@ -1,9 +1,9 @@
 //! `portico status`: every object's status, and which model generation each proxy applied,
 //! read from the bus with the read-only `cli` user.
 
-use async_nats::jetstream::{self, kv, object_store};
+use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use portico_bus::{names, open as open_envelope, AppliedRecord, LeaseRecord, ModelRecord};
+use portico_bus::{names, open as open_envelope, AppliedRecord, LeaseRecord};
 use portico_model::ObjectStatus;
 use std::collections::BTreeMap;
 
@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 pub struct Buckets {
     status: kv::Store,
     model: kv::Store,
-    model_store: object_store::ObjectStore,
     applied: kv::Store,
     leases: kv::Store,
 }
@@ -41,10 +40,6 @@ pub async fn open(client: &async_nats::Client) -> Result<Buckets, String> {
         model: kv(names::MODEL).await?,
         applied: kv(names::APPLIED).await?,
         leases: kv(names::LEASES).await?,
-        model_store: js
-            .get_object_store(names::MODEL_STORE)
-            .await
-            .map_err(|e| failed(&format!("opening {}", names::MODEL_STORE), e))?,
     })
 }
 
@@ -74,13 +69,9 @@ pub async fn collect(buckets: &Buckets) -> Result<Report, String> {
             report.applied.insert(key, record);
         }
     }
-    if let Some(bytes) = portico_bus::nats::get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        if let Ok((record, _)) = open_envelope::<ModelRecord>(&bytes) {
-            report.model = Some((record.version(), record.hash));
-        }
+    // The index names the generation and its digest; the pieces are not needed here.
+    if let Ok(Some((index, _))) = portico_bus::model::current_index(&buckets.model).await {
+        report.model = Some((index.version(), index.digest));
     }
     if let Ok(Some(value)) = buckets.leases.get("resolver").await {
         report.resolver = open_envelope::<LeaseRecord>(&value).ok().map(|(l, _)| l.holder);

@@ -200,7 +200,9 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         churned[1].push(took[1]);
     }
     let mut report = String::new();
-    for (what, times) in [("one-object change (a route's prefix)", times), ("endpoint change (an EndpointSlice)", churned)] {
+    for (what, times) in
+        [("one-object change (a route's prefix)", times), ("endpoint change (an EndpointSlice)", churned)]
+    {
         let _ = writeln!(report, "{what} at {routes} routes, file write → proxy serving it ({changes} changes):");
         for (name, mut t) in ["HAProxy", "Envoy"].into_iter().zip(times) {
             t.sort();
@@ -213,7 +215,8 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             );
         }
     }
-    let log = std::fs::read_to_string(stack.stack.options.state_dir.join("logs/renderer-haproxy.log")).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(stack.stack.options.state_dir.join("logs/renderer-haproxy.log")).unwrap_or_default();
     let applied: Vec<&str> = log.lines().filter(|l| l.contains(" applied generation=")).collect();
     let how = |kind: &str| applied.iter().filter(|l| l.contains(&format!("how={kind}"))).count();
     let _ = writeln!(

@@ -12,6 +12,38 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+/// One piece of a model as it travels on the bus: a cluster, a virtual host of a
+/// listener, or the rest (trust references). A change to one object changes a few pieces,
+/// so publishing and following a model by piece costs what the change costs, not what the
+/// model weighs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelPiece {
+    Cluster(Cluster),
+    VirtualHost { port: u16, vhost: VirtualHost },
+    Rest { trust: Vec<TrustRef>, client_cert: Option<TrustRef> },
+}
+
+impl ModelPiece {
+    /// What the piece is of, unique within a model: `cluster/<name>`,
+    /// `vhost/<port>/<host>`, `rest`.
+    pub fn identity(&self) -> String {
+        match self {
+            ModelPiece::Cluster(c) => format!("cluster/{}", c.name),
+            ModelPiece::VirtualHost { port, vhost } => format!("vhost/{port}/{}", vhost.host),
+            ModelPiece::Rest { .. } => "rest".to_owned(),
+        }
+    }
+}
+
+/// Exact hosts first, then wildcards, then any: the order proxies should match in.
+pub fn host_rank(host: &HostMatch) -> u8 {
+    match host {
+        HostMatch::Exact(_) => 0,
+        HostMatch::Wildcard(_) => 1,
+        HostMatch::Any => 2,
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     /// Sorted by port.
@@ -26,6 +58,44 @@ pub struct Model {
 }
 
 impl Model {
+    /// The model in pieces (see [`ModelPiece`]); [`Model::from_pieces`] puts them together.
+    pub fn pieces(&self) -> Vec<ModelPiece> {
+        let mut out: Vec<ModelPiece> = self.clusters.iter().cloned().map(ModelPiece::Cluster).collect();
+        for listener in &self.listeners {
+            for vhost in &listener.virtual_hosts {
+                out.push(ModelPiece::VirtualHost { port: listener.port, vhost: vhost.clone() });
+            }
+        }
+        out.push(ModelPiece::Rest { trust: self.trust.clone(), client_cert: self.client_cert.clone() });
+        out
+    }
+
+    /// The model of these pieces, in the model's order (listeners by port, virtual hosts
+    /// exact-wildcard-any then by host, clusters by name), whatever order they come in.
+    pub fn from_pieces<'a>(pieces: impl IntoIterator<Item = &'a ModelPiece>) -> Model {
+        let mut model = Model::default();
+        let mut listeners: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+        for piece in pieces {
+            match piece {
+                ModelPiece::Cluster(c) => model.clusters.push(c.clone()),
+                ModelPiece::VirtualHost { port, vhost } => listeners.entry(*port).or_default().push(vhost.clone()),
+                ModelPiece::Rest { trust, client_cert } => {
+                    model.trust = trust.clone();
+                    model.client_cert = client_cert.clone();
+                }
+            }
+        }
+        model.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        model.listeners = listeners
+            .into_iter()
+            .map(|(port, mut virtual_hosts)| {
+                virtual_hosts.sort_by(|a, b| host_rank(&a.host).cmp(&host_rank(&b.host)).then(a.host.cmp(&b.host)));
+                Listener { port, virtual_hosts }
+            })
+            .collect();
+        model
+    }
+
     /// SHA-256 (hex) of the model's canonical JSON form. Renderers push only when it changes.
     pub fn content_hash(&self) -> String {
         let mut hasher = HashWriter(Sha256::new());

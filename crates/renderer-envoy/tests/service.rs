@@ -2,8 +2,8 @@
 //! knows nothing but where the ADS server is: it serves the model from the bus, picks up
 //! a new generation, and its ACKs show up as applied records.
 
-use portico_bus::nats::{connect, ensure_buckets, put_blob, Buckets, ConnectConfig};
-use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_bus::nats::{connect, ensure_buckets, Buckets, ConnectConfig};
+use portico_bus::{names, open, seal, AppliedRecord, TraceContext};
 use portico_model::Model;
 use portico_renderer_envoy::service::{run, ServiceConfig};
 use portico_renderer_envoy::AdsApi;
@@ -17,10 +17,8 @@ fn free_port() -> u16 {
 }
 
 async fn publish(buckets: &Buckets, generation: u64, model: &Model) {
-    let record = ModelRecord { epoch: 1, generation, hash: model.content_hash(), model: model.clone() };
-    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, &TraceContext::default()))
-        .await
-        .unwrap();
+    let version = portico_bus::Version { epoch: 1, generation };
+    portico_bus::model::publish_whole(buckets, model, version).await.unwrap();
 }
 
 async fn answer(port: u16, host: &'static str, path: &'static str, want: u16) -> String {
@@ -144,7 +142,8 @@ async fn serve_over(api: AdsApi) {
     assert_eq!(body, "route in error, see its status", "the route in error comes from the model over ADS");
     let one = applied(&buckets, 1).await;
     assert_eq!(one.error, None);
-    assert_eq!(one.hash, model.content_hash());
+    let (index, _) = portico_bus::model::current_index(&buckets.model).await.unwrap().unwrap();
+    assert_eq!(one.hash, index.digest, "the applied record names the digest of the model's pieces");
 
     // A new generation reaches the running Envoy without a restart: everything removed.
     publish(&buckets, 2, &Model::default()).await;

@@ -3,8 +3,8 @@
 //! (HAProxy keeps serving the last good one, the applied record says why), and an older
 //! generation never applied after a newer one.
 
-use portico_bus::nats::{connect, ensure_buckets, put_blob, Buckets, ConnectConfig};
-use portico_bus::{names, open, seal, AppliedRecord, ModelRecord, TraceContext};
+use portico_bus::nats::{connect, ensure_buckets, Buckets, ConnectConfig};
+use portico_bus::{names, open, seal, AppliedRecord, TraceContext};
 use portico_model::{AbsPath, CaSource, Model, Verification};
 use portico_renderer_haproxy::service::{run, ServiceConfig};
 use portico_resolver::Config;
@@ -16,10 +16,8 @@ async fn publish(buckets: &Buckets, generation: u64, model: &Model) {
 }
 
 async fn publish_in(buckets: &Buckets, epoch: u64, generation: u64, model: &Model) {
-    let record = ModelRecord { epoch, generation, hash: model.content_hash(), model: model.clone() };
-    put_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY, &seal(&record, &TraceContext::default()))
-        .await
-        .unwrap();
+    let version = portico_bus::Version { epoch, generation };
+    portico_bus::model::publish_whole(buckets, model, version).await.unwrap();
 }
 
 async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {

@@ -4,8 +4,8 @@
 
 use portico_model::names::quote;
 use portico_model::{
-    Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType, Reason,
-    Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
+    host_rank, Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType,
+    Reason, Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -378,15 +378,6 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
-    }
-}
-
-/// Exact hosts first, then wildcards, then any: the order proxies should match in.
-fn host_rank(host: &HostMatch) -> u8 {
-    match host {
-        HostMatch::Exact(_) => 0,
-        HostMatch::Wildcard(_) => 1,
-        HostMatch::Any => 2,
     }
 }
 

@@ -4,8 +4,9 @@
 //!   service's verdict marker have been seen.
 //! - Rebuilds are debounced: after a change, wait `holdoff` for quiet, but never more than
 //!   `max_delay` from the first change.
-//! - The model is published only when its content hash changes, with a generation one
-//!   above the last published; statuses only when they change.
+//! - The model is published by piece (`portico_bus::model`): the pieces that changed, then
+//!   an index with a generation one above the last published; nothing when no piece
+//!   changed. Statuses only when they change.
 //! - One instance is active: it holds the `resolver` lease and renews it with
 //!   compare-and-set; a standby takes over when it has seen no renewal for `lease_ttl`
 //!   (judged on its own monotonic clock, so clock skew cannot matter). A holder whose
@@ -13,8 +14,9 @@
 
 use crate::{Config, Incremental};
 use futures_util::StreamExt;
-use portico_bus::nats::{get_blob, put_blob_fenced, watch_current_and_new, Buckets, BusError};
-use portico_bus::{codec, names, open, seal, LeaseRecord, ModelRecord, TraceContext};
+use portico_bus::model::{current_index, Publisher};
+use portico_bus::nats::{watch_current_and_new, Buckets, BusError};
+use portico_bus::{codec, names, open, seal, LeaseRecord, TraceContext, Version};
 use portico_model::{Kind, Object, ObjectStatus, SecretVerdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -104,13 +106,15 @@ async fn lease_step(buckets: &Buckets, config: &ServiceConfig, lease: &mut Lease
 struct Published {
     epoch: u64,
     generation: u64,
-    /// The model key's revision after our last write (or as read on becoming active):
+    /// The model index's revision after our last write (or as read on becoming active):
     /// the next write is a compare-and-set on it, so a holder that stalled past its lease
-    /// cannot overwrite its successor's model.
+    /// cannot overwrite its successor's model. Pieces are fenced the same way (`Publisher`).
     model_revision: Option<u64>,
+    /// What this holder wrote of the model; a new holder starts with a new one, which
+    /// writes every piece once.
+    pieces: Publisher,
     /// Status keys whose delete failed: deleted again at the next publish, never forgotten.
     undeleted: BTreeSet<String>,
-    hash: Option<String>,
     statuses: BTreeMap<String, Vec<u8>>,
 }
 
@@ -124,37 +128,35 @@ async fn publish(
     // Only the units that read what changed are resolved again (`Incremental`).
     let changes = state.rebuild();
     let model = state.model();
-    let hash = model.content_hash();
     portico_bus::admin::counter("portico_resolver_rebuilds_total", "Rebuilds of the model.", 1.0);
     portico_bus::admin::counter(
         "portico_resolver_units_resolved_total",
         "Units (root HTTPProxies with their includes, Voyager Ingresses) resolved again.",
         changes.units as f64,
     );
+    let resolved_ms = started.elapsed().as_millis() as u64;
+    let version = Version { epoch: published.epoch, generation: published.generation + 1 };
+    let outcome = published.pieces.publish(buckets, &model, version, trace, published.model_revision).await?;
     portico_bus::admin::gauge(
         "portico_resolver_rebuild_duration_seconds",
-        "How long the last rebuild (resolve and hash) took.",
+        "How long the last rebuild (resolve, and publishing what changed) took.",
         started.elapsed().as_secs_f64(),
     );
-    if published.hash.as_ref() != Some(&hash) {
-        published.generation += 1;
-        let record =
-            ModelRecord { epoch: published.epoch, generation: published.generation, hash: hash.clone(), model };
-        let sealed = seal(&record, trace);
-        published.model_revision = Some(
-            put_blob_fenced(&buckets.model, &buckets.model_store, names::MODEL_KEY, &sealed, published.model_revision)
-                .await?,
-        );
+    if let Some((index, revision)) = outcome.index {
+        published.generation = index.generation;
+        published.model_revision = Some(revision);
         tracing::info!(
             generation = published.generation,
             epoch = published.epoch,
-            model_hash = &hash[..12],
+            model_hash = &index.digest[..12],
             units = changes.units,
+            pieces_written = outcome.written,
+            pieces_deleted = outcome.deleted,
+            resolved_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             trace_id = trace.trace_id().unwrap_or("-"),
             "model published"
         );
-        published.hash = Some(hash);
         portico_bus::admin::gauge(
             "portico_resolver_model_generation",
             "The generation of the last model published.",
@@ -226,20 +228,16 @@ impl Pending {
 /// can read (NATS lost its state, another schema, a failed read), it starts a new epoch: its
 /// generations then order after every earlier one, so no renderer ignores them.
 async fn current_published(buckets: &Buckets) -> Published {
-    let read = match get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await {
-        Ok(Some(bytes)) => open::<ModelRecord>(&bytes).map(|(r, _)| r).map_err(|e| e.to_string()),
+    let model_revision = buckets.model.entry(names::MODEL_KEY).await.ok().flatten().map(|e| e.revision);
+    let read = match current_index(&buckets.model).await {
+        Ok(Some((index, _))) => Ok(index),
         Ok(None) => Err("no model on the bus".to_owned()),
         Err(e) => Err(e.to_string()),
     };
-    let model_revision = buckets.model.entry(names::MODEL_KEY).await.ok().flatten().map(|e| e.revision);
     match read {
-        Ok(record) => Published {
-            epoch: record.epoch,
-            generation: record.generation,
-            model_revision,
-            hash: Some(record.hash),
-            ..Published::default()
-        },
+        Ok(index) => {
+            Published { epoch: index.epoch, generation: index.generation, model_revision, ..Published::default() }
+        }
         Err(why) => {
             let epoch = new_epoch();
             tracing::info!(epoch, reason = %why, "starting a new epoch of model generations");
@@ -338,6 +336,9 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         Err(e @ BusError::Fenced { .. }) => {
                             tracing::warn!(instance = %config.instance, error = %e, "another resolver published since this one last held the lease; standing by");
                             lease.held = false;
+                            // Should the lease come back to this instance, it starts afresh
+                            // from what is on the bus (every piece written again).
+                            was_active = false;
                         }
                         Err(e) => return Err(e.into()),
                     }

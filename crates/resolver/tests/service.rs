@@ -3,8 +3,8 @@
 //! fix arrives through a file edit, and the active resolver is stopped so a standby
 //! takes over.
 
-use portico_bus::nats::{connect, ensure_buckets, get_blob, Buckets, ConnectConfig};
-use portico_bus::{names, open, LeaseRecord, ModelRecord};
+use portico_bus::nats::{connect, ensure_buckets, Buckets, ConnectConfig};
+use portico_bus::{open, LeaseRecord, ModelRecord};
 use portico_model::{ContourStatus, ObjectStatus};
 use portico_resolver::service::{run, ServiceConfig};
 use portico_resolver::Config;
@@ -22,8 +22,7 @@ fn stopper() -> (Stop, impl std::future::Future<Output = ()>) {
 }
 
 async fn model(buckets: &Buckets) -> Option<ModelRecord> {
-    let bytes = get_blob(&buckets.model, &buckets.model_store, names::MODEL_KEY).await.unwrap()?;
-    Some(open::<ModelRecord>(&bytes).unwrap().0)
+    portico_bus::model::read_current(buckets).await.unwrap()
 }
 
 async fn status(buckets: &Buckets, key: &str) -> Option<ContourStatus> {

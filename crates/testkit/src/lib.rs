@@ -101,7 +101,8 @@ pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::i
     // segment, and Nagle's algorithm with the peer's delayed ACK then stalls the request
     // by 40 ms a piece (HAProxy waits for the whole header), which measured as latency.
     stream.set_nodelay(true)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     // Stop at Content-Length rather than at the server's close: Envoy waits up to its
     // delayed_close_timeout (1 s) for the client to close first.

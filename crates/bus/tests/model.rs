@@ -1,0 +1,142 @@
+//! The model on the bus by piece, against a real nats-server: a change writes the pieces it
+//! changed and nothing else, a reader puts together exactly the published model (large
+//! pieces through the object store too), storage stays flat however many generations are
+//! published, and a publisher whose successor took over is fenced.
+
+use portico_bus::model::{current_index, read_current, Publisher};
+use portico_bus::nats::{connect, ensure_buckets, Buckets, BusError, ConnectConfig};
+use portico_bus::{TraceContext, Version};
+use portico_model::{Model, PathPrefix, Route, Servers};
+use portico_testkit::{pipeline, repo, NatsServer};
+
+async fn setup(server: &NatsServer) -> Buckets {
+    let client = connect(&ConnectConfig { url: server.url(), name: "portico-test".into(), ..Default::default() })
+        .await
+        .expect("connect");
+    ensure_buckets(&async_nats::jetstream::new(client)).await.expect("buckets")
+}
+
+fn example() -> Model {
+    pipeline(&[repo().join("examples/upstream-tls")], &portico_resolver::Config::default()).0
+}
+
+fn v(generation: u64) -> Version {
+    Version { epoch: 7, generation }
+}
+
+async fn stream_bytes(buckets: &Buckets) -> u64 {
+    // Fresh information: `status()` answers from what was cached at opening.
+    buckets.model.stream.get_info().await.unwrap().state.bytes
+}
+
+#[tokio::test]
+async fn a_change_writes_only_its_pieces_and_readers_get_the_published_model() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let trace = TraceContext::default();
+    let model = example();
+    let pieces = model.pieces().len();
+    let mut publisher = Publisher::new();
+
+    let first = publisher.publish(&buckets, &model, v(1), &trace, None).await.unwrap();
+    assert_eq!((first.written, first.deleted), (pieces, 0), "the first publish writes every piece");
+    let (index, revision) = first.index.clone().unwrap();
+    assert_eq!(index.pieces, pieces as u64);
+    assert_eq!(read_current(&buckets).await.unwrap().unwrap().model, model, "the same model, in its order");
+
+    // One cluster's endpoints change: one piece.
+    let mut moved = model.clone();
+    let Servers::Endpoints(endpoints) = &mut moved.clusters[0].servers else { panic!("endpoints") };
+    let port = endpoints[0].port();
+    endpoints[0].set_port(port + 1);
+    let second = publisher.publish(&buckets, &moved, v(2), &trace, Some(revision)).await.unwrap();
+    assert_eq!((second.written, second.deleted), (1, 0));
+    let read = read_current(&buckets).await.unwrap().unwrap();
+    assert_eq!((read.model, read.generation), (moved.clone(), 2));
+    assert_ne!(read.hash, index.digest, "another model, another digest");
+
+    // Nothing changed: no generation.
+    let (_, revision) = second.index.unwrap();
+    let same = publisher.publish(&buckets, &moved, v(3), &trace, Some(revision)).await.unwrap();
+    assert_eq!(same, Default::default());
+    assert_eq!(current_index(&buckets.model).await.unwrap().unwrap().0.generation, 2);
+
+    // A virtual host goes: one piece deleted (and the rest of that listener stays).
+    let mut fewer = moved.clone();
+    let listener = fewer.listeners.iter_mut().find(|l| l.virtual_hosts.len() > 1).expect("a listener with two hosts");
+    listener.virtual_hosts.pop();
+    let third = publisher.publish(&buckets, &fewer, v(3), &trace, Some(revision)).await.unwrap();
+    assert_eq!((third.written, third.deleted), (0, 1));
+    assert_eq!(read_current(&buckets).await.unwrap().unwrap().model, fewer);
+}
+
+#[tokio::test]
+async fn a_piece_too_large_for_a_message_goes_through_the_object_store() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let mut model = example();
+    let vhost = &mut model.listeners[0].virtual_hosts[0];
+    let route = vhost.routes[0].clone();
+    vhost.routes = (0..20_000)
+        .map(|i| Route {
+            prefix: PathPrefix::try_from(format!("/p-{i:05}/with/a/longer/path")).unwrap(),
+            ..route.clone()
+        })
+        .collect();
+    vhost.routes.sort_by(|a, b| b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(a.prefix.cmp(&b.prefix)));
+    let mut publisher = Publisher::new();
+    publisher.publish(&buckets, &model, v(1), &TraceContext::default(), None).await.unwrap();
+    assert_eq!(read_current(&buckets).await.unwrap().unwrap().model, model);
+}
+
+#[tokio::test]
+async fn storage_stays_flat_however_many_generations_are_published() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let trace = TraceContext::default();
+    let model = example();
+    let mut other = model.clone();
+    let Servers::Endpoints(endpoints) = &mut other.clusters[0].servers else { panic!("endpoints") };
+    endpoints[0].set_port(1);
+    let mut publisher = Publisher::new();
+    let mut revision = None;
+    let mut after_two = 0;
+    for generation in 1..=1000u64 {
+        let next = if generation % 2 == 1 { &model } else { &other };
+        let published = publisher.publish(&buckets, next, v(generation), &trace, revision).await.unwrap();
+        revision = Some(published.index.unwrap().1);
+        if generation == 2 {
+            after_two = stream_bytes(&buckets).await;
+        }
+    }
+    let after = stream_bytes(&buckets).await;
+    assert!(
+        after <= after_two + 1024,
+        "the model bucket grew from {after_two} to {after} bytes over 1,000 generations"
+    );
+}
+
+#[tokio::test]
+async fn a_publisher_whose_successor_took_over_is_fenced_and_readers_keep_the_successors_model() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let trace = TraceContext::default();
+    let model = example();
+    let mut stalled = Publisher::new();
+    let (_, revision) = stalled.publish(&buckets, &model, v(1), &trace, None).await.unwrap().index.unwrap();
+
+    // The successor reads the index, and writes every piece once.
+    let mut successor = Publisher::new();
+    let mut theirs = model.clone();
+    theirs.listeners[0].virtual_hosts.pop();
+    let (_, _) = successor.publish(&buckets, &theirs, v(2), &trace, Some(revision)).await.unwrap().index.unwrap();
+
+    // The stalled one wakes up with a change of its own: nothing of it lands.
+    let mut mine = model.clone();
+    let Servers::Endpoints(endpoints) = &mut mine.clusters[0].servers else { panic!("endpoints") };
+    endpoints[0].set_port(2);
+    let err = stalled.publish(&buckets, &mine, v(2), &trace, Some(revision)).await.unwrap_err();
+    assert!(matches!(err, BusError::Fenced { .. }), "{err}");
+    let read = read_current(&buckets).await.unwrap().unwrap();
+    assert_eq!((read.model, read.generation), (theirs, 2));
+}
