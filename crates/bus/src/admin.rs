@@ -138,6 +138,24 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<
     }))
 }
 
+/// Give memory freed since the last call back to the system, at most every few seconds.
+/// glibc's allocator keeps what a large piece of work freed (the first load of 10,000
+/// routes, say) as its own: the resident size then stays at the peak. Called after each
+/// unit of work; the trim walks the free lists, so it is rate-limited.
+pub fn release_memory() {
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

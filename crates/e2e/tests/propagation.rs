@@ -239,6 +239,23 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             let _ = writeln!(report, "  {}", line.split_once(": ").map_or(*line, |(_, l)| l));
         }
     }
+    // The last change hop by hop: every log line carrying its trace id, in time order.
+    if let Some(trace) = applied.last().and_then(|l| l.split("trace_id=\"").nth(1)).and_then(|t| t.get(..32)) {
+        let mut lines: Vec<(String, String, String)> = Vec::new();
+        for service in ["watcher", "resolver", "renderer-haproxy", "renderer-envoy"] {
+            let log = std::fs::read_to_string(stack.stack.options.state_dir.join(format!("logs/{service}.log")))
+                .unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains(trace)) {
+                let (at, rest) = line.split_once(' ').unwrap_or((line, ""));
+                lines.push((at.to_owned(), service.to_owned(), rest.chars().take(150).collect()));
+            }
+        }
+        lines.sort();
+        let _ = writeln!(report, "the last change, hop by hop (trace {trace}):");
+        for (at, service, rest) in &lines {
+            let _ = writeln!(report, "  {at} {service:<17} {rest}");
+        }
+    }
     let _ = writeln!(report, "request latency to an unchanged route (median of 200 sequential requests):");
     for (i, name) in ["HAProxy", "Envoy"].into_iter().enumerate() {
         let _ = writeln!(

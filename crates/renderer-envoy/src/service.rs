@@ -254,6 +254,7 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         let snapshot = Snapshot::new(version.clone(), &rendered);
         drop(rendered);
         let _ = serving.snapshots.send(Some(Arc::new(snapshot)));
+        portico_bus::admin::release_memory();
         tracing::info!(
             generation = record.generation,
             version = %version,

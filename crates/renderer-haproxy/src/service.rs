@@ -4,7 +4,7 @@
 //! last good configuration when a new one fails, and reports every attempt in
 //! `portico-applied/haproxy.<instance>`.
 
-use crate::apply::{current_base, write_files, Applied, ApplyError, Haproxy, Started};
+use crate::apply::{current_base, write_files_reusing, Applied, ApplyError, Haproxy, Started};
 use crate::{render, render_over, runtime, Options, Rendered, Runtime, Trust};
 use portico_bus::follow::{hold_back, RendererInputs};
 use portico_bus::nats::{Buckets, BusError};
@@ -60,9 +60,10 @@ struct Renderer {
 /// What HAProxy runs, as far as the renderer knows.
 struct AppliedState {
     version: Version,
-    /// The digest of the files (`files_digest`): the same version rendered to the same files
-    /// is not applied again.
-    files: [u8; 32],
+    /// The digest of the files (`files_digest`), once needed: the same version rendered to
+    /// the same files is not applied again. Computed only when the same version comes back
+    /// (trust material changed), never on the path of a new generation.
+    files: Option<[u8; 32]>,
     /// The maps and servers HAProxy runs; `None` when not known (HAProxy was started on or
     /// taken over with a configuration applied earlier, or a rollback failed): the next
     /// change is applied by a reload.
@@ -132,11 +133,18 @@ impl Renderer {
         let dir = self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, unix_ms()));
         let running = self.applied.as_ref().and_then(|a| a.runtime.as_ref());
         let rendered = render_over(&record.model, trust, &Renderer::options_for(&self.config)?, running);
-        let digest = files_digest(rendered.files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
-        if let Some(applied) = &self.applied {
+        if let Some(applied) = &mut self.applied {
             // The same files (named by content hash) for the same version: nothing to do.
-            if applied.version == record.version() && applied.files == digest {
-                return Ok(None);
+            if applied.version == record.version() {
+                let digest = files_digest(rendered.files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
+                if applied.files.is_none() {
+                    let current = self.haproxy.as_ref().and_then(|h| h.current_dir()).and_then(read_generation);
+                    applied.files =
+                        current.map(|files| files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))));
+                }
+                if applied.files == Some(digest) {
+                    return Ok(None);
+                }
             }
         }
         if let Some(wait) = hold_back(opened, !rendered.problems.is_empty()) {
@@ -154,7 +162,7 @@ impl Renderer {
             render_ms = started.elapsed().as_millis() as u64
         );
         let trace = portico_bus::telemetry::follow(&span, causes);
-        self.apply_rendered(record, rendered, digest, &dir, started, buckets, &trace).instrument(span).await?;
+        self.apply_rendered(record, rendered, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
 
@@ -164,7 +172,6 @@ impl Renderer {
         &mut self,
         record: &ModelRecord,
         rendered: Rendered,
-        digest: [u8; 32],
         dir: &std::path::Path,
         started: std::time::Instant,
         buckets: &Buckets,
@@ -178,7 +185,10 @@ impl Renderer {
             .as_ref()
             .and_then(|a| a.runtime.as_ref())
             .and_then(|r| runtime::commands(r, &rendered.runtime));
-        let result = match write_files(dir, &rendered.files) {
+        // Content-addressed files (CA bundles, client certificates) the running generation
+        // has are linked, not written again.
+        let previous = self.haproxy.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
+        let result = match write_files_reusing(dir, &rendered.files, previous.as_deref()) {
             // The check and the reload confirmation block: on a blocking thread, never on an
             // async worker (block_in_place would also panic on a current-thread runtime).
             Ok(()) => {
@@ -205,7 +215,7 @@ impl Renderer {
         };
         let error = match &result {
             Ok(how) => {
-                self.applied = Some(AppliedState { version, files: digest, runtime: Some(rendered.runtime) });
+                self.applied = Some(AppliedState { version, files: None, runtime: Some(rendered.runtime) });
                 portico_bus::admin::set_ready(true);
                 portico_bus::admin::counter(
                     "portico_renderer_haproxy_applies_total",
@@ -340,10 +350,10 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         Started::Empty => tracing::info!("started HAProxy on an empty configuration"),
     }
     // What HAProxy runs now, so that an older generation is never applied over it.
-    let applied = haproxy.current_version().and_then(|(epoch, generation)| {
-        let files = read_generation(haproxy.current_dir()?)?;
-        let files = files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
-        Some(AppliedState { version: Version { epoch, generation }, files, runtime: None })
+    let applied = haproxy.current_version().map(|(epoch, generation)| AppliedState {
+        version: Version { epoch, generation },
+        files: None,
+        runtime: None,
     });
     if let Some(AppliedState { version, .. }) = &applied {
         if version.generation > 0 {
@@ -370,6 +380,7 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
         wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
+        portico_bus::admin::release_memory();
     }
 }
 

@@ -332,7 +332,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                     );
                     let trace = portico_bus::telemetry::follow(&span, &changes.traces);
                     match publish(buckets, &mut state, &mut published, &trace).instrument(span).await {
-                        Ok(()) => {}
+                        Ok(()) => portico_bus::admin::release_memory(),
                         Err(e @ BusError::Fenced { .. }) => {
                             tracing::warn!(instance = %config.instance, error = %e, "another resolver published since this one last held the lease; standing by");
                             lease.held = false;

@@ -44,8 +44,8 @@ struct Args {
     #[command(flatten)]
     admin: AdminArgs,
     /// The debounce, in milliseconds: after the file system reports a change, the files
-    /// are read, and read again this much later; the change is published once two reads
-    /// agree (so it is live within about two).
+    /// are read at once, and again this much later; the change is published once two
+    /// reads agree (so about this long after it was written).
     #[arg(long, env = "PORTICO_POLL_MS", default_value_t = 100)]
     poll_ms: u64,
     /// Milliseconds between safety rescans of the files when no change was reported (a

@@ -258,18 +258,16 @@ async fn session(
     let changed = Arc::new(tokio::sync::Notify::new());
     // Dropped with the session, which stops the notifications.
     let _watcher = watch_files(&config.paths, changed.clone());
-    // The first scan of a session runs at once; after that, one waits for a notification
-    // (or the safety rescan), and one more follows `poll_every` later until two agree.
+    // The first scan of a session runs at once; after that, a notification (or the safety
+    // rescan) scans at once, and one more scan follows `poll_every` later until two agree:
+    // a change is published about `poll_every` after it was written, never half-written.
     let mut unsettled = true;
     let mut first = true;
     loop {
         if !first {
             let quiet = if unsettled { config.poll_every } else { config.rescan_every };
             tokio::select! {
-                () = changed.notified() => {
-                    unsettled = true;
-                    tokio::time::sleep(config.poll_every).await;
-                }
+                () = changed.notified() => unsettled = true,
                 () = tokio::time::sleep(quiet) => {}
             }
         }
@@ -300,6 +298,7 @@ async fn session(
             continue;
         }
         let changes = apply(buckets, state, desired).await?;
+        portico_bus::admin::release_memory();
         if !state.synced {
             for kind in Kind::ALL {
                 put_marker(&buckets.objects, &names::sync_key(kind)).await?;
