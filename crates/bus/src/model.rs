@@ -340,9 +340,15 @@ impl Follower {
                 self.sum = self.sum.wrapping_sub(old);
             }
             if put {
-                let Some(bytes) = blob_of_entry(&buckets.model, &buckets.model_store, &entry.key, &entry.value).await?
-                else {
-                    return Ok(Followed::Nothing);
+                let bytes = match blob_of_entry(&buckets.model, &buckets.model_store, &entry.key, &entry.value).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => return Ok(Followed::Nothing),
+                    // Skipped, not fatal: the session would read it again at every start.
+                    // Without the piece, no generation adds up until it is written again.
+                    Err(BusError::ValueCorrupt { reason, .. }) => {
+                        return Ok(Followed::Unreadable(format!("model piece {}: {reason}", entry.key)))
+                    }
+                    Err(e) => return Err(e),
                 };
                 let opened = crate::envelope::open_raw(&bytes).map_err(|e| e.to_string()).and_then(|(payload, _)| {
                     codec::decode::<ModelPiece>(&payload).map(|p| (payload, p)).map_err(|e| e.to_string())

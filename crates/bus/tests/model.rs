@@ -140,3 +140,73 @@ async fn a_publisher_whose_successor_took_over_is_fenced_and_readers_keep_the_su
     let read = read_current(&buckets).await.unwrap().unwrap();
     assert_eq!((read.model, read.generation), (theirs, 2));
 }
+
+/// Entries of the model bucket into a follower until it hands out a generation, or until
+/// the entry with key `until` (a barrier) has been applied.
+async fn follow_until(
+    buckets: &Buckets,
+    watch: &mut async_nats::jetstream::kv::Watch,
+    follower: &mut portico_bus::model::Follower,
+    until: Option<&str>,
+) -> Option<portico_bus::ModelRecord> {
+    use futures_util::StreamExt;
+    loop {
+        let entry = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+            .await
+            .expect("an entry within 10 s")
+            .unwrap()
+            .unwrap();
+        if let portico_bus::model::Followed::Model(record, _) = follower.apply(buckets, &entry).await.unwrap() {
+            return Some(*record);
+        }
+        if until == Some(entry.key.as_str()) {
+            return None;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publish_interrupted_half_way_is_never_handed_out_and_the_next_one_is_whole() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let trace = TraceContext::default();
+    let model = example();
+    Publisher::new().publish(&buckets, &model, v(1), &trace, None).await.unwrap();
+    let mut watch = portico_bus::nats::watch_current_and_new(&buckets.model).await.unwrap();
+    let mut follower = portico_bus::model::Follower::new();
+    let first = follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap();
+    assert_eq!((first.generation, first.model), (1, model.clone()));
+
+    // A resolver dies after writing one piece of its next generation, before the index.
+    let mut half = model.clone();
+    let Servers::Endpoints(endpoints) = &mut half.clusters[0].servers else { panic!("endpoints") };
+    endpoints[0].set_port(3);
+    let piece = half.pieces().into_iter().next().unwrap();
+    let key = portico_bus::model::piece_key(&piece.identity());
+    let sealed = portico_bus::seal(&piece, &trace);
+    portico_bus::nats::put_blob(&buckets.model, &buckets.model_store, &key, &sealed).await.unwrap();
+    // And a piece that cannot be read: skipped, never fatal to the follower.
+    buckets.model.put("piece.garbage", b"\xff\xff".to_vec().into()).await.unwrap();
+    let mut unreadable = None;
+    while unreadable.is_none() {
+        use futures_util::StreamExt;
+        let entry = watch.next().await.unwrap().unwrap();
+        match follower.apply(&buckets, &entry).await.expect("a bad entry is not an error") {
+            portico_bus::model::Followed::Unreadable(what) => unreadable = Some(what),
+            portico_bus::model::Followed::Model(..) => panic!("a generation was handed out"),
+            portico_bus::model::Followed::Nothing => {}
+        }
+    }
+    // The barrier: a later entry, applied after those two.
+    buckets.model.put("barrier", b"x".to_vec().into()).await.unwrap();
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, Some("barrier")).await, None, "nothing handed out");
+    assert_eq!(read_current(&buckets).await.unwrap(), None, "nor to a renderer that starts now");
+
+    // Its successor publishes the next generation whole: exactly its model is handed out.
+    let mut next = model.clone();
+    next.listeners[0].virtual_hosts.pop();
+    let (_, revision) = current_index(&buckets.model).await.unwrap().unwrap();
+    Publisher::new().publish(&buckets, &next, v(2), &trace, Some(revision)).await.unwrap();
+    let second = follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap();
+    assert_eq!((second.generation, second.model), (2, next));
+}

@@ -138,6 +138,19 @@ fn request_latency(stack: &LocalStack, n: usize) -> [Duration; 2] {
     })
 }
 
+/// Bytes under a directory (JetStream's store on disk).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
@@ -176,6 +189,8 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     );
 
     let large = request_latency(&stack, 200);
+    let store = stack.stack.options.state_dir.join("nats");
+    let store_before = dir_bytes(&store);
 
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for n in 1..=changes {
@@ -199,7 +214,29 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         churned[0].push(took[0]);
         churned[1].push(took[1]);
     }
+    let store_timed = dir_bytes(&store);
+    // More changes, one every 150 ms (each its own generation: the debounces are shorter),
+    // for the store's size: it must not grow with the number of changes.
+    let more: usize = std::env::var("PORTICO_BENCH_STORE_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    for n in 1..=more {
+        stack.write("change.yaml", &change(1000 + n));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stack.until_both("change.example.com", &format!("/change-{}", 1000 + more), 200);
+    let store_after = dir_bytes(&store);
+    let resolver_log =
+        std::fs::read_to_string(stack.stack.options.state_dir.join("logs/resolver.log")).unwrap_or_default();
+    let generations = resolver_log.lines().filter(|l| l.contains("model published")).count();
     let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "JetStream store on disk: {:.1} MiB after loading, {:.1} MiB after {} changes, {:.1} MiB after {} more ({generations} generations in all)",
+        store_before as f64 / 1_048_576.0,
+        store_timed as f64 / 1_048_576.0,
+        2 * changes,
+        store_after as f64 / 1_048_576.0,
+        more
+    );
     for (what, times) in
         [("one-object change (a route's prefix)", times), ("endpoint change (an EndpointSlice)", churned)]
     {
