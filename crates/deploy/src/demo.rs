@@ -38,6 +38,15 @@ impl TestCa {
         self.issue(params)
     }
 
+    /// A client certificate naming `name` as its DNS subject alternative name (and common
+    /// name): how an Envoy proves its node id to renderer-envoy.
+    pub fn client_named(&self, name: &str) -> Issued {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
     /// A client certificate with this common name.
     pub fn client(&self, cn: &str) -> Issued {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");

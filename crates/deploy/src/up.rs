@@ -81,7 +81,7 @@ pub const HAPROXY_INSTANCE: &str = "local";
 pub enum UpError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the state directory {0} must be an absolute path of plain characters (no quotes, backslashes or control characters)")]
+    #[error("the state directory {0} must be an absolute path of plain characters (letters, digits and -._/+)")]
     StateDirUnusable(PathBuf),
     #[error("{binary} not found in {dir}: build the services first (cargo build --release --workspace --all-features --bins)")]
     BinaryMissing { binary: String, dir: PathBuf },
@@ -193,9 +193,8 @@ impl Stack {
     pub fn start_interruptible(options: Options, interrupted: &AtomicBool) -> Result<Stack, UpError> {
         let check = || if interrupted.load(Ordering::SeqCst) { Err(UpError::Interrupted) } else { Ok(()) };
         let state = &options.state_dir;
-        let plain = |p: &Path| {
-            p.is_absolute() && p.to_str().is_some_and(|s| !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
-        };
+        // The paths go into Envoy's bootstrap and NATS's configuration: the file-path grammar.
+        let plain = |p: &Path| p.to_str().is_some_and(|s| s.parse::<portico_model::AbsPath>().is_ok());
         if !plain(state) {
             return Err(UpError::StateDirUnusable(state.clone()));
         }
@@ -212,7 +211,7 @@ impl Stack {
                 return Err(UpError::PortInUse { what, address, flag });
             }
         }
-        for dir in ["nats", "logs", "envoy"] {
+        for dir in ["nats", "logs", "envoy", "ads"] {
             std::fs::create_dir_all(state.join(dir)).map_err(io(&state.join(dir)))?;
         }
         // A fresh bus and a fresh HAProxy directory for every `up`: all of it is derived.
@@ -231,8 +230,9 @@ impl Stack {
         write_private(&state.join("nats/cli.password"), &passwords[&User::Cli])?;
         let url = state.join("nats/url");
         std::fs::write(&url, format!("nats://127.0.0.1:{}\n", options.nats_port)).map_err(io(&url))?;
+        write_ads_pki(&state.join("ads"))?;
         let bootstrap = state.join("envoy/bootstrap.yaml");
-        std::fs::write(&bootstrap, envoy_bootstrap(&options)).map_err(io(&bootstrap))?;
+        std::fs::write(&bootstrap, envoy_bootstrap(&options)?).map_err(io(&bootstrap))?;
 
         check()?;
         let mut stack = Stack { options, passwords, children: BTreeMap::new(), admin_ports: BTreeMap::new() };
@@ -336,9 +336,16 @@ impl Stack {
             }
             Part::RendererEnvoy => {
                 let mut command = service("portico-renderer-envoy", User::RendererEnvoy)?;
+                let ads = o.state_dir.join("ads");
                 command
                     .arg("--listen")
                     .arg(format!("127.0.0.1:{}", o.ads_port))
+                    .arg("--tls-cert")
+                    .arg(ads.join("server.crt"))
+                    .arg("--tls-key")
+                    .arg(ads.join("server.key"))
+                    .arg("--client-ca")
+                    .arg(ads.join("ca.pem"))
                     .args(["--http-port", &http_port])
                     .arg("--bind-address")
                     .arg(o.envoy_address.to_string());
@@ -575,11 +582,51 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Envoy's bootstrap: a node id, the admin port, and ADS as the only source of config.
-pub fn envoy_bootstrap(o: &Options) -> String {
+/// The name renderer-envoy's ADS certificate carries, which Envoy checks.
+pub const ADS_SERVER_NAME: &str = "ads.portico";
+
+/// The ADS port's mutual TLS, made afresh at every `up` (like the NATS passwords): a CA,
+/// renderer-envoy's certificate, and the local Envoy's, which names its node id. Keys are
+/// readable by the owner only.
+fn write_ads_pki(dir: &Path) -> Result<(), UpError> {
+    let ca = crate::demo::TestCa::new("portico up ADS CA");
+    let server = ca.server(&[ADS_SERVER_NAME]);
+    let envoy = ca.client_named(ENVOY_NODE);
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).map_err(io(&ca_path))?;
+    for (name, issued) in [("server", &server), ("envoy", &envoy)] {
+        let cert = dir.join(format!("{name}.crt"));
+        std::fs::write(&cert, &issued.cert_pem).map_err(io(&cert))?;
+        write_private(&dir.join(format!("{name}.key")), &issued.key_pem)?;
+    }
+    Ok(())
+}
+
+/// Envoy's bootstrap: a node id, the admin port, and ADS (over mutual TLS, with the
+/// certificates `write_ads_pki` made) as the only source of config.
+pub fn envoy_bootstrap(o: &Options) -> Result<String, UpError> {
     let ads = std::net::SocketAddr::new(IpAddr::from([127, 0, 0, 1]), o.ads_port);
-    format!(
+    let dir = o.state_dir.join("ads");
+    let path = |name: &str| {
+        dir.join(name)
+            .to_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| UpError::StateDirUnusable(o.state_dir.clone()))
+    };
+    let tls = portico_renderer_envoy::AdsClientTls {
+        ca: path("ca.pem")?,
+        cert: path("envoy.crt")?,
+        key: path("envoy.key")?,
+        server_name: ADS_SERVER_NAME.parse().expect("a DNS name"),
+    };
+    Ok(format!(
         "# Written by `portico up`: everything else comes from renderer-envoy over ADS.\n{}",
-        portico_renderer_envoy::ads_bootstrap(ENVOY_NODE, o.envoy_admin_port, ads)
-    )
+        portico_renderer_envoy::ads_bootstrap_with(
+            ENVOY_NODE,
+            o.envoy_admin_port,
+            ads,
+            portico_renderer_envoy::AdsApi::Delta,
+            Some(&tls)
+        )
+    ))
 }

@@ -114,6 +114,59 @@ pub struct Ads {
     /// `None` until the first model is known: requests wait rather than get an empty config.
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub acks: mpsc::Sender<NodeEvent>,
+    /// Served over mutual TLS: a stream is served only to the node its client certificate
+    /// names (a DNS subject alternative name equal to the node id).
+    pub mtls: bool,
+}
+
+/// The node ids a client certificate vouches for: its DNS subject alternative names.
+pub fn certificate_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(name) => Some((*name).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Who may be served on a stream: anyone (plaintext), or the identities of the client
+/// certificate. A TLS stream without a certificate is refused before anything is read.
+fn identities<T>(ads: &Ads, request: &Request<T>) -> Result<Option<Vec<String>>, Status> {
+    if !ads.mtls {
+        return Ok(None);
+    }
+    let certs = request.peer_certs().ok_or_else(|| refused("no client certificate"))?;
+    let leaf = certs.first().ok_or_else(|| refused("no client certificate"))?;
+    Ok(Some(certificate_identities(leaf.as_ref())))
+}
+
+fn refused(why: &str) -> Status {
+    portico_bus::admin::counter(
+        "portico_renderer_envoy_refused_streams_total",
+        "ADS streams refused: no client certificate, or a node id the certificate does not name.",
+        1.0,
+    );
+    tracing::warn!(reason = why, "ADS stream refused");
+    Status::permission_denied(format!("ADS refused: {why}"))
+}
+
+/// Whether a request may be served: its node (or the node the stream already proved) is
+/// one the certificate names. `None` when it may; the refusal otherwise.
+fn check_node(allowed: &Option<Vec<String>>, known: &str, node: Option<&str>) -> Option<Status> {
+    let allowed = allowed.as_ref()?;
+    let node = node.unwrap_or(known);
+    if node.is_empty() {
+        return Some(refused("the request names no node"));
+    }
+    if !allowed.iter().any(|a| a == node) {
+        return Some(refused(&format!("node {node:?} is not the one its certificate names ({})", allowed.join(", "))));
+    }
+    None
 }
 
 /// The responses a stream's node has not answered, and what to report when it has.
@@ -313,6 +366,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let allowed = identities(self, &request)?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let mut snapshots = self.snapshots.clone();
@@ -325,6 +379,10 @@ impl AggregatedDiscoveryService for Ads {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
+                        if let Some(denied) = check_node(&allowed, &tracker.node, req.node.as_ref().map(|n| n.id.as_str())) {
+                            let _ = tx.send(Err(denied)).await;
+                            break;
+                        }
                         if let Some(n) = &req.node {
                             tracker.node = n.id.clone();
                         }
@@ -399,6 +457,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let allowed = identities(self, &request)?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
         let mut snapshots = self.snapshots.clone();
@@ -411,6 +470,10 @@ impl AggregatedDiscoveryService for Ads {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
+                        if let Some(denied) = check_node(&allowed, &tracker.node, req.node.as_ref().map(|n| n.id.as_str())) {
+                            let _ = tx.send(Err(denied)).await;
+                            break;
+                        }
                         if let Some(n) = &req.node {
                             tracker.node = n.id.clone();
                         }

@@ -493,7 +493,18 @@ fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Liste
 /// and the one static cluster that reaches the ADS server. Every value is a number, an
 /// address or a node id the caller controls; `node_id` must be a plain token.
 pub fn ads_bootstrap(node_id: &str, admin_port: u16, ads: std::net::SocketAddr) -> String {
-    ads_bootstrap_with(node_id, admin_port, ads, AdsApi::Delta)
+    ads_bootstrap_with(node_id, admin_port, ads, AdsApi::Delta, None)
+}
+
+/// How an Envoy reaches renderer-envoy over mutual TLS: its own certificate and key (which
+/// name its node id), the CA of the server's certificate, and the name that certificate
+/// carries. Typed paths and names: nothing unchecked reaches the bootstrap.
+#[derive(Clone, Debug)]
+pub struct AdsClientTls {
+    pub ca: portico_model::AbsPath,
+    pub cert: portico_model::AbsPath,
+    pub key: portico_model::AbsPath,
+    pub server_name: portico_model::DnsName,
 }
 
 /// Which ADS variant a bootstrap asks for: incremental (what Portico writes) or state of
@@ -505,7 +516,13 @@ pub enum AdsApi {
 }
 
 /// [`ads_bootstrap`] with the ADS variant chosen.
-pub fn ads_bootstrap_with(node_id: &str, admin_port: u16, ads: std::net::SocketAddr, api: AdsApi) -> String {
+pub fn ads_bootstrap_with(
+    node_id: &str,
+    admin_port: u16,
+    ads: std::net::SocketAddr,
+    api: AdsApi,
+    tls: Option<&AdsClientTls>,
+) -> String {
     assert!(
         !node_id.is_empty() && node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
         "node id {node_id:?} is not a plain token"
@@ -514,6 +531,27 @@ pub fn ads_bootstrap_with(node_id: &str, admin_port: u16, ads: std::net::SocketA
     let api_type = match api {
         AdsApi::Delta => "DELTA_GRPC",
         AdsApi::StateOfTheWorld => "GRPC",
+    };
+    let transport_socket = match tls {
+        None => String::new(),
+        Some(t) => format!(
+            r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {name}
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates: [{{certificate_chain: {{filename: "{cert}"}}, private_key: {{filename: "{key}"}}}}]
+          validation_context:
+            trusted_ca: {{filename: "{ca}"}}
+            match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: {name}}}}}]
+"#,
+            name = t.server_name,
+            cert = t.cert,
+            key = t.key,
+            ca = t.ca
+        ),
     };
     format!(
         r#"node: {{id: {node_id}, cluster: portico}}
@@ -534,7 +572,7 @@ static_resources:
     load_assignment:
       cluster_name: portico_ads
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: "{ads_ip}", port_value: {ads_port}}}}}}}}}]}}]
-"#
+{transport_socket}"#
     )
 }
 

@@ -20,10 +20,29 @@ use tracing::Instrument;
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     pub bus: portico_bus::nats::ConnectConfig,
-    /// Where Envoys connect (gRPC, plaintext: run it beside the Envoys or behind mTLS).
+    /// Where Envoys connect (gRPC).
     pub listen: SocketAddr,
+    /// Mutual TLS on the ADS port: without it, anyone who reaches the port gets every
+    /// client key and CA bundle (SDS). `portico up` always sets it.
+    pub tls: Option<AdsTls>,
     pub http_port: u16,
     pub bind_address: IpAddr,
+}
+
+/// The ADS server's certificate and key, and the CA that issues the Envoys' certificates
+/// (PEM). An Envoy is served only with a certificate of that CA naming its node id as a
+/// DNS subject alternative name.
+#[derive(Clone)]
+pub struct AdsTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for AdsTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdsTls { .. }") // never the key
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,20 +174,36 @@ pub async fn run(
     let (hash_tx, hash_rx) = watch::channel(BTreeMap::new());
     let (ack_tx, ack_rx) = mpsc::channel(NODE_EVENTS);
 
-    let ads = Ads { snapshots: snapshot_rx, acks: ack_tx };
+    let ads = Ads { snapshots: snapshot_rx, acks: ack_tx, mtls: config.tls.is_some() };
     let listen = config.listen;
+    let mut builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            let tls_config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+            builder = builder
+                .tls_config(tls_config)
+                .map_err(|e| ServiceError::Serve(listen, format!("the TLS certificate or key: {e}")))?;
+        }
+        None => tracing::warn!(
+            %listen,
+            "ADS is served without TLS: whoever reaches this port gets every client key and CA bundle; \
+             pass --tls-cert, --tls-key and --client-ca (portico up does)"
+        ),
+    }
     // Bound here, before anything else: a port that cannot be had is a start-up error the
     // operator sees at once (and /readyz never says ready), not a surprise at shutdown.
     let incoming = tonic::transport::server::TcpIncoming::bind(listen)
         .map_err(|e| ServiceError::Serve(listen, format!("cannot listen: {e}")))?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(ads))
-            .serve_with_incoming_shutdown(incoming, async move {
+    let server =
+        tokio::spawn(builder.add_service(AggregatedDiscoveryServiceServer::new(ads)).serve_with_incoming_shutdown(
+            incoming,
+            async move {
                 let _ = grpc_stopped.await;
-            }),
-    );
+            },
+        ));
     tracing::info!(%listen, "Envoy renderer (ADS) running");
     let mut serving = Serving {
         options: Options { bind_address: config.bind_address, http_port: config.http_port, admin_port: 0 },

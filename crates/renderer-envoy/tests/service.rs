@@ -9,6 +9,7 @@ use portico_renderer_envoy::service::{run, ServiceConfig};
 use portico_renderer_envoy::AdsApi;
 use portico_resolver::Config;
 use portico_testkit::{http_get, pipeline, repo, NatsServer};
+use rustls::pki_types::pem::PemObject;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -98,6 +99,7 @@ async fn serve_over(api: AdsApi) {
         ServiceConfig {
             bus: bus.clone(),
             listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
+            tls: None,
             http_port,
             bind_address: "127.0.0.1".parse().unwrap(),
         },
@@ -124,6 +126,7 @@ async fn serve_over(api: AdsApi) {
             admin_port,
             format!("127.0.0.1:{ads_port}").parse().unwrap(),
             api,
+            None,
         ),
     )
     .unwrap();
@@ -184,7 +187,7 @@ async fn an_ads_port_in_use_fails_the_start_at_once() {
     let outcome = tokio::time::timeout(
         Duration::from_secs(5),
         run(
-            ServiceConfig { bus, listen, http_port: 8080, bind_address: "127.0.0.1".parse().unwrap() },
+            ServiceConfig { bus, listen, tls: None, http_port: 8080, bind_address: "127.0.0.1".parse().unwrap() },
             std::future::pending(),
         ),
     )
@@ -192,4 +195,167 @@ async fn an_ads_port_in_use_fails_the_start_at_once() {
     .expect("the start fails at once, before connecting to NATS");
     let error = outcome.expect_err("the port is taken").to_string();
     assert!(error.contains(&listen.to_string()) && error.contains("cannot listen"), "{error}");
+}
+
+/// A CA, and certificates it issues naming DNS names (and usages).
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "portico ADS test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki { ca_pem, issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// (certificate, key) for `name`, a server's or a client's.
+    fn issue(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+fn envoy(bootstrap: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new("envoy")
+        .arg("-c")
+        .arg(bootstrap)
+        .args(["--use-dynamic-base-id", "--log-level", "warning"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("envoy must be installed (scripts/setup.sh installs it)")
+}
+
+/// Issue 10, item 3: over mutual TLS, an Envoy with a certificate naming its node is
+/// served; a client without a certificate gets nothing, and an Envoy whose certificate
+/// names another node than the one it claims gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let (ads_port, http_port) = (free_port(), free_port());
+    let pki = Pki::new();
+    let (cert_pem, key_pem) = pki.issue("ads.portico", ServerAuth);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = portico_renderer_envoy::service::AdsTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem.clone() };
+    let service = tokio::spawn(run(
+        ServiceConfig {
+            bus: bus.clone(),
+            listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
+            tls: Some(tls),
+            http_port,
+            bind_address: "127.0.0.1".parse().unwrap(),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = connect(&bus).await.unwrap();
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
+    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
+    for material in trust.values() {
+        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
+    }
+    publish(&buckets, 1, &model).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().canonicalize().unwrap().join(name);
+    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
+    // Each Envoy: (node id it claims, name its certificate carries).
+    let start = |node: &str, named: &str, admin_port: u16| {
+        let (cert, key) = pki.issue(named, ClientAuth);
+        std::fs::write(path(&format!("{node}.crt")), cert).unwrap();
+        std::fs::write(path(&format!("{node}.key")), key).unwrap();
+        let tls = portico_renderer_envoy::AdsClientTls {
+            ca: path("ca.pem").to_str().unwrap().parse().unwrap(),
+            cert: path(&format!("{node}.crt")).to_str().unwrap().parse().unwrap(),
+            key: path(&format!("{node}.key")).to_str().unwrap().parse().unwrap(),
+            server_name: "ads.portico".parse().unwrap(),
+        };
+        let bootstrap = path(&format!("{node}.yaml"));
+        let ads = format!("127.0.0.1:{ads_port}").parse().unwrap();
+        std::fs::write(
+            &bootstrap,
+            portico_renderer_envoy::ads_bootstrap_with(node, admin_port, ads, AdsApi::Delta, Some(&tls)),
+        )
+        .unwrap();
+        envoy(&bootstrap, &path(&format!("{node}.log")))
+    };
+
+    // A client without a certificate: the handshake, or the first read after it, fails.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ads_port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("ads.portico").unwrap();
+    let outcome = match connector.connect(name, tcp).await {
+        Err(e) => Err(e),
+        Ok(mut tls) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // An HTTP/2 preface: a served client would get the server's SETTINGS back.
+            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            match tls.read(&mut buf).await {
+                Ok(0) => Err(std::io::Error::other("closed")),
+                Ok(n) => Ok(n),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    assert!(outcome.is_err(), "a client without a certificate was answered: {outcome:?}");
+
+    // An impostor: a valid certificate of the CA, for another node than the one it claims.
+    let impostor_admin = free_port();
+    let mut impostor = start("portico-victim", "portico-other", impostor_admin);
+    let refused = || {
+        portico_bus::admin::render()
+            .lines()
+            .find_map(|l| l.strip_prefix("portico_renderer_envoy_refused_streams_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    for _ in 0..200 {
+        if refused() >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused() >= 1.0, "the impostor's stream was refused");
+
+    // The legitimate Envoy is served; and by then the impostor has been refused (above),
+    // so its lack of a record and of configuration is not a matter of time.
+    let admin_port = free_port();
+    let mut legit = start("portico-test", "portico-test", admin_port);
+    assert_eq!(answer(http_port, "shop.example.com", "/legacy", 503).await, "route in error, see its status");
+    assert_eq!(applied(&buckets, 1).await.error, None);
+    assert!(!clusters(admin_port).await.is_empty(), "the legitimate Envoy has its clusters");
+    assert_eq!(buckets.applied.get("envoy.portico-victim").await.unwrap(), None, "the impostor applied nothing");
+    assert_eq!(clusters(impostor_admin).await.len(), 0, "the impostor got no configuration");
+
+    for child in [&mut impostor, &mut legit] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
 }
