@@ -1,9 +1,10 @@
 //! `portico nats-credentials`: the Job in `deploy/kubernetes` that gives every service its
-//! own NATS password. It creates the Secret `portico-nats-users` (one key per service, see
-//! `nats_config::kubernetes_password_variable`) with fresh random passwords, and leaves an
-//! existing one alone, so re-applying the manifests never changes the passwords of running
-//! pods. It may only create Secrets (RBAC), never read them: an existing Secret shows as a
-//! conflict.
+//! own NATS password, and ADS its mutual TLS. It creates the Secret `portico-nats-users`
+//! (one key per service, see `nats_config::kubernetes_password_variable`) with fresh random
+//! passwords, and the Secret `portico-ads-tls` (a fresh CA, renderer-envoy's certificate,
+//! the Envoys' certificate), and leaves existing ones alone, so re-applying the manifests
+//! never changes the credentials of running pods. It may only create Secrets (RBAC), never
+//! read them: an existing Secret shows as a conflict.
 
 use crate::nats_config::{kubernetes_password_variable, password, KUBERNETES_USERS};
 use k8s_openapi::api::core::v1::Secret;
@@ -50,11 +51,58 @@ pub fn secret(namespace: &str, name: &str) -> Result<Secret, CredentialsError> {
     })
 }
 
-/// Create the Secret unless it exists.
+/// The name renderer-envoy's certificate carries in Kubernetes (its Service's name, which
+/// Envoy connects to and checks).
+pub const ADS_SERVER_NAME: &str = "portico-renderer-envoy";
+
+/// The identity of the Envoy pods' shared client certificate: each pod's node id is
+/// `<pod name>.envoy.portico` (deploy/kubernetes/envoy.yaml), one label under it.
+pub const ENVOY_IDENTITY: &str = "*.envoy.portico";
+
+/// The Secret with ADS's mutual TLS: a fresh CA (`ca.crt`), renderer-envoy's certificate
+/// and key (`server.crt`, `server.key`), and the Envoys' (`envoy.crt`, `envoy.key`).
+pub fn ads_tls_secret(namespace: &str, name: &str) -> Secret {
+    let ca = crate::demo::TestCa::new("Portico ADS CA");
+    let server = ca.server(&[
+        ADS_SERVER_NAME,
+        &format!("{ADS_SERVER_NAME}.{namespace}.svc"),
+        &format!("{ADS_SERVER_NAME}.{namespace}.svc.cluster.local"),
+    ]);
+    let envoy = ca.client_named(ENVOY_IDENTITY);
+    let data = BTreeMap::from([
+        ("ca.crt".to_owned(), ca.pem.clone()),
+        ("server.crt".to_owned(), server.cert_pem),
+        ("server.key".to_owned(), server.key_pem),
+        ("envoy.crt".to_owned(), envoy.cert_pem),
+        ("envoy.key".to_owned(), envoy.key_pem),
+    ]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/part-of".to_owned(), "portico".to_owned())])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Create the NATS passwords' Secret unless it exists.
 pub async fn ensure(namespace: &str, name: &str) -> Result<Outcome, CredentialsError> {
+    create_unless_exists(namespace, name, &secret(namespace, name)?).await
+}
+
+/// Create the ADS mutual-TLS Secret unless it exists.
+pub async fn ensure_ads_tls(namespace: &str, name: &str) -> Result<Outcome, CredentialsError> {
+    create_unless_exists(namespace, name, &ads_tls_secret(namespace, name)).await
+}
+
+async fn create_unless_exists(namespace: &str, name: &str, secret: &Secret) -> Result<Outcome, CredentialsError> {
     let client = kube::Client::try_default().await.map_err(|e| CredentialsError::Config(e.to_string()))?;
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    match api.create(&PostParams::default(), &secret(namespace, name)?).await {
+    match api.create(&PostParams::default(), secret).await {
         Ok(_) => Ok(Outcome::Created),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::Kept),
         Err(e) => {

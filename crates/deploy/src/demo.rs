@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 // ---------------------------------------------------------------- PKI
 
-/// A certificate authority for tests.
+/// A certificate authority made on the spot: the demo's backends, and ADS's mutual TLS
+/// (`portico up`, the Kubernetes credentials Job).
 pub struct TestCa {
     pub pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,

@@ -121,6 +121,9 @@ enum Command {
         namespace: String,
         #[arg(long, env = "PORTICO_NATS_SECRET", default_value = "portico-nats-users")]
         secret: String,
+        /// The Secret with ADS's mutual TLS (renderer-envoy and the Envoys mount it).
+        #[arg(long, env = "PORTICO_ADS_SECRET", default_value = "portico-ads-tls")]
+        ads_secret: String,
     },
     /// Time secrets validation and resolution on a generated cluster (DESIGN.md targets).
     /// Build with --release for meaningful figures.
@@ -229,15 +232,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::NatsCredentials { namespace, secret } => {
+        Command::NatsCredentials { namespace, secret, ads_secret } => {
+            use portico_deploy::credentials::{ensure, ensure_ads_tls, Outcome};
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-            match runtime.block_on(portico_deploy::credentials::ensure(&namespace, &secret)) {
-                Ok(portico_deploy::credentials::Outcome::Created) => {
-                    println!("created Secret {namespace}/{secret} with a NATS password per service");
+            let nats = match runtime.block_on(ensure(&namespace, &secret)) {
+                Ok(Outcome::Created) => format!("created Secret {namespace}/{secret} with a NATS password per service"),
+                Ok(Outcome::Kept) => format!("Secret {namespace}/{secret} exists; kept it (delete it and restart Portico's pods to change the passwords)"),
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("{nats}");
+            match runtime.block_on(ensure_ads_tls(&namespace, &ads_secret)) {
+                Ok(Outcome::Created) => {
+                    println!("created Secret {namespace}/{ads_secret} with ADS's CA and certificates");
                     ExitCode::SUCCESS
                 }
-                Ok(portico_deploy::credentials::Outcome::Kept) => {
-                    println!("Secret {namespace}/{secret} exists; kept it (delete it and restart Portico's pods to change the passwords)");
+                Ok(Outcome::Kept) => {
+                    println!("Secret {namespace}/{ads_secret} exists; kept it (delete it and restart renderer-envoy and Envoy to make new certificates)");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

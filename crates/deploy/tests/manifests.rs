@@ -306,8 +306,18 @@ fn the_envoy_bootstraps_pass_envoys_own_validation() {
         .find(|(_, v)| v["kind"] == "ConfigMap" && v["metadata"]["name"] == "envoy-bootstrap")
         .expect("the envoy-bootstrap ConfigMap")
         .1;
+    // The ADS TLS files the pods mount from the Secret portico-ads-tls, made here as the
+    // credentials Job makes them, where the bootstrap names them (Envoy reads them to validate).
+    let secret = portico_deploy::credentials::ads_tls_secret("portico", "portico-ads-tls");
+    let ads = dir.path().join("ads");
+    std::fs::create_dir_all(&ads).unwrap();
+    for (key, value) in secret.string_data.unwrap() {
+        std::fs::write(ads.join(key), value).unwrap();
+    }
+    let text = configmap["data"]["bootstrap.yaml"].as_str().unwrap();
+    assert!(text.contains("/etc/envoy/ads/envoy.crt"), "the bootstrap names the mounted client certificate");
     let kubernetes = dir.path().join("kubernetes.yaml");
-    std::fs::write(&kubernetes, configmap["data"]["bootstrap.yaml"].as_str().unwrap()).unwrap();
+    std::fs::write(&kubernetes, text.replace("/etc/envoy/ads/", &format!("{}/", ads.display()))).unwrap();
     for bootstrap in [kubernetes, repo().join("deploy/compose/envoy-bootstrap.yaml")] {
         let out = std::process::Command::new("envoy")
             .args(["--mode", "validate", "--service-node", "test", "-c"])

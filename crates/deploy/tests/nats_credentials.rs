@@ -54,8 +54,10 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     runtime.spawn(serve(
         listener,
         vec![
+            (201, created.clone()),
             (201, created),
             (409, status(409, "AlreadyExists", "secrets \"portico-nats-users\" already exists")),
+            (409, status(409, "AlreadyExists", "secrets \"portico-ads-tls\" already exists")),
             (
                 403,
                 status(
@@ -95,6 +97,7 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     let (code, stdout, stderr) = run();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("created Secret portico/portico-nats-users"), "{stdout}");
+    assert!(stdout.contains("created Secret portico/portico-ads-tls"), "{stdout}");
     let (code, stdout, stderr) = run();
     assert_eq!(code, Some(0), "an existing Secret is kept: {stdout}{stderr}");
     assert!(stdout.contains("exists; kept it"), "{stdout}");
@@ -125,6 +128,19 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     let passwords: std::collections::BTreeSet<&str> = data.values().map(|v| v.as_str().unwrap()).collect();
     assert!(passwords.iter().all(|p| p.len() == 48 && p.bytes().all(|b| b.is_ascii_hexdigit())), "{passwords:?}");
     assert_eq!(passwords.len(), 5, "a different password per service");
-    let second = seen[1].2["stringData"].as_object().unwrap();
+    let second = seen[2].2["stringData"].as_object().unwrap();
     assert_ne!(second.values().next(), data.values().next(), "fresh passwords at every attempt");
+
+    // ADS's mutual TLS: a CA, renderer-envoy's certificate and key, the Envoys'.
+    let ads = &seen[1].2;
+    assert_eq!(ads["metadata"]["name"], "portico-ads-tls");
+    let files = ads["stringData"].as_object().expect("stringData");
+    let keys: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ca.crt", "envoy.crt", "envoy.key", "server.crt", "server.key"]);
+    for (name, value) in files {
+        let pem = value.as_str().unwrap();
+        let header = if name.ends_with(".key") { "-----BEGIN PRIVATE KEY-----" } else { "-----BEGIN CERTIFICATE-----" };
+        assert!(pem.starts_with(header), "{name}: {pem}");
+    }
+    assert_ne!(seen[3].2["stringData"]["ca.crt"], files["ca.crt"], "a fresh CA at every attempt");
 }

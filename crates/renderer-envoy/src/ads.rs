@@ -145,6 +145,19 @@ fn identities<T>(ads: &Ads, request: &Request<T>) -> Result<Option<Vec<String>>,
     Ok(Some(certificate_identities(leaf.as_ref())))
 }
 
+/// Whether a certificate's DNS name `name` names node `node`: equal, or a wildcard
+/// `*.<suffix>` and the node one label under it (one certificate for the pods of a
+/// Deployment, each with its own node id).
+pub fn names_node(name: &str, node: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(suffix) => node
+            .strip_suffix(suffix)
+            .and_then(|n| n.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        None => name == node,
+    }
+}
+
 fn refused(why: &str) -> Status {
     portico_bus::admin::counter(
         "portico_renderer_envoy_refused_streams_total",
@@ -163,7 +176,7 @@ fn check_node(allowed: &Option<Vec<String>>, known: &str, node: Option<&str>) ->
     if node.is_empty() {
         return Some(refused("the request names no node"));
     }
-    if !allowed.iter().any(|a| a == node) {
+    if !allowed.iter().any(|a| names_node(a, node)) {
         return Some(refused(&format!("node {node:?} is not the one its certificate names ({})", allowed.join(", "))));
     }
     None
@@ -581,6 +594,17 @@ mod tests {
             r.resources.iter().map(|r| r.name.as_str()).collect(),
             r.removed_resources.iter().map(String::as_str).collect(),
         )
+    }
+
+    #[test]
+    fn a_certificate_names_its_node_or_one_label_under_its_wildcard() {
+        assert!(names_node("portico-local", "portico-local"));
+        assert!(!names_node("portico-local", "portico-other"));
+        assert!(names_node("*.envoy.portico", "envoy-7d9f-x2.envoy.portico"));
+        assert!(!names_node("*.envoy.portico", "a.b.envoy.portico"), "one label only");
+        assert!(!names_node("*.envoy.portico", "envoy.portico"));
+        assert!(!names_node("*.envoy.portico", "xenvoy.portico"));
+        assert!(!names_node("*.envoy.portico", ".envoy.portico"));
     }
 
     #[test]
