@@ -1,16 +1,14 @@
 //! The bus contract: bucket names and keys, the message envelope (schema version, W3C trace
-//! context) with its codec, and the NATS connection and JetStream setup every service
-//! shares. All state on the bus is derived; the Kubernetes API or the files are the truth.
+//! context) with its codec, the value types, the model by piece, and the NATS connection
+//! and JetStream setup every service shares. All state on the bus is derived; the
+//! Kubernetes API or the files are the truth. What a service process needs besides (its
+//! admin port, flags, telemetry, the renderers' inputs) is `portico-kit`.
 
-pub mod admin;
-pub mod cli;
 pub mod codec;
 pub mod envelope;
-pub mod follow;
 pub mod model;
 pub mod names;
 pub mod nats;
-pub mod telemetry;
 
 pub use envelope::{open, seal, OpenError, TraceContext, SCHEMA_VERSION};
 

@@ -58,7 +58,6 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
 fn open_as(kind: &str, bytes: &[u8]) {
     fn use_trace(trace: &TraceContext) {
         let _ = trace.trace_id();
-        let _ = trace.span_context();
     }
     macro_rules! check {
         ($t:ty) => {

@@ -159,7 +159,7 @@ pub fn names_node(name: &str, node: &str) -> bool {
 }
 
 fn refused(why: &str) -> Status {
-    portico_bus::admin::counter(
+    portico_kit::admin::counter(
         "portico_renderer_envoy_refused_streams_total",
         "ADS streams refused: no client certificate, or a node id the certificate does not name.",
         1.0,
@@ -351,7 +351,7 @@ struct Disconnect;
 impl Drop for Disconnect {
     fn drop(&mut self) {
         let connected = CONNECTED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
-        portico_bus::admin::gauge(
+        portico_kit::admin::gauge(
             "portico_renderer_envoy_connected_nodes",
             "Envoy ADS streams open now.",
             connected as f64,
@@ -362,7 +362,7 @@ impl Drop for Disconnect {
 /// Counts a stream while it runs.
 fn connected() -> Disconnect {
     let connected = CONNECTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    portico_bus::admin::gauge(
+    portico_kit::admin::gauge(
         "portico_renderer_envoy_connected_nodes",
         "Envoy ADS streams open now.",
         connected as f64,

@@ -2,7 +2,7 @@
 //! until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{serve, AdminArgs, NatsArgs};
+use portico_kit::cli::{serve, AdminArgs, NatsArgs};
 use portico_renderer_envoy::service::{run, AdsTls, ServiceConfig};
 use std::process::ExitCode;
 

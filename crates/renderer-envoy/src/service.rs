@@ -7,9 +7,9 @@
 use crate::ads::{Ads, NodeEvent, Snapshot, NODE_EVENTS};
 use crate::{resources, Delivery, Options};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use portico_bus::follow::RendererInputs;
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{seal, AppliedRecord, TraceContext, Version};
+use portico_kit::renderer_inputs::RendererInputs;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -98,11 +98,11 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
         let generation = model_version.generation;
         // Envoy's answer is the last step of the change's trace.
         let span = tracing::info_span!(parent: None, "envoy.ack", node = %node, generation, nack = error.is_some());
-        portico_bus::telemetry::continue_trace(&span, &served);
-        let trace = portico_bus::telemetry::outgoing(&span, &served);
+        portico_kit::telemetry::continue_trace(&span, &served);
+        let trace = portico_kit::telemetry::outgoing(&span, &served);
         let _entered = span.enter();
         if let Some(e) = &error {
-            portico_bus::admin::counter("portico_renderer_envoy_nacks_total", "Configurations an Envoy rejected.", 1.0);
+            portico_kit::admin::counter("portico_renderer_envoy_nacks_total", "Configurations an Envoy rejected.", 1.0);
             tracing::warn!(node = %node, generation, error = %e, "NACK");
         } else {
             tracing::info!(node = %node, generation, "applied by Envoy");
@@ -273,15 +273,15 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         let span = tracing::info_span!(parent: None, "envoy.serve", generation = record.generation, version = %version);
         // The ACKs of this version continue this span's trace (see `report`). The parent is
         // set before the span is entered: it cannot change once the span has started.
-        let served_trace = portico_bus::telemetry::follow(&span, &causes);
+        let served_trace = portico_kit::telemetry::fold_causes(&span, &causes);
         let _entered = span.enter();
         serving.versions.send_modify(|m| {
             m.insert(version.clone(), (record.version(), record.hash.clone(), served_trace));
             prune_versions(m, KEPT_VERSIONS);
         });
         serving.generation = Some(record.version());
-        portico_bus::admin::set_ready(true);
-        portico_bus::admin::gauge(
+        portico_kit::admin::set_ready(true);
+        portico_kit::admin::gauge(
             "portico_renderer_envoy_generation",
             "The model generation served over ADS.",
             record.generation as f64,
@@ -289,7 +289,7 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         let snapshot = Snapshot::new(version.clone(), &rendered);
         drop(rendered);
         let _ = serving.snapshots.send(Some(Arc::new(snapshot)));
-        portico_bus::admin::release_memory();
+        portico_kit::admin::release_memory();
         tracing::info!(
             generation = record.generation,
             version = %version,

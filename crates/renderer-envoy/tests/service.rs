@@ -328,7 +328,7 @@ async fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
     let impostor_admin = free_port();
     let mut impostor = start("portico-victim", "portico-other", impostor_admin);
     let refused = || {
-        portico_bus::admin::render()
+        portico_kit::admin::render()
             .lines()
             .find_map(|l| l.strip_prefix("portico_renderer_envoy_refused_streams_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())

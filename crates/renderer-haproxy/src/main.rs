@@ -2,7 +2,7 @@
 //! the newest model from the bus until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
+use portico_kit::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_renderer_haproxy::service::{run, ServiceConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;

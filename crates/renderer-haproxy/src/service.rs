@@ -6,9 +6,9 @@
 
 use crate::apply::{current_base, write_files_reusing, Applied, ApplyError, Haproxy, Started};
 use crate::{render, render_over, runtime, Options, Rendered, Runtime, Trust};
-use portico_bus::follow::{hold_back, RendererInputs};
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext, Version};
+use portico_kit::renderer_inputs::{hold_back, RendererInputs};
 use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
@@ -161,7 +161,7 @@ impl Renderer {
             generation = record.generation,
             render_ms = started.elapsed().as_millis() as u64
         );
-        let trace = portico_bus::telemetry::follow(&span, causes);
+        let trace = portico_kit::telemetry::fold_causes(&span, causes);
         self.apply_rendered(record, rendered, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
@@ -216,35 +216,35 @@ impl Renderer {
         let error = match &result {
             Ok(how) => {
                 self.applied = Some(AppliedState { version, files: None, runtime: Some(rendered.runtime) });
-                portico_bus::admin::set_ready(true);
-                portico_bus::admin::counter(
+                portico_kit::admin::set_ready(true);
+                portico_kit::admin::counter(
                     "portico_renderer_haproxy_applies_total",
                     "Configurations applied (through the runtime API, or by a confirmed reload).",
                     1.0,
                 );
                 match how {
-                    Applied::Runtime(_) => portico_bus::admin::counter(
+                    Applied::Runtime(_) => portico_kit::admin::counter(
                         "portico_renderer_haproxy_runtime_updates_total",
                         "Configurations applied through the runtime API, without a reload.",
                         1.0,
                     ),
-                    Applied::Reload => portico_bus::admin::counter(
+                    Applied::Reload => portico_kit::admin::counter(
                         "portico_renderer_haproxy_reloads_total",
                         "Configurations applied by a reload.",
                         1.0,
                     ),
-                    Applied::ReloadAfterDrift => portico_bus::admin::counter(
+                    Applied::ReloadAfterDrift => portico_kit::admin::counter(
                         "portico_renderer_haproxy_drift_reloads_total",
                         "Reloads after HAProxy refused a runtime command (it had drifted from the files).",
                         1.0,
                     ),
                 }
-                portico_bus::admin::gauge(
+                portico_kit::admin::gauge(
                     "portico_renderer_haproxy_generation",
                     "The model generation HAProxy runs.",
                     generation as f64,
                 );
-                portico_bus::admin::gauge(
+                portico_kit::admin::gauge(
                     "portico_renderer_haproxy_apply_duration_seconds",
                     "How long the last apply took (render, check, reload, confirmation).",
                     started.elapsed().as_secs_f64(),
@@ -269,7 +269,7 @@ impl Renderer {
                         applied.runtime = None;
                     }
                 }
-                portico_bus::admin::counter(
+                portico_kit::admin::counter(
                     "portico_renderer_haproxy_apply_failures_total",
                     "Configurations refused or not confirmed (HAProxy kept the previous one).",
                     1.0,
@@ -357,7 +357,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     });
     if let Some(AppliedState { version, .. }) = &applied {
         if version.generation > 0 {
-            portico_bus::admin::set_ready(true);
+            portico_kit::admin::set_ready(true);
         }
         tracing::info!(version = %version, "HAProxy runs a configuration applied earlier");
     }
@@ -380,7 +380,7 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
         wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
-        portico_bus::admin::release_memory();
+        portico_kit::admin::release_memory();
     }
 }
 

@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
+use portico_kit::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_resolver::service::{run, ServiceConfig};
 use portico_resolver::Config;
 use std::process::ExitCode;

@@ -128,8 +128,8 @@ async fn publish(
     // Only the units that read what changed are resolved again (`Incremental`).
     let changes = state.rebuild();
     let model = state.model();
-    portico_bus::admin::counter("portico_resolver_rebuilds_total", "Rebuilds of the model.", 1.0);
-    portico_bus::admin::counter(
+    portico_kit::admin::counter("portico_resolver_rebuilds_total", "Rebuilds of the model.", 1.0);
+    portico_kit::admin::counter(
         "portico_resolver_units_resolved_total",
         "Units (root HTTPProxies with their includes, Voyager Ingresses) resolved again.",
         changes.units as f64,
@@ -137,7 +137,7 @@ async fn publish(
     let resolved_ms = started.elapsed().as_millis() as u64;
     let version = Version { epoch: published.epoch, generation: published.generation + 1 };
     let outcome = published.pieces.publish(buckets, &model, version, trace, published.model_revision).await?;
-    portico_bus::admin::gauge(
+    portico_kit::admin::gauge(
         "portico_resolver_rebuild_duration_seconds",
         "How long the last rebuild (resolve, and publishing what changed) took.",
         started.elapsed().as_secs_f64(),
@@ -157,7 +157,7 @@ async fn publish(
             trace_id = trace.trace_id().unwrap_or("-"),
             "model published"
         );
-        portico_bus::admin::gauge(
+        portico_kit::admin::gauge(
             "portico_resolver_model_generation",
             "The generation of the last model published.",
             published.generation as f64,
@@ -207,8 +207,8 @@ async fn publish(
 struct Pending {
     first: Instant,
     last: Instant,
-    /// The traces of the changes, oldest first, at most `follow::MAX_CAUSES`: the rebuild
-    /// continues the first and links the others (`telemetry::follow`).
+    /// The traces of the changes, oldest first, at most `renderer_inputs::MAX_CAUSES`: the rebuild
+    /// continues the first and links the others (`telemetry::fold_causes`).
     traces: Vec<TraceContext>,
 }
 
@@ -217,7 +217,7 @@ impl Pending {
         let now = Instant::now();
         let p = pending.get_or_insert_with(|| Pending { first: now, last: now, traces: Vec::new() });
         p.last = now;
-        if trace.traceparent.is_some() && p.traces.len() < portico_bus::follow::MAX_CAUSES {
+        if trace.traceparent.is_some() && p.traces.len() < portico_kit::renderer_inputs::MAX_CAUSES {
             p.traces.push(trace);
         }
     }
@@ -254,7 +254,7 @@ fn new_epoch() -> u64 {
 
 /// Log and count an entry that cannot be opened (another schema version, garbage).
 fn undecodable(key: &str, error: &portico_bus::OpenError) {
-    portico_bus::admin::counter(
+    portico_kit::admin::counter(
         "portico_resolver_undecodable_total",
         "Bus entries that could not be read (another schema version, garbage); skipped.",
         1.0,
@@ -314,8 +314,8 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
             }
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 let ready = synced_kinds.len() == Kind::ALL.len() && verdicts_synced;
-                portico_bus::admin::set_ready(ready);
-                portico_bus::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
+                portico_kit::admin::set_ready(ready);
+                portico_kit::admin::gauge("portico_resolver_active", "1 while this instance holds the lease.", if lease.held { 1.0 } else { 0.0 });
                 if ready && lease.held {
                     // Fence: renew by compare-and-set before publishing. A holder that
                     // stalled past its lease (a long pause, SIGSTOP) finds it taken and
@@ -330,9 +330,9 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         changes_traced = changes.traces.len(),
                         candidate_generation = published.generation + 1
                     );
-                    let trace = portico_bus::telemetry::follow(&span, &changes.traces);
+                    let trace = portico_kit::telemetry::fold_causes(&span, &changes.traces);
                     match publish(buckets, &mut state, &mut published, &trace).instrument(span).await {
-                        Ok(()) => portico_bus::admin::release_memory(),
+                        Ok(()) => portico_kit::admin::release_memory(),
                         Err(e @ BusError::Fenced { .. }) => {
                             tracing::warn!(instance = %config.instance, error = %e, "another resolver published since this one last held the lease; standing by");
                             lease.held = false;

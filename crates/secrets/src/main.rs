@@ -2,7 +2,7 @@
 //! service until SIGTERM or Ctrl-C. Exit 0 on a clean stop, 1 when the service fails.
 
 use clap::Parser;
-use portico_bus::cli::{serve, AdminArgs, NatsArgs};
+use portico_kit::cli::{serve, AdminArgs, NatsArgs};
 use portico_secrets::service::{run, ServiceConfig};
 use std::process::ExitCode;
 use std::time::Duration;

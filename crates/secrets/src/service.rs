@@ -56,8 +56,8 @@ async fn publish(buckets: &Buckets, state: &mut State, key: &str, cause: &TraceC
         return Ok(());
     }
     let span = tracing::info_span!(parent: None, "secrets.verdict", secret = %key);
-    portico_bus::telemetry::continue_trace(&span, cause);
-    let trace = portico_bus::telemetry::outgoing(&span, cause);
+    portico_kit::telemetry::continue_trace(&span, cause);
+    let trace = portico_kit::telemetry::outgoing(&span, cause);
     put_verdict(buckets, state, key, (verdict, material, fingerprint), &trace).instrument(span).await
 }
 
@@ -88,20 +88,20 @@ async fn put_verdict(
         "published verdict"
     );
     state.published.insert(key.to_owned(), fingerprint);
-    portico_bus::admin::counter(
+    portico_kit::admin::counter(
         "portico_secrets_verdicts_published_total",
         "Verdicts published (new or changed).",
         1.0,
     );
     match verdict.ca.as_ref().ok().and_then(|ca| ca.certificates.iter().map(|c| c.not_after).min()) {
-        Some(expiry) => portico_bus::admin::gauge_with(
+        Some(expiry) => portico_kit::admin::gauge_with(
             "portico_secrets_ca_expiry_timestamp_seconds",
             "When the first certificate of a valid CA bundle expires (Unix seconds).",
             "secret",
             key,
             expiry as f64,
         ),
-        None => portico_bus::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key),
+        None => portico_kit::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key),
     }
     Ok(())
 }
@@ -117,7 +117,7 @@ async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), B
             reason: e.to_string(),
         })?;
     }
-    portico_bus::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key);
+    portico_kit::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key);
     tracing::info!(key, "secret deleted; verdict and trust material removed");
     Ok(())
 }
@@ -131,7 +131,7 @@ async fn mark_synced(buckets: &Buckets) -> Result<(), BusError> {
             reason: e.to_string(),
         }
     })?;
-    portico_bus::admin::set_ready(true);
+    portico_kit::admin::set_ready(true);
     tracing::info!("verdicts for the initial Secrets published");
     Ok(())
 }
@@ -185,13 +185,13 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                                 publish(buckets, &mut state, &key, &trace).await?;
                             } else {
                                 state.undecodable += 1;
-                                portico_bus::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
+                                portico_kit::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
                                 tracing::warn!(entry = %entry.key, secret = %key, "secret stored under another key; ignored");
                             }
                         }
                         Err(e) => {
                             state.undecodable += 1;
-                            portico_bus::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
+                            portico_kit::admin::counter("portico_secrets_undecodable_total", "Entries that could not be read (another schema version, garbage).", 1.0);
                             tracing::warn!(key = %entry.key, error = %e, undecodable = state.undecodable, "skipping an entry that cannot be opened");
                         }
                     },

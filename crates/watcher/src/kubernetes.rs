@@ -102,8 +102,8 @@ where
     }
 }
 
-/// Follow one watcher into the shared world; runs until the process stops.
-async fn follow<K, F>(
+/// Watch one kind (in one namespace, or all) into the shared world; runs until the process stops.
+async fn watch_kind<K, F>(
     api: Api<K>,
     id: usize,
     stream: StreamId,
@@ -200,32 +200,37 @@ fn start_watchers(
         let ns = &stream.namespace;
         match stream.kind {
             Kind::Service => {
-                tokio::spawn(follow(api::<core::Service>(client, ns), id, s, world, changed, |o| {
+                tokio::spawn(watch_kind(api::<core::Service>(client, ns), id, s, world, changed, |o| {
                     convert::service(o).map(Object::Service)
                 }));
             }
             Kind::EndpointSlice => {
-                tokio::spawn(follow(api::<discovery::EndpointSlice>(client, ns), id, s, world, changed, |o| {
+                tokio::spawn(watch_kind(api::<discovery::EndpointSlice>(client, ns), id, s, world, changed, |o| {
                     convert::endpoint_slice(o).map(Object::EndpointSlice)
                 }));
             }
             Kind::Secret => {
-                tokio::spawn(follow(api::<core::Secret>(client, ns), id, s, world, changed, |o| {
+                tokio::spawn(watch_kind(api::<core::Secret>(client, ns), id, s, world, changed, |o| {
                     convert::secret(o).map(Object::Secret)
                 }));
             }
             Kind::HttpProxy => {
-                tokio::spawn(follow(api::<crds::HTTPProxy>(client, ns), id, s, world, changed, |o| {
+                tokio::spawn(watch_kind(api::<crds::HTTPProxy>(client, ns), id, s, world, changed, |o| {
                     convert::http_proxy(o).map(Object::HttpProxy)
                 }));
             }
             Kind::TlsCertificateDelegation => {
-                tokio::spawn(follow(api::<crds::TLSCertificateDelegation>(client, ns), id, s, world, changed, |o| {
-                    convert::delegation(o).map(Object::TlsCertificateDelegation)
-                }));
+                tokio::spawn(watch_kind(
+                    api::<crds::TLSCertificateDelegation>(client, ns),
+                    id,
+                    s,
+                    world,
+                    changed,
+                    |o| convert::delegation(o).map(Object::TlsCertificateDelegation),
+                ));
             }
             Kind::VoyagerIngress => {
-                tokio::spawn(follow(api::<crds::VoyagerIngress>(client, ns), id, s, world, changed, |o| {
+                tokio::spawn(watch_kind(api::<crds::VoyagerIngress>(client, ns), id, s, world, changed, |o| {
                     convert::voyager_ingress(o).map(Object::VoyagerIngress)
                 }));
             }
@@ -323,7 +328,7 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
         }
         if !s.state.synced && marked.len() == Kind::ALL.len() {
             s.state.synced = true;
-            portico_bus::admin::set_ready(true);
+            portico_kit::admin::set_ready(true);
         }
         if marked.len() == Kind::ALL.len() {
             s.changed.notified().await;

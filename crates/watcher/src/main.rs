@@ -3,7 +3,7 @@
 //! when the service fails, 64 for a bad command line.
 
 use clap::Parser;
-use portico_bus::cli::{instance_name, serve, AdminArgs, NatsArgs};
+use portico_kit::cli::{instance_name, serve, AdminArgs, NatsArgs};
 use portico_watcher::kubernetes::KubeConfig;
 use portico_watcher::service::{run, ServiceConfig, ServiceError};
 use portico_watcher::status::StatusConfig;

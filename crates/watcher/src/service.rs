@@ -166,7 +166,7 @@ pub(crate) async fn apply(
         };
         // A change starts a trace: every service that handles it continues this span.
         let span = tracing::info_span!(parent: None, "watcher.publish", object = %object.object_ref());
-        let trace = portico_bus::telemetry::outgoing(&span, &new_trace(&encoded));
+        let trace = portico_kit::telemetry::outgoing(&span, &new_trace(&encoded));
         // The secrets bucket holds bare Secrets; the objects bucket holds `Object`s.
         let value = match object {
             Object::Secret(secret) => seal(secret, &trace),
@@ -203,12 +203,12 @@ pub(crate) async fn apply(
         state.published.remove(&(bucket, key));
         changes += 1;
     }
-    portico_bus::admin::counter(
+    portico_kit::admin::counter(
         "portico_watcher_changes_published_total",
         "Objects put or deleted on the bus.",
         changes as f64,
     );
-    portico_bus::admin::gauge(
+    portico_kit::admin::gauge(
         "portico_watcher_objects",
         "Objects (Secrets included) the sources define.",
         state.published.len() as f64,
@@ -298,7 +298,7 @@ async fn session(
             continue;
         }
         let changes = apply(buckets, state, desired).await?;
-        portico_bus::admin::release_memory();
+        portico_kit::admin::release_memory();
         if !state.synced {
             for kind in Kind::ALL {
                 put_marker(&buckets.objects, &names::sync_key(kind)).await?;
@@ -307,7 +307,7 @@ async fn session(
             // relays it once their verdicts are out.
             put_marker(&buckets.secrets, names::SECRETS_SYNC_KEY).await?;
             state.synced = true;
-            portico_bus::admin::set_ready(true);
+            portico_kit::admin::set_ready(true);
             tracing::info!(objects = state.published.len(), "initial sync published");
         } else if changes > 0 {
             tracing::info!(changes, "changes published");

@@ -154,7 +154,7 @@ impl StatusWriter {
         }
         for (object, status, trace) in pending {
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
-            portico_bus::telemetry::continue_trace(&span, &trace);
+            portico_kit::telemetry::continue_trace(&span, &trace);
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());
             let stamped = self.stamp(&object, &status).instrument(span.clone()).await;
             let patch = Patch::Merge(serde_json::json!({ "status": stamped }));

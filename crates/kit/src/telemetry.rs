@@ -12,12 +12,12 @@
 //! or `OTEL_TRACES_EXPORTER=none` turn export off. Without an endpoint nothing is
 //! exported, but spans still get ids, so log lines name the trace either way.
 
-use crate::TraceContext;
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use portico_bus::TraceContext;
 use std::str::FromStr;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -145,9 +145,14 @@ impl Telemetry {
     }
 }
 
-impl TraceContext {
+/// The OpenTelemetry side of the envelope's trace context.
+pub trait CarriedContext {
     /// The OpenTelemetry span context this carries, when it carries one.
-    pub fn span_context(&self) -> Option<SpanContext> {
+    fn span_context(&self) -> Option<SpanContext>;
+}
+
+impl CarriedContext for TraceContext {
+    fn span_context(&self) -> Option<SpanContext> {
         let parent = self.traceparent.as_deref()?;
         // `TraceContext::new` validated the form: 00-<trace id>-<span id>-<flags>.
         let trace_id = TraceId::from_hex(parent.get(3..35)?).ok()?;
@@ -156,23 +161,19 @@ impl TraceContext {
         let state = self.tracestate.as_deref().and_then(|s| TraceState::from_str(s).ok()).unwrap_or_default();
         Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state))
     }
+}
 
-    /// The context of `span`, when it is recorded by the OpenTelemetry layer.
-    pub fn of_span(span: &tracing::Span) -> Option<TraceContext> {
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if !span_context.is_valid() {
-            return None;
-        }
-        let parent = format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        );
-        let state = span_context.trace_state().header();
-        Some(TraceContext::new(&parent, Some(&state).filter(|s| !s.is_empty()).map(String::as_str)))
+/// The context of `span`, when it is recorded by the OpenTelemetry layer.
+pub fn of_span(span: &tracing::Span) -> Option<TraceContext> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if !span_context.is_valid() {
+        return None;
     }
+    let parent =
+        format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
+    let state = span_context.trace_state().header();
+    Some(TraceContext::new(&parent, Some(&state).filter(|s| !s.is_empty()).map(String::as_str)))
 }
 
 /// Make `span` a child of the trace `parent` carries (a no-op for an empty context). Call
@@ -192,7 +193,7 @@ pub fn link(span: &tracing::Span, other: &TraceContext) {
 
 /// For a unit of work that folds several changes (`causes`, oldest first): `span` becomes
 /// the child of the first and links the others. Returns the context to publish from it.
-pub fn follow(span: &tracing::Span, causes: &[TraceContext]) -> TraceContext {
+pub fn fold_causes(span: &tracing::Span, causes: &[TraceContext]) -> TraceContext {
     let Some((first, others)) = causes.split_first() else { return outgoing(span, &TraceContext::default()) };
     continue_trace(span, first);
     for other in others {
@@ -204,7 +205,7 @@ pub fn follow(span: &tracing::Span, causes: &[TraceContext]) -> TraceContext {
 /// The trace context to publish from `span`: its own when it is recorded, else `fallback`
 /// (in tests without the subscriber), so the trace id is carried on either way.
 pub fn outgoing(span: &tracing::Span, fallback: &TraceContext) -> TraceContext {
-    TraceContext::of_span(span).unwrap_or_else(|| fallback.clone())
+    of_span(span).unwrap_or_else(|| fallback.clone())
 }
 
 #[cfg(test)]

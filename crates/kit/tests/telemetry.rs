@@ -6,7 +6,8 @@
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use portico_bus::{telemetry, TraceContext};
+use portico_bus::TraceContext;
+use portico_kit::telemetry;
 use prost::Message;
 use std::sync::{Arc, Mutex};
 
@@ -76,7 +77,7 @@ fn spans_are_exported_over_otlp_http_when_the_standard_variables_say_so() {
     // A unit that folds two changes: the child of the first, linked to the second.
     let second = TraceContext::new("00-11111111111111111111111111111111-2222222222222222-01", None);
     let folded = tracing::info_span!(target: "portico_example::service", "example.folded");
-    telemetry::follow(&folded, &[carried.clone(), second]);
+    telemetry::fold_causes(&folded, &[carried.clone(), second]);
     drop(folded);
     drop(tracing::info_span!(target: "hyper::client", "not.ours"));
     runtime.block_on(async move { tokio::task::spawn_blocking(move || telemetry.shutdown()).await }).unwrap();

@@ -1,7 +1,7 @@
 //! What every service binary shares: the NATS flags, logs and traces, the runtime, and stopping on
 //! SIGTERM or Ctrl-C. A `main.rs` flattens `NatsArgs` into its own flags and calls `serve`.
 
-use crate::nats::ConnectConfig;
+use portico_bus::nats::ConnectConfig;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;

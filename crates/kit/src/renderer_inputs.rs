@@ -1,9 +1,10 @@
-//! What every renderer follows: the newest model and the validated trust material.
+//! What every renderer renders from: the newest complete model and the validated trust
+//! material, kept current from the bus.
 
-use crate::model::{Followed, Follower};
-use crate::nats::{watch_current_and_new, Buckets, BusError};
-use crate::{names, open, ModelRecord, TraceContext};
 use futures_util::StreamExt;
+use portico_bus::model::{Followed, Follower};
+use portico_bus::nats::{watch_current_and_new, Buckets, BusError};
+use portico_bus::{names, open, ModelRecord, TraceContext};
 use portico_model::{SecretRef, TrustMaterial};
 use std::collections::BTreeMap;
 
@@ -67,7 +68,7 @@ impl RendererInputs {
     /// routes would answer 503 for a moment).
     async fn catch_up_trust(&mut self, buckets: &Buckets) -> Result<(), BusError> {
         let failed = |reason: String| BusError::WatchFailed { bucket: names::TRUST, reason };
-        if crate::nats::messages(&buckets.trust).await? == 0 {
+        if portico_bus::nats::messages(&buckets.trust).await? == 0 {
             return Ok(());
         }
         while let Some(entry) = self.trust_watch.next().await {
@@ -107,7 +108,7 @@ impl RendererInputs {
     /// replaced or removed) and apply it, together with every change that follows within
     /// `COALESCE_QUIET` of the last one (for at most `COALESCE_MAX`): 1,000 CA secrets
     /// arriving one by one become a few renderings, not 1,000. Returns the traces of the
-    /// changes, oldest first, at most `MAX_CAUSES` (see `telemetry::follow`). Entries that
+    /// changes, oldest first, at most `MAX_CAUSES` (see `telemetry::fold_causes`). Entries that
     /// cannot be opened are logged and skipped.
     pub async fn next(&mut self, buckets: &Buckets) -> Result<Vec<TraceContext>, BusError> {
         let mut traces = loop {
