@@ -163,6 +163,33 @@ impl PathPrefix {
     }
 }
 
+fn check_cluster_name(value: &str) -> Result<(), GrammarError> {
+    let what = "cluster name";
+    if value.is_empty() || value.len() > 255 {
+        return Err(refuse(what, value, "it must be 1 to 255 characters"));
+    }
+    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+        return Err(refuse(what, value, "only lowercase letters, digits and ._- are allowed"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A cluster's name as both proxies write it (an HAProxy backend, an Envoy cluster):
+    /// `<namespace>_<service>_<port>_<hash>`, only `[a-z0-9._-]`, at most 255 characters.
+    ClusterName,
+    check_cluster_name
+);
+
+impl ClusterName {
+    /// The name of a cluster of `service` `port` in `namespace`, told apart by `hash` (hex):
+    /// valid by construction (Kubernetes names, a number, hex digits).
+    pub fn of(namespace: &K8sName, service: &K8sName, port: u16, hash: &str) -> ClusterName {
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "a lowercase hex digest");
+        ClusterName(format!("{namespace}_{service}_{port}_{hash}"))
+    }
+}
+
 fn check_abs_path(value: &str) -> Result<(), GrammarError> {
     let what = "file path";
     if !value.starts_with('/') {
@@ -316,6 +343,21 @@ mod tests {
         for bad in ["", "api", "/a b", "/a#b", "/a\"b", "/a%2", "/a\\b", "/a$b", "/a\nb", "/é"] {
             assert!(PathPrefix::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn cluster_names_are_what_both_proxies_can_write() {
+        let ns: K8sName = "shop".parse().unwrap();
+        let svc: K8sName = "web".parse().unwrap();
+        let made = ClusterName::of(&ns, &svc, 8443, "0123456789abcdef");
+        assert_eq!(made.as_str(), "shop_web_8443_0123456789abcdef");
+        assert_eq!(ClusterName::try_from(made.to_string()).unwrap(), made, "what `of` makes passes the grammar");
+        for bad in ["", "a b", "A_b", "a{b}", "a\nb", "a#b", "a/b", "a;b"] {
+            assert!(ClusterName::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
+        }
+        assert!(ClusterName::try_from("a".repeat(256)).is_err());
+        let bad: Result<ClusterName, _> = serde_json::from_str("\"use_backend evil\"");
+        assert!(bad.is_err(), "a model from the bus is checked too");
     }
 
     #[test]

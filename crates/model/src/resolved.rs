@@ -4,7 +4,7 @@
 //! renderer never has to validate. Collections are sorted, so equal inputs give equal
 //! models and equal content hashes.
 
-use crate::names::{AbsPath, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
+use crate::names::{AbsPath, ClusterName, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
 use crate::objects::ObjectRef;
 use crate::verdict::{ClientPem, Pem, TrustMaterial};
 use serde::{Deserialize, Serialize};
@@ -133,8 +133,8 @@ impl Model {
             .ok_or_else(|| format!("no validated client certificate {secret} with the model's content hash"))
     }
 
-    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.binary_search_by(|c| c.name.as_str().cmp(name)).ok().map(|i| &self.clusters[i])
+    pub fn cluster(&self, name: &ClusterName) -> Option<&Cluster> {
+        self.clusters.binary_search_by(|c| c.name.cmp(name)).ok().map(|i| &self.clusters[i])
     }
 
     /// Every route of every listener, with its listener port and host.
@@ -283,15 +283,15 @@ impl Timeout {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightedCluster {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub weight: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     /// `<namespace>_<service>_<port>_<hash>`; the hash covers the whole `ClusterKey`, so
-    /// two different keys never share a name. Only `[a-z0-9._-]`.
-    pub name: String,
+    /// two different keys never share a name.
+    pub name: ClusterName,
     pub key: ClusterKey,
     pub servers: Servers,
 }

@@ -228,7 +228,7 @@ fn load_assignment(cluster: &Cluster) -> endpoint::ClusterLoadAssignment {
         Servers::Dns { host, port } => vec![dns_address(host.as_str(), *port)],
     };
     endpoint::ClusterLoadAssignment {
-        cluster_name: cluster.name.clone(),
+        cluster_name: cluster.name.to_string(),
         endpoints: vec![endpoint::LocalityLbEndpoints {
             lb_endpoints: addresses
                 .into_iter()
@@ -258,7 +258,7 @@ fn cluster_resource(cluster: &Cluster, delivery: Delivery) -> cluster::Cluster {
         (Servers::Endpoints(_), Delivery::Static) => (DiscoveryType::Static, None, Some(load_assignment(cluster))),
     };
     cluster::Cluster {
-        name: cluster.name.clone(),
+        name: cluster.name.to_string(),
         connect_timeout: Some(Duration { seconds: 5, nanos: 0 }),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
         eds_cluster_config: eds,
@@ -427,12 +427,12 @@ fn forward(
     use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
     let specifier = match live.as_slice() {
-        [one] => ClusterSpecifier::Cluster(one.cluster.clone()),
+        [one] => ClusterSpecifier::Cluster(one.cluster.to_string()),
         _ => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
             clusters: live
                 .iter()
                 .map(|b| route::weighted_cluster::ClusterWeight {
-                    name: b.cluster.clone(),
+                    name: b.cluster.to_string(),
                     weight: Some(UInt32Value { value: b.weight }),
                     ..Default::default()
                 })

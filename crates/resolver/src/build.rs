@@ -4,8 +4,8 @@
 
 use portico_model::names::quote;
 use portico_model::{
-    host_rank, Cluster, ClusterKey, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem, ProblemType,
-    Reason, Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
+    host_rank, Cluster, ClusterKey, ClusterName, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem,
+    ProblemType, Reason, Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -126,7 +126,7 @@ struct Claim {
 struct Interned {
     key: ClusterKey,
     digest: [u8; 32],
-    short: String,
+    short: ClusterName,
     servers: Servers,
     claims: usize,
 }
@@ -322,10 +322,10 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         }
         let interned = |id: usize| self.clusters[id].as_ref().expect("a claimed cluster is interned");
         let used_ids: Vec<usize> = (0..used.len()).filter(|&i| used[i]).collect();
-        let mut names: Vec<Option<String>> = vec![None; used.len()];
+        let mut names: Vec<Option<ClusterName>> = vec![None; used.len()];
         let named = names_of(used_ids.iter().map(|&id| {
             let i = interned(id);
-            (&i.key, &i.digest, i.short.as_str())
+            (&i.key, &i.digest, &i.short)
         }));
         for (id, name) in used_ids.into_iter().zip(named) {
             names[id] = Some(name);
@@ -391,29 +391,30 @@ pub fn key_digest(key: &ClusterKey, buf: &mut Vec<u8>) -> [u8; 32] {
 }
 
 /// `<namespace>_<service>_<port>_<hash>`.
-fn cluster_name(key: &ClusterKey, hash: &str) -> String {
-    format!("{}_{}_{}_{hash}", key.namespace, key.service, key.port)
+fn cluster_name(key: &ClusterKey, hash: &str) -> ClusterName {
+    ClusterName::of(&key.namespace, &key.service, key.port, hash)
 }
 
 /// `<namespace>_<service>_<port>_<hash>`, one per key, in the keys' order. The hash is 16
 /// hex digits of the key's digest; if two different keys ever share a name, both get the
 /// full 64 digits, so distinct keys never share a cluster. `_` cannot occur in Kubernetes
 /// names, so the parts stay apart.
-pub fn cluster_names<'a>(keys: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32])>) -> Vec<String> {
-    let keys: Vec<(&ClusterKey, &[u8; 32], String)> = keys.map(|(k, d)| (k, d, short_cluster_name(k, d))).collect();
-    names_of(keys.iter().map(|(k, d, s)| (*k, *d, s.as_str())))
+pub fn cluster_names<'a>(keys: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32])>) -> Vec<ClusterName> {
+    let keys: Vec<(&ClusterKey, &[u8; 32], ClusterName)> =
+        keys.map(|(k, d)| (k, d, short_cluster_name(k, d))).collect();
+    names_of(keys.iter().map(|(k, d, s)| (*k, *d, s)))
 }
 
 /// The name a key gets when no other key's short name is the same: 16 hex digits.
-fn short_cluster_name(key: &ClusterKey, digest: &[u8; 32]) -> String {
+fn short_cluster_name(key: &ClusterKey, digest: &[u8; 32]) -> ClusterName {
     cluster_name(key, &portico_model::hex(&digest[..8]))
 }
 
 /// `cluster_names` for keys whose short names are at hand already (the route table keeps
 /// them): the collision rule in one place.
-fn names_of<'a>(clusters: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32], &'a str)>) -> Vec<String> {
+fn names_of<'a>(clusters: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32], &'a ClusterName)>) -> Vec<ClusterName> {
     let clusters: Vec<_> = clusters.collect();
-    let mut count: HashMap<&str, usize> = HashMap::new();
+    let mut count: HashMap<&ClusterName, usize> = HashMap::new();
     for (_, _, short) in &clusters {
         *count.entry(short).or_default() += 1;
     }
@@ -424,7 +425,7 @@ fn names_of<'a>(clusters: impl Iterator<Item = (&'a ClusterKey, &'a [u8; 32], &'
                 if count[short] > 1 {
                     cluster_name(key, &portico_model::hex(*digest))
                 } else {
-                    (*short).to_owned()
+                    (*short).clone()
                 }
             },
         )
