@@ -1,6 +1,6 @@
 //! The resolved model as `haproxy.cfg` (HAProxy 2.6) plus the files it references: CA
-//! bundles named by their content hash, and the client certificate (chain and key in one
-//! PEM, as HAProxy's `crt` wants).
+//! bundles named by the SHA-256 of their bytes, and the client certificate (chain and key
+//! in one PEM, as HAProxy's `crt` wants), named likewise.
 //!
 //! Pure: model and trust material in, files out. Every value written comes from a model
 //! newtype (which has passed its grammar), an enum, a number, or a hex digest this module
@@ -31,6 +31,7 @@ use portico_model::{
     Alpn, CaSource, Cluster, HostMatch, Model, RouteAction, SecretRef, Servers, Timeout, TrustMaterial,
     UpstreamProtocol, Verification,
 };
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +53,53 @@ pub struct Options {
     /// The main HTTP port: always listened on, even when no route uses it, so that
     /// HAProxy starts (it refuses a config without listeners) and answers 404.
     pub http_port: u16,
+}
+
+/// Why HAProxy would not load `bytes` as a CA file, if it would not: no PEM block, or a
+/// block that is not an X.509 certificate.
+fn pem_certificates_problem(bytes: &[u8]) -> Option<String> {
+    let mut certificates = 0;
+    for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(bytes).enumerate() {
+        let pem = match pem {
+            Ok(pem) => pem,
+            Err(e) => return Some(format!("has a malformed PEM block (#{}): {e}", i + 1)),
+        };
+        if pem.label != "CERTIFICATE" {
+            continue;
+        }
+        if let Err(e) = pem.parse_x509() {
+            return Some(format!("has a certificate that does not parse (#{}): {e}", i + 1));
+        }
+        certificates += 1;
+    }
+    (certificates == 0).then(|| "holds no PEM certificate".to_owned())
+}
+
+/// CA files named by the model (Voyager's `ca-file`) that HAProxy could not load, with why.
+/// HAProxy refuses a whole configuration for one such file, so a cluster that names one is
+/// left out and its routes answer 503 instead. Found by [`unusable_ca_files`] where
+/// HAProxy runs; empty where the files cannot be looked at (`portico translate`).
+pub type UnusableFiles = BTreeMap<portico_model::AbsPath, String>;
+
+/// The CA files the model names that cannot be used on this host: missing, unreadable, or
+/// holding no PEM certificate.
+pub fn unusable_ca_files(model: &Model) -> UnusableFiles {
+    let mut out = UnusableFiles::new();
+    for cluster in &model.clusters {
+        let Some(tls) = &cluster.key.tls else { continue };
+        let Verification::Required { ca: CaSource::File(path), .. } = &tls.verify else { continue };
+        if out.contains_key(path) {
+            continue;
+        }
+        let why = match std::fs::read(path.as_str()) {
+            Err(e) => Some(format!("CA file {path} cannot be read on the HAProxy host: {e}")),
+            Ok(bytes) => pem_certificates_problem(&bytes).map(|p| format!("CA file {path} on the HAProxy host {p}")),
+        };
+        if let Some(why) = why {
+            out.insert(path.clone(), why);
+        }
+    }
+    out
 }
 
 /// What rendering produced.
@@ -82,20 +130,31 @@ fn cluster_files(
     cluster: &Cluster,
     model: &Model,
     trust: &Trust,
+    unusable: &UnusableFiles,
     files: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<ClusterFiles, String> {
     let mut out = ClusterFiles { ca_file: None, client_file: None };
     let Some(tls) = &cluster.key.tls else { return Ok(out) };
+    if let Verification::Required { ca: CaSource::File(path), .. } = &tls.verify {
+        if let Some(why) = unusable.get(path) {
+            return Err(why.clone());
+        }
+    }
+    // Files are named by a digest of the very bytes written (not by the material's label,
+    // which covers the certificates' DER): the same name is the same content, which the
+    // hard links between generations and the runtime path rely on.
     if let Verification::Required { ca: CaSource::Secret(secret), .. } = &tls.verify {
         let pem = model.ca_material(secret, trust)?;
-        let path = format!("ca/{}.pem", pem.sha256);
-        files.insert(path.clone(), pem.pem.clone().into_bytes());
+        let bytes = pem.pem.clone().into_bytes();
+        let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
+        files.insert(path.clone(), bytes);
         out.ca_file = Some(path);
     }
     if let Some(secret) = &tls.client_cert {
         let client = model.client_material(secret, trust)?;
-        let path = format!("client/{}.pem", client.sha256);
-        files.insert(path.clone(), format!("{}{}", client.chain_pem, client.key_pem).into_bytes());
+        let bytes = format!("{}{}", client.chain_pem, client.key_pem).into_bytes();
+        let path = format!("client/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
+        files.insert(path.clone(), bytes);
         out.client_file = Some(path);
     }
     Ok(out)
@@ -214,13 +273,20 @@ fn assign_slots(endpoints: &[SocketAddr], running: Option<&Vec<Option<SocketAddr
 
 /// Render the model.
 pub fn render(model: &Model, trust: &Trust, options: &Options) -> Rendered {
-    render_over(model, trust, options, None)
+    render_over(model, trust, options, None, &UnusableFiles::new())
 }
 
 /// Render the model so that it can be applied over `running` (the rendering HAProxy runs)
 /// through the runtime API where possible: endpoints keep their server slots, and slot
 /// counts are kept while they fit.
-pub fn render_over(model: &Model, trust: &Trust, options: &Options, running: Option<&Runtime>) -> Rendered {
+/// Clusters that name a CA file in `unusable` are left out (their routes answer 503).
+pub fn render_over(
+    model: &Model,
+    trust: &Trust,
+    options: &Options,
+    running: Option<&Runtime>,
+    unusable: &UnusableFiles,
+) -> Rendered {
     let base = options.base_dir.as_str();
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
@@ -229,7 +295,7 @@ pub fn render_over(model: &Model, trust: &Trust, options: &Options, running: Opt
     let mut renderable: BTreeMap<&str, ClusterFiles> = BTreeMap::new();
     let mut unrenderable: BTreeMap<&str, String> = BTreeMap::new();
     for cluster in &model.clusters {
-        match cluster_files(cluster, model, trust, &mut files) {
+        match cluster_files(cluster, model, trust, unusable, &mut files) {
             Ok(f) => {
                 renderable.insert(cluster.name.as_str(), f);
             }
@@ -431,7 +497,17 @@ pub fn render_over(model: &Model, trust: &Trust, options: &Options, running: Opt
     )
     .unwrap();
 
-    runtime.skeleton = runtime::digest(cfg.as_bytes());
+    // The skeleton covers the files the configuration loads at start (CA bundles, client
+    // certificates) too: the runtime API changes none of them, so a change of their
+    // content, even under the same name, is applied by a checked reload.
+    runtime.skeleton = {
+        let mut loaded: Vec<&[u8]> = vec![cfg.as_bytes()];
+        for (path, contents) in &files {
+            loaded.push(path.as_bytes());
+            loaded.push(contents);
+        }
+        runtime::digest_all(&loaded)
+    };
     let mut filled = String::with_capacity(cfg.len() + addresses.len() * 24);
     let mut pieces = cfg.split(SLOT);
     filled.push_str(pieces.next().unwrap_or_default());
@@ -450,4 +526,23 @@ pub fn render_over(model: &Model, trust: &Trust, options: &Options, running: Opt
     }
     files.insert("haproxy.cfg".to_owned(), cfg.into_bytes());
     Rendered { files, problems, runtime }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pem_certificates_problem;
+
+    #[test]
+    fn a_ca_file_haproxy_cannot_load_is_told_apart() {
+        // Debian's bundle (the ca-certificates package): many certificates and comments.
+        let bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").expect("ca-certificates is installed");
+        assert_eq!(pem_certificates_problem(&bundle), None);
+        assert_eq!(pem_certificates_problem(b"not a certificate\n"), Some("holds no PEM certificate".into()));
+        let bad = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+        assert!(
+            pem_certificates_problem(bad).is_some_and(|p| p.contains("does not parse")),
+            "{:?}",
+            pem_certificates_problem(bad)
+        );
+    }
 }

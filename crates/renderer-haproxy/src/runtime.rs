@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 /// The parts of a rendering that the runtime API changes in place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runtime {
-    /// SHA-256 of the skeleton: equal skeletons differ only in maps and servers.
+    /// SHA-256 of the skeleton (the configuration without server addresses) and of the
+    /// files it loads at start: equal skeletons differ only in maps and servers.
     pub skeleton: [u8; 32],
     /// Map file path (as the configuration names it) → key → value.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
@@ -29,8 +30,14 @@ pub struct Runtime {
     pub servers: BTreeMap<String, Vec<Option<SocketAddr>>>,
 }
 
-pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+/// SHA-256 over several byte strings, each prefixed by its length.
+pub(crate) fn digest_all(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 /// Whether a map holds route selection (host and path keys): changed last when adding,

@@ -55,6 +55,10 @@ struct Renderer {
     /// while NATS restarted): written again before anything else, so `portico status` never
     /// keeps showing an older generation than HAProxy runs.
     unreported: Option<(AppliedRecord, TraceContext)>,
+    /// Whether the last record written says an attempt failed: when the same version then
+    /// renders to what HAProxy runs (the cause went away), a record saying so is written,
+    /// instead of leaving the failure as the last word.
+    reported_error: bool,
 }
 
 /// What HAProxy runs, as far as the renderer knows.
@@ -132,7 +136,10 @@ impl Renderer {
         let started = std::time::Instant::now();
         let dir = self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, unix_ms()));
         let running = self.applied.as_ref().and_then(|a| a.runtime.as_ref());
-        let rendered = render_over(&record.model, trust, &Renderer::options_for(&self.config)?, running);
+        // Voyager's `ca-file`s live here, beside HAProxy: one it could not load would make
+        // it refuse the whole configuration, so such a cluster's routes answer 503 instead.
+        let unusable = crate::unusable_ca_files(&record.model);
+        let rendered = render_over(&record.model, trust, &Renderer::options_for(&self.config)?, running, &unusable);
         if let Some(applied) = &mut self.applied {
             // The same files (named by content hash) for the same version: nothing to do.
             if applied.version == record.version() {
@@ -143,6 +150,24 @@ impl Renderer {
                         current.map(|files| files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))));
                 }
                 if applied.files == Some(digest) {
+                    if self.reported_error {
+                        let record = AppliedRecord {
+                            epoch: record.epoch,
+                            generation: record.generation,
+                            hash: record.hash.clone(),
+                            error: None,
+                            problems: AppliedRecord::capped(rendered.problems),
+                            at_unix_ms: unix_ms(),
+                            took_ms: 0,
+                        };
+                        tracing::info!(
+                            generation = record.generation,
+                            "HAProxy runs this generation as applied before"
+                        );
+                        self.unreported = Some((record, TraceContext::default()));
+                        self.reported_error = false;
+                        self.report(buckets).await?;
+                    }
                     return Ok(None);
                 }
             }
@@ -288,6 +313,7 @@ impl Renderer {
             at_unix_ms: unix_ms(),
             took_ms: started.elapsed().as_millis() as u64,
         };
+        self.reported_error = record.error.is_some();
         self.unreported = Some((record, trace.clone()));
         self.report(buckets).await
     }
@@ -361,7 +387,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         }
         tracing::info!(version = %version, "HAProxy runs a configuration applied earlier");
     }
-    let mut renderer = Renderer { config, haproxy: Some(haproxy), applied, unreported: None };
+    let mut renderer = Renderer { config, haproxy: Some(haproxy), applied, unreported: None, reported_error: false };
     tracing::info!("HAProxy renderer running");
     let bus = renderer.config.bus.clone();
     portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;

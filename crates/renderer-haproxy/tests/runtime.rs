@@ -76,7 +76,7 @@ fn rendering(work: &Path, port: u16, yaml: &str, running: Option<&portico_render
     };
     match running {
         None => render(&model, &trust, &options),
-        Some(r) => render_over(&model, &trust, &options, Some(r)),
+        Some(r) => render_over(&model, &trust, &options, Some(r), &Default::default()),
     }
 }
 

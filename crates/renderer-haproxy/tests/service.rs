@@ -20,6 +20,22 @@ async fn publish_in(buckets: &Buckets, epoch: u64, generation: u64, model: &Mode
     portico_bus::model::publish_whole(buckets, model, version).await.unwrap();
 }
 
+/// The first record of this renderer that `wanted` accepts.
+async fn applied_where(buckets: &Buckets, wanted: impl Fn(&AppliedRecord) -> bool) -> AppliedRecord {
+    let mut last = None;
+    for _ in 0..400 {
+        if let Some(raw) = buckets.applied.get("haproxy.test").await.unwrap() {
+            let (record, _) = open::<AppliedRecord>(&raw).unwrap();
+            if wanted(&record) {
+                return record;
+            }
+            last = Some(record);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no such record was reported; the last: {last:?}");
+}
+
 async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
     for _ in 0..200 {
         if let Some(raw) = buckets.applied.get("haproxy.test").await.unwrap() {
@@ -84,20 +100,39 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
     let (status, body) = get("shop.example.com", "/legacy").await.unwrap();
     assert_eq!((status, body.as_str()), (503, "route in error, see its status"));
 
-    // A configuration HAProxy refuses (a CA file that does not exist on this host).
-    let mut broken = model.clone();
-    for cluster in &mut broken.clusters {
-        if let Some(tls) = &mut cluster.key.tls {
-            if let Verification::Required { ca, .. } = &mut tls.verify {
-                *ca = CaSource::File("/nonexistent/portico/ca.pem".parse::<AbsPath>().unwrap());
-            }
+    // A Voyager-style CA file that does not exist on this host (issue 10, item 8): only the
+    // routes of its cluster answer 503; HAProxy is not made to refuse the whole config.
+    let mut one_bad = model.clone();
+    let storefront =
+        one_bad.clusters.iter_mut().find(|c| c.name.as_str().starts_with("shop_storefront_")).expect("storefront");
+    if let Some(tls) = &mut storefront.key.tls {
+        if let Verification::Required { ca, .. } = &mut tls.verify {
+            *ca = CaSource::File("/nonexistent/portico/ca.pem".parse::<AbsPath>().unwrap());
         }
     }
-    publish(&buckets, 2, &broken).await;
+    publish(&buckets, 2, &one_bad).await;
     let two = applied(&buckets, 2).await;
-    assert!(two.error.as_deref().unwrap_or_default().contains("haproxy -c refused"), "{two:?}");
-    let (status, body) = get("shop.example.com", "/legacy").await.unwrap();
-    assert_eq!((status, body.as_str()), (503, "route in error, see its status"), "still serving generation 1");
+    assert_eq!(two.error, None, "{two:?}");
+    assert!(two.problems.iter().any(|p| p.contains("cannot be read on the HAProxy host")), "{two:?}");
+    let (status, body) = get("shop.example.com", "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "route in error, see its status"), "the bad file's route");
+    let (_, body) = get("shop.example.com", "/payments").await.unwrap();
+    assert_ne!(body, "route in error, see its status", "another cluster's route is served as before");
+
+    // A configuration HAProxy refuses (trust material that does not parse, whatever its
+    // hash says): it never replaces the working one, and the record says why.
+    let internal = trust.values().find(|m| m.secret.name.as_str() == "internal-ca").expect("internal-ca").clone();
+    let mut corrupt = internal.clone();
+    corrupt.ca.as_mut().unwrap().pem =
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n".into();
+    let key = names::secret_key(&internal.secret.namespace, &internal.secret.name);
+    buckets.trust.put(key.clone(), seal(&corrupt, &TraceContext::default()).into()).await.unwrap();
+    let refused = applied_where(&buckets, |r| r.generation == 2 && r.error.is_some()).await;
+    assert!(refused.error.as_deref().unwrap_or_default().contains("haproxy -c refused"), "{refused:?}");
+    let (status, body) = get("shop.example.com", "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "route in error, see its status"), "still serving what was applied");
+    buckets.trust.put(key, seal(&internal, &TraceContext::default()).into()).await.unwrap();
+    assert_eq!(applied_where(&buckets, |r| r.generation == 2 && r.error.is_none()).await.error, None);
 
     // A good generation after the broken one is applied; an older one afterwards is not.
     publish(&buckets, 3, &Model::default()).await;
