@@ -151,6 +151,18 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) a process has used, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
@@ -193,27 +205,46 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     let store_before = dir_bytes(&store);
 
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for n in 1..=changes {
-        stack.write("change.yaml", &change(n));
-        let took = stack.until_both("change.example.com", &format!("/change-{n}"), 200);
-        times[0].push(took[0]);
-        times[1].push(took[1]);
-    }
-    // Endpoint churn: the one endpoint of `churn` moves between two backends, and each
-    // proxy is timed until the other one answers.
     let mut churned: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for n in 1..=changes {
-        let (port, name) =
-            if n % 2 == 1 { (stack.demo.web.port, "web") } else { (stack.demo.payments.port, "payments") };
-        stack.write("churn.yaml", &churn(port));
-        let took = std::thread::scope(|s| {
-            let h = s.spawn(|| until_backend(&stack, Via::Haproxy, "churn.example.com", name));
-            let e = s.spawn(|| until_backend(&stack, Via::Envoy, "churn.example.com", name));
-            [h.join().expect("haproxy wait"), e.join().expect("envoy wait")]
+    // Requests to an unchanged route through both proxies for as long as the changes below
+    // are made: none may fail.
+    let stop_loop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, failed) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            use std::sync::atomic::Ordering::SeqCst;
+            while !stop_loop.load(SeqCst) {
+                for via in [Via::Haproxy, Via::Envoy] {
+                    sent.fetch_add(1, SeqCst);
+                    if !matches!(stack.get(via, "p-1.bench.example.com", "/"), Ok((200, _))) {
+                        failed.fetch_add(1, SeqCst);
+                    }
+                }
+            }
         });
-        churned[0].push(took[0]);
-        churned[1].push(took[1]);
-    }
+
+        for n in 1..=changes {
+            stack.write("change.yaml", &change(n));
+            let took = stack.until_both("change.example.com", &format!("/change-{n}"), 200);
+            times[0].push(took[0]);
+            times[1].push(took[1]);
+        }
+        // Endpoint churn: the one endpoint of `churn` moves between two backends, and each
+        // proxy is timed until the other one answers.
+        for n in 1..=changes {
+            let (port, name) =
+                if n % 2 == 1 { (stack.demo.web.port, "web") } else { (stack.demo.payments.port, "payments") };
+            stack.write("churn.yaml", &churn(port));
+            let took = std::thread::scope(|s| {
+                let h = s.spawn(|| until_backend(&stack, Via::Haproxy, "churn.example.com", name));
+                let e = s.spawn(|| until_backend(&stack, Via::Envoy, "churn.example.com", name));
+                [h.join().expect("haproxy wait"), e.join().expect("envoy wait")]
+            });
+            churned[0].push(took[0]);
+            churned[1].push(took[1]);
+        }
+        stop_loop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
     let store_timed = dir_bytes(&store);
     // More changes, one every 150 ms (each its own generation: the debounces are shorter),
     // for the store's size: it must not grow with the number of changes.
@@ -224,6 +255,28 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     }
     stack.until_both("change.example.com", &format!("/change-{}", 1000 + more), 200);
     let store_after = dir_bytes(&store);
+    // The idle stack: CPU used over 10 s with nothing changing.
+    let parts = [
+        Part::Watcher,
+        Part::Secrets,
+        Part::Resolver(0),
+        Part::RendererHaproxy,
+        Part::RendererEnvoy,
+        Part::Envoy,
+        Part::Nats,
+    ];
+    std::thread::sleep(Duration::from_secs(2)); // the last change's follow-up work
+    let before: Vec<(Part, Duration)> =
+        parts.iter().filter_map(|p| stack.stack.pid(*p).map(|pid| (*p, cpu_time(pid)))).collect();
+    let idle = Duration::from_secs(10);
+    std::thread::sleep(idle);
+    let idle_cpu: Vec<(Part, f64)> = before
+        .iter()
+        .filter_map(|(p, t)| {
+            let now = cpu_time(stack.stack.pid(*p)?);
+            Some((*p, (now.saturating_sub(*t)).as_secs_f64() / idle.as_secs_f64() * 100.0))
+        })
+        .collect();
     let resolver_log =
         std::fs::read_to_string(stack.stack.options.state_dir.join("logs/resolver.log")).unwrap_or_default();
     let generations = resolver_log.lines().filter(|l| l.contains("model published")).count();
@@ -292,6 +345,13 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         for (at, service, rest) in &lines {
             let _ = writeln!(report, "  {at} {service:<17} {rest}");
         }
+    }
+    let (sent, failed) = (sent.into_inner(), failed.into_inner());
+    let _ =
+        writeln!(report, "requests to an unchanged route during the 40 timed changes: {sent} sent, {failed} failed");
+    let _ = writeln!(report, "idle CPU over {} s (% of one core):", idle.as_secs());
+    for (part, percent) in &idle_cpu {
+        let _ = writeln!(report, "  {:<18} {percent:>5.2} %", part.name());
     }
     let _ = writeln!(report, "request latency to an unchanged route (median of 200 sequential requests):");
     for (i, name) in ["HAProxy", "Envoy"].into_iter().enumerate() {
