@@ -22,7 +22,7 @@ use crate::nats::{blob_of_entry, delete_blob, put_piece_blob, Buckets, BusError}
 use crate::{codec, names, open, seal, ModelRecord, TraceContext, Version};
 use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
-use portico_model::{Model, ModelPiece};
+use portico_model::{Model, ModelPiece, PieceId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -292,21 +292,28 @@ pub async fn current_index(kv: &kv::Store) -> Result<Option<(ModelIndex, u64)>, 
     Ok(Some((index, entry.revision)))
 }
 
-/// The renderers' side: the pieces of the bucket, and the newest complete generation.
+/// The renderers' side: the digests of the bucket's pieces, and the newest complete
+/// generation, kept by applying the pieces each generation changed to the one before (no
+/// second copy of the model, and no putting together of 20,000 pieces per change).
 #[derive(Default)]
 pub struct Follower {
-    pieces: HashMap<String, (u128, ModelPiece)>,
+    /// Piece key → its digest, for every piece in the bucket.
+    digests: HashMap<String, u128>,
     sum: u128,
+    /// Pieces put (`Some`) or deleted (`None`) since the last generation handed out.
+    pending: HashMap<String, Option<ModelPiece>>,
+    /// Piece key → what of `current`'s model it is.
+    in_model: HashMap<String, PieceId>,
     /// The newest index seen whose pieces are not all in yet.
     waiting: Option<(ModelIndex, TraceContext)>,
-    /// The version of the last generation handed out.
-    held: Option<Version>,
+    /// The last generation handed out.
+    current: Option<ModelRecord>,
 }
 
 /// What one entry of the model bucket did.
 pub enum Followed {
-    /// A newer generation is complete: the model, with the trace of its index.
-    Model(Box<ModelRecord>, TraceContext),
+    /// A newer generation is complete (`Follower::current`), with the trace of its index.
+    Model(TraceContext),
     /// Nothing to hand out yet.
     Nothing,
     /// The entry could not be read (logged by the caller).
@@ -316,6 +323,15 @@ pub enum Followed {
 impl Follower {
     pub fn new() -> Follower {
         Follower::default()
+    }
+
+    /// The last complete generation handed out.
+    pub fn current(&self) -> Option<&ModelRecord> {
+        self.current.as_ref()
+    }
+
+    fn held(&self) -> Option<Version> {
+        self.current.as_ref().map(ModelRecord::version)
     }
 
     /// Apply one entry of the model bucket.
@@ -329,16 +345,17 @@ impl Follower {
                 // Epoch, then generation: a resolver that started a new epoch (NATS lost
                 // its state) is followed, never ignored.
                 Ok((index, trace)) => {
-                    if self.held.is_none_or(|h| index.version() > h) {
+                    if self.held().is_none_or(|h| index.version() > h) {
                         self.waiting = Some((index, trace));
                     }
                 }
                 Err(e) => return Ok(Followed::Unreadable(format!("the model index: {e}"))),
             }
         } else if entry.key.starts_with(PIECE_PREFIX) {
-            if let Some((old, _)) = self.pieces.remove(&entry.key) {
+            if let Some(old) = self.digests.remove(&entry.key) {
                 self.sum = self.sum.wrapping_sub(old);
             }
+            self.pending.insert(entry.key.clone(), None);
             if put {
                 let bytes = match blob_of_entry(&buckets.model, &buckets.model_store, &entry.key, &entry.value).await {
                     Ok(Some(bytes)) => bytes,
@@ -357,7 +374,8 @@ impl Follower {
                     Ok((payload, piece)) => {
                         let digest = piece_digest(&entry.key, &payload);
                         self.sum = self.sum.wrapping_add(digest);
-                        self.pieces.insert(entry.key.clone(), (digest, piece));
+                        self.digests.insert(entry.key.clone(), digest);
+                        self.pending.insert(entry.key.clone(), Some(piece));
                     }
                     Err(e) => return Ok(Followed::Unreadable(format!("model piece {}: {e}", entry.key))),
                 }
@@ -365,19 +383,37 @@ impl Follower {
         } else {
             return Ok(Followed::Nothing);
         }
-        Ok(self.complete().map_or(Followed::Nothing, |(r, t)| Followed::Model(Box::new(r), t)))
+        Ok(self.complete().map_or(Followed::Nothing, Followed::Model))
     }
 
-    /// The waiting generation, once the pieces held add up to it.
-    fn complete(&mut self) -> Option<(ModelRecord, TraceContext)> {
+    /// The waiting generation, once the pieces held add up to it: the pending pieces go
+    /// into the model.
+    fn complete(&mut self) -> Option<TraceContext> {
         let (index, _) = self.waiting.as_ref()?;
-        if index.pieces != self.pieces.len() as u64 || index.digest != digest_hex(self.sum) {
+        if index.pieces != self.digests.len() as u64 || index.digest != digest_hex(self.sum) {
             return None;
         }
         let (index, trace) = self.waiting.take()?;
-        self.held = Some(index.version());
-        let model = Model::from_pieces(self.pieces.values().map(|(_, p)| p));
-        Some((ModelRecord { epoch: index.epoch, generation: index.generation, hash: index.digest, model }, trace))
+        let mut record = self.current.take().unwrap_or_else(|| ModelRecord {
+            epoch: 0,
+            generation: 0,
+            hash: String::new(),
+            model: Model::default(),
+        });
+        for (key, change) in self.pending.drain() {
+            if let Some(old) = self.in_model.remove(&key) {
+                record.model.remove_piece(&old);
+            }
+            if let Some(piece) = change {
+                self.in_model.insert(key, piece.id());
+                record.model.put_piece(piece);
+            }
+        }
+        record.epoch = index.epoch;
+        record.generation = index.generation;
+        record.hash = index.digest;
+        self.current = Some(record);
+        Some(trace)
     }
 }
 
@@ -393,8 +429,8 @@ pub async fn read_current(buckets: &Buckets) -> Result<Option<ModelRecord>, BusE
     let mut newest = None;
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| BusError::WatchFailed { bucket: names::MODEL, reason: e.to_string() })?;
-        if let Followed::Model(record, _) = follower.apply(buckets, &entry).await? {
-            newest = Some(*record);
+        if let Followed::Model(_) = follower.apply(buckets, &entry).await? {
+            newest = follower.current().cloned();
         }
         if entry.delta == 0 {
             break;

@@ -38,8 +38,13 @@ async fn a_change_writes_only_its_pieces_and_readers_get_the_published_model() {
     let pieces = model.pieces().len();
     let mut publisher = Publisher::new();
 
+    // A follower that lives through every generation (as a renderer's does), beside
+    // readers that start afresh each time.
+    let mut watch = portico_bus::nats::watch_current_and_new(&buckets.model).await.unwrap();
+    let mut follower = portico_bus::model::Follower::new();
     let first = publisher.publish(&buckets, &model, v(1), &trace, None).await.unwrap();
     assert_eq!((first.written, first.deleted), (pieces, 0), "the first publish writes every piece");
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, model);
     let (index, revision) = first.index.clone().unwrap();
     assert_eq!(index.pieces, pieces as u64);
     assert_eq!(read_current(&buckets).await.unwrap().unwrap().model, model, "the same model, in its order");
@@ -53,6 +58,7 @@ async fn a_change_writes_only_its_pieces_and_readers_get_the_published_model() {
     assert_eq!((second.written, second.deleted), (1, 0));
     let read = read_current(&buckets).await.unwrap().unwrap();
     assert_eq!((read.model, read.generation), (moved.clone(), 2));
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, moved);
     assert_ne!(read.hash, index.digest, "another model, another digest");
 
     // Nothing changed: no generation.
@@ -68,6 +74,7 @@ async fn a_change_writes_only_its_pieces_and_readers_get_the_published_model() {
     let third = publisher.publish(&buckets, &fewer, v(3), &trace, Some(revision)).await.unwrap();
     assert_eq!((third.written, third.deleted), (0, 1));
     assert_eq!(read_current(&buckets).await.unwrap().unwrap().model, fewer);
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, fewer);
 }
 
 #[tokio::test]
@@ -156,8 +163,8 @@ async fn follow_until(
             .expect("an entry within 10 s")
             .unwrap()
             .unwrap();
-        if let portico_bus::model::Followed::Model(record, _) = follower.apply(buckets, &entry).await.unwrap() {
-            return Some(*record);
+        if let portico_bus::model::Followed::Model(_) = follower.apply(buckets, &entry).await.unwrap() {
+            return follower.current().cloned();
         }
         if until == Some(entry.key.as_str()) {
             return None;
@@ -209,4 +216,30 @@ async fn a_publish_interrupted_half_way_is_never_handed_out_and_the_next_one_is_
     Publisher::new().publish(&buckets, &next, v(2), &trace, Some(revision)).await.unwrap();
     let second = follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap();
     assert_eq!((second.generation, second.model), (2, next));
+}
+
+#[test]
+fn pieces_put_in_or_taken_out_one_by_one_give_the_model_put_together_whole() {
+    let model = example();
+    let mut pieces = model.pieces();
+    // Any order: reversed, then every other one first.
+    pieces.reverse();
+    let (even, odd): (Vec<_>, Vec<_>) = pieces.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut built = Model::default();
+    for (_, piece) in even.into_iter().chain(odd) {
+        built.put_piece(piece);
+    }
+    assert_eq!(built, model);
+    // Taking pieces out leaves what the rest put together would be.
+    let gone: Vec<_> =
+        pieces.iter().filter(|p| !matches!(p, portico_model::ModelPiece::Rest { .. })).step_by(3).cloned().collect();
+    for piece in &gone {
+        built.remove_piece(&piece.id());
+    }
+    let rest: Vec<_> = pieces.iter().filter(|p| !gone.contains(p)).collect();
+    assert_eq!(built, Model::from_pieces(rest));
+    // Putting a piece again replaces it.
+    built.put_piece(gone[0].clone());
+    built.put_piece(gone[0].clone());
+    assert_eq!(built.pieces().iter().filter(|p| p.id() == gone[0].id()).count(), 1);
 }

@@ -14,8 +14,6 @@ pub struct RendererInputs {
     /// The pieces of the model bucket, put together into `model` generation by generation.
     follower: Follower,
     trust_watch: async_nats::jetstream::kv::Watch,
-    /// The newest model seen; an older version (epoch, generation) never replaces it.
-    pub model: Option<ModelRecord>,
     pub trust: BTreeMap<SecretRef, TrustMaterial>,
     /// Counts trust changes, so a renderer can tell two renderings of one generation apart.
     pub trust_revision: u64,
@@ -42,7 +40,6 @@ impl RendererInputs {
             model_watch,
             follower: Follower::new(),
             trust_watch,
-            model: None,
             trust: BTreeMap::new(),
             trust_revision: 0,
             opened: std::time::Instant::now(),
@@ -56,6 +53,11 @@ impl RendererInputs {
     /// really missing, and the routes fail closed.
     pub fn hold_back(&self, lacks_trust: bool) -> Option<std::time::Duration> {
         hold_back(self.opened, lacks_trust)
+    }
+
+    /// The newest complete model; an older version (epoch, generation) never replaces it.
+    pub fn model(&self) -> Option<&ModelRecord> {
+        self.follower.current()
     }
 
     /// When these inputs were opened.
@@ -154,12 +156,9 @@ impl RendererInputs {
     async fn apply(&mut self, entry: Entry, buckets: &Buckets) -> Result<Option<TraceContext>, BusError> {
         match entry {
             Entry::Trust(entry) => Ok(self.apply_trust(entry)),
+            // The follower hands out only generations newer than the last it did.
             Entry::Model(entry) => match self.follower.apply(buckets, &entry).await? {
-                Followed::Model(record, trace) => {
-                    // The follower hands out only generations newer than the last it did.
-                    self.model = Some(*record);
-                    Ok(Some(trace))
-                }
+                Followed::Model(trace) => Ok(Some(trace)),
                 Followed::Nothing => Ok(None),
                 Followed::Unreadable(what) => {
                     undecodable();

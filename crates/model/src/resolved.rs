@@ -23,7 +23,23 @@ pub enum ModelPiece {
     Rest { trust: Vec<TrustRef>, client_cert: Option<TrustRef> },
 }
 
+/// Which part of a model a piece is (its identity, as a value).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PieceId {
+    Cluster(ClusterName),
+    VirtualHost(u16, HostMatch),
+    Rest,
+}
+
 impl ModelPiece {
+    pub fn id(&self) -> PieceId {
+        match self {
+            ModelPiece::Cluster(c) => PieceId::Cluster(c.name.clone()),
+            ModelPiece::VirtualHost { port, vhost } => PieceId::VirtualHost(*port, vhost.host.clone()),
+            ModelPiece::Rest { .. } => PieceId::Rest,
+        }
+    }
+
     /// What the piece is of, unique within a model: `cluster/<name>`,
     /// `vhost/<port>/<host>`, `rest`.
     pub fn identity(&self) -> String {
@@ -68,6 +84,63 @@ impl Model {
         }
         out.push(ModelPiece::Rest { trust: self.trust.clone(), client_cert: self.client_cert.clone() });
         out
+    }
+
+    /// Put one piece in, in its place (replacing the piece of the same identity): what a
+    /// follower of the bus does with the pieces a generation changed, instead of putting
+    /// the whole model together again.
+    pub fn put_piece(&mut self, piece: ModelPiece) {
+        match piece {
+            ModelPiece::Cluster(cluster) => match self.clusters.binary_search_by(|c| c.name.cmp(&cluster.name)) {
+                Ok(i) => self.clusters[i] = cluster,
+                Err(i) => self.clusters.insert(i, cluster),
+            },
+            ModelPiece::VirtualHost { port, vhost } => {
+                let l = match self.listeners.binary_search_by_key(&port, |l| l.port) {
+                    Ok(l) => l,
+                    Err(l) => {
+                        self.listeners.insert(l, Listener { port, virtual_hosts: Vec::new() });
+                        l
+                    }
+                };
+                let hosts = &mut self.listeners[l].virtual_hosts;
+                let (rank, host) = (host_rank(&vhost.host), vhost.host.clone());
+                match hosts.binary_search_by(|v| (host_rank(&v.host), &v.host).cmp(&(rank, &host))) {
+                    Ok(i) => hosts[i] = vhost,
+                    Err(i) => hosts.insert(i, vhost),
+                }
+            }
+            ModelPiece::Rest { trust, client_cert } => {
+                self.trust = trust;
+                self.client_cert = client_cert;
+            }
+        }
+    }
+
+    /// Take the piece of this identity out (a listener without virtual hosts goes too).
+    pub fn remove_piece(&mut self, id: &PieceId) {
+        match id {
+            PieceId::Cluster(name) => {
+                if let Ok(i) = self.clusters.binary_search_by(|c| c.name.cmp(name)) {
+                    self.clusters.remove(i);
+                }
+            }
+            PieceId::VirtualHost(port, host) => {
+                let Ok(l) = self.listeners.binary_search_by_key(port, |l| l.port) else { return };
+                let hosts = &mut self.listeners[l].virtual_hosts;
+                let wanted = (host_rank(host), host);
+                if let Ok(i) = hosts.binary_search_by(|v| (host_rank(&v.host), &v.host).cmp(&wanted)) {
+                    hosts.remove(i);
+                }
+                if hosts.is_empty() {
+                    self.listeners.remove(l);
+                }
+            }
+            PieceId::Rest => {
+                self.trust.clear();
+                self.client_cert = None;
+            }
+        }
     }
 
     /// The model of these pieces, in the model's order (listeners by port, virtual hosts

@@ -245,7 +245,7 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
         wait = None;
-        let Some(record) = &inputs.model else { continue };
+        let Some(record) = inputs.model() else { continue };
         if serving.generation.is_some_and(|g| record.version() < g) {
             continue; // never go back
         }

@@ -405,7 +405,7 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
             change = inputs.next(buckets) => causes = change?,
             () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
         }
-        wait = renderer.converge(inputs.model.as_ref(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
+        wait = renderer.converge(inputs.model(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
         portico_kit::admin::release_memory();
     }
 }
