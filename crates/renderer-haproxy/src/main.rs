@@ -32,6 +32,11 @@ struct Args {
     external_haproxy: bool,
 }
 
+// mimalloc: the resolve and the renderings allocate many small strings, and glibc's
+// malloc/free took a third of their time (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let args_admin = args.admin.clone();
