@@ -138,21 +138,27 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<
     }))
 }
 
-/// Give memory freed since the last call back to the system, at most every few seconds.
-/// glibc's allocator keeps what a large piece of work freed (the first load of 10,000
-/// routes, say) as its own: the resident size then stays at the peak. Called after each
-/// unit of work; the trim walks the free lists, so it is rate-limited.
+/// Give memory freed by a unit of work back to the system. glibc's allocator keeps what a
+/// large piece of work freed (the first load of 10,000 routes, a full rendering) as its
+/// own, so the resident size stays at the peak. Called after each unit of work: the trim
+/// (which walks the free lists) runs on a blocking thread, one at a time, never on the
+/// path of a change. Without a tokio runtime, it runs here.
 pub fn release_memory() {
-    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5)) {
-        return;
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::SeqCst) {
+        return; // one is on its way; it sees this work's frees too
     }
-    *last = Some(std::time::Instant::now());
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
+    let trim = || {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        RUNNING.store(false, Ordering::SeqCst);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(trim)),
+        Err(_) => trim(),
     }
 }
 
