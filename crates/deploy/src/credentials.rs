@@ -38,7 +38,12 @@ pub fn secret(namespace: &str, name: &str) -> Result<Secret, CredentialsError> {
     for user in KUBERNETES_USERS {
         data.insert(kubernetes_password_variable(user), password().map_err(CredentialsError::Random)?);
     }
-    Ok(Secret {
+    Ok(opaque_secret(namespace, name, data))
+}
+
+/// An Opaque Secret of Portico's with these keys.
+fn opaque_secret(namespace: &str, name: &str, data: BTreeMap<String, String>) -> Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
@@ -48,7 +53,7 @@ pub fn secret(namespace: &str, name: &str) -> Result<Secret, CredentialsError> {
         type_: Some("Opaque".to_owned()),
         string_data: Some(data),
         ..Secret::default()
-    })
+    }
 }
 
 /// The name renderer-envoy's certificate carries in Kubernetes (its Service's name, which
@@ -76,17 +81,7 @@ pub fn ads_tls_secret(namespace: &str, name: &str) -> Secret {
         ("envoy.crt".to_owned(), envoy.cert_pem),
         ("envoy.key".to_owned(), envoy.key_pem),
     ]);
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/part-of".to_owned(), "portico".to_owned())])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        string_data: Some(data),
-        ..Secret::default()
-    }
+    opaque_secret(namespace, name, data)
 }
 
 /// Create the NATS passwords' Secret unless it exists.

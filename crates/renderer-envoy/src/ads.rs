@@ -197,6 +197,19 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// A request on this stream: its node must be one the client certificate names (see
+    /// `check_node`); then the node and the type it asks for are noted.
+    fn admit(&mut self, allowed: &Option<Vec<String>>, node: Option<&str>, type_url: &str) -> Result<(), Status> {
+        if let Some(denied) = check_node(allowed, &self.node, node) {
+            return Err(denied);
+        }
+        if let Some(node) = node {
+            self.node = node.to_owned();
+        }
+        self.subscribed.insert(type_url.to_owned());
+        Ok(())
+    }
+
     fn next_nonce(&mut self, type_url: &str, version: &str) -> String {
         self.latest = Some(version.to_owned());
         self.nonces += 1;
@@ -392,14 +405,10 @@ impl AggregatedDiscoveryService for Ads {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
-                        if let Some(denied) = check_node(&allowed, &tracker.node, req.node.as_ref().map(|n| n.id.as_str())) {
+                        if let Err(denied) = tracker.admit(&allowed, req.node.as_ref().map(|n| n.id.as_str()), &req.type_url) {
                             let _ = tx.send(Err(denied)).await;
                             break;
                         }
-                        if let Some(n) = &req.node {
-                            tracker.node = n.id.clone();
-                        }
-                        tracker.subscribed.insert(req.type_url.clone());
                         let first = !subs.contains_key(&req.type_url);
                         let sub = subs.entry(req.type_url.clone()).or_default();
                         if !req.response_nonce.is_empty() {
@@ -483,14 +492,10 @@ impl AggregatedDiscoveryService for Ads {
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
-                        if let Some(denied) = check_node(&allowed, &tracker.node, req.node.as_ref().map(|n| n.id.as_str())) {
+                        if let Err(denied) = tracker.admit(&allowed, req.node.as_ref().map(|n| n.id.as_str()), &req.type_url) {
                             let _ = tx.send(Err(denied)).await;
                             break;
                         }
-                        if let Some(n) = &req.node {
-                            tracker.node = n.id.clone();
-                        }
-                        tracker.subscribed.insert(req.type_url.clone());
                         if !req.response_nonce.is_empty() {
                             let error = req.error_detail.as_ref().map(|e| e.message.clone());
                             if let Some(event) = tracker.answered(&req.type_url, &req.response_nonce, error) {
