@@ -47,7 +47,12 @@ fn opaque_secret(namespace: &str, name: &str, data: BTreeMap<String, String>) ->
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/part-of".to_owned(), "portico".to_owned())])),
+            // The watcher leaves Secrets with this label out (`portico_watcher`'s INTERNAL_LABEL):
+            // passwords and private keys never reach the bus.
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/part-of".to_owned(), "portico".to_owned()),
+                ("portico.dev/internal".to_owned(), "true".to_owned()),
+            ])),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),

@@ -134,6 +134,9 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     // ADS's mutual TLS: a CA, renderer-envoy's certificate and key, the Envoys'.
     let ads = &seen[1].2;
     assert_eq!(ads["metadata"]["name"], "portico-ads-tls");
+    for created in [&seen[0].2, ads] {
+        assert_eq!(created["metadata"]["labels"]["portico.dev/internal"], "true", "the watcher leaves it out");
+    }
     let files = ads["stringData"].as_object().expect("stringData");
     let keys: Vec<&str> = files.keys().map(String::as_str).collect();
     assert_eq!(keys, ["ca.crt", "envoy.crt", "envoy.key", "server.crt", "server.key"]);

@@ -102,6 +102,10 @@ where
     }
 }
 
+/// The label of Portico's own Secrets (`portico nats-credentials` sets it): the watcher
+/// leaves them out, so their private keys and passwords never reach the bus.
+pub const INTERNAL_LABEL: &str = "portico.dev/internal";
+
 /// Watch one kind (in one namespace, or all) into the shared world; runs until the process stops.
 async fn watch_kind<K, F>(
     api: Api<K>,
@@ -117,6 +121,10 @@ async fn watch_kind<K, F>(
     let mut config = watcher::Config::default();
     if let Some(fields) = &stream.fields {
         config = config.fields(fields);
+    }
+    if stream.kind == Kind::Secret {
+        // Portico's own credentials (NATS passwords, ADS keys) are never relayed to the bus.
+        config = config.labels(&format!("{INTERNAL_LABEL}!=true"));
     }
     let convert = |k: &K| match to_object(k) {
         Ok(object) => Some(object),

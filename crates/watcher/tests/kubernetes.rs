@@ -37,6 +37,7 @@ const COLLECTIONS: [(&str, &str, &str); 6] = [
 struct Watcher {
     collection: String,
     field_selector: Option<String>,
+    label_selector: Option<String>,
     events: mpsc::UnboundedSender<Value>,
 }
 
@@ -57,16 +58,45 @@ struct ApiState {
 fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| v.replace("%3D", "=").replace("%2F", "/"))
+        (k == name).then(|| percent_decoded(v))
     })
 }
 
-/// Whether an object passes a `type=<t>` field selector (the only kind the watcher uses).
-fn selected(object: &Value, selector: &Option<String>) -> bool {
-    match selector.as_deref().and_then(|s| s.strip_prefix("type=")) {
+/// A query value with its `%XX` escapes decoded.
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
+        ) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `object` matches the selectors of a request: `type=<t>` fields, and
+/// `<key>!=<value>` labels (the forms Portico sends), as the API server applies them.
+fn selected(object: &Value, fields: &Option<String>, labels: &Option<String>) -> bool {
+    let field_ok = match fields.as_deref().and_then(|s| s.strip_prefix("type=")) {
         Some(t) => object["type"] == t,
         None => true,
-    }
+    };
+    let label_ok = match labels.as_deref().and_then(|s| s.split_once("!=")) {
+        Some((key, value)) => object["metadata"]["labels"][key] != value,
+        None => true,
+    };
+    field_ok && label_ok
 }
 
 #[derive(Clone)]
@@ -132,13 +162,19 @@ impl FakeApi {
             );
         };
         let field_selector = query_param(&query, "fieldSelector");
+        let label_selector = query_param(&query, "labelSelector");
         let mut state = self.state.lock().unwrap();
         if query_param(&query, "watch").as_deref() == Some("true") {
             let (tx, rx) = mpsc::unbounded_channel::<Value>();
             // A bookmark first, as servers do when asked (allowWatchBookmarks).
             let rv = state.resource_version.to_string();
             let _ = tx.send(json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv}}}));
-            state.watchers.push(Watcher { collection: collection.to_string(), field_selector, events: tx });
+            state.watchers.push(Watcher {
+                collection: collection.to_string(),
+                field_selector,
+                label_selector,
+                events: tx,
+            });
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 let event = rx.recv().await?;
                 Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{event}\n")))), rx))
@@ -152,7 +188,7 @@ impl FakeApi {
         let items: Vec<Value> = state
             .objects
             .get(*collection)
-            .map(|m| m.values().filter(|o| selected(o, &field_selector)).cloned().collect())
+            .map(|m| m.values().filter(|o| selected(o, &field_selector, &label_selector)).cloned().collect())
             .unwrap_or_default();
         let rv = state.resource_version.to_string();
         full(
@@ -308,7 +344,7 @@ impl FakeApi {
 impl ApiState {
     fn send(&mut self, collection: &str, event: &Value) {
         for w in self.watchers.iter().filter(|w| w.collection == collection) {
-            if event["type"] == "ERROR" || selected(&event["object"], &w.field_selector) {
+            if event["type"] == "ERROR" || selected(&event["object"], &w.field_selector, &w.label_selector) {
                 let _ = w.events.send(event.clone());
             }
         }
@@ -365,6 +401,10 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
     api.put(SECRETS, secret("ca", "Opaque"), false);
     api.put(SECRETS, secret("tls", "kubernetes.io/tls"), false);
     api.put(SECRETS, secret("token", "kubernetes.io/service-account-token"), false);
+    // Portico's own credentials (the Job's Secrets, with private keys): never relayed.
+    let mut own = secret("portico-ads-tls", "Opaque");
+    own["metadata"]["labels"] = json!({"portico.dev/internal": "true"});
+    api.put(SECRETS, own, false);
 
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
     let config = KubeConfig {
@@ -395,6 +435,12 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
     let secret_lists = api.lists(SECRETS);
     assert!(secret_lists.iter().any(|q| q.contains("fieldSelector=type%3DOpaque")), "{secret_lists:?}");
     assert!(secret_lists.iter().any(|q| q.contains("fieldSelector=type%3Dkubernetes.io%2Ftls")), "{secret_lists:?}");
+    assert!(
+        secret_lists.iter().all(|q| q.contains("labelSelector=portico.dev%2Finternal%21%3Dtrue")),
+        "Portico's own Secrets are left out: {secret_lists:?}"
+    );
+    // Listed before the sync marker (the barrier above), and not there.
+    assert_eq!(buckets.secrets.get("shop.portico-ads-tls").await.unwrap(), None);
 
     // Watch events: add, modify, delete.
     until("the HTTPProxy watch", || api.watching(PROXIES) > 0).await;
