@@ -635,10 +635,14 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
         "the check is not vacuous: Contour's schema refuses a condition without lastTransitionTime"
     );
 
-    // A change that leaves the status as it is (another Service) patches nothing.
+    // A change that leaves the status as it is (another Service) patches nothing. The
+    // barrier: an HTTPProxy added after it, on another host, whose status is written.
     until("the Service watch", || api.watching(SERVICES) > 0).await;
     api.put(SERVICES, service("other", 80), true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut later = proxy("later");
+    later["spec"]["virtualhost"]["fqdn"] = json!("later.example.com");
+    api.put(PROXIES, later, true);
+    until("the later HTTPProxy's status", || !api.patches("shop/later").is_empty()).await;
     assert_eq!(api.patches("shop/shop").len(), 2, "an unchanged status is not written again");
 
     pipeline.stop().await;
