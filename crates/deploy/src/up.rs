@@ -81,7 +81,7 @@ pub const HAPROXY_INSTANCE: &str = "local";
 pub enum UpError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the state directory {0} must be an absolute path of plain characters (letters, digits and -._/+)")]
+    #[error("the state directory {0} must be an absolute path of plain characters (letters, digits and -._/+): its paths go into NATS's and Envoy's configuration; choose another with --state-dir or PORTICO_STATE_DIR")]
     StateDirUnusable(PathBuf),
     #[error("{binary} not found in {dir}: build the services first (cargo build --release --workspace --all-features --bins)")]
     BinaryMissing { binary: String, dir: PathBuf },

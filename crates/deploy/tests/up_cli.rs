@@ -37,6 +37,11 @@ fn up_refuses_a_state_directory_that_cannot_go_into_a_config_file() {
     let (code, stderr) = portico(&["up", "--state-dir", state.to_str().unwrap(), dir.path().to_str().unwrap()]);
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("must be an absolute path of plain characters"), "{stderr}");
+    // A space too: the ADS certificates' paths go into Envoy's bootstrap.
+    let spaced = dir.path().join("with space");
+    let (code, stderr) = portico(&["up", "--state-dir", spaced.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains("--state-dir"), "the message says how to choose another: {stderr}");
 }
 
 /// The processes whose command line or environment mentions `needle` (the state directory
