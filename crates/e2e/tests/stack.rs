@@ -315,11 +315,21 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
     assert_eq!(stack.report().statuses, statuses_before);
 }
 
+/// The barrier for "the second resolver did not take the lease": it says it stands by,
+/// after its first attempt at the lease.
+fn standing_by(stack: &LocalStack) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stack.stack.log(Part::Resolver(1)).contains("standing by: another instance holds the resolver lease") {
+        assert!(std::time::Instant::now() < deadline, "the second resolver never said it stands by\n{}", stack.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_standby_resolver_takes_over_when_the_active_one_dies() {
     let mut stack = LocalStack::start(&[("steps.yaml", &steps(0))]);
     stack.stack.spawn(Part::Resolver(1)).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    standing_by(&stack);
     assert_eq!(stack.report().resolver.as_deref(), Some("resolver"), "the first resolver holds the lease");
 
     stack.stack.stop(Part::Resolver(0), true);
@@ -338,7 +348,7 @@ fn a_resolver_paused_past_its_lease_never_overwrites_its_successor() {
     let mut stack = LocalStack::start(&[("steps.yaml", &steps(0))]);
     stack.until_both("steps.example.com", "/step-0", 200);
     stack.stack.spawn(Part::Resolver(1)).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    standing_by(&stack);
     assert_eq!(stack.report().resolver.as_deref(), Some("resolver"), "the first resolver holds the lease");
     let paused = stack.stack.pid(Part::Resolver(0)).unwrap() as libc::pid_t;
 

@@ -289,12 +289,21 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
     let mut verdicts_synced = false;
     let mut published = Published::default();
     let mut lease = Lease { held: false, revision: None, last_change: Instant::now() };
+    let mut holder = None;
     if let Ok(Some(entry)) = buckets.leases.entry(LEASE_KEY).await {
         lease.revision = Some(entry.revision);
+        holder = open::<LeaseRecord>(&entry.value).ok().map(|(l, _)| l.holder);
         // Our own lease from before this session (a reconnect): renew it at once.
-        lease.held = open::<LeaseRecord>(&entry.value).is_ok_and(|(l, _)| l.holder == config.instance);
+        lease.held = holder.as_deref() == Some(config.instance.as_str());
     }
     lease_step(buckets, config, &mut lease).await;
+    if !lease.held {
+        tracing::info!(
+            instance = %config.instance,
+            holder = holder.as_deref().unwrap_or("-"),
+            "standing by: another instance holds the resolver lease"
+        );
+    }
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
     // Debounce: the changes not yet published.
     let mut pending: Option<Pending> = None;
