@@ -363,15 +363,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         );
     }
     let _ = writeln!(report, "resident memory at {routes} routes:");
-    for part in [
-        Part::Watcher,
-        Part::Secrets,
-        Part::Resolver(0),
-        Part::RendererHaproxy,
-        Part::RendererEnvoy,
-        Part::Envoy,
-        Part::Nats,
-    ] {
+    for part in parts {
         if let Some(pid) = stack.stack.pid(part) {
             let _ = writeln!(report, "  {:<18} {:>7.1} MiB", part.name(), rss_mib(pid));
         }

@@ -47,6 +47,40 @@ async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
     panic!("generation {generation} was never acknowledged");
 }
 
+type Running = tokio::task::JoinHandle<Result<(), portico_renderer_envoy::service::ServiceError>>;
+
+/// renderer-envoy in process on `ads_port` (over mutual TLS when `tls` is given), the
+/// example's trust material on the bus and its model published as generation 1.
+async fn start(
+    bus: &ConnectConfig,
+    ads_port: u16,
+    http_port: u16,
+    tls: Option<portico_renderer_envoy::service::AdsTls>,
+) -> (tokio::sync::oneshot::Sender<()>, Running, Buckets, Model) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(run(
+        ServiceConfig {
+            bus: bus.clone(),
+            listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
+            tls,
+            http_port,
+            bind_address: "127.0.0.1".parse().unwrap(),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = connect(bus).await.unwrap();
+    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
+    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
+    for material in trust.values() {
+        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
+    }
+    publish(&buckets, 1, &model).await;
+    (stop, service, buckets, model)
+}
+
 /// Each dynamic cluster Envoy runs: name → (version_info, last_updated).
 async fn clusters(admin_port: u16) -> std::collections::BTreeMap<String, (String, String)> {
     let (status, body) = tokio::task::spawn_blocking(move || {
@@ -94,28 +128,7 @@ async fn serve_over(api: AdsApi) {
     let server = NatsServer::start();
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
     let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(run(
-        ServiceConfig {
-            bus: bus.clone(),
-            listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
-            tls: None,
-            http_port,
-            bind_address: "127.0.0.1".parse().unwrap(),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-
-    let client = connect(&bus).await.unwrap();
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
-    for material in trust.values() {
-        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
-        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
-    }
-    publish(&buckets, 1, &model).await;
+    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
 
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = dir.path().join("envoy.yaml");
@@ -247,28 +260,8 @@ async fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
     let (ads_port, http_port) = (free_port(), free_port());
     let pki = Pki::new();
     let (cert_pem, key_pem) = pki.issue("ads.portico", ServerAuth);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let tls = portico_renderer_envoy::service::AdsTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem.clone() };
-    let service = tokio::spawn(run(
-        ServiceConfig {
-            bus: bus.clone(),
-            listen: format!("127.0.0.1:{ads_port}").parse().unwrap(),
-            tls: Some(tls),
-            http_port,
-            bind_address: "127.0.0.1".parse().unwrap(),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let client = connect(&bus).await.unwrap();
-    let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
-    for material in trust.values() {
-        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
-        buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
-    }
-    publish(&buckets, 1, &model).await;
+    let (stop, service, buckets, _model) = start(&bus, ads_port, http_port, Some(tls)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().canonicalize().unwrap().join(name);
