@@ -10,6 +10,9 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 # pgrep: scripts/test.sh looks for processes the tests left behind.
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# Debian's CA bundle: the edge-case fixtures and the ca-file check read it as a real
+# Voyager ca-file (/etc/ssl/certs/ca-certificates.crt).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 # HAProxy 2.6, Debian's package: the renderer's configs are checked and run by it.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
