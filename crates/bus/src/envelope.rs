@@ -9,7 +9,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// (logs and counts it) instead of misreading it.
 /// 2: HTTPProxy includes and unimplemented fields; routes answering 502.
 /// 3: the model by piece (`portico-model`: `piece.*` and the `ModelIndex` at `current`).
-pub const SCHEMA_VERSION: u16 = 3;
+/// 4: `ModelIndex` carries when its change reached the bus and when it was published.
+pub const SCHEMA_VERSION: u16 = 4;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
 /// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a

@@ -27,7 +27,23 @@ pub struct ModelRecord {
     pub generation: u64,
     /// The index's digest of the pieces (`model::ModelIndex::digest`): equal models, equal hashes.
     pub hash: String,
+    /// `model::ModelIndex::changed_at_ms` and `published_at_ms`: when the change reached
+    /// the bus and when this generation was published (0: not known).
+    pub changed_at_ms: u64,
+    pub published_at_ms: u64,
     pub model: portico_model::Model,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Seconds from `since_ms` (wall-clock milliseconds) to now; `None` when `since_ms` is not
+/// known (0) or lies ahead (clocks of two machines disagree).
+pub fn seconds_since(since_ms: u64) -> Option<f64> {
+    let now = unix_ms();
+    (since_ms != 0 && now >= since_ms).then(|| (now - since_ms) as f64 / 1000.0)
 }
 
 impl ModelRecord {

@@ -37,6 +37,12 @@ pub struct ModelIndex {
     pub pieces: u64,
     /// The wrapping sum of the pieces' digests, 32 hex digits: the model's content hash.
     pub digest: String,
+    /// Wall-clock milliseconds since the Unix epoch when the oldest change this generation
+    /// carries reached the bus (0: not known, e.g. the first model of a session). With
+    /// `published_at_ms`, what the latency histograms are measured from.
+    pub changed_at_ms: u64,
+    /// Wall-clock milliseconds when the index was written.
+    pub published_at_ms: u64,
 }
 
 impl ModelIndex {
@@ -104,6 +110,9 @@ pub struct Publisher {
     found: BTreeMap<String, u64>,
     synced: bool,
     sum: u128,
+    /// When the oldest change of the next publish reached the bus (`ModelIndex::changed_at_ms`);
+    /// taken by the next publish.
+    pub changed_at_ms: Option<u64>,
 }
 
 /// How many pieces are written at once.
@@ -223,6 +232,8 @@ impl Publisher {
             generation: version.generation,
             pieces: self.written.len() as u64,
             digest: self.digest(),
+            changed_at_ms: self.changed_at_ms.take().unwrap_or(0),
+            published_at_ms: crate::unix_ms(),
         };
         let value: Vec<u8> = seal(&index, trace);
         let revision = match fence {
@@ -398,6 +409,8 @@ impl Follower {
             epoch: 0,
             generation: 0,
             hash: String::new(),
+            changed_at_ms: 0,
+            published_at_ms: 0,
             model: Model::default(),
         });
         for (key, change) in self.pending.drain() {
@@ -412,6 +425,8 @@ impl Follower {
         record.epoch = index.epoch;
         record.generation = index.generation;
         record.hash = index.digest;
+        record.changed_at_ms = index.changed_at_ms;
+        record.published_at_ms = index.published_at_ms;
         self.current = Some(record);
         Some(trace)
     }

@@ -35,9 +35,23 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
     for piece in model.pieces().into_iter().take(3) {
         out.push(("ModelPiece", seal(&piece, &trace)));
     }
-    let index = portico_bus::model::ModelIndex { epoch: 1, generation: 2, pieces: 3, digest: "0".repeat(32) };
+    let index = portico_bus::model::ModelIndex {
+        epoch: 1,
+        generation: 2,
+        pieces: 3,
+        digest: "0".repeat(32),
+        changed_at_ms: 5,
+        published_at_ms: 6,
+    };
     out.push(("ModelIndex", seal(&index, &trace)));
-    let record = ModelRecord { epoch: 1, generation: 2, hash: model.content_hash(), model };
+    let record = ModelRecord {
+        epoch: 1,
+        generation: 2,
+        hash: model.content_hash(),
+        changed_at_ms: 0,
+        published_at_ms: 0,
+        model,
+    };
     out.push(("ModelRecord", seal(&record, &trace)));
     let applied = AppliedRecord {
         epoch: 1,

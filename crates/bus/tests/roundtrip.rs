@@ -31,8 +31,14 @@ fn models_statuses_verdicts_and_trust_material_round_trip() {
                 open::<portico_model::ObjectStatus>(&seal(&status, &TraceContext::default())).expect("status");
             assert_eq!(back, status);
         }
-        let record =
-            ModelRecord { epoch: 1_764_672_000_000, generation: 7, hash: model.content_hash(), model: model.clone() };
+        let record = ModelRecord {
+            epoch: 1_764_672_000_000,
+            generation: 7,
+            hash: model.content_hash(),
+            changed_at_ms: 0,
+            published_at_ms: 0,
+            model: model.clone(),
+        };
         let (back, _) = open::<ModelRecord>(&seal(&record, &TraceContext::default())).expect("the model record");
         assert_eq!(back, record);
         for material in trust.values() {

@@ -130,7 +130,9 @@ spec:
         (
             Part::Resolver(0),
             &[
-                "portico_resolver_rebuild_duration_seconds",
+                "portico_resolver_rebuild_duration_seconds_bucket",
+                // The changes above were made while the stack ran: their latency is measured.
+                "portico_resolver_change_to_published_seconds_count",
                 "portico_resolver_model_generation",
                 "portico_resolver_active 1",
             ],
@@ -140,10 +142,19 @@ spec:
             &[
                 "portico_renderer_haproxy_applies_total",
                 "portico_renderer_haproxy_generation",
-                "portico_renderer_haproxy_apply_duration_seconds",
+                "portico_renderer_haproxy_apply_duration_seconds_bucket",
+                "portico_renderer_haproxy_published_to_applied_seconds_count",
+                "portico_renderer_haproxy_change_to_applied_seconds_count",
             ],
         ),
-        (Part::RendererEnvoy, &["portico_renderer_envoy_connected_nodes 1", "portico_renderer_envoy_generation"]),
+        (
+            Part::RendererEnvoy,
+            &[
+                "portico_renderer_envoy_connected_nodes 1",
+                "portico_renderer_envoy_generation",
+                "portico_renderer_envoy_change_to_applied_seconds_count{node=",
+            ],
+        ),
     ];
     for (part, metrics) in expected {
         let port = stack.stack.admin_port(part).expect("an admin port");

@@ -53,10 +53,6 @@ pub enum ServiceError {
     Serve(SocketAddr, String),
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Reports, per node, the snapshot it runs (see `ads::Tracker`) or a NACK.
 async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes: watch::Receiver<Versions>) {
     // Per connected node only: a node's entry goes when its stream ends.
@@ -87,6 +83,8 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
                 (node, version, Some(format!("{type_url} rejected: {error}")))
             }
             NodeEvent::Gone { node } => {
+                portico_kit::admin::remove_with("portico_renderer_envoy_published_to_applied_seconds", "node", &node);
+                portico_kit::admin::remove_with("portico_renderer_envoy_change_to_applied_seconds", "node", &node);
                 reported.remove(&node);
                 continue;
             }
@@ -94,7 +92,11 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
         if reported.get(&node) == Some(&(version.clone(), error.clone())) {
             continue;
         }
-        let Some((model_version, hash, served)) = hashes.borrow().get(&version).cloned() else { continue };
+        let Some(Served { model: model_version, hash, trace: served, changed_at_ms, published_at_ms }) =
+            hashes.borrow().get(&version).cloned()
+        else {
+            continue;
+        };
         let generation = model_version.generation;
         // Envoy's answer is the last step of the change's trace.
         let span = tracing::info_span!(parent: None, "envoy.ack", node = %node, generation, nack = error.is_some());
@@ -106,6 +108,23 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
             tracing::warn!(node = %node, generation, error = %e, "NACK");
         } else {
             tracing::info!(node = %node, generation, "applied by Envoy");
+            // Per Envoy (the node id), whose series goes when its stream ends.
+            if let Some(seconds) = portico_bus::seconds_since(published_at_ms) {
+                portico_kit::admin::histogram_with(
+                    "portico_renderer_envoy_published_to_applied_seconds",
+                    "From a model being published to an Envoy acknowledging every resource of it.",
+                    &[("node", &node)],
+                    seconds,
+                );
+            }
+            if let Some(seconds) = portico_bus::seconds_since(changed_at_ms) {
+                portico_kit::admin::histogram_with(
+                    "portico_renderer_envoy_change_to_applied_seconds",
+                    "End to end: from a change reaching the bus to an Envoy acknowledging it.",
+                    &[("node", &node)],
+                    seconds,
+                );
+            }
         }
         let record = AppliedRecord {
             epoch: model_version.epoch,
@@ -113,7 +132,7 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
             hash,
             error: error.clone(),
             problems: Vec::new(),
-            at_unix_ms: unix_ms(),
+            at_unix_ms: portico_bus::unix_ms(),
             took_ms: 0,
         };
         let key = format!("envoy.{}", node.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
@@ -132,9 +151,20 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
     }
 }
 
-/// Snapshot version → (model version, model hash, trace of the serving), for the applied
-/// records.
-type Versions = BTreeMap<String, (Version, String, TraceContext)>;
+/// What the reporter needs to know of a served snapshot, for the applied records and the
+/// latency histograms.
+#[derive(Clone)]
+struct Served {
+    model: Version,
+    hash: String,
+    trace: TraceContext,
+    /// `ModelRecord::changed_at_ms` and `published_at_ms`.
+    changed_at_ms: u64,
+    published_at_ms: u64,
+}
+
+/// Snapshot version → what was served under it.
+type Versions = BTreeMap<String, Served>;
 
 /// How many served snapshot versions are remembered for the ACKs that name them: an ACK
 /// of an older one comes from a node that has newer ones on the way, and is not reported.
@@ -276,7 +306,16 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
         let served_trace = portico_kit::telemetry::fold_causes(&span, &causes);
         let _entered = span.enter();
         serving.versions.send_modify(|m| {
-            m.insert(version.clone(), (record.version(), record.hash.clone(), served_trace));
+            m.insert(
+                version.clone(),
+                Served {
+                    model: record.version(),
+                    hash: record.hash.clone(),
+                    trace: served_trace,
+                    changed_at_ms: record.changed_at_ms,
+                    published_at_ms: record.published_at_ms,
+                },
+            );
             prune_versions(m, KEPT_VERSIONS);
         });
         serving.generation = Some(record.version());

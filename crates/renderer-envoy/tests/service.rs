@@ -90,18 +90,7 @@ async fn clusters(admin_port: u16) -> std::collections::BTreeMap<String, (String
     .unwrap()
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    // The admin answers in chunks: size line, data, CRLF.
-    let mut json = String::new();
-    let mut rest = body.as_str();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        json.push_str(&tail[..size]);
-        rest = tail[size..].trim_start_matches("\r\n");
-    }
-    let dump: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     dump["configs"]
         .as_array()
         .into_iter()

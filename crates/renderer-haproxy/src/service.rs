@@ -41,10 +41,6 @@ pub enum ServiceError {
     Haproxy(#[from] ApplyError),
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 struct Renderer {
     config: ServiceConfig,
     /// Always `Some`, except while an apply runs on a blocking thread.
@@ -134,7 +130,8 @@ impl Renderer {
             }
         }
         let started = std::time::Instant::now();
-        let dir = self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, unix_ms()));
+        let dir =
+            self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, portico_bus::unix_ms()));
         let running = self.applied.as_ref().and_then(|a| a.runtime.as_ref());
         // Voyager's `ca-file`s live here, beside HAProxy: one it could not load would make
         // it refuse the whole configuration, so such a cluster's routes answer 503 instead.
@@ -157,7 +154,7 @@ impl Renderer {
                             hash: record.hash.clone(),
                             error: None,
                             problems: AppliedRecord::capped(rendered.problems),
-                            at_unix_ms: unix_ms(),
+                            at_unix_ms: portico_bus::unix_ms(),
                             took_ms: 0,
                         };
                         tracing::info!(
@@ -269,11 +266,25 @@ impl Renderer {
                     "The model generation HAProxy runs.",
                     generation as f64,
                 );
-                portico_kit::admin::gauge(
+                portico_kit::admin::histogram(
                     "portico_renderer_haproxy_apply_duration_seconds",
-                    "How long the last apply took (render, check, reload, confirmation).",
+                    "How long applies took (render, check, runtime commands or reload, confirmation).",
                     started.elapsed().as_secs_f64(),
                 );
+                if let Some(seconds) = portico_bus::seconds_since(record.published_at_ms) {
+                    portico_kit::admin::histogram(
+                        "portico_renderer_haproxy_published_to_applied_seconds",
+                        "From a model being published to HAProxy running it.",
+                        seconds,
+                    );
+                }
+                if let Some(seconds) = portico_bus::seconds_since(record.changed_at_ms) {
+                    portico_kit::admin::histogram(
+                        "portico_renderer_haproxy_change_to_applied_seconds",
+                        "End to end: from a change reaching the bus to HAProxy running it.",
+                        seconds,
+                    );
+                }
                 if let Some(haproxy) = &self.haproxy {
                     haproxy.prune(dir);
                 }
@@ -310,7 +321,7 @@ impl Renderer {
             hash,
             error,
             problems: AppliedRecord::capped(rendered.problems),
-            at_unix_ms: unix_ms(),
+            at_unix_ms: portico_bus::unix_ms(),
             took_ms: started.elapsed().as_millis() as u64,
         };
         self.reported_error = record.error.is_some();

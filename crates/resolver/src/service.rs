@@ -137,12 +137,19 @@ async fn publish(
     let resolved_ms = started.elapsed().as_millis() as u64;
     let version = Version { epoch: published.epoch, generation: published.generation + 1 };
     let outcome = published.pieces.publish(buckets, &model, version, trace, published.model_revision).await?;
-    portico_kit::admin::gauge(
+    portico_kit::admin::histogram(
         "portico_resolver_rebuild_duration_seconds",
-        "How long the last rebuild (resolve, and publishing what changed) took.",
+        "How long rebuilds (resolve, and publishing what changed) took.",
         started.elapsed().as_secs_f64(),
     );
     if let Some((index, revision)) = outcome.index {
+        if let Some(seconds) = portico_bus::seconds_since(index.changed_at_ms) {
+            portico_kit::admin::histogram(
+                "portico_resolver_change_to_published_seconds",
+                "From a change reaching the bus (the watcher's or the secrets service's write) to the model carrying it being published, debounce included.",
+                seconds,
+            );
+        }
         published.generation = index.generation;
         published.model_revision = Some(revision);
         tracing::info!(
@@ -210,13 +217,21 @@ struct Pending {
     /// The traces of the changes, oldest first, at most `renderer_inputs::MAX_CAUSES`: the rebuild
     /// continues the first and links the others (`telemetry::fold_causes`).
     traces: Vec<TraceContext>,
+    /// When the oldest of these changes reached the bus (wall-clock ms), for changes made
+    /// while this session ran (not the history it read at its start).
+    changed_at_ms: Option<u64>,
 }
 
 impl Pending {
-    fn add(pending: &mut Option<Pending>, trace: TraceContext) {
+    fn add(pending: &mut Option<Pending>, trace: TraceContext, changed_at_ms: Option<u64>) {
         let now = Instant::now();
-        let p = pending.get_or_insert_with(|| Pending { first: now, last: now, traces: Vec::new() });
+        let p =
+            pending.get_or_insert_with(|| Pending { first: now, last: now, traces: Vec::new(), changed_at_ms: None });
         p.last = now;
+        p.changed_at_ms = match (p.changed_at_ms, changed_at_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if trace.traceparent.is_some() && p.traces.len() < portico_kit::renderer_inputs::MAX_CAUSES {
             p.traces.push(trace);
         }
@@ -249,7 +264,7 @@ async fn current_published(buckets: &Buckets) -> Published {
 /// A new epoch: the wall clock in milliseconds, which orders after every earlier epoch as
 /// long as the clock does not go back further than the time between two epochs.
 fn new_epoch() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1)
+    portico_bus::unix_ms().max(1)
 }
 
 /// Log and count an entry that cannot be opened (another schema version, garbage).
@@ -282,6 +297,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
 
 async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
     let (config, buckets) = (&*config, &buckets);
+    let session_started_ms = portico_bus::unix_ms();
     let mut objects = watch_current_and_new(&buckets.objects).await?;
     let mut verdicts = watch_current_and_new(&buckets.verdicts).await?;
     let mut state = Incremental::new(config.resolver.clone());
@@ -317,7 +333,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                     // Newly active: continue from what is on the bus now, and publish what we
                     // know (the previous holder may have missed changes).
                     published = current_published(buckets).await;
-                    Pending::add(&mut pending, TraceContext::default());
+                    Pending::add(&mut pending, TraceContext::default(), None);
                 }
                 was_active = lease.held;
             }
@@ -340,6 +356,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         candidate_generation = published.generation + 1
                     );
                     let trace = portico_kit::telemetry::fold_causes(&span, &changes.traces);
+                    published.pieces.changed_at_ms = changes.changed_at_ms;
                     match publish(buckets, &mut state, &mut published, &trace).instrument(span).await {
                         Ok(()) => portico_kit::admin::release_memory(),
                         Err(e @ BusError::Fenced { .. }) => {
@@ -382,7 +399,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 } else if let Some((kind, ns, name)) = names::parse_object_key(&entry.key) {
                     state.remove(&portico_model::ObjectRef { kind, namespace: ns, name });
                 }
-                Pending::add(&mut pending, trace);
+                Pending::add(&mut pending, trace, changed_since(&entry, session_started_ms));
             }
             entry = verdicts.next() => {
                 let entry = match entry {
@@ -403,8 +420,15 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         state.remove_verdict(&secret);
                     }
                 }
-                Pending::add(&mut pending, trace);
+                Pending::add(&mut pending, trace, changed_since(&entry, session_started_ms));
             }
         }
     }
+}
+
+/// When `entry` reached the bus (wall-clock ms), if that was after `session_started_ms`:
+/// the history a session reads at its start is not a change to measure.
+fn changed_since(entry: &async_nats::jetstream::kv::Entry, session_started_ms: u64) -> Option<u64> {
+    let at = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).ok()?;
+    (at >= session_started_ms).then_some(at)
 }

@@ -1,8 +1,6 @@
 //! Test support: the pipeline from manifest files to the model and its trust material (as
 //! `portico translate` runs it), the shared fixtures under `testdata/`, a real nats-server,
-//! and a minimal HTTP client.
-
-use std::io::{Read, Write};
+//! and an HTTP client for tests (hyper's).
 
 use portico_model::{Model, Object, SecretRef, TrustMaterial};
 use portico_resolver::{resolve, Config, Snapshot};
@@ -88,49 +86,46 @@ impl Drop for NatsServer {
     }
 }
 
-/// A minimal HTTP/1.1 GET to 127.0.0.1:port with this Host; the status and the body.
+/// An HTTP/1.1 GET to 127.0.0.1:port with this Host; the status and the body.
 pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), host, path)
 }
 
-/// `http_get` to any address.
+/// `http_get` to any address, on a new connection (hyper's client, no pooling), with a
+/// 2 s connect and a 15 s answer limit. It runs on a thread of its own with its own
+/// runtime, so that blocking tests and async tests alike can call it.
 pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
-    // One write: `write!` on the stream would send each piece of the format in its own
-    // segment, and Nagle's algorithm with the peer's delayed ACK then stalls the request
-    // by 40 ms a piece (HAProxy waits for the whole header), which measured as latency.
-    stream.set_nodelay(true)?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: portico-e2e\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
-    // Stop at Content-Length rather than at the server's close: Envoy waits up to its
-    // delayed_close_timeout (1 s) for the client to close first.
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        response.extend_from_slice(&chunk[..n]);
-        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if length.is_some_and(|len| response.len() >= end + 4 + len) {
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    use hyper_util_client::client::legacy::{connect::HttpConnector, Client};
+    let uri: hyper_client::Uri = format!("http://{addr}{path}").parse().map_err(std::io::Error::other)?;
+    let request = hyper_client::Request::get(uri)
+        .header(hyper_client::header::HOST, host)
+        .header(hyper_client::header::USER_AGENT, "portico-e2e")
+        .body(http_body_util::Empty::<hyper_client::body::Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let get = async move {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+        // Nagle's algorithm with the peer's delayed ACK would stall requests by 40 ms.
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util_client::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build::<_, http_body_util::Empty<hyper_client::body::Bytes>>(connector);
+        let response = client.request(request).await.map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.map_err(std::io::Error::other)?;
+        Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    tokio::time::timeout(std::time::Duration::from_secs(15), get)
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 15 s")))
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the HTTP client panicked")))
+    })
 }
