@@ -9,7 +9,11 @@
 //!   listed: objects missing from it are deleted, so nothing is lost or left over.
 //! - A kind's `sync.<kind>` marker (and the secrets bucket's `sync`) is published once all
 //!   of its watchers have completed a list.
-//! - Watch errors restart the watch with kube-runtime's default backoff.
+//! - Watch errors restart the watch with kube-runtime's default backoff; while any watch
+//!   fails (RBAC, a CRD removed, the API unreachable) the watcher is not ready and says
+//!   which. A watch task that ends (a panic) stops the watcher with an error naming it,
+//!   so that it is restarted whole rather than serving a world that no longer follows
+//!   that kind.
 
 use crate::service::{apply, existing_keys, key_of, put_marker, Bucket, ServiceError, State};
 use crate::{convert, crds};
@@ -50,6 +54,16 @@ struct StreamId {
     fields: Option<String>,
 }
 
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} in {}", self.kind, self.namespace.as_deref().unwrap_or("all namespaces"))?;
+        match &self.fields {
+            Some(fields) => write!(f, " ({fields})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What the watchers know, shared with the bus sessions.
 #[derive(Default)]
 struct World {
@@ -59,6 +73,8 @@ struct World {
     relisting: BTreeMap<usize, BTreeMap<(Bucket, String), Object>>,
     /// Watchers that have completed a list.
     listed: BTreeSet<usize>,
+    /// Watchers whose last attempt failed, with the error.
+    failing: BTreeMap<usize, String>,
     /// Bumped on every change, so sessions know to publish.
     revision: u64,
 }
@@ -140,11 +156,16 @@ async fn watch_kind<K, F>(
         let event = match event {
             Ok(event) => event,
             Err(e) => {
-                tracing::warn!(kind = ?stream.kind, namespace = ?stream.namespace, error = %e, "watch failed; retrying with backoff");
+                tracing::warn!(watch = %stream, error = %e, "watch failed; not ready until it works again; retrying with backoff");
+                world.lock().expect("the world lock").failing.insert(id, e.to_string());
+                changed.notify_one();
                 continue;
             }
         };
         let mut w = world.lock().expect("the world lock");
+        if w.failing.remove(&id).is_some() {
+            tracing::info!(watch = %stream, "watch works again");
+        }
         match event {
             Event::Init => {
                 w.relisting.insert(id, BTreeMap::new());
@@ -196,53 +217,98 @@ async fn watch_kind<K, F>(
     }
 }
 
-/// Start a watcher per stream.
+/// Start a watcher per stream; each task's output names its stream.
 fn start_watchers(
     client: &Client,
     streams: &[StreamId],
     world: &Arc<Mutex<World>>,
     changed: &Arc<tokio::sync::Notify>,
-) {
+) -> tokio::task::JoinSet<String> {
+    let mut tasks = tokio::task::JoinSet::new();
     for (id, stream) in streams.iter().enumerate() {
+        let name = stream.to_string();
         let (world, changed, s) = (world.clone(), changed.clone(), stream.clone());
         let ns = &stream.namespace;
         match stream.kind {
             Kind::Service => {
-                tokio::spawn(watch_kind(api::<core::Service>(client, ns), id, s, world, changed, |o| {
-                    convert::service(o).map(Object::Service)
-                }));
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<core::Service>(client, ns), id, s, world, changed, |o| {
+                        convert::service(o).map(Object::Service)
+                    }),
+                ));
             }
             Kind::EndpointSlice => {
-                tokio::spawn(watch_kind(api::<discovery::EndpointSlice>(client, ns), id, s, world, changed, |o| {
-                    convert::endpoint_slice(o).map(Object::EndpointSlice)
-                }));
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<discovery::EndpointSlice>(client, ns), id, s, world, changed, |o| {
+                        convert::endpoint_slice(o).map(Object::EndpointSlice)
+                    }),
+                ));
             }
             Kind::Secret => {
-                tokio::spawn(watch_kind(api::<core::Secret>(client, ns), id, s, world, changed, |o| {
-                    convert::secret(o).map(Object::Secret)
-                }));
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<core::Secret>(client, ns), id, s, world, changed, |o| {
+                        convert::secret(o).map(Object::Secret)
+                    }),
+                ));
             }
             Kind::HttpProxy => {
-                tokio::spawn(watch_kind(api::<crds::HTTPProxy>(client, ns), id, s, world, changed, |o| {
-                    convert::http_proxy(o).map(Object::HttpProxy)
-                }));
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<crds::HTTPProxy>(client, ns), id, s, world, changed, |o| {
+                        convert::http_proxy(o).map(Object::HttpProxy)
+                    }),
+                ));
             }
             Kind::TlsCertificateDelegation => {
-                tokio::spawn(watch_kind(
-                    api::<crds::TLSCertificateDelegation>(client, ns),
-                    id,
-                    s,
-                    world,
-                    changed,
-                    |o| convert::delegation(o).map(Object::TlsCertificateDelegation),
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<crds::TLSCertificateDelegation>(client, ns), id, s, world, changed, |o| {
+                        convert::delegation(o).map(Object::TlsCertificateDelegation)
+                    }),
                 ));
             }
             Kind::VoyagerIngress => {
-                tokio::spawn(watch_kind(api::<crds::VoyagerIngress>(client, ns), id, s, world, changed, |o| {
-                    convert::voyager_ingress(o).map(Object::VoyagerIngress)
-                }));
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<crds::VoyagerIngress>(client, ns), id, s, world, changed, |o| {
+                        convert::voyager_ingress(o).map(Object::VoyagerIngress)
+                    }),
+                ));
             }
         }
+    }
+    tasks
+}
+
+/// `task`, whose output is `name`.
+async fn named(name: String, task: impl Future<Output = ()>) -> String {
+    task.await;
+    name
+}
+
+/// Wait until one of the watch tasks ends (they run for the whole process: only a panic
+/// ends one) and say which, and why.
+async fn first_ended(tasks: &mut tokio::task::JoinSet<String>) -> ServiceError {
+    match tasks.join_next().await {
+        Some(Ok(watch)) => ServiceError::WatchEnded { watch, reason: "its stream ended".to_owned() },
+        Some(Err(e)) => {
+            let reason = if e.is_panic() {
+                let panic = e.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                format!("panicked: {message}")
+            } else {
+                "cancelled".to_owned()
+            };
+            ServiceError::WatchEnded { watch: "a Kubernetes watch".to_owned(), reason }
+        }
+        None => ServiceError::WatchEnded { watch: "every Kubernetes watch".to_owned(), reason: "none runs".to_owned() },
     }
 }
 
@@ -264,7 +330,7 @@ pub async fn run(
     let streams = streams(&config.namespaces);
     let world = Arc::new(Mutex::new(World::default()));
     let changed = Arc::new(tokio::sync::Notify::new());
-    start_watchers(&client, &streams, &world, &changed);
+    let mut tasks = start_watchers(&client, &streams, &world, &changed);
     tracing::info!(watches = streams.len(), namespaces = ?config.namespaces, "watcher (Kubernetes source) running");
     let bus = config.bus.clone();
     let status = config.status.clone();
@@ -277,15 +343,26 @@ pub async fn run(
         shutdown.clone(),
         publish_session,
     );
-    match status {
-        Some(status) => {
-            let mut writer = crate::status::StatusWriter::new(client, status);
-            let statuses = portico_bus::nats::supervise(&bus, &[], &mut writer, shutdown, crate::status::session);
-            let (a, b) = tokio::join!(objects, statuses);
-            a?;
-            b?;
+    let work = async {
+        match status {
+            Some(status) => {
+                let mut writer = crate::status::StatusWriter::new(client, status);
+                let statuses = portico_bus::nats::supervise(&bus, &[], &mut writer, shutdown, crate::status::session);
+                let (a, b) = tokio::join!(objects, statuses);
+                a?;
+                b?;
+            }
+            None => objects.await?,
         }
-        None => objects.await?,
+        Ok::<(), ServiceError>(())
+    };
+    tokio::select! {
+        result = work => result?,
+        error = first_ended(&mut tasks) => {
+            portico_kit::admin::set_ready(false);
+            tracing::error!(error = %error, "a Kubernetes watch is gone");
+            return Err(error);
+        }
     }
     tracing::info!("watcher stopped");
     Ok(())
@@ -309,12 +386,17 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
                 () = quiet => break,
             }
         }
-        let (desired, revision, listed) = {
+        let (desired, revision, listed, failing) = {
             let w = s.world.lock().expect("the world lock");
             let desired: BTreeMap<(Bucket, String), Object> =
                 w.objects.iter().map(|(k, (o, _))| (k.clone(), o.clone())).collect();
-            (desired, w.revision, w.listed.clone())
+            (desired, w.revision, w.listed.clone(), w.failing.len())
         };
+        portico_kit::admin::gauge(
+            "portico_watcher_failing_watches",
+            "Kubernetes watches whose last attempt failed (the watcher is not ready while any does).",
+            failing as f64,
+        );
         if seen_revision != Some(revision) {
             let changes = apply(&buckets, &mut s.state, desired).await?;
             if changes > 0 {
@@ -336,10 +418,32 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
         }
         if !s.state.synced && marked.len() == Kind::ALL.len() {
             s.state.synced = true;
-            portico_kit::admin::set_ready(true);
         }
+        // Ready once every kind is listed, and while no watch fails: a watch that fails
+        // (RBAC, a CRD removed) leaves its kind frozen on the bus.
+        portico_kit::admin::set_ready(s.state.synced && failing == 0);
         if marked.len() == Kind::ALL.len() {
             s.changed.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_task_that_panics_is_named_with_its_message() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(named("HttpProxy in all namespaces".to_owned(), std::future::pending::<()>()));
+        tasks.spawn(named("Service in all namespaces".to_owned(), async { panic!("the world lock was poisoned") }));
+        let error = first_ended(&mut tasks).await.to_string();
+        assert!(error.contains("panicked: the world lock was poisoned"), "{error}");
+        assert!(error.contains("restarted"), "{error}");
+        // A task whose stream ends is named.
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(named("Secret in shop (type=Opaque)".to_owned(), async {}));
+        let error = first_ended(&mut tasks).await.to_string();
+        assert!(error.contains("Secret in shop (type=Opaque) ended"), "{error}");
     }
 }

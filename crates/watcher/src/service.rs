@@ -44,6 +44,8 @@ pub enum ServiceError {
     Kubernetes(String),
     #[error("listing the keys of {bucket}: {reason}")]
     ListFailed { bucket: &'static str, reason: String },
+    #[error("the watch of {watch} ended ({reason}); the watcher stops so that it is restarted with every watch")]
+    WatchEnded { watch: String, reason: String },
 }
 
 /// Where an object goes.
