@@ -6,6 +6,12 @@
 //!   never fight; a holder whose renewal fails stops writing at once. A takeover needs the
 //!   lease to have stayed unchanged for its duration on this replica's own clock, so clock
 //!   skew between nodes does not matter.
+//! - Writes are fenced: before each batch the holder renews by compare-and-set on the
+//!   Lease's resourceVersion, and it stops a batch once that renewal is a lease duration
+//!   old on its own monotonic clock. A holder that stalled (a long GC pause, SIGSTOP, a
+//!   frozen node) past its lease finds the Lease taken and writes nothing. What no Lease
+//!   can fence is a stall between the renewal and a request already on its way; the
+//!   patch is then one the new holder rewrites.
 //! - A status is patched only when it differs from the last one this writer patched for
 //!   the object (a new leader patches everything once), and at most `max_per_second`.
 
@@ -60,6 +66,8 @@ struct LeaseState {
     held: bool,
     /// The resourceVersion last seen, and when (on our clock) it last changed.
     seen: Option<(String, Instant)>,
+    /// When this writer last created or renewed the Lease (on its monotonic clock).
+    renewed: Option<Instant>,
 }
 
 fn now() -> MicroTime {
@@ -101,7 +109,11 @@ impl StatusWriter {
                     metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
                     spec: Some(LeaseSpec { acquire_time: Some(now()), ..spec }),
                 };
-                api.create(&PostParams::default(), &lease).await.is_ok()
+                let created = api.create(&PostParams::default(), &lease).await.is_ok();
+                if created {
+                    self.lease.renewed = Some(Instant::now());
+                }
+                created
             }
             Ok(Some(current)) => {
                 let version = current.metadata.resource_version.clone().unwrap_or_default();
@@ -122,6 +134,7 @@ impl StatusWriter {
                     match api.replace(name, &PostParams::default(), &lease).await {
                         Ok(updated) => {
                             self.lease.seen = updated.metadata.resource_version.map(|v| (v, Instant::now()));
+                            self.lease.renewed = Some(Instant::now());
                             true
                         }
                         Err(_) => false,
@@ -149,10 +162,25 @@ impl StatusWriter {
             .take(budget)
             .map(|(o, (s, t))| (o.clone(), s.clone(), t.clone()))
             .collect();
+        if pending.is_empty() {
+            return;
+        }
+        // Fence: renew by compare-and-set first. A holder that stalled past its lease finds
+        // it taken (the resourceVersion moved) and writes nothing.
+        if !self.lease_step().await {
+            return;
+        }
         if let Some((last, _, _)) = pending.last() {
             self.cursor = Some(last.clone());
         }
         for (object, status, trace) in pending {
+            // A batch that runs (or stalls) past the lease stops: the lease may be another's.
+            if self.lease.renewed.is_none_or(|at| at.elapsed() >= self.config.lease_duration) {
+                tracing::warn!(
+                    "the status-writer lease is a lease duration old; stopping this batch until it is renewed"
+                );
+                return;
+            }
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
             portico_kit::telemetry::continue_trace(&span, &trace);
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());

@@ -342,9 +342,14 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
         max_per_second: 50,
     };
     let pipeline = Pipeline::start(&bus, client, status);
+    let buckets: Buckets = ensure_buckets(&async_nats::jetstream::new(connect(&bus).await.unwrap())).await.unwrap();
+    let shop_key = "httpproxy.shop.shop";
 
-    // While watcher-b renews, watcher-a writes nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While watcher-b renews, watcher-a writes nothing. Barrier: the status is on the bus
+    // (watcher-a has something to write), and watcher-a has since stepped its lease twice.
+    until_keys_include(&buckets.status, shop_key).await;
+    let steps = api.lease_log().len();
+    until("two lease steps of the standby", || api.lease_log().len() >= steps + 2).await;
     assert!(api.patches("shop/shop").is_empty(), "a standby wrote a status");
 
     // watcher-b stops renewing: after the lease duration watcher-a takes over and writes.
@@ -353,18 +358,36 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     let lease = api.state.lock().unwrap().leases["portico/portico-status-writer"].clone();
     assert_eq!(lease["spec"]["holderIdentity"], "watcher-a");
 
-    // watcher-b wins the lease back; once watcher-a has seen that, a status change is
-    // not written by it.
+    // Fencing. Right after one of watcher-a's renewals, watcher-b takes the Lease behind
+    // its back (what a holder that stalled past its lease wakes up to) and a status
+    // changes at once, well before watcher-a's next periodic lease step: the renewal that
+    // precedes every batch finds the Lease taken, and nothing is written.
+    let renewals = |log: &[(String, Option<String>, u16)]| {
+        log.iter().filter(|(m, who, code)| m == "PUT" && who.as_deref() == Some("watcher-a") && *code == 200).count()
+    };
+    let before = renewals(&api.lease_log());
+    until("a renewal by watcher-a", || renewals(&api.lease_log()) > before).await;
     other.store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.renew_foreign_lease("watcher-b");
     let (pem, _) = ca_pem();
     let mut secret = secret("ca", "Opaque");
     secret.as_object_mut().unwrap().remove("data");
     secret["stringData"] = json!({"ca.crt": pem});
     until("the Secret watch", || api.watching(SECRETS) > 0).await;
+    let status_revision = buckets.status.entry(shop_key).await.unwrap().unwrap().revision;
     api.put(SECRETS, secret, true);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(api.patches("shop/shop").len(), 1, "a writer that lost the lease wrote a status");
+    // Barrier: the new status is on the bus, then watcher-a has stepped its lease three
+    // more times (a write in the same step as the failed fence would be done by then).
+    for _ in 0..400 {
+        if buckets.status.entry(shop_key).await.unwrap().unwrap().revision > status_revision {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(buckets.status.entry(shop_key).await.unwrap().unwrap().revision > status_revision, "the status changed");
+    let steps = api.lease_log().len();
+    until("three more lease requests of watcher-a", || api.lease_log().len() >= steps + 3).await;
+    assert_eq!(api.patches("shop/shop").len(), 1, "a writer whose lease was taken wrote a status");
 
     renewer.abort();
     pipeline.stop().await;

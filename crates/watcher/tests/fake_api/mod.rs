@@ -47,6 +47,8 @@ pub struct ApiState {
     pub patches: Vec<(String, Value)>,
     /// Leases by "ns/name".
     pub leases: BTreeMap<String, Value>,
+    /// Every Lease request: method, the holder it named (sent, or read back), answer code.
+    pub lease_log: Vec<(String, Option<String>, u16)>,
     /// Collections whose lists and watches are refused (403), as RBAC would.
     pub forbidden: std::collections::BTreeSet<String>,
 }
@@ -239,6 +241,27 @@ impl FakeApi {
 
     /// Leases: GET, POST (create) and PUT (replace, compare-and-set on resourceVersion).
     pub fn lease(&self, method: &hyper::Method, rest: &str, body: &[u8]) -> hyper::Response<Body> {
+        let response = self.lease_answer(method, rest, body);
+        let holder = |v: &Value| v["spec"]["holderIdentity"].as_str().map(str::to_owned);
+        let named = match method.as_str() {
+            "GET" => {
+                let state = self.state.lock().unwrap();
+                let name = rest.split('/').nth(2).unwrap_or_default();
+                state.leases.get(&format!("{}/{name}", rest.split('/').next().unwrap_or_default())).and_then(holder)
+            }
+            _ => serde_json::from_slice::<Value>(body).ok().as_ref().and_then(holder),
+        };
+        let code = response.status().as_u16();
+        self.state.lock().unwrap().lease_log.push((method.to_string(), named, code));
+        response
+    }
+
+    /// The Lease requests so far.
+    pub fn lease_log(&self) -> Vec<(String, Option<String>, u16)> {
+        self.state.lock().unwrap().lease_log.clone()
+    }
+
+    fn lease_answer(&self, method: &hyper::Method, rest: &str, body: &[u8]) -> hyper::Response<Body> {
         let mut state = self.state.lock().unwrap();
         let parts: Vec<&str> = rest.split('/').collect(); // <ns>/leases[/<name>]
         let ns = parts[0];
@@ -392,6 +415,17 @@ pub async fn until_keys(store: &async_nats::jetstream::kv::Store, want: &[&str])
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(keys(store).await, want, "the bucket {} never held exactly these keys", store.name);
+}
+
+/// Wait until the bucket has `key`.
+pub async fn until_keys_include(store: &async_nats::jetstream::kv::Store, key: &str) {
+    for _ in 0..400 {
+        if keys(store).await.iter().any(|k| k == key) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the bucket {} never held {key}", store.name);
 }
 
 pub async fn until<F: Fn() -> bool>(what: &str, f: F) {
