@@ -371,7 +371,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 } else {
                     pending = None; // published when the sync completes or the lease is won
                     if ready {
-                        tracing::debug!("standing by: not publishing");
+                        tracing::debug!(instance = %config.instance, "standing by: not publishing");
                     }
                 }
             }

@@ -30,6 +30,42 @@ async fn status(buckets: &Buckets, key: &str) -> Option<ContourStatus> {
     Some(open::<ObjectStatus>(&raw).unwrap().0.to_contour())
 }
 
+/// The resolvers' log events (message and `instance`), recorded by a subscriber of the
+/// test process: how the test knows what a standby did without waiting a fixed time.
+fn resolver_log() -> &'static std::sync::Mutex<Vec<(String, String)>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    static LOG: std::sync::OnceLock<std::sync::Mutex<Vec<(String, String)>>> = std::sync::OnceLock::new();
+    struct Recorder;
+    #[derive(Default)]
+    struct Fields(String, String);
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            match field.name() {
+                "message" => self.0 = format!("{value:?}"),
+                "instance" => self.1 = format!("{value:?}"),
+                _ => {}
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if event.metadata().target().starts_with("portico_resolver") {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                resolver_log().lock().unwrap().push((fields.0, fields.1));
+            }
+        }
+    }
+    LOG.get_or_init(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Recorder));
+        std::sync::Mutex::new(Vec::new())
+    })
+}
+
+fn logged(message: &str, instance: &str) -> bool {
+    resolver_log().lock().unwrap().iter().any(|(m, i)| m == message && i == instance)
+}
+
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -46,6 +82,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_to_model_and_statuses_through_the_services_with_a_standby_taking_over() {
+    resolver_log(); // record from the start
     let server = NatsServer::start();
     let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
@@ -97,9 +134,11 @@ async fn files_to_model_and_statuses_through_the_services_with_a_standby_taking_
     // A standby starts; it must not publish while "a" holds the lease.
     let (stop_b, b_stopped) = stopper();
     let b = tokio::spawn(run(resolver_config("b"), b_stopped));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Barrier: b has read everything and reached the point where it would publish.
+    eventually("b to stand by with a full view", || async { logged("standing by: not publishing", "b") }).await;
     let holder = |raw: Option<bytes::Bytes>| raw.map(|r| open::<LeaseRecord>(&r).unwrap().0.holder);
     assert_eq!(holder(buckets.leases.get("resolver").await.unwrap()).as_deref(), Some("a"));
+    assert_eq!(model(&buckets).await.unwrap().version(), first.version(), "the standby published nothing");
 
     // Stop the active resolver; the standby takes over and a later change still arrives.
     stop_a.send(()).unwrap();
