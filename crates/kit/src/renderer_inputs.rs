@@ -19,6 +19,11 @@ pub struct RendererInputs {
     pub trust_revision: u64,
     /// When these inputs were opened (a session start).
     opened: std::time::Instant,
+    /// An entry taken from a watch and not yet applied: kept across a cancelled `next`.
+    taken: Option<Entry>,
+    /// Changes applied and not yet returned by `next` (when the first was, and the
+    /// traces): kept across a cancelled `next`.
+    changes: Option<(std::time::Instant, Vec<TraceContext>)>,
 }
 
 /// `RendererInputs::hold_back` for inputs opened at `opened`.
@@ -43,6 +48,8 @@ impl RendererInputs {
             trust: BTreeMap::new(),
             trust_revision: 0,
             opened: std::time::Instant::now(),
+            taken: None,
+            changes: None,
         };
         inputs.catch_up_trust(buckets).await?;
         Ok(inputs)
@@ -112,26 +119,53 @@ impl RendererInputs {
     /// arriving one by one become a few renderings, not 1,000. Returns the traces of the
     /// changes, oldest first, at most `MAX_CAUSES` (see `telemetry::fold_causes`). Entries that
     /// cannot be opened are logged and skipped.
+    ///
+    /// Cancel-safe: a caller may give up on `next` (a `select!` with a timer) and call it
+    /// again without losing an entry or a change. An entry taken from a watch is kept until
+    /// it is applied (applying one again is harmless), and the changes until returned.
     pub async fn next(&mut self, buckets: &Buckets) -> Result<Vec<TraceContext>, BusError> {
-        let mut traces = loop {
-            let entry = self.next_entry().await?;
-            if let Some(trace) = self.apply(entry, buckets).await? {
-                break vec![trace];
-            }
-        };
-        let started = std::time::Instant::now();
+        while self.changes.is_none() {
+            self.take_and_apply(buckets, None).await?;
+        }
+        let started = self.changes.as_ref().map(|(at, _)| *at).unwrap_or_else(std::time::Instant::now);
         while started.elapsed() < COALESCE_MAX {
-            // Only the wait for an entry is given up on timeout (cancel-safe); applying one
-            // (which may fetch a model from the object store) always completes.
-            let Ok(entry) = tokio::time::timeout(COALESCE_QUIET, self.next_entry()).await else { break };
-            if let Some(t) = self.apply(entry?, buckets).await? {
-                if traces.len() < MAX_CAUSES && t.traceparent.is_some() {
-                    traces.push(t);
-                }
+            // Only the wait for an entry is given up after `COALESCE_QUIET`.
+            if !self.take_and_apply(buckets, Some(COALESCE_QUIET)).await? {
+                break;
             }
         }
+        let mut traces = self.changes.take().map(|(_, traces)| traces).unwrap_or_default();
         traces.retain(|t| t.traceparent.is_some());
         Ok(traces)
+    }
+
+    /// Take the next entry (waiting at most `quiet`, if given: `false` when none came) and
+    /// apply it, noting a change in `changes`.
+    async fn take_and_apply(
+        &mut self,
+        buckets: &Buckets,
+        quiet: Option<std::time::Duration>,
+    ) -> Result<bool, BusError> {
+        if self.taken.is_none() {
+            let entry = match quiet {
+                None => self.next_entry().await?,
+                Some(quiet) => match tokio::time::timeout(quiet, self.next_entry()).await {
+                    Ok(entry) => entry?,
+                    Err(_) => return Ok(false),
+                },
+            };
+            self.taken = Some(entry);
+        }
+        let entry = self.taken.clone().expect("taken above");
+        let changed = self.apply(entry, buckets).await?;
+        self.taken = None;
+        if let Some(trace) = changed {
+            let (_, traces) = self.changes.get_or_insert_with(|| (std::time::Instant::now(), Vec::new()));
+            if traces.len() < MAX_CAUSES && trace.traceparent.is_some() {
+                traces.push(trace);
+            }
+        }
+        Ok(true)
     }
 
     async fn next_entry(&mut self) -> Result<Entry, BusError> {
@@ -179,6 +213,7 @@ fn undecodable() {
     );
 }
 
+#[derive(Clone)]
 enum Entry {
     Model(async_nats::jetstream::kv::Entry),
     Trust(async_nats::jetstream::kv::Entry),

@@ -346,13 +346,39 @@ impl Haproxy {
         self.pid
     }
 
+    /// Whether the master still runs (its workers end with it). For our child, without
+    /// leaving a zombie; for a master taken over or run by someone else, by its pid.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            // SAFETY: kill(2) with signal 0 only checks that the process exists.
+            None => unsafe { libc::kill(self.pid as libc::pid_t, 0) == 0 },
+        }
+    }
+
+    /// Follow an external HAProxy that its container started again (a new master on the
+    /// shared work directory's socket).
+    pub fn follow_external(&mut self, pid: u32) {
+        self.pid = pid;
+    }
+
+    /// HAProxy runs in its own container (never started or stopped by the renderer).
+    pub fn is_external(&self) -> bool {
+        self.external
+    }
+
     /// Start HAProxy (master-worker, foreground) on an already rendered directory.
     pub fn start(binary: &str, work_dir: &Path, first: &Path, log: &Path) -> Result<Haproxy, ApplyError> {
         check_generation(binary, first)?;
         switch(work_dir, first)?;
         let socket = work_dir.join("master.sock");
         let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(log).map_err(|e| ApplyError::StartFailed(e.to_string()))?;
+        // Appended to: a restart after a crash keeps what the crashed one logged.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| ApplyError::StartFailed(e.to_string()))?;
         let child = Command::new(binary)
             .arg("-W")
             .arg("-db")

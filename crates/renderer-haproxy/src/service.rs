@@ -406,22 +406,86 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     Ok(())
 }
 
+/// How often the renderer checks that its HAProxy still runs.
+const LIVENESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
     let buckets = &buckets;
     let mut inputs = RendererInputs::new(buckets).await?;
     let mut causes = Vec::new();
-    let mut wait: Option<std::time::Duration> = None;
+    // A deadline, not a duration: the other arms must not restart the wait.
+    let mut wait: Option<tokio::time::Instant> = None;
+    let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             change = inputs.next(buckets) => causes = change?,
-            () = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+            () = async { tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)).await }, if wait.is_some() => {}
+            _ = liveness.tick() => {
+                if !renderer.keep_haproxy_running().await? {
+                    continue;
+                }
+            }
         }
-        wait = renderer.converge(inputs.model(), &inputs.trust, inputs.opened(), buckets, &causes).await?;
+        wait = renderer
+            .converge(inputs.model(), &inputs.trust, inputs.opened(), buckets, &causes)
+            .await?
+            .map(|wait| tokio::time::Instant::now() + wait);
         portico_kit::admin::release_memory();
     }
 }
 
 impl Renderer {
+    /// Check that HAProxy runs. One that exited (killed, crashed) is started again on the
+    /// configuration it ran (the files on disk always equal what runs); an external one is
+    /// waited for and followed once its container has started it again. Whether anything
+    /// changed (then the renderer converges again).
+    async fn keep_haproxy_running(&mut self) -> Result<bool, ServiceError> {
+        let Some(haproxy) = self.haproxy.as_mut() else { return Ok(false) };
+        if haproxy.alive() {
+            return Ok(false);
+        }
+        let dead = haproxy.pid();
+        if haproxy.is_external() {
+            portico_kit::admin::set_ready(false);
+            match crate::apply::running_master(&self.config.work_dir) {
+                Some(pid) => {
+                    tracing::info!(pid, "HAProxy (its own container) runs again; following it");
+                    haproxy.follow_external(pid);
+                    portico_kit::admin::set_ready(self.applied.is_some());
+                    return Ok(true);
+                }
+                None => {
+                    tracing::warn!(pid = dead, "HAProxy (its own container) is not running; waiting for it");
+                    return Ok(false);
+                }
+            }
+        }
+        tracing::error!(pid = dead, "HAProxy exited; starting it again on the configuration it ran");
+        portico_kit::admin::counter(
+            "portico_renderer_haproxy_restarts_total",
+            "Times HAProxy exited (killed, crashed) and the renderer started it again.",
+            1.0,
+        );
+        // The dead master's socket and pid go with it; start anew from the work directory.
+        drop(self.haproxy.take());
+        let (binary, work_dir) = (self.config.haproxy.clone(), self.config.work_dir.clone());
+        let first = work_dir.join("gen-0");
+        let first_files = render(&Model::default(), &Trust::new(), &Renderer::options_for(&self.config)?).files;
+        let (haproxy, started) = tokio::task::spawn_blocking(move || {
+            Haproxy::start_or_adopt(&binary, &work_dir, &first, &first_files, &work_dir.join("haproxy.log"))
+        })
+        .await
+        .map_err(|e| ServiceError::WorkDir(self.config.work_dir.clone(), e.to_string()))??;
+        tracing::info!(pid = haproxy.pid(), started = ?started, "HAProxy runs again");
+        if !matches!(started, Started::LastApplied(_)) {
+            // Not on what it ran: apply the current model from scratch.
+            self.applied = None;
+        }
+        self.haproxy = Some(haproxy);
+        Ok(true)
+    }
+
     /// Files are named through `current` (see `apply`), so that generations differing in
     /// maps and addresses only have the same configuration text.
     fn options_for(config: &ServiceConfig) -> Result<Options, ServiceError> {

@@ -156,6 +156,25 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
     }
     assert_eq!(get("shop.example.com", "/legacy").await.unwrap().0, 503, "the new epoch's model is served");
 
+    // HAProxy is killed (its workers end with the master): the renderer starts it again
+    // on the configuration it ran, without a new model.
+    let work_dir = work.path().canonicalize().unwrap();
+    let killed = portico_renderer_haproxy::apply::running_master(&work_dir).expect("a master answers");
+    // SAFETY: kill(2) on the HAProxy this test's renderer started.
+    unsafe { libc::kill(killed as libc::pid_t, libc::SIGKILL) };
+    let mut back = None;
+    for _ in 0..200 {
+        let master = portico_renderer_haproxy::apply::running_master(&work_dir);
+        if master.is_some_and(|pid| pid != killed) {
+            if let Ok(answer) = get("shop.example.com", "/legacy").await {
+                back = Some(answer.0);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, Some(503), "a new HAProxy serves the last applied model");
+
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
 }
