@@ -1,6 +1,7 @@
 //! Support for end-to-end tests with real parts: a test PKI (rcgen), TLS backends (rustls
 //! and hyper) that answer with what they saw of the connection, the real proxies as child
-//! processes, and a minimal HTTP/1.1 client.
+//! processes, the `portico up` stack in a temporary directory, and the manifests the
+//! stack tests change.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -235,4 +236,28 @@ impl LocalStack {
         }
         out
     }
+}
+
+/// An HTTPProxy with one route, `/step-<n>`, to the demo's web backend: each step replaces
+/// the last, so an older configuration shows as a 404 for the current step's route.
+pub fn steps(n: u64) -> String {
+    format!(
+        "apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: steps, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: steps.example.com}}
+  routes:
+  - conditions: [{{prefix: /step-{n}}}]
+    services:
+    - name: web
+      port: 8443
+      validation: {{caSecret: demo-ca, subjectName: web.demo.svc}}
+"
+    )
+}
+
+/// Applied model versions (epoch, generation) per proxy, as the cli user reads them.
+pub fn applied(stack: &LocalStack) -> Vec<(String, portico_bus::Version)> {
+    stack.report().applied.into_iter().map(|(k, a)| (k, a.version())).collect()
 }

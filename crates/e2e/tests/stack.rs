@@ -8,39 +8,15 @@
 //! builds them next to the test binaries).
 
 use portico_deploy::up::Part;
-use portico_e2e::{LocalStack, Via, BOTH};
+use portico_e2e::{applied, steps, LocalStack, Via, BOTH};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WEB: &str = "web.example.com";
 
-/// An HTTPProxy with one route, `/step-<n>`, to the demo's web backend: each step replaces
-/// the last, so an older configuration shows as a 404 for the current step's route.
-fn steps(n: u64) -> String {
-    format!(
-        "apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {{name: steps, namespace: demo}}
-spec:
-  virtualhost: {{fqdn: steps.example.com}}
-  routes:
-  - conditions: [{{prefix: /step-{n}}}]
-    services:
-    - name: web
-      port: 8443
-      validation: {{caSecret: demo-ca, subjectName: web.demo.svc}}
-"
-    )
-}
-
 fn report_timing(what: &str, took: [Duration; 2]) {
     eprintln!("{what:<60} HAProxy {:>5} ms   Envoy {:>5} ms", took[0].as_millis(), took[1].as_millis());
-}
-
-/// Applied model versions (epoch, generation) per proxy as the cli user reads them.
-fn applied(stack: &LocalStack) -> Vec<(String, portico_bus::Version)> {
-    stack.report().applied.into_iter().map(|(k, a)| (k, a.version())).collect()
 }
 
 #[test]

@@ -251,11 +251,17 @@ pub async fn run(
     if let Some(reporter) = serving.reporter.take() {
         reporter.abort();
     }
+    // Dropping the snapshot sender ends every ADS stream (they follow it), which the
+    // graceful shutdown waits for: without it, a connected Envoy kept the renderer from
+    // stopping until it was killed. A stream that still lingers is given up after 2 s.
+    drop(serving);
     outcome?;
-    server
-        .await
-        .map_err(|e| ServiceError::Serve(listen, e.to_string()))?
-        .map_err(|e| ServiceError::Serve(listen, e.to_string()))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(2), server).await {
+        Ok(joined) => joined
+            .map_err(|e| ServiceError::Serve(listen, e.to_string()))?
+            .map_err(|e| ServiceError::Serve(listen, e.to_string()))?,
+        Err(_) => tracing::warn!("ADS streams did not end within 2 s of the shutdown; stopping anyway"),
+    }
     Ok(())
 }
 
