@@ -305,17 +305,43 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The largest manifest file read (64 MiB): far above any real one (a Kubernetes object is
+/// at most ~1.5 MiB, and 10,000 HTTPProxies in one file are ~5 MiB), and low enough that a
+/// stray dump or a file growing without end cannot exhaust the watcher's memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A manifest file's bytes, unless it is over `MAX_MANIFEST_BYTES` (checked before reading,
+/// and while reading: a file that grows meanwhile is cut off too) or cannot be read.
+pub fn read_manifest(file: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let too_large = |size: u64| {
+        format!(
+            "the file is {:.1} MiB, over the {} MiB limit for one manifest file; split it",
+            size as f64 / (1024.0 * 1024.0),
+            MAX_MANIFEST_BYTES / (1024 * 1024)
+        )
+    };
+    let opened = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+    let size = opened.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    opened.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Read and decode every manifest under `paths`. A path that does not exist is an error;
 /// a file that cannot be read or decoded is a problem in the result.
 pub fn load(paths: &[PathBuf]) -> Result<Decoded, LoadError> {
     let mut out = Decoded::default();
     for file in manifest_files(paths)? {
         let name = file.display().to_string();
-        match std::fs::read(&file) {
-            Err(e) => out.problems.push(DecodeProblem {
-                location: Location { file: name, line: 0 },
-                message: format!("cannot read: {e}"),
-            }),
+        match read_manifest(&file) {
+            Err(message) => out.problems.push(DecodeProblem { location: Location { file: name, line: 0 }, message }),
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => decode_str(&name, &text, &mut out),
                 Err(_) => out.problems.push(DecodeProblem {

@@ -111,10 +111,10 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<BTreeMap<(Bucket, String
     state.files.retain(|path, _| present.contains(path));
     let mut desired = BTreeMap::new();
     for file in files {
-        let bytes = match std::fs::read(&file) {
+        let bytes = match crate::manifests::read_manifest(&file) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "cannot read; keeping its last good objects");
+                tracing::warn!(file = %file.display(), error = %e, "keeping its last good objects");
                 if let Some(previous) = state.files.get(&file) {
                     desired.extend(previous.good.iter().map(|o| (key_of(o), o.clone())));
                 }

@@ -319,3 +319,64 @@ mod properties {
         }
     }
 }
+
+/// Bad-input figures (issue 10): a manifest cut at every byte decodes without a panic,
+/// and what it lost is reported: every document is either read whole or named in a
+/// problem (or skipped as empty).
+#[test]
+fn a_manifest_cut_at_every_byte_never_panics_and_reports_what_it_lost() {
+    let texts: Vec<String> = std::fs::read_dir(portico_testkit::repo().join("examples/upstream-tls"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .chain([ALL_KINDS.to_owned()])
+        .collect();
+    let (mut cuts, mut with_problems) = (0, 0);
+    for text in &texts {
+        let whole = decode(text).objects.len();
+        for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let cut = decode(&text[..end]);
+            cuts += 1;
+            if !cut.problems.is_empty() {
+                with_problems += 1;
+            }
+            // Nothing is made up: a cut never yields more objects than the whole.
+            assert!(cut.objects.len() <= whole, "cut at {end}: {} objects of {whole}", cut.objects.len());
+        }
+    }
+    eprintln!("{cuts} cuts of {} manifests decoded: 0 panics, {with_problems} with a problem reported", texts.len());
+    assert!(with_problems > cuts / 4, "cuts inside a document are reported ({with_problems} of {cuts})");
+}
+
+#[test]
+fn a_yaml_bomb_is_refused_quickly() {
+    // The "billion laughs": nine levels of nine aliases.
+    let mut bomb =
+        String::from("apiVersion: v1\nkind: Service\nmetadata: {name: bomb, namespace: x}\na0: &a0 [\"lol\"]\n");
+    for level in 1..10 {
+        let refs: Vec<String> = (0..9).map(|_| format!("*a{}", level - 1)).collect();
+        bomb.push_str(&format!("a{level}: &a{level} [{}]\n", refs.join(",")));
+    }
+    bomb.push_str("spec: {ports: *a9}\n");
+    let started = std::time::Instant::now();
+    let out = decode(&bomb);
+    assert!(out.objects.is_empty(), "{:?}", out.objects);
+    assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn an_oversized_manifest_file_is_refused_with_the_limit_and_the_others_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), ALL_KINDS).unwrap();
+    // Sparse: over the limit without writing 64 MiB.
+    let big = std::fs::File::create(dir.path().join("b.yaml")).unwrap();
+    big.set_len(portico_watcher::manifests::MAX_MANIFEST_BYTES + 1).unwrap();
+    let out = portico_watcher::load(&[dir.path().to_owned()]).unwrap();
+    assert_eq!(out.objects.len(), decode(ALL_KINDS).objects.len(), "the other file is read");
+    assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+    let problem = out.problems[0].to_string();
+    assert!(
+        problem.contains("b.yaml") && problem.contains("over the 64 MiB limit") && problem.contains("split it"),
+        "{problem}"
+    );
+}
