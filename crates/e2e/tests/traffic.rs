@@ -90,7 +90,9 @@ fn manifests(good_ca: &str, other_ca: &str, client: &portico_e2e::Issued, tls: u
              \x20     - {path: /verified, backend: {serviceName: vverified, servicePort: '443'}}\n\
              \x20     - {path: /wrong-name, backend: {serviceName: vwrong, servicePort: '443'}}\n\
              \x20 - host: '*.wild.test'\n    http:\n      paths:\n\
-             \x20     - {path: /, backend: {serviceName: plainback, servicePort: '443'}}\n";
+             \x20     - {path: /, backend: {serviceName: plainback, servicePort: '443'}}\n\
+             \x20 - http:\n      paths:\n\
+             \x20     - {path: /anyhost, backend: {serviceName: vnone, servicePort: '443'}}\n";
     yaml
 }
 
@@ -171,6 +173,23 @@ const MATRIX: &[(&str, &str, &str, u16, &[&str])] = &[
     ("a wildcard host takes one label", "a.wild.test", "/", 200, &["backend=plain"]),
     ("a wildcard host does not take two labels", "a.b.wild.test", "/", 404, &[]),
     ("a wildcard host is not its own suffix", "wild.test", "/", 404, &[]),
+    // Both proxies agree on a host deeper than a wildcard: it falls through to the rules
+    // for any host (HAProxy's third map; in Envoy the wildcard's virtual host carries them).
+    (
+        "a host two labels under a wildcard falls through to any host's rules",
+        "a.b.wild.test",
+        "/anyhost",
+        200,
+        &["backend=tls"],
+    ),
+    (
+        "a host one label under a wildcard takes the wildcard's rules",
+        "a.wild.test",
+        "/anyhost",
+        200,
+        &["backend=plain"],
+    ),
+    ("any host's rules serve another host", "nowhere.test", "/anyhost", 200, &["backend=tls"]),
     (
         "a child's route at the root's host under the joined prefix",
         "contour.test",

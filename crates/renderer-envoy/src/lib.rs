@@ -340,38 +340,41 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
     }
     for port in ports {
         let mut virtual_hosts = Vec::new();
-        for (i, vhost) in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts).enumerate() {
-            let routes = vhost
-                .routes
-                .iter()
-                .map(|r| {
-                    let action = match &r.action {
-                        RouteAction::Reject => reject(),
-                        RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
-                        RouteAction::Forward { backends, host_rewrite, timeout } => {
-                            if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
-                                out.problems.push(format!(
-                                    "{} route {} {}: answers 503: {why}",
-                                    r.source, vhost.host, r.prefix
-                                ));
-                                reject()
-                            } else {
-                                forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
-                            }
+        let on_port = || model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts);
+        // Routes of the any-host virtual host on this port: a host deeper than a wildcard
+        // takes them, as in HAProxy (whose third lookup is any host's).
+        let any_host = on_port().find(|v| v.host == HostMatch::Any);
+        for (i, vhost) in on_port().enumerate() {
+            let mut route_of = |vhost: &portico_model::VirtualHost, r: &portico_model::Route, headers| {
+                let action = match &r.action {
+                    RouteAction::Reject => reject(),
+                    RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
+                    RouteAction::Forward { backends, host_rewrite, timeout } => {
+                        if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
+                            out.problems
+                                .push(format!("{} route {} {}: answers 503: {why}", r.source, vhost.host, r.prefix));
+                            reject()
+                        } else {
+                            forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
                         }
-                    };
-                    route::Route {
-                        name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
-                        r#match: Some(route::RouteMatch {
-                            path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
-                            headers: one_label(&vhost.host),
-                            ..Default::default()
-                        }),
-                        action: Some(action),
-                        ..Default::default()
                     }
-                })
-                .collect();
+                };
+                route::Route {
+                    name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
+                    r#match: Some(route::RouteMatch {
+                        path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
+                        headers,
+                        ..Default::default()
+                    }),
+                    action: Some(action),
+                    ..Default::default()
+                }
+            };
+            let mut routes: Vec<route::Route> =
+                vhost.routes.iter().map(|r| route_of(vhost, r, one_label(&vhost.host))).collect();
+            if let (HostMatch::Wildcard(_), Some(any)) = (&vhost.host, any_host) {
+                routes.extend(any.routes.iter().map(|r| route_of(any, r, Vec::new())));
+            }
             virtual_hosts.push(route::VirtualHost {
                 name: format!("vh{i}_{}", vhost.host.to_string().replace('*', "any")),
                 domains: domains(&vhost.host),
@@ -386,6 +389,9 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
         });
         out.listeners.push(http_listener(port, options.bind_address, delivery));
     }
+    // A route appended to a wildcard's virtual host (any host's) reports its problem once.
+    let mut seen = std::collections::BTreeSet::new();
+    out.problems.retain(|p| seen.insert(p.clone()));
     for t in &model.trust {
         if let Ok(pem) = model.ca_material(&t.secret, trust) {
             out.secrets.push(tls::Secret {
