@@ -144,6 +144,11 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
             }
             Err(e) => {
                 tracing::warn!(key, error = %e, "the applied record could not be written; retrying");
+                portico_kit::admin::counter(
+                    "portico_renderer_envoy_applied_put_failures_total",
+                    "Applied records whose write failed (retried every second until written).",
+                    1.0,
+                );
                 unreported.insert(key, sealed);
             }
         }

@@ -120,28 +120,7 @@ async fn serve_over(api: AdsApi) {
     let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("envoy.yaml");
-    std::fs::write(
-        &bootstrap,
-        portico_renderer_envoy::ads_bootstrap_with(
-            "portico-test",
-            admin_port,
-            format!("127.0.0.1:{ads_port}").parse().unwrap(),
-            api,
-            None,
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-    let mut envoy = Command::new("envoy")
-        .arg("-c")
-        .arg(&bootstrap)
-        .args(["--use-dynamic-base-id", "--log-level", "warning"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("envoy must be installed (scripts/setup.sh installs it)");
+    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, api);
 
     let body = answer(http_port, "shop.example.com", "/legacy", 503).await;
     assert_eq!(body, "route in error, see its status", "the route in error comes from the model over ADS");
@@ -227,6 +206,15 @@ impl Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
+}
+
+/// A real Envoy in `dir` that knows nothing but where the ADS server is (plain gRPC).
+fn envoy_over(dir: &std::path::Path, ads_port: u16, admin_port: u16, api: AdsApi) -> std::process::Child {
+    let bootstrap = dir.join("envoy.yaml");
+    let ads = format!("127.0.0.1:{ads_port}").parse().unwrap();
+    std::fs::write(&bootstrap, portico_renderer_envoy::ads_bootstrap_with("portico-test", admin_port, ads, api, None))
+        .unwrap();
+    envoy(&bootstrap, &dir.join("envoy.log"))
 }
 
 fn envoy(bootstrap: &std::path::Path, log: &std::path::Path) -> std::process::Child {
@@ -344,4 +332,119 @@ async fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
     }
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
+}
+
+/// This process's resident set size, in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Issue 10, item 6: what renderer-envoy keeps per served version, per node and per ACK is
+/// bounded, so its memory stays flat however many changes it serves. A benchmark (ignored
+/// by default): 10,000 generations, each changing one endpoint, served over delta ADS to a
+/// real Envoy that acknowledges them; the resident size of the process (the service runs
+/// in it) sampled every 1,000. Figures in docs/RELIABILITY.md.
+///
+///     cargo test -p portico-renderer-envoy --all-features --test service -- --ignored --nocapture memory
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark; see the doc comment for the command"]
+async fn memory_stays_flat_over_ten_thousand_changes() {
+    let changes: u64 = std::env::var("PORTICO_MEMORY_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
+    assert_eq!(applied(&buckets, 1).await.error, None);
+
+    let mut publisher = portico_bus::model::Publisher::new();
+    let mut acks = buckets.applied.watch("envoy.portico-test").await.unwrap();
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    for generation in 2..=changes + 1 {
+        let mut next = model.clone();
+        let cluster = next
+            .clusters
+            .iter_mut()
+            .find(|c| matches!(c.servers, portico_model::Servers::Endpoints(ref e) if !e.is_empty()))
+            .expect("a cluster with endpoints");
+        let portico_model::Servers::Endpoints(endpoints) = &mut cluster.servers else { unreachable!() };
+        endpoints[0].set_port(1000 + (generation % 5000) as u16);
+        let version = portico_bus::Version { epoch: 1, generation };
+        publisher.publish_unfenced(&buckets, &next, version, &TraceContext::default()).await.unwrap();
+        // Each generation served and acknowledged before the next: 10,000 snapshots, 10,000
+        // ACKs, 10,000 applied records.
+        loop {
+            use futures_util::StreamExt;
+            let entry = tokio::time::timeout(Duration::from_secs(30), acks.next()).await.unwrap().unwrap().unwrap();
+            let (record, _) = open::<AppliedRecord>(&entry.value).unwrap();
+            assert_eq!(record.error, None);
+            if record.generation >= generation {
+                break;
+            }
+        }
+        if (generation - 1) % 1000 == 0 {
+            samples.push((generation - 1, rss_mib()));
+        }
+    }
+    eprintln!("renderer-envoy (in this process), {changes} changes in {:.0} s:", started.elapsed().as_secs_f64());
+    for (n, rss) in &samples {
+        eprintln!("  after {n:>6} changes: RSS {rss:.1} MiB");
+    }
+    let (first, last) = (samples[1].1, samples.last().unwrap().1);
+    assert!(last - first < 16.0, "memory grew from {first:.1} to {last:.1} MiB");
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+}
+
+/// Issue 10, item 10: an applied record whose write fails (here the bucket is gone, as
+/// when NATS lost it) is written again once it can be, not taken as reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+    let (stop, service, buckets, _) = start(&bus, ads_port, http_port, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
+    assert_eq!(applied(&buckets, 1).await.error, None);
+
+    let js = async_nats::jetstream::new(connect(&bus).await.unwrap());
+    js.delete_key_value(names::APPLIED).await.unwrap();
+    let failures = || {
+        let metrics = portico_kit::admin::render();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portico_renderer_envoy_applied_put_failures_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = failures();
+    publish(&buckets, 2, &Model::default()).await;
+    // Barrier: Envoy runs generation 2 and its record's write has failed at least once.
+    answer(http_port, "shop.example.com", "/legacy", 404).await;
+    for _ in 0..200 {
+        if failures() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures() > before, "the write of generation 2's record failed");
+    // The bucket is back (a restarted NATS, the admin's set-up): the record follows.
+    let buckets = ensure_buckets(&js).await.unwrap();
+    assert_eq!(applied(&buckets, 2).await.error, None);
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = envoy.kill();
+    let _ = envoy.wait();
 }
