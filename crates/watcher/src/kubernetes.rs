@@ -388,8 +388,8 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
         }
         let (desired, revision, listed, failing) = {
             let w = s.world.lock().expect("the world lock");
-            let desired: BTreeMap<(Bucket, String), Object> =
-                w.objects.iter().map(|(k, (o, _))| (k.clone(), o.clone())).collect();
+            let desired: crate::service::Desired =
+                w.objects.iter().map(|(k, (o, _))| (k.clone(), crate::service::Encoded::new(o.clone()))).collect();
             (desired, w.revision, w.listed.clone(), w.failing.len())
         };
         portico_kit::admin::gauge(

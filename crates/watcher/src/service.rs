@@ -58,14 +58,34 @@ pub(crate) enum Bucket {
 /// One file's last decoding.
 struct FileState {
     sha256: [u8; 32],
-    /// The objects of the last version of the file that decoded without problems.
-    good: Vec<Object>,
+    /// The objects of the last version of the file that decoded without problems, each
+    /// with its encoding (made once, when the file is decoded).
+    good: Vec<Arc<Encoded>>,
 }
+
+/// An object and its encoding on the bus, compared with what was published.
+pub(crate) struct Encoded {
+    pub(crate) object: Object,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Encoded {
+    pub(crate) fn new(object: Object) -> Arc<Encoded> {
+        let bytes = codec::encode(&object);
+        Arc::new(Encoded { object, bytes })
+    }
+}
+
+/// The objects the sources define, by key.
+pub(crate) type Desired = BTreeMap<(Bucket, String), Arc<Encoded>>;
 
 /// Every file's last decoding.
 #[derive(Default)]
 struct Files {
     files: BTreeMap<PathBuf, FileState>,
+    /// The files in the order the last scan read them (the configured paths' order): a
+    /// later definition of an object wins.
+    order: Vec<PathBuf>,
 }
 
 #[derive(Default)]
@@ -73,7 +93,7 @@ pub(crate) struct State {
     files: Files,
     /// What is on the bus: key → encoded object (empty when unknown, i.e. found at start).
     pub(crate) published: BTreeMap<(Bucket, String), Vec<u8>>,
-    /// The desired set of the previous scan, for the debounce.
+    /// The fingerprint of the previous scan's files, for the debounce.
     previous: Option<[u8; 32]>,
     pub(crate) synced: bool,
 }
@@ -97,9 +117,12 @@ fn new_trace(seed: &[u8]) -> TraceContext {
     TraceContext::new(&format!("00-{}-{}-01", &hex[..32], &hex[32..48]), None)
 }
 
-/// Read the files and work out the desired objects; `None` when a configured path cannot
-/// be read at all (then nothing may change).
-fn scan(paths: &[PathBuf], state: &mut Files) -> Option<BTreeMap<(Bucket, String), Object>> {
+/// Read the files, decoding those whose contents changed; `None` when a configured path
+/// cannot be read at all (then nothing may change). Returns the fingerprint of what was
+/// read: the files' paths and contents (a file that could not be read keeps its last good
+/// objects and counts as unchanged), so two scans that agree saw the same objects, with no
+/// need to encode 10,000 of them to tell.
+fn scan(paths: &[PathBuf], state: &mut Files) -> Option<[u8; 32]> {
     let files = match manifest_files(paths) {
         Ok(files) => files,
         Err(e) => {
@@ -109,19 +132,23 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<BTreeMap<(Bucket, String
     };
     let present: BTreeSet<PathBuf> = files.iter().cloned().collect();
     state.files.retain(|path, _| present.contains(path));
-    let mut desired = BTreeMap::new();
+    state.order = files.clone();
+    let mut fingerprint = Sha256::new();
     for file in files {
         let bytes = match crate::manifests::read_manifest(&file) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "keeping its last good objects");
                 if let Some(previous) = state.files.get(&file) {
-                    desired.extend(previous.good.iter().map(|o| (key_of(o), o.clone())));
+                    fingerprint.update(file.as_os_str().as_encoded_bytes());
+                    fingerprint.update(previous.sha256);
                 }
                 continue;
             }
         };
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        fingerprint.update(file.as_os_str().as_encoded_bytes());
+        fingerprint.update(sha256);
         if state.files.get(&file).is_none_or(|f| f.sha256 != sha256) {
             let name = file.display().to_string();
             let mut decoded = Decoded::default();
@@ -136,30 +163,37 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<BTreeMap<(Bucket, String
                 tracing::warn!(problem = %p, "document cannot be read; the file keeps its last good objects");
             }
             let good = if decoded.problems.is_empty() {
-                decoded.objects.into_iter().map(|(o, _)| o).collect()
+                decoded.objects.into_iter().map(|(o, _)| Encoded::new(o)).collect()
             } else {
                 state.files.get(&file).map(|f| f.good.clone()).unwrap_or_default()
             };
             state.files.insert(file.clone(), FileState { sha256, good });
         }
-        for object in &state.files[&file].good {
-            if desired.insert(key_of(object), object.clone()).is_some() {
-                tracing::warn!(object = %object.object_ref(), file = %file.display(), "defined more than once; the later definition wins");
+    }
+    Some(fingerprint.finalize().into())
+}
+
+/// The objects the files define (a later definition of the same object wins).
+fn desired(state: &Files) -> Desired {
+    let mut desired = Desired::new();
+    for file in &state.order {
+        let Some(file_state) = state.files.get(file) else { continue };
+        for encoded in &file_state.good {
+            if desired.insert(key_of(&encoded.object), encoded.clone()).is_some() {
+                tracing::warn!(object = %encoded.object.object_ref(), file = %file.display(), "defined more than once; the later definition wins");
             }
         }
     }
-    Some(desired)
+    desired
 }
 
-pub(crate) async fn apply(
-    buckets: &Buckets,
-    state: &mut State,
-    desired: BTreeMap<(Bucket, String), Object>,
-) -> Result<usize, BusError> {
+/// Put what differs from what was published (compared by encoding) and delete what is no
+/// longer desired.
+pub(crate) async fn apply(buckets: &Buckets, state: &mut State, desired: Desired) -> Result<usize, BusError> {
     let mut changes = 0;
-    for ((bucket, key), object) in &desired {
-        let encoded = codec::encode(object);
-        if state.published.get(&(*bucket, key.clone())) == Some(&encoded) {
+    for ((bucket, key), encoded) in &desired {
+        let (object, encoded) = (&encoded.object, &encoded.bytes);
+        if state.published.get(&(*bucket, key.clone())) == Some(encoded) {
             continue;
         }
         let store = match bucket {
@@ -168,7 +202,7 @@ pub(crate) async fn apply(
         };
         // A change starts a trace: every service that handles it continues this span.
         let span = tracing::info_span!(parent: None, "watcher.publish", object = %object.object_ref());
-        let trace = portico_kit::telemetry::outgoing(&span, &new_trace(&encoded));
+        let trace = portico_kit::telemetry::outgoing(&span, &new_trace(encoded));
         // The secrets bucket holds bare Secrets; the objects bucket holds `Object`s.
         let value = match object {
             Object::Secret(secret) => seal(secret, &trace),
@@ -183,7 +217,7 @@ pub(crate) async fn apply(
         span.in_scope(
             || tracing::info!(object = %object.object_ref(), trace_id = trace.trace_id().unwrap_or("-"), "published"),
         );
-        state.published.insert((*bucket, key.clone()), encoded);
+        state.published.insert((*bucket, key.clone()), encoded.clone());
         changes += 1;
     }
     let gone: Vec<(Bucket, String)> = state.published.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
@@ -277,12 +311,17 @@ async fn session(
         // Reading, decoding and fingerprinting 10,000 objects is blocking work.
         let paths = config.paths.clone();
         let mut files = std::mem::take(&mut state.files);
+        let synced = state.synced;
+        let previous = state.previous;
         let scanned = tokio::task::spawn_blocking(move || {
-            let desired = scan(&paths, &mut files).map(|desired| {
-                let fingerprint = fingerprint(&desired);
-                (desired, fingerprint)
+            let scanned = scan(&paths, &mut files).map(|fingerprint| {
+                // Debounce: publish a scan only when the one before it saw the same files
+                // (the first scan of a session is published at once); only then is the
+                // desired set put together.
+                let stable = previous == Some(fingerprint) || !synced;
+                (fingerprint, stable.then(|| desired(&files)))
             });
-            (files, desired)
+            (files, scanned)
         })
         .await;
         let Ok((files, scanned)) = scanned else {
@@ -290,15 +329,10 @@ async fn session(
             continue;
         };
         state.files = files;
-        let Some((desired, fingerprint)) = scanned else { continue };
-        // Debounce: publish a scan only when the one before it saw the same thing (the
-        // first scan of a session is published at once).
-        let stable = state.previous == Some(fingerprint) || !state.synced;
+        let Some((fingerprint, desired)) = scanned else { continue };
         unsettled = state.previous != Some(fingerprint);
         state.previous = Some(fingerprint);
-        if !stable {
-            continue;
-        }
+        let Some(desired) = desired else { continue };
         let changes = apply(buckets, state, desired).await?;
         portico_kit::admin::release_memory();
         if !state.synced {
@@ -315,17 +349,6 @@ async fn session(
             tracing::info!(changes, "changes published");
         }
     }
-}
-
-/// A digest of the desired objects, to tell whether two scans saw the same.
-fn fingerprint(desired: &BTreeMap<(Bucket, String), Object>) -> [u8; 32] {
-    let mut fingerprint = Sha256::new();
-    for ((bucket, key), object) in desired {
-        fingerprint.update([*bucket as u8]);
-        fingerprint.update(key.as_bytes());
-        fingerprint.update(codec::encode(object));
-    }
-    fingerprint.finalize().into()
 }
 
 /// Watch the configured paths: a directory recursively, a file through its directory
