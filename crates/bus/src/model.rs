@@ -315,6 +315,9 @@ pub struct Follower {
     pending: HashMap<String, Option<ModelPiece>>,
     /// Piece key → what of `current`'s model it is.
     in_model: HashMap<String, PieceId>,
+    /// What of `current`'s model a piece is → its digest: a content hash renderers key
+    /// their caches with (equal digests, equal pieces).
+    by_id: HashMap<PieceId, u128>,
     /// The newest index seen whose pieces are not all in yet.
     waiting: Option<(ModelIndex, TraceContext)>,
     /// The last generation handed out.
@@ -339,6 +342,12 @@ impl Follower {
     /// The last complete generation handed out.
     pub fn current(&self) -> Option<&ModelRecord> {
         self.current.as_ref()
+    }
+
+    /// The digest of a piece of `current`'s model (a content hash: two generations whose
+    /// piece has the same digest have the same piece).
+    pub fn piece_digest(&self, id: &PieceId) -> Option<u128> {
+        self.by_id.get(id).copied()
     }
 
     fn held(&self) -> Option<Version> {
@@ -415,10 +424,15 @@ impl Follower {
         });
         for (key, change) in self.pending.drain() {
             if let Some(old) = self.in_model.remove(&key) {
+                self.by_id.remove(&old);
                 record.model.remove_piece(&old);
             }
             if let Some(piece) = change {
-                self.in_model.insert(key, piece.id());
+                let id = piece.id();
+                if let Some(digest) = self.digests.get(&key) {
+                    self.by_id.insert(id.clone(), *digest);
+                }
+                self.in_model.insert(key, id);
                 record.model.put_piece(piece);
             }
         }

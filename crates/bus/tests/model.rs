@@ -243,3 +243,43 @@ fn pieces_put_in_or_taken_out_one_by_one_give_the_model_put_together_whole() {
     built.put_piece(gone[0].clone());
     assert_eq!(built.pieces().iter().filter(|p| p.id() == gone[0].id()).count(), 1);
 }
+
+/// Renderers key their caches by piece digest: the follower gives one for every piece of
+/// the model it hands out, and a generation changes exactly the digests of the pieces it
+/// changed.
+#[tokio::test]
+async fn the_follower_gives_each_piece_a_digest_that_changes_with_it_alone() {
+    use futures_util::StreamExt;
+    use portico_bus::model::{Followed, Follower};
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let model = example();
+    let mut changed = model.clone();
+    let Servers::Endpoints(endpoints) = &mut changed.clusters[0].servers else { panic!("endpoints") };
+    endpoints[0].set_port(1);
+    let mut publisher = Publisher::new();
+    let mut watch = portico_bus::nats::watch_current_and_new(&buckets.model).await.unwrap();
+    let mut follower = Follower::new();
+    let mut digests = Vec::new();
+    for (generation, next) in [(1, &model), (2, &changed)] {
+        publisher
+            .publish(&buckets, next, v(generation), &TraceContext::default(), digests.last().map(|(_, r)| *r))
+            .await
+            .unwrap();
+        let revision = current_index(&buckets.model).await.unwrap().unwrap().1;
+        loop {
+            let entry = watch.next().await.unwrap().unwrap();
+            if let Followed::Model(_) = follower.apply(&buckets, &entry).await.unwrap() {
+                if follower.current().unwrap().generation == generation {
+                    break;
+                }
+            }
+        }
+        let of: std::collections::HashMap<_, _> =
+            next.pieces().iter().map(|p| (p.id(), follower.piece_digest(&p.id()).expect("a digest"))).collect();
+        digests.push((of, revision));
+    }
+    let (one, two) = (&digests[0].0, &digests[1].0);
+    let differ: Vec<_> = one.keys().filter(|id| one[*id] != two[*id]).collect();
+    assert_eq!(differ, vec![&portico_model::PieceId::Cluster(model.clusters[0].name.clone())]);
+}

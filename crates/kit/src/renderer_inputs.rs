@@ -67,6 +67,11 @@ impl RendererInputs {
         self.follower.current()
     }
 
+    /// The content digest of a piece of `model()` (see `Follower::piece_digest`).
+    pub fn piece_digest(&self, id: &portico_model::PieceId) -> Option<u128> {
+        self.follower.piece_digest(id)
+    }
+
     /// When these inputs were opened.
     pub fn opened(&self) -> std::time::Instant {
         self.opened

@@ -11,6 +11,8 @@
 
 #[cfg(feature = "service")]
 pub mod ads;
+#[cfg(feature = "service")]
+pub mod incremental;
 pub mod json;
 #[cfg(feature = "service")]
 pub mod service;
@@ -315,86 +317,83 @@ fn direct(status: u32, body: &str) -> route::route::Action {
     })
 }
 
-/// Every resource of the model. Trust material must be at hand for each TLS cluster; a
-/// cluster without it is left out and its routes answer 503 (never unverified).
-pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Delivery) -> Resources {
-    let mut out = Resources::default();
-    let mut blocked: BTreeMap<&str, String> = BTreeMap::new();
-    for c in &model.clusters {
-        match trust_ready(c, model, trust) {
-            Ok(()) => {
-                out.clusters.push(cluster_resource(c, delivery));
-                if delivery == Delivery::Ads && matches!(c.servers, Servers::Endpoints(_)) {
-                    out.load_assignments.push(load_assignment(c));
-                }
-            }
-            Err(why) => {
-                blocked.insert(c.name.as_str(), why);
-            }
-        }
-    }
+/// The clusters that cannot be served (trust material missing or stale), with why: their
+/// routes answer 503, never unverified.
+pub fn blocked_clusters<'m>(model: &'m Model, trust: &Trust) -> BTreeMap<&'m str, String> {
+    model.clusters.iter().filter_map(|c| trust_ready(c, model, trust).err().map(|why| (c.name.as_str(), why))).collect()
+}
+
+/// The ports Envoy listens on: the model's, and always the main HTTP port.
+pub fn listener_ports(model: &Model, options: &Options) -> Vec<u16> {
     let mut ports: Vec<u16> = model.listeners.iter().map(|l| l.port).collect();
     if !ports.contains(&options.http_port) {
         ports.push(options.http_port);
-        ports.sort_unstable();
     }
-    for port in ports {
-        let mut virtual_hosts = Vec::new();
-        let on_port = || model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts);
-        // Routes of the any-host virtual host on this port: a host deeper than a wildcard
-        // takes them, as in HAProxy (whose third lookup is any host's).
-        let any_host = on_port().find(|v| v.host == HostMatch::Any);
-        for (i, vhost) in on_port().enumerate() {
-            let mut route_of = |vhost: &portico_model::VirtualHost, r: &portico_model::Route, headers| {
-                let action = match &r.action {
-                    RouteAction::Reject => reject(),
-                    RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
-                    RouteAction::Forward { backends, host_rewrite, timeout } => {
-                        if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
-                            out.problems
-                                .push(format!("{} route {} {}: answers 503: {why}", r.source, vhost.host, r.prefix));
-                            reject()
-                        } else {
-                            forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
-                        }
-                    }
-                };
-                route::Route {
-                    name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
-                    r#match: Some(route::RouteMatch {
-                        path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
-                        headers,
-                        ..Default::default()
-                    }),
-                    action: Some(action),
-                    ..Default::default()
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The any-host virtual host on `port`, if there is one: a host deeper than a wildcard
+/// takes its routes, as in HAProxy (whose third lookup is any host's).
+pub fn any_host_on(model: &Model, port: u16) -> Option<&portico_model::VirtualHost> {
+    model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts).find(|v| v.host == HostMatch::Any)
+}
+
+/// One virtual host: its routes (a wildcard's checked against one label), and for a
+/// wildcard the any-host routes after them. Routes whose cluster is blocked answer 503,
+/// and say so in `problems`.
+pub fn virtual_host(
+    vhost: &portico_model::VirtualHost,
+    any_host: Option<&portico_model::VirtualHost>,
+    blocked: &BTreeMap<&str, String>,
+    problems: &mut Vec<String>,
+) -> route::VirtualHost {
+    let mut route_of = |vhost: &portico_model::VirtualHost, r: &portico_model::Route, headers| {
+        let action = match &r.action {
+            RouteAction::Reject => reject(),
+            RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
+            RouteAction::Forward { backends, host_rewrite, timeout } => {
+                if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
+                    problems.push(format!("{} route {} {}: answers 503: {why}", r.source, vhost.host, r.prefix));
+                    reject()
+                } else {
+                    forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
                 }
-            };
-            let mut routes: Vec<route::Route> =
-                vhost.routes.iter().map(|r| route_of(vhost, r, one_label(&vhost.host))).collect();
-            if let (HostMatch::Wildcard(_), Some(any)) = (&vhost.host, any_host) {
-                routes.extend(any.routes.iter().map(|r| route_of(any, r, Vec::new())));
             }
-            virtual_hosts.push(route::VirtualHost {
-                name: format!("vh{i}_{}", vhost.host.to_string().replace('*', "any")),
-                domains: domains(&vhost.host),
-                routes,
+        };
+        route::Route {
+            name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
+            r#match: Some(route::RouteMatch {
+                path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
+                headers,
                 ..Default::default()
-            });
-        }
-        out.route_configurations.push(route::RouteConfiguration {
-            name: route_config_name(port),
-            virtual_hosts,
+            }),
+            action: Some(action),
             ..Default::default()
-        });
-        out.listeners.push(http_listener(port, options.bind_address, delivery));
+        }
+    };
+    let mut routes: Vec<route::Route> =
+        vhost.routes.iter().map(|r| route_of(vhost, r, one_label(&vhost.host))).collect();
+    if let (HostMatch::Wildcard(_), Some(any)) = (&vhost.host, any_host) {
+        routes.extend(any.routes.iter().map(|r| route_of(any, r, Vec::new())));
     }
-    // A route appended to a wildcard's virtual host (any host's) reports its problem once.
-    let mut seen = std::collections::BTreeSet::new();
-    out.problems.retain(|p| seen.insert(p.clone()));
+    route::VirtualHost {
+        // The host itself: unique within a route configuration, and the same whatever other
+        // hosts come and go (an incremental rendering reuses it).
+        name: vhost.host.to_string(),
+        domains: domains(&vhost.host),
+        routes,
+        ..Default::default()
+    }
+}
+
+/// The SDS secrets: every CA bundle the model names, and the client certificate.
+pub fn secrets(model: &Model, trust: &Trust) -> Vec<tls::Secret> {
+    let mut out = Vec::new();
     for t in &model.trust {
         if let Ok(pem) = model.ca_material(&t.secret, trust) {
-            out.secrets.push(tls::Secret {
+            out.push(tls::Secret {
                 name: ca_secret_name(&t.secret),
                 r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
                     trusted_ca: Some(inline(&pem.pem)),
@@ -405,7 +404,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
     }
     if let Some(t) = &model.client_cert {
         if let Ok(c) = model.client_material(&t.secret, trust) {
-            out.secrets.push(tls::Secret {
+            out.push(tls::Secret {
                 name: client_secret_name(&t.secret),
                 r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
                     certificate_chain: Some(inline(&c.chain_pem)),
@@ -415,6 +414,40 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
             });
         }
     }
+    out
+}
+
+/// Every resource of the model. Trust material must be at hand for each TLS cluster; a
+/// cluster without it is left out and its routes answer 503 (never unverified).
+pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Delivery) -> Resources {
+    let mut out = Resources::default();
+    let blocked = blocked_clusters(model, trust);
+    for c in model.clusters.iter().filter(|c| !blocked.contains_key(c.name.as_str())) {
+        out.clusters.push(cluster_resource(c, delivery));
+        if delivery == Delivery::Ads && matches!(c.servers, Servers::Endpoints(_)) {
+            out.load_assignments.push(load_assignment(c));
+        }
+    }
+    for port in listener_ports(model, options) {
+        let any_host = any_host_on(model, port);
+        let virtual_hosts = model
+            .listeners
+            .iter()
+            .filter(|l| l.port == port)
+            .flat_map(|l| &l.virtual_hosts)
+            .map(|vhost| virtual_host(vhost, any_host, &blocked, &mut out.problems))
+            .collect();
+        out.route_configurations.push(route::RouteConfiguration {
+            name: route_config_name(port),
+            virtual_hosts,
+            ..Default::default()
+        });
+        out.listeners.push(http_listener(port, options.bind_address, delivery));
+    }
+    out.secrets = secrets(model, trust);
+    // A route appended to a wildcard's virtual host (any host's) reports its problem once.
+    let mut seen = std::collections::BTreeSet::new();
+    out.problems.retain(|p| seen.insert(p.clone()));
     out
 }
 

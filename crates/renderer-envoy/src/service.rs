@@ -5,7 +5,8 @@
 //! same model independently.
 
 use crate::ads::{Ads, NodeEvent, Snapshot, NODE_EVENTS};
-use crate::{resources, Delivery, Options};
+use crate::incremental::SnapshotBuilder;
+use crate::Options;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{seal, AppliedRecord, TraceContext, Version};
@@ -196,6 +197,8 @@ struct Serving {
     /// Until the first session starts the reporter, what it will report from.
     reporter_inputs: Option<(mpsc::Receiver<NodeEvent>, watch::Receiver<Versions>)>,
     reporter: Option<tokio::task::JoinHandle<()>>,
+    /// The previous rendering, by piece: a change renders and encodes what it changed.
+    builder: SnapshotBuilder,
 }
 
 /// Run until `shutdown` completes. The ADS server runs across sessions (see
@@ -248,6 +251,7 @@ pub async fn run(
         generation: None,
         reporter_inputs: Some((ack_rx, hash_rx)),
         reporter: None,
+        builder: SnapshotBuilder::new(),
     };
     let outcome =
         portico_bus::nats::supervise(&config.bus, &[portico_bus::names::APPLIED], &mut serving, shutdown, session)
@@ -291,26 +295,33 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             continue; // never go back
         }
         let started = std::time::Instant::now();
-        let rendered = resources(&record.model, &inputs.trust, &serving.options, Delivery::Ads);
+        let version = format!("{}.{}.{}", record.epoch, record.generation, serving.served + 1);
+        let (snapshot, problems, reuse) = serving.builder.build(
+            version.clone(),
+            &record.model,
+            &inputs.trust,
+            inputs.trust_revision,
+            &serving.options,
+            |id| inputs.piece_digest(id),
+        );
         let render_ms = started.elapsed().as_millis() as u64;
-        if let Some(hold) = inputs.hold_back(!rendered.problems.is_empty()) {
+        if let Some(hold) = inputs.hold_back(!problems.is_empty()) {
             tracing::info!(
                 generation = record.generation,
-                problems = rendered.problems.len(),
+                problems = problems.len(),
                 "waiting for trust material before serving"
             );
             wait = Some(hold);
             continue;
         }
-        if let Some(first) = rendered.problems.first() {
+        if let Some(first) = problems.first() {
             tracing::warn!(
-                routes = rendered.problems.len(),
+                routes = problems.len(),
                 first = %first,
                 "routes served as 503 until their trust material arrives"
             );
         }
         serving.served += 1;
-        let version = format!("{}.{}.{}", record.epoch, record.generation, serving.served);
         let span = tracing::info_span!(parent: None, "envoy.serve", generation = record.generation, version = %version);
         // The ACKs of this version continue this span's trace (see `report`). The parent is
         // set before the span is entered: it cannot change once the span has started.
@@ -336,14 +347,14 @@ async fn session(serving: &mut Serving, buckets: Buckets) -> Result<std::convert
             "The model generation served over ADS.",
             record.generation as f64,
         );
-        let snapshot = Snapshot::new(version.clone(), &rendered);
-        drop(rendered);
         let _ = serving.snapshots.send(Some(Arc::new(snapshot)));
         portico_kit::admin::release_memory();
         tracing::info!(
             generation = record.generation,
             version = %version,
             render_ms,
+            pieces_rendered = reuse.rendered,
+            pieces_reused = reuse.reused,
             took_ms = started.elapsed().as_millis() as u64,
             "serving"
         );

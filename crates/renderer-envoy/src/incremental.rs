@@ -1,0 +1,322 @@
+//! Snapshots rendered by piece: what renderer-envoy serves, made from the previous rendering
+//! plus what changed. A cluster (with its load assignment) and a virtual host are rendered
+//! and encoded once per content: each is kept with the digest of its model piece (from the
+//! bus, `Follower::piece_digest`) and the trust it was rendered with, and reused while
+//! those are equal. A route configuration is put together from its virtual hosts'
+//! encodings (protobuf's repeated field is their concatenation), so a change to one host of
+//! 10,000 encodes one host. The result equals `Snapshot::new(resources(...))`, byte for
+//! byte (`tests::equals_a_full_rendering`).
+
+use crate::ads::{Entry, Snapshot};
+use crate::{
+    any, any_host_on, blocked_clusters, cluster_resource, http_listener, listener_ports, load_assignment,
+    route_config_name, secrets, virtual_host, Delivery, Options, Trust,
+};
+use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::google::protobuf::Any;
+use portico_model::{ClusterName, HostMatch, Model, ModelPiece, PieceId, Servers};
+use prost::{Message, Name};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+/// A cluster as rendered: its resources, or why it cannot be served.
+#[derive(Clone)]
+enum RenderedCluster {
+    Ready { cluster: Entry, load: Option<Entry> },
+    Blocked,
+}
+
+/// What a virtual host was rendered from, and its encoding.
+#[derive(Clone)]
+struct RenderedHost {
+    key: HostKey,
+    encoded: Vec<u8>,
+    problems: Vec<String>,
+}
+
+/// What a virtual host's rendering depends on: its piece, for a wildcard the any-host
+/// piece too (whose routes it carries), and the trust (which clusters are blocked).
+#[derive(Clone, PartialEq, Eq)]
+struct HostKey {
+    piece: u128,
+    any_host: Option<u128>,
+    trust: u64,
+}
+
+/// The renderings of the previous snapshot, by piece.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    clusters: HashMap<ClusterName, (u128, u64, RenderedCluster)>,
+    hosts: HashMap<(u16, HostMatch), RenderedHost>,
+}
+
+/// How many pieces a build rendered, and how many it reused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    pub rendered: usize,
+    pub reused: usize,
+}
+
+fn entry(any: Any) -> Entry {
+    let mut h = std::hash::DefaultHasher::new();
+    any.value.hash(&mut h);
+    Entry { version: format!("{:016x}", h.finish()), any }
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> SnapshotBuilder {
+        SnapshotBuilder::default()
+    }
+
+    /// The snapshot of `model` as `version`, and the problems (routes answering 503).
+    /// `digest` gives a piece's content digest; a piece without one is rendered afresh.
+    /// `trust_revision` must change whenever `trust` does.
+    pub fn build(
+        &mut self,
+        version: String,
+        model: &Model,
+        trust: &Trust,
+        trust_revision: u64,
+        options: &Options,
+        digest: impl Fn(&PieceId) -> Option<u128>,
+    ) -> (Snapshot, Vec<String>, Reuse) {
+        let mut reuse = Reuse::default();
+        // The trust a rendering depends on: the material, and the model's list of it.
+        let trust_key = {
+            let mut h = std::hash::DefaultHasher::new();
+            trust_revision.hash(&mut h);
+            digest(&PieceId::Rest).hash(&mut h);
+            h.finish()
+        };
+        let cacheable = |d: Option<u128>| d.is_some() && digest(&PieceId::Rest).is_some();
+
+        // Clusters and their load assignments.
+        let blocked = blocked_clusters(model, trust);
+        let mut clusters = HashMap::with_capacity(model.clusters.len());
+        let (mut cluster_entries, mut loads) = (BTreeMap::new(), BTreeMap::new());
+        for c in &model.clusters {
+            let d = digest(&PieceId::Cluster(c.name.clone()));
+            let cached = self
+                .clusters
+                .remove(&c.name)
+                .filter(|(piece, t, _)| cacheable(d) && Some(*piece) == d && *t == trust_key);
+            let rendered = match cached {
+                Some((_, _, rendered)) => {
+                    reuse.reused += 1;
+                    rendered
+                }
+                None => {
+                    reuse.rendered += 1;
+                    if blocked.contains_key(c.name.as_str()) {
+                        RenderedCluster::Blocked
+                    } else {
+                        RenderedCluster::Ready {
+                            cluster: entry(any(&cluster_resource(c, Delivery::Ads))),
+                            load: matches!(c.servers, Servers::Endpoints(_)).then(|| entry(any(&load_assignment(c)))),
+                        }
+                    }
+                }
+            };
+            if let RenderedCluster::Ready { cluster, load } = &rendered {
+                cluster_entries.insert(c.name.to_string(), cluster.clone());
+                if let Some(load) = load {
+                    loads.insert(c.name.to_string(), load.clone());
+                }
+            }
+            if let Some(d) = d {
+                clusters.insert(c.name.clone(), (d, trust_key, rendered));
+            }
+        }
+        self.clusters = clusters;
+
+        // Route configurations, one per port, from their virtual hosts' encodings.
+        let mut problems = Vec::new();
+        let mut hosts = HashMap::new();
+        let (mut route_configurations, mut listeners) = (BTreeMap::new(), BTreeMap::new());
+        for port in listener_ports(model, options) {
+            let any_host = any_host_on(model, port);
+            let any_digest = any_host.and_then(|_| digest(&PieceId::VirtualHost(port, HostMatch::Any)));
+            let mut encoded_hosts: Vec<&[u8]> = Vec::new();
+            let mut rendered_here = Vec::new();
+            for vhost in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts) {
+                let d = digest(&PieceId::VirtualHost(port, vhost.host.clone()));
+                let carries_any = matches!(vhost.host, HostMatch::Wildcard(_)) && any_host.is_some();
+                let key = HostKey {
+                    piece: d.unwrap_or_default(),
+                    any_host: if carries_any { any_digest } else { None },
+                    trust: trust_key,
+                };
+                let usable = cacheable(d) && (!carries_any || any_digest.is_some());
+                let cached = self.hosts.remove(&(port, vhost.host.clone())).filter(|h| usable && h.key == key);
+                let rendered = match cached {
+                    Some(rendered) => {
+                        reuse.reused += 1;
+                        rendered
+                    }
+                    None => {
+                        reuse.rendered += 1;
+                        let mut host_problems = Vec::new();
+                        let message = virtual_host(vhost, any_host, &blocked, &mut host_problems);
+                        RenderedHost { key, encoded: message.encode_to_vec(), problems: host_problems }
+                    }
+                };
+                problems.extend(rendered.problems.iter().cloned());
+                rendered_here.push((vhost.host.clone(), usable, rendered));
+            }
+            for (_, _, rendered) in &rendered_here {
+                encoded_hosts.push(&rendered.encoded);
+            }
+            let name = route_config_name(port);
+            route_configurations.insert(name.clone(), entry(route_configuration(&name, &encoded_hosts)));
+            let listener = http_listener(port, options.bind_address, Delivery::Ads);
+            listeners.insert(listener.name.clone(), entry(any(&listener)));
+            for (host, usable, rendered) in rendered_here {
+                if usable {
+                    hosts.insert((port, host), rendered);
+                }
+            }
+        }
+        self.hosts = hosts;
+        let mut seen = std::collections::BTreeSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
+
+        let secrets: BTreeMap<String, Entry> =
+            secrets(model, trust).into_iter().map(|s| (s.name.clone(), entry(any(&s)))).collect();
+        let mut resources = BTreeMap::new();
+        resources.insert(Secret::type_url(), secrets);
+        resources.insert(Cluster::type_url(), cluster_entries);
+        resources.insert(ClusterLoadAssignment::type_url(), loads);
+        resources.insert(Listener::type_url(), listeners);
+        resources.insert(RouteConfiguration::type_url(), route_configurations);
+        (Snapshot { version, resources }, problems, reuse)
+    }
+}
+
+/// A `RouteConfiguration` with `name` and these virtual hosts, encoded: field 1, then
+/// field 2 once per host, as prost encodes the message.
+fn route_configuration(name: &str, hosts: &[&[u8]]) -> Any {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let mut value = Vec::with_capacity(name.len() + 8 + hosts.iter().map(|h| h.len() + 6).sum::<usize>());
+    if !name.is_empty() {
+        prost::encoding::string::encode(1, &name.to_owned(), &mut value);
+    }
+    for host in hosts {
+        encode_key(2, WireType::LengthDelimited, &mut value);
+        encode_varint(host.len() as u64, &mut value);
+        value.extend_from_slice(host);
+    }
+    Any { type_url: RouteConfiguration::type_url(), value }
+}
+
+/// A piece's content digest computed here (SipHash of its bincode encoding), for callers
+/// without the bus's digests (tests, tools).
+pub fn local_digests(model: &Model) -> HashMap<PieceId, u128> {
+    model
+        .pieces()
+        .into_iter()
+        .map(|piece: ModelPiece| {
+            let bytes = portico_bus::codec::encode(&piece);
+            let mut a = std::hash::DefaultHasher::new();
+            bytes.hash(&mut a);
+            let mut b = std::hash::DefaultHasher::new();
+            (bytes, 1u8).hash(&mut b);
+            (piece.id(), (u128::from(a.finish()) << 64) | u128::from(b.finish()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_model::{AbsPath, CaSource, Verification};
+
+    fn options() -> Options {
+        Options { bind_address: "127.0.0.1".parse().unwrap(), http_port: 8080, admin_port: 0 }
+    }
+
+    fn full(model: &Model, trust: &Trust) -> Snapshot {
+        Snapshot::new("v".into(), &crate::resources(model, trust, &options(), Delivery::Ads))
+    }
+
+    fn assert_same(a: &Snapshot, b: &Snapshot, what: &str) {
+        assert_eq!(a.resources.keys().collect::<Vec<_>>(), b.resources.keys().collect::<Vec<_>>(), "{what}");
+        for (type_url, entries) in &a.resources {
+            let other = &b.resources[type_url];
+            assert_eq!(entries.keys().collect::<Vec<_>>(), other.keys().collect::<Vec<_>>(), "{what}: {type_url}");
+            for (name, entry) in entries {
+                assert_eq!(entry.any, other[name].any, "{what}: {type_url} {name}");
+                assert_eq!(entry.version, other[name].version, "{what}: {type_url} {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn equals_a_full_rendering_through_changes_and_reuses_what_did_not_change() {
+        let (model, trust) = portico_testkit::pipeline(
+            &[portico_testkit::repo().join("examples/upstream-tls")],
+            &portico_resolver::Config::default(),
+        );
+        let mut builder = SnapshotBuilder::new();
+        let mut step = |model: &Model, trust: &Trust, revision: u64, what: &str| {
+            let digests = local_digests(model);
+            let (snapshot, problems, reuse) =
+                builder.build("v".into(), model, trust, revision, &options(), |id| digests.get(id).copied());
+            assert_same(&snapshot, &full(model, trust), what);
+            assert_eq!(problems, crate::resources(model, trust, &options(), Delivery::Ads).problems, "{what}");
+            reuse
+        };
+        let first = step(&model, &trust, 1, "first");
+        assert_eq!(first.reused, 0);
+        assert_eq!(step(&model, &trust, 1, "again").rendered, 0, "nothing changed, nothing rendered");
+
+        // One endpoint: one cluster rendered again.
+        let mut endpoint = model.clone();
+        let c = endpoint
+            .clusters
+            .iter_mut()
+            .find(|c| matches!(&c.servers, Servers::Endpoints(e) if !e.is_empty()))
+            .unwrap();
+        let Servers::Endpoints(e) = &mut c.servers else { unreachable!() };
+        let port = e[0].port() + 1;
+        e[0].set_port(port);
+        assert_eq!(step(&endpoint, &trust, 1, "an endpoint").rendered, 1);
+
+        // One virtual host gone.
+        let mut fewer = endpoint.clone();
+        fewer.listeners[0].virtual_hosts.remove(0);
+        step(&fewer, &trust, 1, "a host gone");
+
+        // A wildcard and an any-host beside it; then the any-host changes (the wildcard,
+        // which carries its routes, is rendered again).
+        let mut wild = fewer.clone();
+        let mut w = wild.listeners[0].virtual_hosts[0].clone();
+        w.host = HostMatch::parse("*.wild.test").unwrap();
+        wild.listeners[0].virtual_hosts.push(w);
+        wild.listeners[0].virtual_hosts.sort_by(|a, b| {
+            portico_model::host_rank(&a.host).cmp(&portico_model::host_rank(&b.host)).then(a.host.cmp(&b.host))
+        });
+        step(&wild, &trust, 1, "a wildcard");
+        if let Some(any) = wild.listeners[0].virtual_hosts.iter_mut().find(|v| v.host == HostMatch::Any) {
+            any.routes.pop();
+            step(&wild, &trust, 1, "the any-host changed");
+        }
+
+        // Trust gone: its clusters blocked and their routes 503, then back.
+        step(&wild, &Trust::new(), 2, "no trust material");
+        step(&wild, &trust, 3, "trust material back");
+
+        // A cluster's CA from a file instead (its name changes with its key).
+        let mut file = wild.clone();
+        if let Some(tls) = file.clusters.iter_mut().find_map(|c| c.key.tls.as_mut()) {
+            tls.verify = Verification::Required {
+                ca: CaSource::File("/etc/ssl/ca.pem".parse::<AbsPath>().unwrap()),
+                subject_names: Vec::new(),
+            };
+        }
+        step(&file, &trust, 3, "a CA file");
+        step(&Model::default(), &Trust::new(), 4, "everything gone");
+        step(&model, &trust, 5, "everything back");
+    }
+}
