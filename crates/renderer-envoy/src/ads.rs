@@ -26,11 +26,19 @@ use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// One resource: its version (a digest of its encoding) and its encoding.
+/// One resource: its version (a digest of its encoding) and its encoding, shared between
+/// the snapshots (and the renderer's cache) that hold the same resource.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    pub version: String,
-    pub any: Any,
+    pub version: Arc<str>,
+    pub any: Arc<Any>,
+}
+
+impl Entry {
+    /// The entry of an encoded resource; its version is a digest of the encoding.
+    pub fn of(any: Any) -> Entry {
+        Entry { version: digest(&any.value).into(), any: Arc::new(any) }
+    }
 }
 
 /// The resources of one model, by type URL and name, with one version for the whole.
@@ -68,7 +76,7 @@ impl Snapshot {
             items
                 .map(|(name, message)| {
                     let any = crate::any(message);
-                    (name.clone(), Entry { version: digest(&any.value), any })
+                    (name.clone(), Entry::of(any))
                 })
                 .collect()
         }
@@ -281,7 +289,7 @@ fn sotw_resources<'a>(snapshot: &'a Snapshot, type_url: &str, names: &[String]) 
 fn sotw_response(snapshot: &Snapshot, entries: Vec<&Entry>, type_url: &str, nonce: String) -> DiscoveryResponse {
     DiscoveryResponse {
         version_info: snapshot.version.clone(),
-        resources: entries.into_iter().map(|e| e.any.clone()).collect(),
+        resources: entries.into_iter().map(|e| (*e.any).clone()).collect(),
         type_url: type_url.to_owned(),
         nonce,
         ..Default::default()
@@ -319,14 +327,14 @@ impl DeltaSubscription {
             if !(self.wildcard || self.names.contains(name)) {
                 continue;
             }
-            if self.known.get(name) != Some(&entry.version) {
+            if self.known.get(name).map(String::as_str) != Some(&*entry.version) {
                 resources.push(Resource {
                     name: name.clone(),
-                    version: entry.version.clone(),
-                    resource: Some(entry.any.clone()),
+                    version: entry.version.to_string(),
+                    resource: Some((*entry.any).clone()),
                     ..Default::default()
                 });
-                self.known.insert(name.clone(), entry.version.clone());
+                self.known.insert(name.clone(), entry.version.to_string());
             }
         }
         let current = snapshot.resources.get(type_url);
@@ -588,7 +596,7 @@ mod tests {
             .iter()
             .map(|(name, content)| {
                 let any = Any { type_url: Cluster::type_url(), value: content.as_bytes().to_vec() };
-                (name.to_string(), Entry { version: digest(&any.value), any })
+                (name.to_string(), Entry::of(any))
             })
             .collect();
         Snapshot { version: version.into(), resources: BTreeMap::from([(Cluster::type_url(), entries)]) }
