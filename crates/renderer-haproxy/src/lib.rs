@@ -126,12 +126,18 @@ struct ClusterFiles {
     client_file: Option<String>,
 }
 
-fn cluster_files(
-    cluster: &Cluster,
+/// The file written for a secret's material in this rendering (its path, or why there is
+/// none): thousands of clusters share a few CA secrets, whose bytes are copied and digested
+/// once per rendering, not once per cluster.
+type FileMemo<'m> = std::collections::HashMap<(&'m SecretRef, bool), Result<String, String>>;
+
+fn cluster_files<'m>(
+    cluster: &'m Cluster,
     model: &Model,
     trust: &Trust,
     unusable: &UnusableFiles,
     files: &mut BTreeMap<String, Vec<u8>>,
+    memo: &mut FileMemo<'m>,
 ) -> Result<ClusterFiles, String> {
     let mut out = ClusterFiles { ca_file: None, client_file: None };
     let Some(tls) = &cluster.key.tls else { return Ok(out) };
@@ -144,17 +150,28 @@ fn cluster_files(
     // which covers the certificates' DER): the same name is the same content, which the
     // hard links between generations and the runtime path rely on.
     if let Verification::Required { ca: CaSource::Secret(secret), .. } = &tls.verify {
-        let pem = model.ca_material(secret, trust)?;
-        let bytes = pem.pem.clone().into_bytes();
-        let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
-        files.insert(path.clone(), bytes);
+        let path = memo
+            .entry((secret, false))
+            .or_insert_with(|| {
+                let bytes = model.ca_material(secret, trust)?.pem.clone().into_bytes();
+                let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
+                files.insert(path.clone(), bytes);
+                Ok(path)
+            })
+            .clone()?;
         out.ca_file = Some(path);
     }
     if let Some(secret) = &tls.client_cert {
-        let client = model.client_material(secret, trust)?;
-        let bytes = format!("{}{}", client.chain_pem, client.key_pem).into_bytes();
-        let path = format!("client/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
-        files.insert(path.clone(), bytes);
+        let path = memo
+            .entry((secret, true))
+            .or_insert_with(|| {
+                let client = model.client_material(secret, trust)?;
+                let bytes = format!("{}{}", client.chain_pem, client.key_pem).into_bytes();
+                let path = format!("client/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
+                files.insert(path.clone(), bytes);
+                Ok(path)
+            })
+            .clone()?;
         out.client_file = Some(path);
     }
     Ok(out)
@@ -294,8 +311,9 @@ pub fn render_over(
     // Clusters that can be rendered, with their files; the others make their routes 503.
     let mut renderable: BTreeMap<&str, ClusterFiles> = BTreeMap::new();
     let mut unrenderable: BTreeMap<&str, String> = BTreeMap::new();
+    let mut memo = FileMemo::new();
     for cluster in &model.clusters {
-        match cluster_files(cluster, model, trust, unusable, &mut files) {
+        match cluster_files(cluster, model, trust, unusable, &mut files, &mut memo) {
             Ok(f) => {
                 renderable.insert(cluster.name.as_str(), f);
             }
