@@ -173,7 +173,8 @@ impl Publisher {
         // The pieces whose encoding differs from what was written.
         let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
         let mut changes: Vec<(String, Vec<u8>, u64)> = Vec::new();
-        for piece in model.pieces() {
+        // Borrowed: encoded as the pieces they stand for, without copying the model.
+        for piece in model.piece_refs() {
             let key = piece_key(&piece.identity());
             let encoded = codec::encode(&piece);
             let c = check(&encoded);

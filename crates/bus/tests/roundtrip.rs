@@ -48,3 +48,23 @@ fn models_statuses_verdicts_and_trust_material_round_trip() {
         }
     }
 }
+
+/// The publisher encodes borrowed pieces (`Model::piece_refs`): each must encode exactly as
+/// the `ModelPiece` it stands for, which the followers decode.
+#[test]
+fn a_borrowed_piece_encodes_as_the_piece() {
+    let (model, _) = portico_testkit::pipeline(
+        &[
+            portico_testkit::repo().join("testdata/edge-cases.yaml"),
+            portico_testkit::repo().join("examples/upstream-tls"),
+        ],
+        &portico_resolver::Config::default(),
+    );
+    let (owned, borrowed) = (model.pieces(), model.piece_refs());
+    assert_eq!(owned.len(), borrowed.len());
+    assert!(owned.len() > 5, "a model with several pieces");
+    for (piece, piece_ref) in owned.iter().zip(&borrowed) {
+        assert_eq!(portico_bus::codec::encode(piece), portico_bus::codec::encode(piece_ref), "{}", piece.identity());
+        assert_eq!(piece.identity(), piece_ref.identity());
+    }
+}

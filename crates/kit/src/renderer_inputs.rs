@@ -229,5 +229,5 @@ enum Entry {
 pub const MAX_CAUSES: usize = 32;
 
 /// How long a renderer waits for more changes after one, and at most in all.
-pub const COALESCE_QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+pub const COALESCE_QUIET: std::time::Duration = std::time::Duration::from_millis(5);
 pub const COALESCE_MAX: std::time::Duration = std::time::Duration::from_millis(250);

@@ -23,6 +23,27 @@ pub enum ModelPiece {
     Rest { trust: Vec<TrustRef>, client_cert: Option<TrustRef> },
 }
 
+/// A piece borrowed from a model, to encode without copying it: it encodes exactly as the
+/// `ModelPiece` it stands for (the same variants and fields, in order).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename = "ModelPiece")]
+pub enum ModelPieceRef<'a> {
+    Cluster(&'a Cluster),
+    VirtualHost { port: u16, vhost: &'a VirtualHost },
+    Rest { trust: &'a [TrustRef], client_cert: &'a Option<TrustRef> },
+}
+
+impl ModelPieceRef<'_> {
+    /// `ModelPiece::identity` of the piece it stands for.
+    pub fn identity(&self) -> String {
+        match self {
+            ModelPieceRef::Cluster(c) => format!("cluster/{}", c.name),
+            ModelPieceRef::VirtualHost { port, vhost } => format!("vhost/{port}/{}", vhost.host),
+            ModelPieceRef::Rest { .. } => "rest".to_owned(),
+        }
+    }
+}
+
 /// Which part of a model a piece is (its identity, as a value).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PieceId {
@@ -75,6 +96,18 @@ pub struct Model {
 
 impl Model {
     /// The model in pieces (see [`ModelPiece`]); [`Model::from_pieces`] puts them together.
+    /// `pieces`, borrowed.
+    pub fn piece_refs(&self) -> Vec<ModelPieceRef<'_>> {
+        let mut out: Vec<ModelPieceRef<'_>> = self.clusters.iter().map(ModelPieceRef::Cluster).collect();
+        for listener in &self.listeners {
+            for vhost in &listener.virtual_hosts {
+                out.push(ModelPieceRef::VirtualHost { port: listener.port, vhost });
+            }
+        }
+        out.push(ModelPieceRef::Rest { trust: &self.trust, client_cert: &self.client_cert });
+        out
+    }
+
     pub fn pieces(&self) -> Vec<ModelPiece> {
         let mut out: Vec<ModelPiece> = self.clusters.iter().cloned().map(ModelPiece::Cluster).collect();
         for listener in &self.listeners {
