@@ -10,7 +10,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 2: HTTPProxy includes and unimplemented fields; routes answering 502.
 /// 3: the model by piece (`portico-model`: `piece.*` and the `ModelIndex` at `current`).
 /// 4: `ModelIndex` carries when its change reached the bus and when it was published.
-pub const SCHEMA_VERSION: u16 = 4;
+/// 5: routes carry an idle timeout (HTTPProxy `timeoutPolicy.idle`).
+pub const SCHEMA_VERSION: u16 = 5;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
 /// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a

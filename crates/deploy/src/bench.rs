@@ -182,6 +182,7 @@ pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
                 }],
                 set_headers: vec![],
                 response_timeout: None,
+                idle_timeout: None,
             }],
         }));
     }

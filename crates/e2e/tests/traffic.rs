@@ -70,6 +70,7 @@ fn manifests(good_ca: &str, other_ca: &str, client: &portico_e2e::Issued, tls: u
     // Timeouts agree between the proxies: the default, and timeoutPolicy.response.
     yaml += &route("/slow-default", "{name: plainback, port: 443}");
     yaml += "  - conditions: [{prefix: /slow-1s}]\n    timeoutPolicy: {response: 1s}\n    services: [{name: plainback, port: 443}]\n";
+    yaml += "  - conditions: [{prefix: /idle-1s}]\n    timeoutPolicy: {idle: 1s}\n    services: [{name: plainback, port: 443}]\n";
     // Inclusion (SPEC section 9): the root includes a team's child under /team, which
     // includes a proxy that does not exist under /ghost; `team/orphan` is included by nothing.
     yaml += "  includes:\n  - {name: child, namespace: team, conditions: [{prefix: /team}]}\n";
@@ -169,6 +170,14 @@ const MATRIX: &[(&str, &str, &str, u16, &[&str])] = &[
         "/slow-1s?delay_ms=2500",
         504,
         &[],
+    ),
+    ("timeoutPolicy.idle 1s: a backend silent for 2.5 s times out", "contour.test", "/idle-1s?delay_ms=2500", 504, &[]),
+    (
+        "timeoutPolicy.idle 1s: a backend answering at once is served",
+        "contour.test",
+        "/idle-1s",
+        200,
+        &["backend=plain"],
     ),
     ("a wildcard host takes one label", "a.wild.test", "/", 200, &["backend=plain"]),
     ("a wildcard host does not take two labels", "a.b.wild.test", "/", 404, &[]),

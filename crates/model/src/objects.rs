@@ -255,6 +255,8 @@ pub struct HttpProxyRoute {
     pub set_headers: Vec<(String, String)>,
     /// `timeoutPolicy.response`, as written.
     pub response_timeout: Option<String>,
+    /// `timeoutPolicy.idle`, as written.
+    pub idle_timeout: Option<String>,
     /// Fields of the route and of its services that Portico does not implement, as paths
     /// (`spec.routes[0].conditions[1].header`, `spec.routes[0].services[0].mirror`).
     pub ignored: Vec<FieldPath>,

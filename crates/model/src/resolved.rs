@@ -313,6 +313,9 @@ pub enum RouteAction {
         /// How long the backend may take to answer (HTTPProxy `timeoutPolicy.response`);
         /// `None`: `Timeout::DEFAULT_RESPONSE`, the same in both proxies.
         timeout: Option<Timeout>,
+        /// How long the exchange may go without any activity (HTTPProxy
+        /// `timeoutPolicy.idle`); `None`: no limit besides `timeout`.
+        idle_timeout: Option<Timeout>,
     },
     /// The route is in error: answer 503, never forward (fail closed).
     Reject,

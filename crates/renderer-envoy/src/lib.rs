@@ -353,12 +353,17 @@ pub fn virtual_host(
         let action = match &r.action {
             RouteAction::Reject => reject(),
             RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
-            RouteAction::Forward { backends, host_rewrite, timeout } => {
+            RouteAction::Forward { backends, host_rewrite, timeout, idle_timeout } => {
                 if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
                     problems.push(format!("{} route {} {}: answers 503: {why}", r.source, vhost.host, r.prefix));
                     reject()
                 } else {
-                    forward(backends, host_rewrite.as_ref(), timeout.unwrap_or(Timeout::DEFAULT_RESPONSE))
+                    forward(
+                        backends,
+                        host_rewrite.as_ref(),
+                        timeout.unwrap_or(Timeout::DEFAULT_RESPONSE),
+                        *idle_timeout,
+                    )
                 }
             }
         };
@@ -458,10 +463,19 @@ fn inline(text: &str) -> core::DataSource {
     }
 }
 
+/// A timeout as protobuf's Duration; zero disables it (`infinity`).
+fn duration(timeout: Timeout) -> Duration {
+    match timeout {
+        Timeout::Millis(ms) => Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 },
+        Timeout::Infinite => Duration { seconds: 0, nanos: 0 },
+    }
+}
+
 fn forward(
     backends: &[portico_model::WeightedCluster],
     host_rewrite: Option<&portico_model::DnsName>,
     timeout: Timeout,
+    idle_timeout: Option<Timeout>,
 ) -> route::route::Action {
     use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
@@ -484,10 +498,9 @@ fn forward(
         host_rewrite_specifier: host_rewrite.map(|h| HostRewriteSpecifier::HostRewriteLiteral(h.to_string())),
         // Explicit: Envoy's own default is 15 s, HAProxy's `timeout server` is 60 s.
         // Zero disables the timeout (`infinity`).
-        timeout: Some(match timeout {
-            Timeout::Millis(ms) => Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 },
-            Timeout::Infinite => Duration { seconds: 0, nanos: 0 },
-        }),
+        timeout: Some(duration(timeout)),
+        // The route's idle timeout: how long the stream may go without activity.
+        idle_timeout: idle_timeout.map(duration),
         ..Default::default()
     })
 }

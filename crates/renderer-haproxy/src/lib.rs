@@ -382,7 +382,7 @@ pub fn render_over(
                         backend(BAD_GATEWAY_BACKEND);
                         continue;
                     }
-                    RouteAction::Forward { backends, host_rewrite, timeout } => {
+                    RouteAction::Forward { backends, host_rewrite, timeout, idle_timeout } => {
                         let blocked: Vec<&String> =
                             backends.iter().filter_map(|b| unrenderable.get(b.cluster.as_str())).collect();
                         if let Some(why) = blocked.first() {
@@ -392,11 +392,11 @@ pub fn render_over(
                             ));
                             None
                         } else {
-                            Some((backends, host_rewrite, timeout))
+                            Some((backends, host_rewrite, timeout, idle_timeout))
                         }
                     }
                 };
-                let Some((backends, host_rewrite, timeout)) = backends else {
+                let Some((backends, host_rewrite, timeout, idle_timeout)) = backends else {
                     backend(REJECT_BACKEND);
                     continue;
                 };
@@ -432,11 +432,15 @@ pub fn render_over(
                 // The default is `timeout server` in defaults (Timeout::DEFAULT_RESPONSE). A
                 // frontend cannot set a server timeout: it is carried in a variable to the
                 // backend, which applies it (see below).
-                if let Some(t) = timeout {
-                    let ms = match t {
-                        Timeout::Millis(ms) => *ms,
-                        Timeout::Infinite => Timeout::MAX_MILLIS, // HAProxy has no "never"
-                    };
+                // HAProxy has one knob for both, the server side's inactivity (`timeout
+                // server`): the response timeout is approximated by it, the idle timeout is
+                // exactly it, and with both the shorter applies.
+                let millis = |t: &Timeout| match t {
+                    Timeout::Millis(ms) => *ms,
+                    Timeout::Infinite => Timeout::MAX_MILLIS, // HAProxy has no "never"
+                };
+                let shortest = [timeout, idle_timeout].into_iter().flatten().map(millis).min();
+                if let Some(ms) = shortest {
                     runtime.maps.get_mut(&timeout_map).expect("inserted above").insert(id.clone(), ms.to_string());
                 }
             }

@@ -23,6 +23,7 @@ pub enum PendingAction {
         upstreams: Vec<(Upstream, u32)>,
         host_rewrite: Option<DnsName>,
         timeout: Option<Timeout>,
+        idle_timeout: Option<Timeout>,
     },
     Reject,
     /// An include that cannot be followed: 502 (SPEC section 9).
@@ -36,6 +37,7 @@ impl PendingAction {
         upstreams: Vec<(Upstream, Option<u32>)>,
         host_rewrite: Option<DnsName>,
         timeout: Option<Timeout>,
+        idle_timeout: Option<Timeout>,
     ) -> Self {
         let any_weight = upstreams.iter().any(|(_, w)| w.is_some());
         let mut weighted: Vec<(Upstream, u32)> =
@@ -43,7 +45,7 @@ impl PendingAction {
         if weighted.iter().all(|(_, w)| *w == 0) {
             weighted.iter_mut().for_each(|(_, w)| *w = 1);
         }
-        PendingAction::Forward { upstreams: weighted, host_rewrite, timeout }
+        PendingAction::Forward { upstreams: weighted, host_rewrite, timeout, idle_timeout }
     }
 }
 
@@ -108,6 +110,7 @@ enum Claimed {
         backends: Vec<(ClusterId, u32)>,
         host_rewrite: Option<DnsName>,
         timeout: Option<Timeout>,
+        idle_timeout: Option<Timeout>,
         trust: Vec<TrustRef>,
         client_cert: Option<TrustRef>,
     },
@@ -199,7 +202,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             let action = match route.action {
                 PendingAction::Reject => Claimed::Reject,
                 PendingAction::BadGateway => Claimed::BadGateway,
-                PendingAction::Forward { upstreams, host_rewrite, timeout } => {
+                PendingAction::Forward { upstreams, host_rewrite, timeout, idle_timeout } => {
                     let mut backends: Vec<(ClusterId, u32)> = Vec::with_capacity(upstreams.len());
                     let mut trust = Vec::new();
                     let mut client_cert = None;
@@ -217,7 +220,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                             None => backends.push((id, weight)),
                         }
                     }
-                    Claimed::Forward { backends, host_rewrite, timeout, trust, client_cert }
+                    Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, trust, client_cert }
                 }
             };
             let slot = (route.listener, route.host, route.prefix);
@@ -338,13 +341,14 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             let action = match &winner.action {
                 Claimed::Reject => RouteAction::Reject,
                 Claimed::BadGateway => RouteAction::BadGateway,
-                Claimed::Forward { backends, host_rewrite, timeout, .. } => RouteAction::Forward {
+                Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, .. } => RouteAction::Forward {
                     backends: backends
                         .iter()
                         .map(|(id, weight)| WeightedCluster { cluster: name(id), weight: *weight })
                         .collect(),
                     host_rewrite: host_rewrite.clone(),
                     timeout: *timeout,
+                    idle_timeout: *idle_timeout,
                 },
             };
             listeners.entry(*port).or_default().entry(host).or_default().push(Route {

@@ -365,22 +365,24 @@ fn resolve_route(
             Err(problem) => problems.push(problem),
         }
     }
-    let timeout = match route.response_timeout.as_deref().map(Timeout::parse) {
+    let mut timeout_of = |field: &str, value: Option<&str>| match value.map(Timeout::parse) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             problems.push(Problem::error(
                 ProblemType::RouteError,
                 Reason::InvalidValue,
-                format!("{route_label}: timeoutPolicy.response {e}"),
+                format!("{route_label}: timeoutPolicy.{field} {e}"),
             ));
             None
         }
     };
+    let timeout = timeout_of("response", route.response_timeout.as_deref());
+    let idle_timeout = timeout_of("idle", route.idle_timeout.as_deref());
     if error_count(problems) > errors_before {
         return PendingAction::Reject;
     }
-    PendingAction::forward(upstreams, host_rewrite, timeout)
+    PendingAction::forward(upstreams, host_rewrite, timeout, idle_timeout)
 }
 
 /// The effective upstream protocol of a Service port, from the `protocol` field, then

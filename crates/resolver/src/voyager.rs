@@ -41,7 +41,7 @@ pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &m
             let Some(prefix) = route_prefix(path, problems) else { return };
             let errors_before = error_count(problems);
             let action = match resolve_backend(index, ingress, backend, path, problems) {
-                Ok(upstream) => PendingAction::forward(vec![(upstream, None)], None, None),
+                Ok(upstream) => PendingAction::forward(vec![(upstream, None)], None, None, None),
                 Err(problem) => {
                     problems.push(problem);
                     PendingAction::Reject

@@ -29,6 +29,7 @@ const IMPLEMENTED: &[&str] = &[
     "spec.routes[0].requestHeadersPolicy.set[0].name",
     "spec.routes[0].requestHeadersPolicy.set[0].value",
     "spec.routes[0].timeoutPolicy.response",
+    "spec.routes[0].timeoutPolicy.idle",
 ];
 
 /// The package's directory: brought by the script if it is not there yet, so that a plain

@@ -143,6 +143,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
             set_headers: vec![],
             // A hostile timeout: only a number of milliseconds ever reaches a config.
             response_timeout: Some(i.subject_name.clone()),
+            idle_timeout: Some(i.subject_name.clone()),
             ignored: vec![format!("spec.routes[0].{}", i.host_header)],
         }],
         ignored: vec![],
@@ -190,6 +191,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
             ],
             set_headers: vec![("Host".into(), i.host_header.clone()), (i.host_header.clone(), "x".into())],
             response_timeout: None,
+            idle_timeout: None,
         }],
     };
     let ingress = VoyagerIngress {

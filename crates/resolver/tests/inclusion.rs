@@ -358,7 +358,7 @@ fn fields_portico_does_not_implement_are_named_in_a_warning() {
         "web",
         "root",
         &format!(
-            "  virtualhost: {{fqdn: {HOST}, corsPolicy: {{allowOrigin: ['*']}}}}\n  tcpproxy: {{services: [{{name: front, port: 80}}]}}\n  routes:\n  - services: [{{name: front, port: 80, slowStartPolicy: {{window: 5s}}}}]\n    timeoutPolicy: {{response: 30s, idle: 5m}}\n    retryPolicy: {{count: 3}}\n"
+            "  virtualhost: {{fqdn: {HOST}, corsPolicy: {{allowOrigin: ['*']}}}}\n  tcpproxy: {{services: [{{name: front, port: 80}}]}}\n  routes:\n  - services: [{{name: front, port: 80, slowStartPolicy: {{window: 5s}}}}]\n    timeoutPolicy: {{response: 30s, idle: 5m, idleConnection: 1h}}\n    retryPolicy: {{count: 3}}\n"
         ),
     )]);
     let status = w.status("web/root");
@@ -370,7 +370,7 @@ fn fields_portico_does_not_implement_are_named_in_a_warning() {
         vec![
             "IgnoredField: spec.routes[0].retryPolicy is not supported by Portico and is ignored",
             "IgnoredField: spec.routes[0].services[0].slowStartPolicy is not supported by Portico and is ignored",
-            "IgnoredField: spec.routes[0].timeoutPolicy.idle is not supported by Portico and is ignored",
+            "IgnoredField: spec.routes[0].timeoutPolicy.idleConnection is not supported by Portico and is ignored",
             "IgnoredField: spec.tcpproxy is not supported by Portico and is ignored",
             "IgnoredField: spec.virtualhost.corsPolicy is not supported by Portico and is ignored",
         ]

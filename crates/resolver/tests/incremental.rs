@@ -101,6 +101,7 @@ fn proxy(ns: usize, p: usize, shape: [usize; 8]) -> Object {
             }],
             set_headers: vec![],
             response_timeout: None,
+            idle_timeout: None,
             ignored: vec![],
         })
         .collect();

@@ -151,6 +151,7 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
         routes.push(model::HttpProxyRoute {
             prefixes: route.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
             response_timeout: route.timeout_policy.as_ref().and_then(|p| p.response.clone()),
+            idle_timeout: route.timeout_policy.as_ref().and_then(|p| p.idle.clone()),
             services,
             set_headers: route
                 .request_headers_policy

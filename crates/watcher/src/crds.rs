@@ -113,7 +113,9 @@ pub struct UpstreamValidation {
 pub struct TimeoutPolicy {
     #[serde(default)]
     pub response: Option<String>,
-    /// `idle`, `idleConnection`.
+    #[serde(default)]
+    pub idle: Option<String>,
+    /// `idleConnection`.
     #[serde(flatten)]
     pub other: Unimplemented,
 }
