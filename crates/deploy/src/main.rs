@@ -304,14 +304,7 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
         status::collect(&status::open(&client).await?).await
     });
     println!("\nPortico is up: HAProxy and Envoy both applied model generation {generation}.\n");
-    match report {
-        Ok(report) => print!("{}", translate::status_table(&report.statuses)),
-        // Never an empty table that looks like "no objects".
-        Err(e) => println!(
-            "(the statuses could not be read: {e}; `portico status --state-dir {}` shows them)",
-            options.state_dir.display()
-        ),
-    }
+    print!("{}", status::table_or_why(&report, &options.state_dir));
     let (h, e, port) = (options.haproxy_address, options.envoy_address, options.http_port);
     if demo.is_some() {
         println!(

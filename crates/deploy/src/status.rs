@@ -131,3 +131,30 @@ pub fn render(report: &Report) -> String {
     }
     s
 }
+
+/// The status table `portico up` prints once the proxies run, or why the statuses could not
+/// be read: never an empty table, which would look like "no objects".
+pub fn table_or_why(report: &Result<Report, String>, state_dir: &std::path::Path) -> String {
+    match report {
+        Ok(report) => crate::translate::status_table(&report.statuses),
+        Err(e) => format!(
+            "(the statuses could not be read: {e}; `portico status --state-dir {}` shows them)\n",
+            state_dir.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_that_cannot_be_read_are_said_so_never_shown_as_an_empty_table() {
+        let failed = Err("connecting to nats://127.0.0.1:4222: connection refused".to_owned());
+        let text = table_or_why(&failed, std::path::Path::new(".portico"));
+        assert!(text.contains("the statuses could not be read: connecting to nats"), "{text}");
+        assert!(text.contains("portico status --state-dir .portico"), "{text}");
+        let empty = Ok(Report::default());
+        assert_ne!(table_or_why(&empty, std::path::Path::new(".portico")), text);
+    }
+}
