@@ -21,6 +21,9 @@ pub struct ConnectConfig {
     pub user_password: Option<(String, String)>,
     /// A CA bundle to verify the NATS server with; implies TLS.
     pub ca_file: Option<PathBuf>,
+    /// How many servers of a NATS cluster keep each bucket the service creates (and
+    /// updates, when an existing bucket it owns has another count); 0 or 1: one.
+    pub replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +97,18 @@ pub async fn connect_watched(config: &ConnectConfig) -> Result<(async_nats::Clie
     if let Some(ca) = &config.ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    // A cluster's servers, comma-separated: async-nats takes a list, not the joined string
+    // (it read "a:4222,nats://b" as one URL with an invalid port).
+    let servers: Vec<async_nats::ServerAddr> = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BusError::ConnectFailed { url: config.url.clone(), reason: e.to_string() })?;
     let client = options
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| BusError::ConnectFailed { url: config.url.clone(), reason: e.to_string() })?;
     Ok((client, reconnects))
@@ -136,7 +149,7 @@ pub async fn supervise<S, E: std::fmt::Display>(
             () = &mut shutdown => return Ok(()),
             _ = reconnects.changed() => None,
             reason = async {
-                let buckets = match open_buckets(&js, role).await {
+                let buckets = match open_buckets_replicated(&js, role, config.replicas).await {
                     Ok(buckets) => buckets,
                     Err(e) => return e.to_string(),
                 };
@@ -187,8 +200,12 @@ async fn bucket(
     name: &'static str,
     storage: StorageType,
     create: bool,
+    replicas: usize,
 ) -> Result<kv::Store, BusError> {
-    if let Ok(store) = js.get_key_value(name).await {
+    if let Ok(mut store) = js.get_key_value(name).await {
+        if create {
+            follow_replicas(js, &mut store.stream, name, replicas).await?;
+        }
         return Ok(store);
     }
     if !create {
@@ -197,9 +214,38 @@ async fn bucket(
             reason: "it does not exist yet; the service that writes it creates it".into(),
         });
     }
-    js.create_key_value(kv::Config { bucket: name.to_owned(), history: 1, storage, ..Default::default() })
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        storage,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::BucketSetupFailed { bucket: name, reason: e.to_string() })
+}
+
+/// Give an existing bucket's stream `replicas` replicas if it has another count: a
+/// configuration that asks for three is not silently kept at one (and back).
+async fn follow_replicas(
+    js: &jetstream::Context,
+    stream: &mut jetstream::stream::Stream,
+    bucket: &'static str,
+    replicas: usize,
+) -> Result<(), BusError> {
+    let failed = |e: String| BusError::BucketSetupFailed { bucket, reason: e };
+    let info = stream.info().await.map_err(|e| failed(e.to_string()))?;
+    if info.config.num_replicas == replicas {
+        return Ok(());
+    }
+    let mut config = info.config.clone();
+    let was = config.num_replicas;
+    config.num_replicas = replicas;
+    js.update_stream(config)
         .await
-        .map_err(|e| BusError::BucketSetupFailed { bucket: name, reason: e.to_string() })
+        .map_err(|e| failed(format!("changing its replicas from {was} to {replicas}: {e}")))?;
+    tracing::info!(bucket, from = was, to = replicas, "bucket replicas changed to follow the configuration");
+    Ok(())
 }
 
 /// The buckets a service may create when they are missing: the ones it writes. Whoever
@@ -229,23 +275,48 @@ pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, BusError
     open_buckets(js, ALL_BUCKETS).await
 }
 
+/// `ensure_buckets` with `replicas` replicas per bucket (a NATS cluster).
+pub async fn ensure_buckets_replicated(js: &jetstream::Context, replicas: usize) -> Result<Buckets, BusError> {
+    open_buckets_replicated(js, ALL_BUCKETS, replicas).await
+}
+
 /// Open every bucket, creating the missing ones among `role`'s; a missing bucket of
 /// another service's is an error (the session is retried until its writer created it).
 pub async fn open_buckets(js: &jetstream::Context, role: Role) -> Result<Buckets, BusError> {
+    open_buckets_replicated(js, role, 1).await
+}
+
+/// `open_buckets`, creating (or updating) the buckets of `role` with `replicas` replicas.
+pub async fn open_buckets_replicated(
+    js: &jetstream::Context,
+    role: Role,
+    replicas: usize,
+) -> Result<Buckets, BusError> {
+    let replicas = replicas.max(1);
     let owns = |name: &str| role.contains(&name);
     let model_store = match js.get_object_store(names::MODEL_STORE).await {
-        Ok(store) => store,
+        Ok(store) => {
+            if owns(names::MODEL_STORE) {
+                let mut stream = js
+                    .get_stream(format!("OBJ_{}", names::MODEL_STORE))
+                    .await
+                    .map_err(|e| BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() })?;
+                follow_replicas(js, &mut stream, names::MODEL_STORE, replicas).await?;
+            }
+            store
+        }
         Err(_) if owns(names::MODEL_STORE) => js
             .create_object_store(object_store::Config {
                 bucket: names::MODEL_STORE.to_owned(),
                 storage: StorageType::File,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
             .map_err(|e| BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() })?,
         Err(e) => return Err(BusError::BucketSetupFailed { bucket: names::MODEL_STORE, reason: e.to_string() }),
     };
-    let open = async |name: &'static str, storage| bucket(js, name, storage, owns(name)).await;
+    let open = async |name: &'static str, storage| bucket(js, name, storage, owns(name), replicas).await;
     Ok(Buckets {
         objects: open(names::OBJECTS, StorageType::File).await?,
         secrets: open(names::SECRETS, StorageType::Memory).await?,

@@ -23,6 +23,10 @@ pub struct NatsArgs {
     /// CA bundle to verify the NATS server's TLS certificate with.
     #[arg(long, env = "PORTICO_NATS_CA")]
     pub nats_ca: Option<PathBuf>,
+    /// How many servers of a NATS cluster keep each bucket this service creates; an
+    /// existing bucket of this service's with another count is changed to it.
+    #[arg(long, env = "PORTICO_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
 }
 
 impl NatsArgs {
@@ -34,6 +38,7 @@ impl NatsArgs {
             credentials_file: self.nats_creds,
             user_password: self.nats_user.zip(self.nats_password),
             ca_file: self.nats_ca,
+            replicas: usize::from(self.nats_replicas),
         }
     }
 }

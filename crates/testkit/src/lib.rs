@@ -79,6 +79,88 @@ impl NatsServer {
     }
 }
 
+/// Real nats-servers on loopback forming one JetStream cluster (routes between all).
+pub struct NatsCluster {
+    pub servers: Vec<Option<std::process::Child>>,
+    pub ports: Vec<u16>,
+    cluster_ports: Vec<u16>,
+    stores: Vec<tempfile::TempDir>,
+}
+
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port()
+}
+
+impl NatsCluster {
+    /// `n` servers, each listening for clients (and for the others' routes) on loopback.
+    pub fn start(n: usize) -> NatsCluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_loopback_port()).collect();
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_loopback_port()).collect();
+        let stores = (0..n).map(|_| tempfile::tempdir().expect("a store directory")).collect();
+        let mut cluster = NatsCluster { servers: Vec::new(), ports, cluster_ports, stores };
+        for i in 0..n {
+            let child = cluster.spawn(i);
+            cluster.servers.push(Some(child));
+        }
+        for port in &cluster.ports {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> std::process::Child {
+        let routes: Vec<String> = self
+            .cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-sd"])
+            .arg(self.stores[i].path())
+            .args(["--server_name", &format!("n{i}"), "--cluster_name", "portico-test"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.cluster_ports[i])])
+            .args(["--routes", &routes.join(",")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/setup.sh installs it)")
+    }
+
+    /// Every server's URL, comma-separated (what the services' `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kill server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start server `i` again on its store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let child = self.spawn(i);
+        self.servers[i] = Some(child);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
