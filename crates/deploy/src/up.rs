@@ -58,6 +58,17 @@ pub enum Part {
 }
 
 impl Part {
+    /// Every part of the stack `portico up` starts, in start order.
+    pub const STACK: [Part; 7] = [
+        Part::Nats,
+        Part::Watcher,
+        Part::Secrets,
+        Part::Resolver(0),
+        Part::RendererHaproxy,
+        Part::RendererEnvoy,
+        Part::Envoy,
+    ];
+
     pub fn name(self) -> String {
         match self {
             Part::Nats => "nats-server".into(),

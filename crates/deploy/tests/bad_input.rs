@@ -19,6 +19,7 @@
 //! docs/RELIABILITY.md come from `cargo test -p portico-deploy --test bad_input -- --nocapture`.
 
 use portico_deploy::translate::{run, Options};
+use portico_testkit::Rng;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -47,22 +48,6 @@ const ATTACKS: &[&str] = &[
     "1s; timeout server 0 ",
 ];
 
-/// A deterministic generator (xorshift64*), so a failing value can be found again.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-        &from[(self.next() % from.len() as u64) as usize]
-    }
-}
-
 fn canary(n: usize) -> String {
     format!("ZQX{n}Q")
 }
@@ -71,12 +56,12 @@ fn canary(n: usize) -> String {
 fn hostile(rng: &mut Rng, n: usize) -> String {
     let attack = *rng.pick(ATTACKS);
     let (a, b) = (*rng.pick(BREAKERS), *rng.pick(BREAKERS));
-    let mut value = match rng.next() % 3 {
+    let mut value = match rng.next_u64() % 3 {
         0 => format!("{attack}{a}{}", canary(n)),
         1 => format!("{attack}{}{a}", canary(n)),
         _ => format!("{attack}{a}{}{b}", canary(n)),
     };
-    if rng.next().is_multiple_of(50) {
+    if rng.next_u64().is_multiple_of(50) {
         value.push_str(&"a".repeat(70_000)); // a huge value
     }
     value
@@ -219,6 +204,20 @@ const FIELDS: &[Field] = &[
     },
 ];
 
+/// `portico translate`'s options for `input`, written to `out_dir`.
+fn options(input: std::path::PathBuf, out_dir: std::path::PathBuf) -> Options {
+    Options {
+        paths: vec![input],
+        out_dir,
+        http_port: 8080,
+        envoy_admin_port: 9901,
+        bind_address: "127.0.0.1".parse().unwrap(),
+        client_cert: None,
+        root_namespaces: Vec::new(),
+        now: portico_deploy::unix_now(),
+    }
+}
+
 /// Every file under `dir`, read as bytes.
 fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -256,16 +255,7 @@ fn hostile_values_in_every_field_reach_no_config_and_are_each_reported() {
         let (documents, _) = proxy(0, |p| p["spec"]["routes"][0]["conditions"][0]["prefix"] = json!("/ZQX0Q"));
         let yaml: Vec<String> = shared.iter().chain(&documents).map(|d| serde_json::to_string(d).unwrap()).collect();
         std::fs::write(dir.path().join("in.yaml"), yaml.join("\n---\n")).unwrap();
-        let options = Options {
-            paths: vec![dir.path().join("in.yaml")],
-            out_dir: dir.path().join("out"),
-            http_port: 8080,
-            envoy_admin_port: 9901,
-            bind_address: "127.0.0.1".parse().unwrap(),
-            client_cert: None,
-            root_namespaces: Vec::new(),
-            now: portico_deploy::unix_now(),
-        };
+        let options = options(dir.path().join("in.yaml"), dir.path().join("out"));
         run(&options).unwrap();
         let mut written = Vec::new();
         files(&dir.path().join("out/haproxy"), &mut written);
@@ -300,16 +290,7 @@ fn hostile_values_in_every_field_reach_no_config_and_are_each_reported() {
             reporters.push(reporter);
         }
         let out = dir.path().join("out");
-        let options = Options {
-            paths: vec![inputs],
-            out_dir: out.clone(),
-            http_port: 8080,
-            envoy_admin_port: 9901,
-            bind_address: "127.0.0.1".parse().unwrap(),
-            client_cert: None,
-            root_namespaces: Vec::new(),
-            now: portico_deploy::unix_now(),
-        };
+        let options = options(inputs, out.clone());
         let outcome = match std::panic::catch_unwind(|| run(&options)) {
             Ok(outcome) => outcome.unwrap_or_else(|e| panic!("{}: translate failed: {e}", field.name)),
             Err(_) => {

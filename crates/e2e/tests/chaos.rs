@@ -20,6 +20,7 @@
 
 use portico_deploy::up::Part;
 use portico_e2e::{applied, steps, LocalStack, Via, BOTH};
+use portico_testkit::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,22 +37,6 @@ spec:
       port: 8443
       validation: {caSecret: demo-ca, subjectName: web.demo.svc}
 ";
-
-/// xorshift64*: enough randomness to pick faults, and a seed that replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -89,18 +74,8 @@ impl Fault {
     }
 }
 
-const PARTS: [Part; 7] = [
-    Part::Nats,
-    Part::Watcher,
-    Part::Secrets,
-    Part::Resolver(0),
-    Part::RendererHaproxy,
-    Part::RendererEnvoy,
-    Part::Envoy,
-];
-
 fn pick(rng: &mut Rng) -> Fault {
-    let part = PARTS[rng.below(PARTS.len() as u64) as usize];
+    let part = Part::STACK[rng.below(Part::STACK.len() as u64) as usize];
     let pause = Duration::from_millis(200 + rng.below(2300));
     match rng.below(10) {
         0..=2 => Fault::Kill(part),

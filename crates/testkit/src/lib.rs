@@ -211,3 +211,26 @@ pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::i
             .unwrap_or_else(|_| Err(std::io::Error::other("the HTTP client panicked")))
     })
 }
+
+/// A small deterministic generator (xorshift64*) for tests that pick at random: print the
+/// seed, and a failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// One of `from`.
+    pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.below(from.len() as u64) as usize]
+    }
+}
