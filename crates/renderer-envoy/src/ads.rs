@@ -5,7 +5,9 @@
 //! as what changed: a delta stream gets only the resources added or changed and the names
 //! removed; a state-of-the-world stream gets only the types whose content changed. Updates
 //! go out in the order that avoids traffic drops (secrets, clusters, endpoints, then
-//! listeners, routes). Each stream tracks the responses its node has not answered yet and
+//! listeners, routes). On a delta stream the listeners and routes of a change wait until
+//! the node has taken its clusters and their endpoints (make before break: a new route
+//! never points at a cluster still warming, which Envoy answers with 503). Each stream tracks the responses its node has not answered yet and
 //! reports, per node, when it runs a snapshot (every response up to it acknowledged) or
 //! rejected one (a NACK, with Envoy's reason).
 
@@ -202,6 +204,8 @@ struct Tracker {
     nonces: u64,
     /// The types the node has subscribed to.
     subscribed: BTreeSet<String>,
+    /// A snapshot's listeners and routes are held back (make before break): not settled.
+    deferring: bool,
 }
 
 impl Tracker {
@@ -252,12 +256,43 @@ impl Tracker {
     fn settled(&mut self) -> Option<NodeEvent> {
         let latest = self.latest.clone()?;
         let both = self.subscribed.contains(&Cluster::type_url()) && self.subscribed.contains(&Listener::type_url());
-        if !both || !self.outstanding.is_empty() || self.node.is_empty() || self.reported.as_ref() == Some(&latest) {
+        if !both
+            || self.deferring
+            || !self.outstanding.is_empty()
+            || self.node.is_empty()
+            || self.reported.as_ref() == Some(&latest)
+        {
             return None;
         }
         self.reported = Some(latest.clone());
         Some(NodeEvent::Applied { node: self.node.clone(), version: latest })
     }
+}
+
+/// How long a snapshot's listeners and routes wait for the node to take its clusters and
+/// their endpoints before they are sent anyway (a node that rejected a cluster never
+/// warms it; its routes must not wait forever).
+pub const WARMING_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The types a snapshot's routes depend on: sent first, and taken by the node (every
+/// response answered, every EDS cluster's endpoints subscribed to and sent) before the
+/// listeners and routes that use them are sent (make before break).
+fn early_types() -> [String; 3] {
+    [Secret::type_url(), Cluster::type_url(), ClusterLoadAssignment::type_url()]
+}
+
+/// Whether the node has taken what `snapshot`'s routes need (see `early_types`).
+fn warm(tracker: &Tracker, subs: &BTreeMap<String, DeltaSubscription>, snapshot: &Snapshot) -> bool {
+    let early = early_types();
+    if tracker.outstanding.values().any(|(t, _)| early.contains(t)) {
+        return false;
+    }
+    let (clusters, endpoints) = (subs.get(&Cluster::type_url()), subs.get(&ClusterLoadAssignment::type_url()));
+    snapshot.of_type(&ClusterLoadAssignment::type_url()).all(|(name, _)| {
+        // An EDS cluster the node has warms once its endpoints are subscribed to and sent.
+        !clusters.is_some_and(|c| c.known.contains_key(name))
+            || endpoints.is_some_and(|e| e.covers(name) && e.known.contains_key(name))
+    })
 }
 
 /// State of the world: what one type's subscription has been sent.
@@ -302,6 +337,23 @@ enum Pass {
     Update,
     Remove,
     Both,
+}
+
+/// Send the delta responses of `passes` (type, part) that have anything to say.
+async fn send_passes(
+    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tracker: &mut Tracker,
+    subs: &mut BTreeMap<String, DeltaSubscription>,
+    snapshot: &Snapshot,
+    passes: impl Iterator<Item = (String, Pass)>,
+) -> Result<(), ()> {
+    for (type_url, pass) in passes {
+        let Some(sub) = subs.get_mut(&type_url) else { continue };
+        let Some(response) = sub.response(snapshot, &type_url, pass) else { continue };
+        let nonce = tracker.next_nonce(&type_url, &snapshot.version);
+        tx.send(Ok(DeltaDiscoveryResponse { nonce, ..response })).await.map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// Incremental: what one type's subscription covers and what the node has.
@@ -496,7 +548,33 @@ impl AggregatedDiscoveryService for Ads {
             let _disconnect = connected();
             let mut tracker = Tracker::default();
             let mut subs: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
+            // A snapshot whose listeners and routes wait for its clusters, until when.
+            let mut deferred: Option<(Arc<Snapshot>, tokio::time::Instant)> = None;
+            let mut warming_limit_reached = false;
             'stream: loop {
+                // The held-back listeners and routes, once the node has warmed what they use
+                // (or the limit passed), then the removals in reverse push order: nothing is
+                // removed while something sent still refers to it.
+                let ready = deferred
+                    .as_ref()
+                    .is_some_and(|(snapshot, _)| warming_limit_reached || warm(&tracker, &subs, snapshot));
+                if ready {
+                    let (snapshot, _) = deferred.take().expect("checked above");
+                    warming_limit_reached = false;
+                    tracker.deferring = false;
+                    let passes = [Listener::type_url(), RouteConfiguration::type_url()]
+                        .into_iter()
+                        .map(|t| (t, Pass::Update))
+                        .chain(push_order().into_iter().rev().map(|t| (t, Pass::Remove)));
+                    if send_passes(&tx, &mut tracker, &mut subs, &snapshot, passes).await.is_err() {
+                        break 'stream;
+                    }
+                    if let Some(event) = tracker.settled() {
+                        if acks.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 tokio::select! {
                     message = incoming.message() => {
                         let Ok(Some(req)) = message else { break };
@@ -561,21 +639,20 @@ impl AggregatedDiscoveryService for Ads {
                         if changed.is_err() { break; }
                         let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
                         tracker.latest = Some(snapshot.version.clone());
-                        // Additions and changes in push order, then removals in the reverse
-                        // order: nothing is removed while something sent still refers to it.
-                        let passes = push_order().into_iter().map(|t| (t, Pass::Update))
-                            .chain(push_order().into_iter().rev().map(|t| (t, Pass::Remove)));
-                        for (type_url, pass) in passes {
-                            let Some(sub) = subs.get_mut(&type_url) else { continue };
-                            let Some(response) = sub.response(&snapshot, &type_url, pass) else { continue };
-                            let nonce = tracker.next_nonce(&type_url, &snapshot.version);
-                            if tx.send(Ok(DeltaDiscoveryResponse { nonce, ..response })).await.is_err() {
-                                break 'stream;
-                            }
+                        // Make before break: secrets, clusters and endpoints now; listeners,
+                        // routes and every removal once the node has taken them (below).
+                        let early = early_types().into_iter().map(|t| (t, Pass::Update));
+                        if send_passes(&tx, &mut tracker, &mut subs, &snapshot, early).await.is_err() {
+                            break 'stream;
                         }
-                        if let Some(event) = tracker.settled() {
-                            if acks.send(event).await.is_err() { break; }
-                        }
+                        deferred = Some((snapshot, tokio::time::Instant::now() + WARMING_LIMIT));
+                        tracker.deferring = true;
+                    }
+                    () = async {
+                        tokio::time::sleep_until(deferred.as_ref().map_or_else(tokio::time::Instant::now, |(_, until)| *until)).await
+                    }, if deferred.is_some() => {
+                        tracing::warn!(node = %tracker.node, "the node did not take new clusters and endpoints within {WARMING_LIMIT:?}; sending the routes that use them anyway");
+                        warming_limit_reached = true;
                     }
                 }
             }
