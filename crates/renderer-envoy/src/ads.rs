@@ -550,17 +550,16 @@ impl AggregatedDiscoveryService for Ads {
             let mut subs: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
             // A snapshot whose listeners and routes wait for its clusters, until when.
             let mut deferred: Option<(Arc<Snapshot>, tokio::time::Instant)> = None;
-            let mut warming_limit_reached = false;
+            let mut release_now = false;
             'stream: loop {
                 // The held-back listeners and routes, once the node has warmed what they use
                 // (or the limit passed), then the removals in reverse push order: nothing is
                 // removed while something sent still refers to it.
-                let ready = deferred
-                    .as_ref()
-                    .is_some_and(|(snapshot, _)| warming_limit_reached || warm(&tracker, &subs, snapshot));
+                let ready =
+                    deferred.as_ref().is_some_and(|(snapshot, _)| release_now || warm(&tracker, &subs, snapshot));
                 if ready {
                     let (snapshot, _) = deferred.take().expect("checked above");
-                    warming_limit_reached = false;
+                    release_now = false;
                     tracker.deferring = false;
                     let passes = [Listener::type_url(), RouteConfiguration::type_url()]
                         .into_iter()
@@ -584,6 +583,11 @@ impl AggregatedDiscoveryService for Ads {
                         }
                         if !req.response_nonce.is_empty() {
                             let error = req.error_detail.as_ref().map(|e| e.message.clone());
+                            // A node that rejected clusters or endpoints never warms them:
+                            // the held-back routes go now, not after the warming limit.
+                            if error.is_some() && early_types().contains(&req.type_url) && deferred.is_some() {
+                                release_now = true;
+                            }
                             if let Some(event) = tracker.answered(&req.type_url, &req.response_nonce, error) {
                                 if acks.send(event).await.is_err() { break; }
                             }
@@ -652,7 +656,12 @@ impl AggregatedDiscoveryService for Ads {
                         tokio::time::sleep_until(deferred.as_ref().map_or_else(tokio::time::Instant::now, |(_, until)| *until)).await
                     }, if deferred.is_some() => {
                         tracing::warn!(node = %tracker.node, "the node did not take new clusters and endpoints within {WARMING_LIMIT:?}; sending the routes that use them anyway");
-                        warming_limit_reached = true;
+                        portico_kit::admin::counter(
+                            "portico_renderer_envoy_warming_limit_total",
+                            "Changes whose routes were sent after the warming limit, the node not having taken their clusters.",
+                            1.0,
+                        );
+                        release_now = true;
                     }
                 }
             }

@@ -448,3 +448,73 @@ async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
     let _ = envoy.kill();
     let _ = envoy.wait();
 }
+
+/// Make before break must not let one bad cluster hold back a whole change: a cluster the
+/// node rejects (its CA file does not exist on the Envoy host) never warms, and the other
+/// routes of the same generation are still served at once, not after the warming limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
+    use portico_model::{AbsPath, CaSource, Verification};
+    let server = NatsServer::start();
+    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
+    assert_eq!(applied(&buckets, 1).await.error, None);
+    answer(http_port, "shop.example.com", "/legacy", 503).await;
+
+    // Generation 2: a new site whose cluster's CA is a file Envoy cannot load (Envoy
+    // rejects that cluster), and another new site, a copy of the shop's, which Envoy must
+    // still serve at once (its `/legacy` answers the route-in-error 503 of the model).
+    let mut next = model.clone();
+    let mut bad = next.clusters.iter().find(|c| c.key.tls.is_some()).expect("a TLS cluster").clone();
+    if let Some(tls) = &mut bad.key.tls {
+        tls.verify = Verification::Required {
+            ca: CaSource::File("/nonexistent/portico/ca.pem".parse::<AbsPath>().unwrap()),
+            subject_names: Vec::new(),
+        };
+    }
+    bad.name = "rejected_by_envoy_0123456789".parse().unwrap();
+    let shop = next.listeners[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.host.to_string() == "shop.example.com")
+        .expect("the shop's site")
+        .clone();
+    let mut rejected = shop.clone();
+    rejected.host = portico_model::HostMatch::parse("rejected.example.com").unwrap();
+    for route in &mut rejected.routes {
+        route.action = portico_model::RouteAction::Forward {
+            backends: vec![portico_model::WeightedCluster { cluster: bad.name.clone(), weight: 1 }],
+            host_rewrite: None,
+            timeout: None,
+            idle_timeout: None,
+        };
+    }
+    let mut fine = shop;
+    fine.host = portico_model::HostMatch::parse("fine.example.com").unwrap();
+    next.clusters.push(bad);
+    next.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    next.listeners[0].virtual_hosts.insert(0, rejected);
+    next.listeners[0].virtual_hosts.insert(0, fine);
+    publish(&buckets, 2, &next).await;
+    let mut served = false;
+    for _ in 0..100 {
+        let got =
+            tokio::task::spawn_blocking(move || http_get(http_port, "fine.example.com", "/legacy")).await.unwrap();
+        if matches!(&got, Ok((503, body)) if body == "route in error, see its status") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the new site beside the rejected cluster was served");
+    let warming_limit = || portico_kit::admin::render().contains("portico_renderer_envoy_warming_limit_total");
+    assert!(!warming_limit(), "the routes waited for the warming limit");
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+}
