@@ -12,7 +12,7 @@ mod fake_api;
 use fake_api::*;
 use portico_bus::nats::{connect, ensure_buckets, Buckets, ConnectConfig};
 use portico_testkit::NatsServer;
-use portico_watcher::kubernetes::{run, KubeConfig};
+use portico_watcher::kubernetes::run;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,14 +31,8 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
     own["metadata"]["labels"] = json!({"portico.dev/internal": "true"});
     api.put(SECRETS, own, false);
 
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let config = KubeConfig {
-        bus: bus.clone(),
-        namespaces: Vec::new(),
-        holdoff: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        status: None,
-    };
+    let client = client(&api);
+    let config = kube_config(&bus, None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, client, async move {
         let _ = stopped.await;
@@ -126,13 +120,7 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(bus: &ConnectConfig, client: kube::Client, status: portico_watcher::status::StatusConfig) -> Pipeline {
-        let config = KubeConfig {
-            bus: bus.clone(),
-            namespaces: Vec::new(),
-            holdoff: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
-            status: Some(status),
-        };
+        let config = kube_config(bus, Some(status));
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
             let _ = rx.recv().await;
@@ -188,7 +176,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     let api = FakeApi::start().await;
     shop_with_missing_ca(&api);
 
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let client = client(&api);
     let status = portico_watcher::status::StatusConfig {
         lease_namespace: "portico".into(),
         lease_name: "portico-status-writer".into(),
@@ -333,7 +321,7 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
         })
     };
 
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let client = client(&api);
     let status = portico_watcher::status::StatusConfig {
         lease_namespace: "portico".into(),
         lease_name: "portico-status-writer".into(),

@@ -6,7 +6,7 @@ mod fake_api;
 use fake_api::*;
 use portico_bus::nats::ConnectConfig;
 use portico_testkit::NatsServer;
-use portico_watcher::kubernetes::{run, KubeConfig};
+use portico_watcher::kubernetes::run;
 use std::time::Duration;
 
 async fn until(what: &str, limit: Duration, f: impl Fn() -> bool) {
@@ -23,14 +23,8 @@ async fn a_watch_that_fails_makes_the_watcher_not_ready_until_it_works_again() {
     let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
     let api = FakeApi::start().await;
     api.put(PROXIES, proxy("shop"), false);
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let config = KubeConfig {
-        bus,
-        namespaces: Vec::new(),
-        holdoff: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        status: None,
-    };
+    let client = client(&api);
+    let config = kube_config(&bus, None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, client, async move {
         let _ = stopped.await;

@@ -437,3 +437,23 @@ pub async fn until<F: Fn() -> bool>(what: &str, f: F) {
     }
     panic!("{what} never happened");
 }
+
+/// The watcher's Kubernetes source as the tests run it: quick debounce, all namespaces,
+/// with `status` write-back when given.
+pub fn kube_config(
+    bus: &portico_bus::nats::ConnectConfig,
+    status: Option<portico_watcher::status::StatusConfig>,
+) -> portico_watcher::kubernetes::KubeConfig {
+    portico_watcher::kubernetes::KubeConfig {
+        bus: bus.clone(),
+        namespaces: Vec::new(),
+        holdoff: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        status,
+    }
+}
+
+/// A kube client for the fake API server.
+pub fn client(api: &FakeApi) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap()
+}
