@@ -2,7 +2,9 @@
 //! verdict (for the resolver, no key material) and the validated trust material (for the
 //! renderers). Stateless apart from the Secrets it has seen, which it re-validates
 //! periodically because certificates expire without their Secret changing. Several
-//! replicas may run: they publish the same values and skip unchanged ones.
+//! replicas may run side by side: a value is written by compare-and-set unless the bus
+//! already holds the same one, so a change is written once, by whichever replica is
+//! first, and the others find it there.
 
 use crate::validate_secret;
 use futures_util::StreamExt;
@@ -74,12 +76,22 @@ async fn put_verdict(
         key: key.to_owned(),
         reason: e,
     };
-    buckets.trust.put(key, seal(&material, trace).into()).await.map_err(|e| failed(names::TRUST, e.to_string()))?;
-    buckets
-        .verdicts
-        .put(key, seal(&verdict, trace).into())
+    let wrote_trust = put_unless_same(&buckets.trust, key, seal(&material, trace), &fingerprint.1)
         .await
-        .map_err(|e| failed(names::VERDICTS, e.to_string()))?;
+        .map_err(|e| failed(names::TRUST, e))?;
+    let wrote_verdict = put_unless_same(&buckets.verdicts, key, seal(&verdict, trace), &fingerprint.0)
+        .await
+        .map_err(|e| failed(names::VERDICTS, e))?;
+    if !wrote_trust && !wrote_verdict {
+        // Another replica published this very verdict first.
+        state.published.insert(key.to_owned(), fingerprint);
+        portico_kit::admin::counter(
+            "portico_secrets_verdicts_already_published_total",
+            "Verdicts another replica had published already (not written again).",
+            1.0,
+        );
+        return Ok(());
+    }
     tracing::info!(
         secret = %verdict.secret,
         ca = verdict.ca.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
@@ -104,6 +116,38 @@ async fn put_verdict(
         None => portico_kit::admin::remove_with("portico_secrets_ca_expiry_timestamp_seconds", "secret", key),
     }
     Ok(())
+}
+
+/// Write `sealed` under `key` unless the bucket holds the same payload (whatever its
+/// trace); by compare-and-set on the revision read, so that of replicas publishing the
+/// same change one writes and the others find it. Whether this call wrote.
+async fn put_unless_same(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    sealed: Vec<u8>,
+    payload: &[u8],
+) -> Result<bool, String> {
+    use async_nats::jetstream::kv::Operation;
+    for _ in 0..5 {
+        let current = kv.entry(key).await.map_err(|e| e.to_string())?;
+        let written = match current.filter(|e| e.operation == Operation::Put) {
+            Some(entry) => {
+                if portico_bus::envelope::open_raw(&entry.value).is_ok_and(|(p, _)| p == payload) {
+                    return Ok(false);
+                }
+                kv.update(key, sealed.clone().into(), entry.revision).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            None => kv.create(key, sealed.clone().into()).await.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(()) => return Ok(true),
+            // Another writer got in between: read again.
+            Err(e) => tracing::debug!(key, error = %e, "the value changed while writing; reading it again"),
+        }
+    }
+    // Five writers in a row got in first: write over them (the value is derived; the
+    // latest Secret's verdict is what counts).
+    kv.put(key, sealed.into()).await.map(|_| true).map_err(|e| e.to_string())
 }
 
 async fn remove(buckets: &Buckets, state: &mut State, key: &str) -> Result<(), BusError> {
