@@ -25,6 +25,23 @@ pub struct Report {
     pub applied: BTreeMap<String, AppliedRecord>,
     /// The active resolver.
     pub resolver: Option<String>,
+    /// How NATS keeps the buckets `status` reads: replicas, leader, peers.
+    pub nats: Vec<StreamHealth>,
+}
+
+/// One bucket's stream as NATS reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamHealth {
+    pub bucket: String,
+    /// Replicas configured.
+    pub replicas: usize,
+    /// The server leading the stream's group; `None` on a single server, or while a
+    /// cluster elects one.
+    pub leader: Option<String>,
+    /// The other replicas: server name and whether it is current.
+    pub peers: Vec<(String, bool)>,
+    /// Set when the stream could not be read.
+    pub error: Option<String>,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> String {
@@ -76,7 +93,27 @@ pub async fn collect(buckets: &Buckets) -> Result<Report, String> {
     if let Ok(Some(value)) = buckets.leases.get("resolver").await {
         report.resolver = open_envelope::<LeaseRecord>(&value).ok().map(|(l, _)| l.holder);
     }
+    for store in [&buckets.status, &buckets.model, &buckets.applied, &buckets.leases] {
+        report.nats.push(stream_health(store).await);
+    }
     Ok(report)
+}
+
+async fn stream_health(store: &kv::Store) -> StreamHealth {
+    let bucket = store.name.clone();
+    match store.stream.get_info().await {
+        Ok(info) => {
+            let cluster = info.cluster.unwrap_or_default();
+            StreamHealth {
+                bucket,
+                replicas: info.config.num_replicas,
+                leader: cluster.leader,
+                peers: cluster.replicas.into_iter().map(|p| (p.name, p.current && !p.offline)).collect(),
+                error: None,
+            }
+        }
+        Err(e) => StreamHealth { bucket, error: Some(e.to_string()), ..StreamHealth::default() },
+    }
 }
 
 fn ago(unix_ms: u64) -> String {
@@ -129,6 +166,28 @@ pub fn render(report: &Report) -> String {
     if rows.is_empty() {
         let _ = writeln!(s, "(no proxy has reported yet)");
     }
+    let _ = writeln!(s);
+    let nats: Vec<[String; 4]> = report
+        .nats
+        .iter()
+        .map(|h| {
+            let (leader, peers) = match (&h.error, &h.leader) {
+                (Some(e), _) => ("?".to_owned(), format!("cannot be read: {e}")),
+                (None, None) if h.replicas <= 1 => ("(one server)".to_owned(), "-".to_owned()),
+                (None, None) => ("NONE (electing)".to_owned(), "-".to_owned()),
+                (None, Some(leader)) => {
+                    let peers: Vec<String> = h
+                        .peers
+                        .iter()
+                        .map(|(name, current)| format!("{name} {}", if *current { "current" } else { "BEHIND" }))
+                        .collect();
+                    (leader.clone(), if peers.is_empty() { "-".to_owned() } else { peers.join(", ") })
+                }
+            };
+            [h.bucket.clone(), h.replicas.to_string(), leader, peers]
+        })
+        .collect();
+    s.push_str(&crate::translate::table(["BUCKET", "REPLICAS", "LEADER", "OTHER REPLICAS"], &nats));
     s
 }
 
