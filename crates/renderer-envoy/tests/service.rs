@@ -103,6 +103,47 @@ async fn clusters(admin_port: u16) -> std::collections::BTreeMap<String, (String
         .collect()
 }
 
+/// renderer-envoy in process (see `start`) and a real Envoy on `api` that knows nothing but
+/// where the ADS server is, the example's model acknowledged as generation 1.
+struct WithEnvoy {
+    _server: NatsServer,
+    bus: ConnectConfig,
+    stop: tokio::sync::oneshot::Sender<()>,
+    service: Running,
+    buckets: Buckets,
+    model: Model,
+    envoy: std::process::Child,
+    _dir: tempfile::TempDir,
+    http_port: u16,
+    admin_port: u16,
+}
+
+impl WithEnvoy {
+    async fn start(api: AdsApi) -> WithEnvoy {
+        let server = NatsServer::start();
+        let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
+        let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+        let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
+        let dir = tempfile::tempdir().unwrap();
+        let envoy = envoy_over(dir.path(), ads_port, admin_port, api);
+        let with =
+            WithEnvoy { _server: server, bus, stop, service, buckets, model, envoy, _dir: dir, http_port, admin_port };
+        assert_eq!(applied(&with.buckets, 1).await.error, None);
+        with
+    }
+
+    /// Stop the service (with Envoy still connected), then Envoy; how long the service took.
+    async fn stop(mut self) -> Duration {
+        let stopping = std::time::Instant::now();
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.service).await.expect("the service stops").unwrap().unwrap();
+        let took = stopping.elapsed();
+        let _ = self.envoy.kill();
+        let _ = self.envoy.wait();
+        took
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_on_incremental_ads_serves_the_model_and_acknowledges_each_generation() {
     serve_over(AdsApi::Delta).await
@@ -114,32 +155,26 @@ async fn an_envoy_on_state_of_the_world_ads_serves_the_model_and_acknowledges_ea
 }
 
 async fn serve_over(api: AdsApi) {
-    let server = NatsServer::start();
-    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
-    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
-    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, api);
+    let with = WithEnvoy::start(api).await;
+    let (buckets, model, http_port, admin_port) = (&with.buckets, &with.model, with.http_port, with.admin_port);
 
     let body = answer(http_port, "shop.example.com", "/legacy", 503).await;
     assert_eq!(body, "route in error, see its status", "the route in error comes from the model over ADS");
-    let one = applied(&buckets, 1).await;
-    assert_eq!(one.error, None);
+    let one = applied(buckets, 1).await;
     let (index, _) = portico_bus::model::current_index(&buckets.model).await.unwrap().unwrap();
     assert_eq!(one.hash, index.digest, "the applied record names the digest of the model's pieces");
 
     // A new generation reaches the running Envoy without a restart: everything removed.
-    publish(&buckets, 2, &Model::default()).await;
+    publish(buckets, 2, &Model::default()).await;
     answer(http_port, "shop.example.com", "/legacy", 404).await;
-    assert_eq!(applied(&buckets, 2).await.error, None);
+    assert_eq!(applied(buckets, 2).await.error, None);
     assert_eq!(clusters(admin_port).await.len(), 0, "every cluster removed");
 
     // Everything back, then the same content again as generation 4: that generation is
     // acknowledged although nothing had to be sent, and no cluster was sent again.
-    publish(&buckets, 3, &model).await;
+    publish(buckets, 3, model).await;
     answer(http_port, "shop.example.com", "/legacy", 503).await;
-    assert_eq!(applied(&buckets, 3).await.error, None);
+    assert_eq!(applied(buckets, 3).await.error, None);
     let before = clusters(admin_port).await;
     assert!(!before.is_empty());
     if api == AdsApi::Delta {
@@ -148,18 +183,14 @@ async fn serve_over(api: AdsApi) {
             assert!(version.len() == 16 && version.bytes().all(|b| b.is_ascii_hexdigit()), "{name}: {version}");
         }
     }
-    publish(&buckets, 4, &model).await;
-    assert_eq!(applied(&buckets, 4).await.error, None);
+    publish(buckets, 4, model).await;
+    assert_eq!(applied(buckets, 4).await.error, None);
     assert_eq!(clusters(admin_port).await, before, "clusters untouched by a generation that changed nothing");
 
     // Stopping with an Envoy still connected ends its stream and returns at once (the
     // graceful shutdown used to wait for the stream, forever).
-    let stopping = std::time::Instant::now();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), service).await.expect("the service stops").unwrap().unwrap();
-    assert!(stopping.elapsed() < Duration::from_millis(1500), "stopping took {:?}", stopping.elapsed());
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    let took = with.stop().await;
+    assert!(took < Duration::from_millis(1500), "stopping took {took:?}");
 }
 
 /// Issue 10, item 10: an ADS port that cannot be had fails the start, at once, naming the
@@ -356,13 +387,8 @@ fn rss_mib() -> f64 {
 #[ignore = "a benchmark; see the doc comment for the command"]
 async fn memory_stays_flat_over_ten_thousand_changes() {
     let changes: u64 = std::env::var("PORTICO_MEMORY_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let server = NatsServer::start();
-    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
-    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
-    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
-    assert_eq!(applied(&buckets, 1).await.error, None);
+    let with = WithEnvoy::start(AdsApi::Delta).await;
+    let (buckets, model) = (&with.buckets, &with.model);
 
     let mut publisher = portico_bus::model::Publisher::new();
     let mut acks = buckets.applied.watch("envoy.portico-test").await.unwrap();
@@ -378,7 +404,7 @@ async fn memory_stays_flat_over_ten_thousand_changes() {
         let portico_model::Servers::Endpoints(endpoints) = &mut cluster.servers else { unreachable!() };
         endpoints[0].set_port(1000 + (generation % 5000) as u16);
         let version = portico_bus::Version { epoch: 1, generation };
-        publisher.publish_unfenced(&buckets, &next, version, &TraceContext::default()).await.unwrap();
+        publisher.publish_unfenced(buckets, &next, version, &TraceContext::default()).await.unwrap();
         // Each generation served and acknowledged before the next: 10,000 snapshots, 10,000
         // ACKs, 10,000 applied records.
         loop {
@@ -400,25 +426,17 @@ async fn memory_stays_flat_over_ten_thousand_changes() {
     }
     let (first, last) = (samples[1].1, samples.last().unwrap().1);
     assert!(last - first < 16.0, "memory grew from {first:.1} to {last:.1} MiB");
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    with.stop().await;
 }
 
 /// Issue 10, item 10: an applied record whose write fails (here the bucket is gone, as
 /// when NATS lost it) is written again once it can be, not taken as reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
-    let server = NatsServer::start();
-    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
-    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
-    let (stop, service, buckets, _) = start(&bus, ads_port, http_port, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
-    assert_eq!(applied(&buckets, 1).await.error, None);
+    let with = WithEnvoy::start(AdsApi::Delta).await;
+    let (buckets, http_port) = (&with.buckets, with.http_port);
 
-    let js = async_nats::jetstream::new(connect(&bus).await.unwrap());
+    let js = async_nats::jetstream::new(connect(&with.bus).await.unwrap());
     js.delete_key_value(names::APPLIED).await.unwrap();
     let failures = || {
         let metrics = portico_kit::admin::render();
@@ -429,7 +447,7 @@ async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
             .unwrap_or(0.0)
     };
     let before = failures();
-    publish(&buckets, 2, &Model::default()).await;
+    publish(buckets, 2, &Model::default()).await;
     // Barrier: Envoy runs generation 2 and its record's write has failed at least once.
     answer(http_port, "shop.example.com", "/legacy", 404).await;
     for _ in 0..200 {
@@ -442,11 +460,7 @@ async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
     // The bucket is back (a restarted NATS, the admin's set-up): the record follows.
     let buckets = ensure_buckets(&js).await.unwrap();
     assert_eq!(applied(&buckets, 2).await.error, None);
-
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    with.stop().await;
 }
 
 /// Make before break must not let one bad cluster hold back a whole change: a cluster the
@@ -455,13 +469,8 @@ async fn an_applied_record_that_cannot_be_written_is_written_once_it_can() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     use portico_model::{AbsPath, CaSource, Verification};
-    let server = NatsServer::start();
-    let bus = ConnectConfig { url: server.url(), name: "test".into(), ..Default::default() };
-    let (ads_port, http_port, admin_port) = (free_port(), free_port(), free_port());
-    let (stop, service, buckets, model) = start(&bus, ads_port, http_port, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut envoy = envoy_over(dir.path(), ads_port, admin_port, AdsApi::Delta);
-    assert_eq!(applied(&buckets, 1).await.error, None);
+    let with = WithEnvoy::start(AdsApi::Delta).await;
+    let (buckets, model, http_port) = (&with.buckets, &with.model, with.http_port);
     answer(http_port, "shop.example.com", "/legacy", 503).await;
 
     // Generation 2: a new site whose cluster's CA is a file Envoy cannot load (Envoy
@@ -498,7 +507,7 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     next.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     next.listeners[0].virtual_hosts.insert(0, rejected);
     next.listeners[0].virtual_hosts.insert(0, fine);
-    publish(&buckets, 2, &next).await;
+    publish(buckets, 2, &next).await;
     let mut served = false;
     for _ in 0..100 {
         let got =
@@ -512,9 +521,5 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     assert!(served, "the new site beside the rejected cluster was served");
     let warming_limit = || portico_kit::admin::render().contains("portico_renderer_envoy_warming_limit_total");
     assert!(!warming_limit(), "the routes waited for the warming limit");
-
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    with.stop().await;
 }
