@@ -156,15 +156,26 @@ fn write_private(path: &Path, contents: &str) -> Result<(), UpError> {
 
 /// A port that is free now on each of `addresses`, chosen at random below Linux's
 /// ephemeral range (32768 and up), so that no outgoing connection can take it between now
-/// and the moment its process binds it. Several stacks on one machine (parallel tests)
-/// rarely pick the same one, and the bind check catches most of those.
+/// and the moment its process binds it. One process never hands out a port twice (stacks
+/// started side by side in one test binary); across processes the bind check catches most
+/// collisions.
 pub fn pick_port(addresses: &[IpAddr]) -> std::io::Result<u16> {
     use std::io::Read;
+    // Never the same port twice in one process: stacks started side by side (the tests
+    // start several at once) pick before any of them binds, and a port free for both
+    // would then be taken by one and refused to the other (a part exiting at start-up).
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut random = [0u8; 256];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     for pair in random.chunks(2) {
         let port = 20_000 + (u16::from_le_bytes([pair[0], pair[1]]) % 12_000);
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.contains(&port) {
+            continue;
+        }
         if addresses.iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+            handed_out.insert(port);
             return Ok(port);
         }
     }
