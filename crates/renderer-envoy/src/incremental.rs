@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::Cluster
 use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
-use portico_model::{ClusterName, HostMatch, Model, ModelPiece, PieceId, Servers};
+use portico_model::{ClusterName, HostMatch, Model, PieceId, Servers};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -62,10 +62,6 @@ pub struct Reuse {
     pub reused: usize,
 }
 
-fn entry(any: Any) -> Entry {
-    Entry::of(any)
-}
-
 impl SnapshotBuilder {
     pub fn new() -> SnapshotBuilder {
         SnapshotBuilder::default()
@@ -85,13 +81,14 @@ impl SnapshotBuilder {
     ) -> (Snapshot, Vec<String>, Reuse) {
         let mut reuse = Reuse::default();
         // The trust a rendering depends on: the material, and the model's list of it.
+        let rest = digest(&PieceId::Rest);
         let trust_key = {
             let mut h = std::hash::DefaultHasher::new();
             trust_revision.hash(&mut h);
-            digest(&PieceId::Rest).hash(&mut h);
+            rest.hash(&mut h);
             h.finish()
         };
-        let cacheable = |d: Option<u128>| d.is_some() && digest(&PieceId::Rest).is_some();
+        let cacheable = |d: Option<u128>| d.is_some() && rest.is_some();
 
         // Clusters and their load assignments.
         self.builds += 1;
@@ -106,8 +103,8 @@ impl SnapshotBuilder {
                     RenderedCluster::Blocked
                 } else {
                     RenderedCluster::Ready {
-                        cluster: entry(any(&cluster_resource(c, Delivery::Ads))),
-                        load: matches!(c.servers, Servers::Endpoints(_)).then(|| entry(any(&load_assignment(c)))),
+                        cluster: Entry::of(any(&cluster_resource(c, Delivery::Ads))),
+                        load: matches!(c.servers, Servers::Endpoints(_)).then(|| Entry::of(any(&load_assignment(c)))),
                     }
                 }
             };
@@ -195,16 +192,16 @@ impl SnapshotBuilder {
                 encoded_hosts.push(&rendered.encoded);
             }
             let name = route_config_name(port);
-            route_configurations.insert(name.clone(), entry(route_configuration(&name, &encoded_hosts)));
+            route_configurations.insert(name.clone(), Entry::of(route_configuration(&name, &encoded_hosts)));
             let listener = http_listener(port, options.bind_address, Delivery::Ads);
-            listeners.insert(listener.name.clone(), entry(any(&listener)));
+            listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
         }
         self.hosts.retain(|_, (_, used)| *used == build);
         let mut seen = std::collections::BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
 
         let secrets: BTreeMap<String, Entry> =
-            secrets(model, trust).into_iter().map(|s| (s.name.clone(), entry(any(&s)))).collect();
+            secrets(model, trust).into_iter().map(|s| (s.name.clone(), Entry::of(any(&s)))).collect();
         let mut resources = BTreeMap::new();
         resources.insert(Secret::type_url(), secrets);
         resources.insert(Cluster::type_url(), cluster_entries);
@@ -231,13 +228,14 @@ fn route_configuration(name: &str, hosts: &[&[u8]]) -> Any {
     Any { type_url: RouteConfiguration::type_url(), value }
 }
 
-/// A piece's content digest computed here (SipHash of its bincode encoding), for callers
-/// without the bus's digests (tests, tools).
-pub fn local_digests(model: &Model) -> HashMap<PieceId, u128> {
+/// A piece's content digest computed here (SipHash of its bincode encoding): the tests'
+/// stand-in for the bus's digests.
+#[cfg(test)]
+fn local_digests(model: &Model) -> HashMap<PieceId, u128> {
     model
         .pieces()
         .into_iter()
-        .map(|piece: ModelPiece| {
+        .map(|piece: portico_model::ModelPiece| {
             let bytes = portico_bus::codec::encode(&piece);
             let mut a = std::hash::DefaultHasher::new();
             bytes.hash(&mut a);
