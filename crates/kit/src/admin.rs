@@ -143,6 +143,15 @@ pub fn histogram_with(name: &'static str, help: &'static str, labels: &[(&'stati
     });
 }
 
+/// Record the time from `since_ms` (wall-clock milliseconds, e.g. a model's
+/// `changed_at_ms`) to now in a latency histogram; nothing when it is not known (0) or lies
+/// ahead (another machine's clock), see `portico_bus::seconds_since`.
+pub fn histogram_since(name: &'static str, help: &'static str, labels: &[(&'static str, &str)], since_ms: u64) {
+    if let Some(seconds) = portico_bus::seconds_since(since_ms) {
+        histogram_with(name, help, labels, seconds);
+    }
+}
+
 /// Remove one labelled series (a secret that is gone, a node that left).
 pub fn remove_with(name: &'static str, label: &'static str, label_value: &str) {
     let guard = METRICS.lock().unwrap_or_else(|e| e.into_inner());

@@ -110,22 +110,18 @@ async fn report(buckets: Buckets, mut events: mpsc::Receiver<NodeEvent>, hashes:
         } else {
             tracing::info!(node = %node, generation, "applied by Envoy");
             // Per Envoy (the node id), whose series goes when its stream ends.
-            if let Some(seconds) = portico_bus::seconds_since(published_at_ms) {
-                portico_kit::admin::histogram_with(
-                    "portico_renderer_envoy_published_to_applied_seconds",
-                    "From a model being published to an Envoy acknowledging every resource of it.",
-                    &[("node", &node)],
-                    seconds,
-                );
-            }
-            if let Some(seconds) = portico_bus::seconds_since(changed_at_ms) {
-                portico_kit::admin::histogram_with(
-                    "portico_renderer_envoy_change_to_applied_seconds",
-                    "End to end: from a change reaching the bus to an Envoy acknowledging it.",
-                    &[("node", &node)],
-                    seconds,
-                );
-            }
+            portico_kit::admin::histogram_since(
+                "portico_renderer_envoy_published_to_applied_seconds",
+                "From a model being published to an Envoy acknowledging every resource of it.",
+                &[("node", &node)],
+                published_at_ms,
+            );
+            portico_kit::admin::histogram_since(
+                "portico_renderer_envoy_change_to_applied_seconds",
+                "End to end: from a change reaching the bus to an Envoy acknowledging it.",
+                &[("node", &node)],
+                changed_at_ms,
+            );
         }
         let record = AppliedRecord {
             epoch: model_version.epoch,

@@ -271,20 +271,18 @@ impl Renderer {
                     "How long applies took (render, check, runtime commands or reload, confirmation).",
                     started.elapsed().as_secs_f64(),
                 );
-                if let Some(seconds) = portico_bus::seconds_since(record.published_at_ms) {
-                    portico_kit::admin::histogram(
-                        "portico_renderer_haproxy_published_to_applied_seconds",
-                        "From a model being published to HAProxy running it.",
-                        seconds,
-                    );
-                }
-                if let Some(seconds) = portico_bus::seconds_since(record.changed_at_ms) {
-                    portico_kit::admin::histogram(
-                        "portico_renderer_haproxy_change_to_applied_seconds",
-                        "End to end: from a change reaching the bus to HAProxy running it.",
-                        seconds,
-                    );
-                }
+                portico_kit::admin::histogram_since(
+                    "portico_renderer_haproxy_published_to_applied_seconds",
+                    "From a model being published to HAProxy running it.",
+                    &[],
+                    record.published_at_ms,
+                );
+                portico_kit::admin::histogram_since(
+                    "portico_renderer_haproxy_change_to_applied_seconds",
+                    "End to end: from a change reaching the bus to HAProxy running it.",
+                    &[],
+                    record.changed_at_ms,
+                );
                 if let Some(haproxy) = &self.haproxy {
                     haproxy.prune(dir);
                 }

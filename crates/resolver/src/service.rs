@@ -143,13 +143,12 @@ async fn publish(
         started.elapsed().as_secs_f64(),
     );
     if let Some((index, revision)) = outcome.index {
-        if let Some(seconds) = portico_bus::seconds_since(index.changed_at_ms) {
-            portico_kit::admin::histogram(
-                "portico_resolver_change_to_published_seconds",
-                "From a change reaching the bus (the watcher's or the secrets service's write) to the model carrying it being published, debounce included.",
-                seconds,
-            );
-        }
+        portico_kit::admin::histogram_since(
+            "portico_resolver_change_to_published_seconds",
+            "From a change reaching the bus (the watcher's or the secrets service's write) to the model carrying it being published, debounce included.",
+            &[],
+            index.changed_at_ms,
+        );
         published.generation = index.generation;
         published.model_revision = Some(revision);
         tracing::info!(
