@@ -350,10 +350,8 @@ impl Renderer {
 pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?;
-    let first = config.work_dir.join("gen-0");
-    let empty = Renderer::options_for(&config)?;
-    let first_files = render(&Model::default(), &Trust::new(), &empty).files;
     let (haproxy, started) = if config.external_haproxy {
+        let (first, first_files) = first_generation(&config)?;
         let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
         let haproxy = tokio::task::spawn_blocking(move || {
             Haproxy::adopt_external(&binary, &work_dir, &first, &first_files, |waited| {
@@ -369,13 +367,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         let pid = haproxy.pid();
         (haproxy, Started::Adopted { pid })
     } else {
-        // Starting (haproxy -c, waiting for the master socket) blocks: off the async workers.
-        let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
-        tokio::task::spawn_blocking(move || {
-            Haproxy::start_or_adopt(&binary, &work_dir, &first, &first_files, &work_dir.join("haproxy.log"))
-        })
-        .await
-        .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))??
+        start_or_adopt(&config).await?
     };
     match &started {
         Started::Adopted { pid } => tracing::info!(pid, "took over the HAProxy left running in the work directory"),
@@ -402,6 +394,28 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;
     tracing::info!("HAProxy renderer stopped");
     Ok(())
+}
+
+/// The empty first generation (`gen-0`) HAProxy starts on when nothing was applied in
+/// the work directory: its directory and files.
+fn first_generation(
+    config: &ServiceConfig,
+) -> Result<(PathBuf, std::collections::BTreeMap<String, Vec<u8>>), ServiceError> {
+    let empty = Renderer::options_for(config)?;
+    Ok((config.work_dir.join("gen-0"), render(&Model::default(), &Trust::new(), &empty).files))
+}
+
+/// `Haproxy::start_or_adopt` in the work directory: at start, and when HAProxy exited.
+/// Starting (haproxy -c, waiting for the master socket) blocks: off the async workers.
+async fn start_or_adopt(config: &ServiceConfig) -> Result<(Haproxy, Started), ServiceError> {
+    let (first, first_files) = first_generation(config)?;
+    let (binary, work_dir) = (config.haproxy.clone(), config.work_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        Haproxy::start_or_adopt(&binary, &work_dir, &first, &first_files, &work_dir.join("haproxy.log"))
+    })
+    .await
+    .map_err(|e| ServiceError::WorkDir(config.work_dir.clone(), e.to_string()))?
+    .map_err(ServiceError::from)
 }
 
 /// How often the renderer checks that its HAProxy still runs.
@@ -467,14 +481,7 @@ impl Renderer {
         );
         // The dead master's socket and pid go with it; start anew from the work directory.
         drop(self.haproxy.take());
-        let (binary, work_dir) = (self.config.haproxy.clone(), self.config.work_dir.clone());
-        let first = work_dir.join("gen-0");
-        let first_files = render(&Model::default(), &Trust::new(), &Renderer::options_for(&self.config)?).files;
-        let (haproxy, started) = tokio::task::spawn_blocking(move || {
-            Haproxy::start_or_adopt(&binary, &work_dir, &first, &first_files, &work_dir.join("haproxy.log"))
-        })
-        .await
-        .map_err(|e| ServiceError::WorkDir(self.config.work_dir.clone(), e.to_string()))??;
+        let (haproxy, started) = start_or_adopt(&self.config).await?;
         tracing::info!(pid = haproxy.pid(), started = ?started, "HAProxy runs again");
         if !matches!(started, Started::LastApplied(_)) {
             // Not on what it ran: apply the current model from scratch.
