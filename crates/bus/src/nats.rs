@@ -139,6 +139,7 @@ pub async fn supervise<S, E: std::fmt::Display>(
     // missing, so a cluster without an admin step never waits on a service not yet running.
     let role = if config.user_password.is_some() || config.credentials_file.is_some() { role } else { ALL_BUCKETS };
     let (client, mut reconnects) = connect_watched(config).await?;
+    let mut elections = LeaderElections::subscribe(&client, &config.name).await;
     let js = jetstream::new(client);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(250);
@@ -148,6 +149,10 @@ pub async fn supervise<S, E: std::fmt::Display>(
         let outcome = tokio::select! {
             () = &mut shutdown => return Ok(()),
             _ = reconnects.changed() => None,
+            stream = elections.next() => {
+                tracing::info!(client = %config.name, stream = %stream, "a bucket's stream elected a leader (it was created, or a NATS server was lost); starting the session over");
+                None
+            }
             reason = async {
                 let buckets = match open_buckets_replicated(&js, role, config.replicas).await {
                     Ok(buckets) => buckets,
@@ -179,6 +184,52 @@ pub async fn supervise<S, E: std::fmt::Display>(
     }
 }
 
+/// Where NATS announces that a stream elected a leader: its name is the last token.
+pub const LEADER_ELECTED: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
+
+/// The leader elections of the bus's streams. In a cluster, a stream whose leader's server
+/// died is led again after an election, and the consumers (watches) that lived on the dead
+/// server are gone: a client connected elsewhere would learn it only from missed
+/// heartbeats (async-nats's ordered consumer: 10 s), and requests made meanwhile time out.
+/// The announcement of the new leader lets a service start its session over at once.
+struct LeaderElections(Option<async_nats::Subscriber>);
+
+impl LeaderElections {
+    async fn subscribe(client: &async_nats::Client, name: &str) -> LeaderElections {
+        match client.subscribe(LEADER_ELECTED).await {
+            Ok(subscriber) => LeaderElections(Some(subscriber)),
+            Err(e) => {
+                tracing::warn!(client = %name, error = %e, "not following stream leader elections; a lost NATS server is noticed only by timeouts");
+                LeaderElections(None)
+            }
+        }
+    }
+
+    /// The next election of a bucket's stream (several at once, as when one server led
+    /// many, count as one); pending forever without a subscription.
+    async fn next(&mut self) -> String {
+        use futures_util::{FutureExt, StreamExt};
+        let Some(subscriber) = self.0.as_mut() else { return std::future::pending().await };
+        loop {
+            let Some(message) = subscriber.next().await else { return std::future::pending().await };
+            let stream = message.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+            if !is_bus_stream(&stream) {
+                continue;
+            }
+            // The other streams the dead server led elect within moments of each other.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Some(Some(_)) = subscriber.next().now_or_never() {}
+            return stream;
+        }
+    }
+}
+
+/// Whether a stream holds one of the bus's buckets (`KV_<bucket>`, `OBJ_<store>`).
+fn is_bus_stream(stream: &str) -> bool {
+    let name = stream.strip_prefix("KV_").or_else(|| stream.strip_prefix("OBJ_"));
+    name.is_some_and(|n| ALL_BUCKETS.contains(&n) || n == names::MODEL_STORE)
+}
+
 /// The buckets of the bus contract.
 #[derive(Clone)]
 pub struct Buckets {
@@ -202,16 +253,20 @@ async fn bucket(
     create: bool,
     replicas: usize,
 ) -> Result<kv::Store, BusError> {
-    if let Ok(mut store) = js.get_key_value(name).await {
+    let opened = js.get_key_value(name).await;
+    if let Ok(mut store) = opened {
         if create {
             follow_replicas(js, &mut store.stream, name, replicas).await?;
         }
         return Ok(store);
     }
     if !create {
+        let why = opened.err().map(|e| e.to_string()).unwrap_or_default();
         return Err(BusError::BucketSetupFailed {
             bucket: name,
-            reason: "it does not exist yet; the service that writes it creates it".into(),
+            reason: format!(
+                "it does not exist yet (the service that writes it creates it), or its stream has no leader now ({why})"
+            ),
         });
     }
     js.create_key_value(kv::Config {
