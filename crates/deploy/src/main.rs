@@ -47,6 +47,11 @@ struct UpArgs {
     /// The upstream client certificate, a kubernetes.io/tls Secret: NAMESPACE/NAME.
     #[arg(long, value_parser = parse_client_cert)]
     client_cert: Option<portico_model::SecretRef>,
+    /// Run N nats-servers as one JetStream cluster (routes on loopback, every bucket with
+    /// N replicas, the services given every server's URL), so that the stack survives the
+    /// loss of any one server when N is 3 or more. The first listens on --nats-port.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_cluster: u8,
 }
 
 impl UpArgs {
@@ -66,6 +71,7 @@ impl UpArgs {
             client_cert: self.client_cert,
             poll: std::time::Duration::from_millis(100),
             service_env: Vec::new(),
+            replicas: up::Replicas { nats: self.nats_cluster, ..Default::default() },
         })
     }
 }

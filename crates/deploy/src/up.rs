@@ -6,7 +6,9 @@
 //! Layout of the state directory (default `.portico/`):
 //! `nats/nats.conf` (0600, passwords), `nats/store/` (JetStream), `nats/url` and
 //! `nats/cli.password` (0600; for `portico status`), `haproxy/` (the renderer's work directory), `envoy/`
-//! (bootstrap), `logs/<part>.log`, and `manifests/demo.yaml` when the demo runs.
+//! (bootstrap), `logs/<part>.log`, and `manifests/demo.yaml` when the demo runs. A second
+//! and further replica of a part has its files suffixed: `nats/nats-1.conf`,
+//! `nats/store-1/`, `envoy/bootstrap-1.yaml`, `logs/secrets-1.log`.
 
 use crate::nats_config::{self, User};
 use portico_bus::nats::ConnectConfig;
@@ -42,49 +44,104 @@ pub struct Options {
     /// Extra environment for the service binaries (they inherit this process's, too):
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` and friends, say.
     pub service_env: Vec<(String, String)>,
+    /// How many of each part run.
+    pub replicas: Replicas,
 }
 
-/// The parts of a local stack, in start order.
+/// How many of each part a local stack runs. `portico up` runs one of each, and a NATS
+/// cluster with `--nats-cluster`; the tests run more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    /// nats-servers. More than one form a cluster (routes on loopback), and every bucket
+    /// has this many replicas (1 to 5; JetStream needs a majority of them up).
+    pub nats: u8,
+    /// Secrets services, side by side (each writes a verdict only if it differs).
+    pub secrets: u8,
+    /// Resolvers: one publishes (the lease), the others stand by.
+    pub resolvers: u8,
+    /// renderer-envoy replicas, each with an Envoy of its own: node `portico-local`,
+    /// `portico-local-1`, ..., the n-th listening on `envoy_address` + n (IPv4).
+    pub envoys: u8,
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas { nats: 1, secrets: 1, resolvers: 1, envoys: 1 }
+    }
+}
+
+impl Options {
+    /// Every part this stack runs, in start order.
+    pub fn parts(&self) -> Vec<Part> {
+        let r = self.replicas;
+        let mut parts: Vec<Part> = (0..r.nats).map(Part::Nats).collect();
+        parts.push(Part::Watcher);
+        parts.extend((0..r.secrets).map(Part::Secrets));
+        parts.extend((0..r.resolvers).map(Part::Resolver));
+        parts.push(Part::RendererHaproxy);
+        parts.extend((0..r.envoys).map(Part::RendererEnvoy));
+        parts.extend((0..r.envoys).map(Part::Envoy));
+        parts
+    }
+
+    /// Where Envoy `n` listens: `envoy_address`, then the next IPv4 addresses.
+    pub fn envoy_address_of(&self, n: u8) -> IpAddr {
+        match self.envoy_address {
+            IpAddr::V4(v4) if n > 0 => {
+                let mut octets = v4.octets();
+                octets[3] = octets[3].wrapping_add(n);
+                IpAddr::from(octets)
+            }
+            address => address,
+        }
+    }
+}
+
+/// The parts of a local stack, in start order. The number is the replica: 0 is the one
+/// `portico up` runs (`Options::parts` lists the others a stack runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Part {
-    Nats,
+    Nats(u8),
     Watcher,
-    Secrets,
-    /// The resolver; `Resolver(1)` is a standby some tests start.
+    Secrets(u8),
+    /// A resolver; one holds the lease.
     Resolver(u8),
     RendererHaproxy,
-    RendererEnvoy,
-    Envoy,
+    RendererEnvoy(u8),
+    /// The Envoy that `RendererEnvoy` with the same number configures.
+    Envoy(u8),
+}
+
+/// `base` for replica 0, `base-<n>` for the others: names of logs, files and nodes.
+fn indexed(base: &str, n: u8) -> String {
+    if n == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}-{n}")
+    }
 }
 
 impl Part {
-    /// Every part of the stack `portico up` starts, in start order.
-    pub const STACK: [Part; 7] = [
-        Part::Nats,
-        Part::Watcher,
-        Part::Secrets,
-        Part::Resolver(0),
-        Part::RendererHaproxy,
-        Part::RendererEnvoy,
-        Part::Envoy,
-    ];
-
     pub fn name(self) -> String {
         match self {
-            Part::Nats => "nats-server".into(),
+            Part::Nats(n) => indexed("nats-server", n),
             Part::Watcher => "watcher".into(),
-            Part::Secrets => "secrets".into(),
-            Part::Resolver(0) => "resolver".into(),
-            Part::Resolver(n) => format!("resolver-{n}"),
+            Part::Secrets(n) => indexed("secrets", n),
+            Part::Resolver(n) => indexed("resolver", n),
             Part::RendererHaproxy => "renderer-haproxy".into(),
-            Part::RendererEnvoy => "renderer-envoy".into(),
-            Part::Envoy => "envoy".into(),
+            Part::RendererEnvoy(n) => indexed("renderer-envoy", n),
+            Part::Envoy(n) => indexed("envoy", n),
         }
     }
 }
 
 /// The Envoy node id of the stack's Envoy; its applied record is `envoy.<NODE>`.
 pub const ENVOY_NODE: &str = "portico-local";
+
+/// The node id of Envoy `n` (`ENVOY_NODE` for the first).
+pub fn envoy_node(n: u8) -> String {
+    indexed(ENVOY_NODE, n)
+}
 /// The HAProxy renderer's instance; its applied record is `haproxy.<INSTANCE>`.
 pub const HAPROXY_INSTANCE: &str = "local";
 
@@ -102,6 +159,8 @@ pub enum UpError {
     Exited { part: String, status: String, log: PathBuf },
     #[error("nats-server did not accept connections on port {0} within 20 s; see its log")]
     NatsNotListening(u16),
+    #[error("{0}")]
+    Replicas(String),
     #[error("{what} {address} is in use (is another `portico up` running?); choose another with {flag}")]
     PortInUse { what: &'static str, address: std::net::SocketAddr, flag: &'static str },
     #[error("creating the buckets: {0}")]
@@ -201,6 +260,50 @@ pub struct Stack {
     children: BTreeMap<Part, Child>,
     /// Each service's admin port (/healthz, /readyz, /metrics) on 127.0.0.1.
     admin_ports: BTreeMap<Part, u16>,
+    ports: ReplicaPorts,
+}
+
+/// The ports of each replica, the first from `Options`, the others chosen at start.
+#[derive(Debug, Default)]
+struct ReplicaPorts {
+    /// nats-servers' client ports.
+    nats: Vec<u16>,
+    /// nats-servers' route ports (a cluster only).
+    routes: Vec<u16>,
+    /// renderer-envoys' ADS ports.
+    ads: Vec<u16>,
+    /// Envoys' admin ports.
+    envoy_admin: Vec<u16>,
+}
+
+impl ReplicaPorts {
+    fn choose(o: &Options) -> Result<ReplicaPorts, UpError> {
+        let loopback = [IpAddr::from([127, 0, 0, 1])];
+        let more = |first: u16, count: u8| -> Result<Vec<u16>, UpError> {
+            let mut ports = vec![first];
+            for _ in 1..count {
+                ports.push(pick_port(&loopback).map_err(io(Path::new("127.0.0.1")))?);
+            }
+            Ok(ports)
+        };
+        let r = o.replicas;
+        let routes = if r.nats > 1 {
+            (0..r.nats).map(|_| pick_port(&loopback).map_err(io(Path::new("127.0.0.1")))).collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(ReplicaPorts {
+            nats: more(o.nats_port, r.nats)?,
+            routes,
+            ads: more(o.ads_port, r.envoys)?,
+            envoy_admin: more(o.envoy_admin_port, r.envoys)?,
+        })
+    }
+
+    /// Every nats-server's URL, comma-separated: what a client is given to fail over.
+    fn nats_urls(&self) -> String {
+        self.nats.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
 }
 
 impl Stack {
@@ -220,7 +323,19 @@ impl Stack {
         if !plain(state) {
             return Err(UpError::StateDirUnusable(state.clone()));
         }
+        let r = options.replicas;
+        if !(1..=5).contains(&r.nats) || r.secrets == 0 || r.resolvers == 0 || r.envoys == 0 {
+            return Err(UpError::Replicas(format!(
+                "a stack runs 1 to 5 nats-servers and at least one of each service, not {r:?}; choose --nats-cluster 1 to 5"
+            )));
+        }
         let loopback = IpAddr::from([127, 0, 0, 1]);
+        for n in 1..r.envoys {
+            let address = std::net::SocketAddr::new(options.envoy_address_of(n), options.http_port);
+            if std::net::TcpListener::bind(address).is_err() {
+                return Err(UpError::PortInUse { what: "another Envoy's port", address, flag: "--http-port" });
+            }
+        }
         for (what, ip, port, flag) in [
             ("NATS's port", loopback, options.nats_port, "--nats-port"),
             ("HAProxy's port", options.haproxy_address, options.http_port, "--http-port"),
@@ -237,33 +352,54 @@ impl Stack {
             std::fs::create_dir_all(state.join(dir)).map_err(io(&state.join(dir)))?;
         }
         // A fresh bus and a fresh HAProxy directory for every `up`: all of it is derived.
-        for stale in [state.join("nats/store"), state.join("haproxy")] {
+        let mut stale: Vec<PathBuf> = (0..5).map(|n| nats_store(state, n)).collect();
+        stale.push(state.join("haproxy"));
+        for stale in stale {
             if stale.exists() {
                 std::fs::remove_dir_all(&stale).map_err(io(&stale))?;
             }
         }
+        let ports = ReplicaPorts::choose(&options)?;
         let mut passwords = BTreeMap::new();
         for user in User::ALL {
             passwords.insert(user, nats_config::password().map_err(io(Path::new("/dev/urandom")))?);
         }
-        let conf = state.join("nats/nats.conf");
         let listed: Vec<(User, String)> = passwords.iter().map(|(u, p)| (*u, p.clone())).collect();
-        write_private(&conf, &nats_config::render(options.nats_port, &state.join("nats/store"), &listed))?;
+        let route_password = nats_config::password().map_err(io(Path::new("/dev/urandom")))?;
+        for n in 0..r.nats {
+            let peer = nats_config::ClusterPeer {
+                index: usize::from(n),
+                route_ports: &ports.routes,
+                route_password: &route_password,
+            };
+            let conf = nats_config::render(
+                ports.nats[usize::from(n)],
+                &nats_store(state, n),
+                &listed,
+                (r.nats > 1).then_some(&peer),
+            );
+            write_private(&nats_conf(state, n), &conf)?;
+        }
         write_private(&state.join("nats/cli.password"), &passwords[&User::Cli])?;
         let url = state.join("nats/url");
-        std::fs::write(&url, format!("nats://127.0.0.1:{}\n", options.nats_port)).map_err(io(&url))?;
-        write_ads_pki(&state.join("ads"))?;
-        let bootstrap = state.join("envoy/bootstrap.yaml");
-        std::fs::write(&bootstrap, envoy_bootstrap(&options)?).map_err(io(&bootstrap))?;
+        std::fs::write(&url, format!("{}\n", ports.nats_urls())).map_err(io(&url))?;
+        write_ads_pki(&state.join("ads"), r.envoys)?;
+        for n in 0..r.envoys {
+            let bootstrap = state.join("envoy").join(format!("{}.yaml", indexed("bootstrap", n)));
+            let yaml = envoy_bootstrap(&options, n, ports.ads[usize::from(n)], ports.envoy_admin[usize::from(n)])?;
+            std::fs::write(&bootstrap, yaml).map_err(io(&bootstrap))?;
+        }
 
         check()?;
-        let mut stack = Stack { options, passwords, children: BTreeMap::new(), admin_ports: BTreeMap::new() };
-        stack.spawn(Part::Nats)?;
+        let parts = options.parts();
+        let mut stack = Stack { options, passwords, children: BTreeMap::new(), admin_ports: BTreeMap::new(), ports };
+        for part in parts.iter().filter(|p| matches!(p, Part::Nats(_))) {
+            check()?;
+            stack.spawn(*part)?;
+        }
         check()?;
-        stack.create_buckets()?;
-        for part in
-            [Part::Watcher, Part::Secrets, Part::Resolver(0), Part::RendererHaproxy, Part::RendererEnvoy, Part::Envoy]
-        {
+        stack.create_buckets(interrupted)?;
+        for part in parts.into_iter().filter(|p| !matches!(p, Part::Nats(_))) {
             check()?;
             stack.spawn(part)?;
         }
@@ -276,11 +412,17 @@ impl Stack {
     /// How a user of this stack connects to NATS.
     pub fn bus(&self, user: User) -> ConnectConfig {
         ConnectConfig {
-            url: format!("nats://127.0.0.1:{}", self.options.nats_port),
+            url: self.ports.nats_urls(),
             name: format!("portico-{}", user.name()),
             user_password: Some((user.name().to_owned(), self.passwords[&user].clone())),
+            replicas: usize::from(self.options.replicas.nats),
             ..Default::default()
         }
+    }
+
+    /// nats-server `n`'s client port.
+    pub fn nats_port(&self, n: u8) -> u16 {
+        self.ports.nats[usize::from(n)]
     }
 
     pub fn log_path(&self, part: Part) -> PathBuf {
@@ -307,7 +449,7 @@ impl Stack {
     }
 
     fn command(&mut self, part: Part) -> Result<Command, UpError> {
-        if !matches!(part, Part::Nats | Part::Envoy) && !self.admin_ports.contains_key(&part) {
+        if !matches!(part, Part::Nats(_) | Part::Envoy(_)) && !self.admin_ports.contains_key(&part) {
             let port = pick_port(&[IpAddr::from([127, 0, 0, 1])]).map_err(io(Path::new("127.0.0.1")))?;
             self.admin_ports.insert(part, port);
         }
@@ -316,7 +458,8 @@ impl Stack {
         let service = |binary: &str, user: User| -> Result<Command, UpError> {
             let mut command = Command::new(self.binary(binary)?);
             command
-                .env("PORTICO_NATS_URL", format!("nats://127.0.0.1:{}", o.nats_port))
+                .env("PORTICO_NATS_URL", self.ports.nats_urls())
+                .env("PORTICO_NATS_REPLICAS", o.replicas.nats.to_string())
                 .env("PORTICO_NATS_USER", user.name())
                 .env("PORTICO_NATS_PASSWORD", &self.passwords[&user])
                 .env("PORTICO_ADMIN_LISTEN", &admin)
@@ -326,9 +469,9 @@ impl Stack {
         };
         let http_port = o.http_port.to_string();
         Ok(match part {
-            Part::Nats => {
+            Part::Nats(n) => {
                 let mut command = Command::new("nats-server");
-                command.arg("-c").arg(o.state_dir.join("nats/nats.conf"));
+                command.arg("-c").arg(nats_conf(&o.state_dir, n));
                 command
             }
             Part::Watcher => {
@@ -336,14 +479,13 @@ impl Stack {
                 command.args(&o.manifests).arg("--poll-ms").arg(o.poll.as_millis().to_string());
                 command
             }
-            Part::Secrets => service("portico-secrets", User::Secrets)?,
-            Part::Resolver(n) => {
+            Part::Secrets(_) => service("portico-secrets", User::Secrets)?,
+            Part::Resolver(_) => {
                 let mut command = service("portico-resolver", User::Resolver)?;
                 command.args(["--http-port", &http_port, "--instance", &part.name()]);
                 if let Some(cert) = &o.client_cert {
                     command.arg("--client-cert").arg(format!("{}/{}", cert.namespace, cert.name));
                 }
-                let _ = n;
                 command
             }
             Part::RendererHaproxy => {
@@ -356,12 +498,12 @@ impl Stack {
                     .arg(o.haproxy_address.to_string());
                 command
             }
-            Part::RendererEnvoy => {
+            Part::RendererEnvoy(n) => {
                 let mut command = service("portico-renderer-envoy", User::RendererEnvoy)?;
                 let ads = o.state_dir.join("ads");
                 command
                     .arg("--listen")
-                    .arg(format!("127.0.0.1:{}", o.ads_port))
+                    .arg(format!("127.0.0.1:{}", self.ports.ads[usize::from(n)]))
                     .arg("--tls-cert")
                     .arg(ads.join("server.crt"))
                     .arg("--tls-key")
@@ -370,16 +512,15 @@ impl Stack {
                     .arg(ads.join("ca.pem"))
                     .args(["--http-port", &http_port])
                     .arg("--bind-address")
-                    .arg(o.envoy_address.to_string());
+                    .arg(o.envoy_address_of(n).to_string());
                 command
             }
-            Part::Envoy => {
+            Part::Envoy(n) => {
                 let mut command = Command::new("envoy");
-                command.arg("-c").arg(o.state_dir.join("envoy/bootstrap.yaml")).args([
-                    "--use-dynamic-base-id",
-                    "--log-level",
-                    "warning",
-                ]);
+                command
+                    .arg("-c")
+                    .arg(o.state_dir.join("envoy").join(format!("{}.yaml", indexed("bootstrap", n))))
+                    .args(["--use-dynamic-base-id", "--log-level", "warning"]);
                 command
             }
         })
@@ -398,12 +539,13 @@ impl Stack {
                 },
             )?;
         self.children.insert(part, child);
-        if part == Part::Nats {
+        if let Part::Nats(n) = part {
+            let port = self.nats_port(n);
             let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", self.options.nats_port)).is_err() {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 self.check_running()?;
                 if Instant::now() > deadline {
-                    return Err(UpError::NatsNotListening(self.options.nats_port));
+                    return Err(UpError::NatsNotListening(port));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -418,13 +560,16 @@ impl Stack {
         }
     }
 
-    /// Kill nats-server, delete its JetStream store (a lost volume), and start it again:
-    /// everything on the bus is gone, and the services must rebuild it.
-    pub fn restart_nats_wiped(&mut self) -> Result<(), UpError> {
-        self.stop(Part::Nats, true);
-        let store = self.options.state_dir.join("nats/store");
-        std::fs::remove_dir_all(&store).map_err(io(&store))?;
-        self.spawn(Part::Nats)
+    /// Kill nats-server `n`, delete its JetStream store (a lost volume), and start it
+    /// again: on a single server everything on the bus is gone, and the services must
+    /// rebuild it; in a cluster the server catches up from the others.
+    pub fn restart_nats_wiped(&mut self, n: u8) -> Result<(), UpError> {
+        self.stop(Part::Nats(n), true);
+        let store = nats_store(&self.options.state_dir, n);
+        if store.exists() {
+            std::fs::remove_dir_all(&store).map_err(io(&store))?;
+        }
+        self.spawn(Part::Nats(n))
     }
 
     /// Stop and start one part again.
@@ -465,14 +610,26 @@ impl Stack {
         Ok(())
     }
 
-    fn create_buckets(&self) -> Result<(), UpError> {
+    /// Create the buckets. A cluster first elects its JetStream leader (a few seconds), so
+    /// failures are retried for 30 s; the last one is the error.
+    fn create_buckets(&self, interrupted: &AtomicBool) -> Result<(), UpError> {
         let bus = self.bus(User::Admin);
         runtime().block_on(async {
-            let client = portico_bus::nats::connect(&bus).await.map_err(|e| UpError::Buckets(e.to_string()))?;
-            portico_bus::nats::ensure_buckets(&async_nats::jetstream::new(client))
-                .await
-                .map_err(|e| UpError::Buckets(e.to_string()))?;
-            Ok(())
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let attempt = async {
+                    let client = portico_bus::nats::connect(&bus).await.map_err(|e| e.to_string())?;
+                    let js = async_nats::jetstream::new(client);
+                    portico_bus::nats::ensure_buckets_replicated(&js, bus.replicas).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) if Instant::now() > deadline => return Err(UpError::Buckets(e)),
+                    Err(_) if Instant::now() > deadline => return Err(UpError::Buckets("timed out".into())),
+                    _ if interrupted.load(Ordering::SeqCst) => return Err(UpError::Interrupted),
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
         })
     }
 
@@ -515,7 +672,9 @@ impl Stack {
                         let applied = |key: &str| {
                             report.applied.get(key).is_some_and(|a| a.version() == model.0 && a.error.is_none())
                         };
-                        if applied(&format!("haproxy.{HAPROXY_INSTANCE}")) && applied(&format!("envoy.{ENVOY_NODE}")) {
+                        let envoys =
+                            (0..self.options.replicas.envoys).all(|n| applied(&format!("envoy.{}", envoy_node(n))));
+                        if applied(&format!("haproxy.{HAPROXY_INSTANCE}")) && envoys {
                             return Applied::Generation(model.0.generation);
                         }
                     }
@@ -582,6 +741,16 @@ impl Drop for Stack {
     }
 }
 
+/// nats-server `n`'s configuration file.
+fn nats_conf(state_dir: &Path, n: u8) -> PathBuf {
+    state_dir.join("nats").join(format!("{}.conf", indexed("nats", n)))
+}
+
+/// nats-server `n`'s JetStream store.
+fn nats_store(state_dir: &Path, n: u8) -> PathBuf {
+    state_dir.join("nats").join(indexed("store", n))
+}
+
 /// How `portico status` reaches the bus of a stack started in `state_dir`.
 pub fn cli_bus(state_dir: &Path) -> Result<ConnectConfig, UpError> {
     let read = |name: &str| {
@@ -608,15 +777,17 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub const ADS_SERVER_NAME: &str = "ads.portico";
 
 /// The ADS port's mutual TLS, made afresh at every `up` (like the NATS passwords): a CA,
-/// renderer-envoy's certificate, and the local Envoy's, which names its node id. Keys are
+/// renderer-envoy's certificate, and each local Envoy's, which names its node id. Keys are
 /// readable by the owner only.
-fn write_ads_pki(dir: &Path) -> Result<(), UpError> {
+fn write_ads_pki(dir: &Path, envoys: u8) -> Result<(), UpError> {
     let ca = crate::demo::TestCa::new("portico up ADS CA");
-    let server = ca.server(&[ADS_SERVER_NAME]);
-    let envoy = ca.client_named(ENVOY_NODE);
+    let mut issued = vec![("server".to_owned(), ca.server(&[ADS_SERVER_NAME]))];
+    for n in 0..envoys {
+        issued.push((indexed("envoy", n), ca.client_named(&envoy_node(n))));
+    }
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, &ca.pem).map_err(io(&ca_path))?;
-    for (name, issued) in [("server", &server), ("envoy", &envoy)] {
+    for (name, issued) in &issued {
         let cert = dir.join(format!("{name}.crt"));
         std::fs::write(&cert, &issued.cert_pem).map_err(io(&cert))?;
         write_private(&dir.join(format!("{name}.key")), &issued.key_pem)?;
@@ -624,10 +795,10 @@ fn write_ads_pki(dir: &Path) -> Result<(), UpError> {
     Ok(())
 }
 
-/// Envoy's bootstrap: a node id, the admin port, and ADS (over mutual TLS, with the
+/// Envoy `n`'s bootstrap: its node id, its admin port, and ADS (over mutual TLS, with the
 /// certificates `write_ads_pki` made) as the only source of config.
-pub fn envoy_bootstrap(o: &Options) -> Result<String, UpError> {
-    let ads = std::net::SocketAddr::new(IpAddr::from([127, 0, 0, 1]), o.ads_port);
+fn envoy_bootstrap(o: &Options, n: u8, ads_port: u16, admin_port: u16) -> Result<String, UpError> {
+    let ads = std::net::SocketAddr::new(IpAddr::from([127, 0, 0, 1]), ads_port);
     let dir = o.state_dir.join("ads");
     let path = |name: &str| {
         dir.join(name)
@@ -637,15 +808,15 @@ pub fn envoy_bootstrap(o: &Options) -> Result<String, UpError> {
     };
     let tls = portico_renderer_envoy::AdsClientTls {
         ca: path("ca.pem")?,
-        cert: path("envoy.crt")?,
-        key: path("envoy.key")?,
+        cert: path(&format!("{}.crt", indexed("envoy", n)))?,
+        key: path(&format!("{}.key", indexed("envoy", n)))?,
         server_name: ADS_SERVER_NAME.parse().expect("a DNS name"),
     };
     Ok(format!(
         "# Written by `portico up`: everything else comes from renderer-envoy over ADS.\n{}",
         portico_renderer_envoy::ads_bootstrap_with(
-            ENVOY_NODE,
-            o.envoy_admin_port,
+            &envoy_node(n),
+            admin_port,
             ads,
             portico_renderer_envoy::AdsApi::Delta,
             Some(&tls)

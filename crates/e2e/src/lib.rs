@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use portico_deploy::demo::{Backend, BackendKind, Issued, TestCa};
-use portico_deploy::up::{Options, Part, Stack};
+use portico_deploy::up::{Options, Part, Replicas, Stack};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -89,11 +89,6 @@ pub use portico_testkit::http_get as get;
 
 // ---------------------------------------------------------------- the whole stack
 
-/// A free port on both 127.0.0.1 and 127.0.0.2 (HAProxy and Envoy share it).
-pub fn free_port_pair() -> u16 {
-    portico_deploy::up::pick_port(&[IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])]).expect("a free port")
-}
-
 /// Which proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -120,6 +115,11 @@ impl LocalStack {
 
     /// `start`, with extra environment for the service binaries.
     pub fn start_with_env(extra: &[(&str, &str)], service_env: &[(&str, &str)]) -> LocalStack {
+        LocalStack::start_with(extra, service_env, Replicas::default())
+    }
+
+    /// `start_with_env`, running `replicas` of the parts.
+    pub fn start_with(extra: &[(&str, &str)], service_env: &[(&str, &str)], replicas: Replicas) -> LocalStack {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let demo = portico_deploy::demo::start();
         let manifests = dir.path().join("manifests");
@@ -131,7 +131,11 @@ impl LocalStack {
         let options = Options {
             state_dir: dir.path().join("state"),
             manifests: vec![manifests],
-            http_port: free_port_pair(),
+            // Free on HAProxy's address and on every Envoy's (127.0.0.2 and up).
+            http_port: portico_deploy::up::pick_port(
+                &(1..=1 + replicas.envoys).map(|last| IpAddr::from([127, 0, 0, last])).collect::<Vec<_>>(),
+            )
+            .expect("a free port"),
             nats_port: free_port(),
             ads_port: free_port(),
             envoy_admin_port: free_port(),
@@ -141,6 +145,7 @@ impl LocalStack {
             client_cert: None,
             poll: Duration::from_millis(50),
             service_env: service_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            replicas,
         };
         let stack = Stack::start(options).unwrap_or_else(|e| panic!("the stack did not start: {e}"));
         let local = LocalStack { stack, demo, dir };
@@ -170,6 +175,12 @@ impl LocalStack {
         SocketAddr::new(if via == Via::Haproxy { o.haproxy_address } else { o.envoy_address }, o.http_port)
     }
 
+    /// Where Envoy `n` of a stack with several listens.
+    pub fn envoy_address(&self, n: u8) -> SocketAddr {
+        let o = &self.stack.options;
+        SocketAddr::new(o.envoy_address_of(n), o.http_port)
+    }
+
     pub fn get(&self, via: Via, host: &str, path: &str) -> std::io::Result<(u16, String)> {
         portico_testkit::http_get_at(self.address(via), host, path)
     }
@@ -177,17 +188,22 @@ impl LocalStack {
     /// Wait until `via` answers `want` for host and path; how long it took, or a panic
     /// with every part's log.
     pub fn until(&self, via: Via, host: &str, path: &str, want: u16, limit: Duration) -> Duration {
+        self.until_at(self.address(via), host, path, want, limit)
+    }
+
+    /// `until` for the proxy at `address`.
+    pub fn until_at(&self, address: SocketAddr, host: &str, path: &str, want: u16, limit: Duration) -> Duration {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < limit {
-            match self.get(via, host, path) {
+            match portico_testkit::http_get_at(address, host, path) {
                 Ok((status, _)) if status == want => return started.elapsed(),
                 Ok((status, body)) => last = format!("{status} {body}"),
                 Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("{via:?} never answered {want} for {host}{path} within {limit:?} (last: {last})\n{}", self.logs())
+        panic!("{address} never answered {want} for {host}{path} within {limit:?} (last: {last})\n{}", self.logs())
     }
 
     /// `until` on both proxies, in parallel; the time each took.
@@ -212,16 +228,11 @@ impl LocalStack {
 
     /// Every part's log, for failure messages.
     pub fn logs(&self) -> String {
-        let parts = [
-            Part::Nats,
-            Part::Watcher,
-            Part::Secrets,
-            Part::Resolver(0),
-            Part::Resolver(1),
-            Part::RendererHaproxy,
-            Part::RendererEnvoy,
-            Part::Envoy,
-        ];
+        let mut parts = self.stack.options.parts();
+        // A standby some tests start beside the stack.
+        parts.push(Part::Resolver(1));
+        parts.sort();
+        parts.dedup();
         let mut out = String::new();
         for part in parts {
             let log = self.stack.log(part);

@@ -66,7 +66,7 @@ impl Fault {
     /// The proxy whose own process is down for a while with this fault.
     fn takes_down(self) -> Option<Via> {
         match self {
-            Fault::Kill(Part::Envoy) | Fault::Stop(Part::Envoy) => Some(Via::Envoy),
+            Fault::Kill(Part::Envoy(0)) | Fault::Stop(Part::Envoy(0)) => Some(Via::Envoy),
             // A stopped renderer stops its HAProxy (a killed one leaves it running).
             Fault::Stop(Part::RendererHaproxy) | Fault::KillHaproxy => Some(Via::Haproxy),
             _ => None,
@@ -74,8 +74,8 @@ impl Fault {
     }
 }
 
-fn pick(rng: &mut Rng) -> Fault {
-    let part = Part::STACK[rng.below(Part::STACK.len() as u64) as usize];
+fn pick(rng: &mut Rng, parts: &[Part]) -> Fault {
+    let part = parts[rng.below(parts.len() as u64) as usize];
     let pause = Duration::from_millis(200 + rng.below(2300));
     match rng.below(10) {
         0..=2 => Fault::Kill(part),
@@ -118,7 +118,7 @@ fn inject(stack: &mut LocalStack, fault: Fault) {
             signal(pid, libc::SIGCONT);
         }
         Fault::NatsWiped => {
-            stack.stack.restart_nats_wiped().unwrap_or_else(|e| panic!("wiping nats-server's store: {e}"))
+            stack.stack.restart_nats_wiped(0).unwrap_or_else(|e| panic!("wiping nats-server's store: {e}"))
         }
     }
 }
@@ -234,7 +234,7 @@ fn faults_interleaved_with_changes_lose_no_change_and_no_request() {
     let started = Instant::now();
 
     for i in 0..faults {
-        let fault = pick(&mut rng);
+        let fault = pick(&mut rng, &stack.stack.options.parts());
         let n = i as u64 + 1;
         let change_first = rng.below(2) == 0;
         let down = fault.takes_down().map(|via| &requests.down[if via == Via::Haproxy { 0 } else { 1 }]);

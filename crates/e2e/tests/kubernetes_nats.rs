@@ -1,12 +1,17 @@
-//! The NATS of `deploy/kubernetes` with per-service users and no admin: the real
-//! nats-server on the ConfigMap's `nats.conf` (only the listen address and store
-//! directory changed), the passwords `portico nats-credentials` makes, and the five service
-//! binaries logging in as the users and with the Secret keys their Deployments name. In
-//! whatever order they start, each creates the buckets it owns and waits for the others',
-//! and every one of them becomes ready.
+//! The NATS of `deploy/kubernetes` with per-service users and no admin: three real
+//! nats-servers forming one cluster on the ConfigMap's `nats.conf` (only the listen
+//! addresses, the route hosts and the store directories changed; the server names as the
+//! StatefulSet's pods have them), the passwords `portico nats-credentials` makes, and the
+//! five service binaries logging in as the users and with the Secret keys their
+//! Deployments name, given the URLs and replica count their Deployments give. In whatever
+//! order they start, each creates the buckets it owns (three replicas) and waits for the
+//! others', and every one of them becomes ready.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use portico_deploy::nats_config::{kubernetes_password_variable, User, KUBERNETES_USERS};
+use portico_deploy::nats_config::{
+    kubernetes_client_urls, kubernetes_password_variable, kubernetes_route, User, KUBERNETES_NATS_SERVERS,
+    KUBERNETES_USERS,
+};
 use portico_e2e::free_port;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,12 +52,20 @@ impl Drop for Processes {
     }
 }
 
-/// The NATS user and the Secret key of the password a Deployment's portico container uses.
-fn login_of(deployment: &Deployment) -> Option<(String, String)> {
+/// How a Deployment's portico container reaches NATS.
+struct Login {
+    user: String,
+    /// The Secret key of its password.
+    key: String,
+    urls: String,
+    replicas: String,
+}
+
+fn login_of(deployment: &Deployment) -> Option<Login> {
     let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
     for container in &spec.containers {
         let env = container.env.clone().unwrap_or_default();
-        let user = env.iter().find(|e| e.name == "PORTICO_NATS_USER").and_then(|e| e.value.clone());
+        let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
         let key = env
             .iter()
             .find(|e| e.name == "PORTICO_NATS_PASSWORD")
@@ -61,8 +74,10 @@ fn login_of(deployment: &Deployment) -> Option<(String, String)> {
                 assert_eq!(r.name, "portico-nats-users", "the Secret the Job creates");
                 r.key.clone()
             });
-        if let (Some(user), Some(key)) = (user, key) {
-            return Some((user, key));
+        if let (Some(user), Some(key)) = (value("PORTICO_NATS_USER"), key) {
+            let urls = value("PORTICO_NATS_URL").expect("PORTICO_NATS_URL");
+            let replicas = value("PORTICO_NATS_REPLICAS").expect("PORTICO_NATS_REPLICAS");
+            return Some(Login { user, key, urls, replicas });
         }
     }
     None
@@ -77,54 +92,79 @@ fn the_services_run_on_the_kubernetes_nats_configuration_without_an_admin() {
     let nats = documents("nats.yaml");
     let configmap = nats.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let statefulset = nats.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let servers = KUBERNETES_NATS_SERVERS;
+    assert_eq!(statefulset["spec"]["replicas"], servers, "the StatefulSet runs the servers the routes name");
     let mut nats_env = BTreeMap::new();
     for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        if name == "SERVER_NAME" {
+            assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "the pod's name");
+            continue;
+        }
         let reference = &e["valueFrom"]["secretKeyRef"];
         assert_eq!(reference["name"], "portico-nats-users");
         let key = reference["key"].as_str().unwrap();
-        nats_env.insert(e["name"].as_str().unwrap().to_owned(), passwords[key].clone());
+        nats_env.insert(name, passwords[key].clone());
     }
 
     let conf = configmap["data"]["nats.conf"].as_str().unwrap();
     assert_eq!(conf, portico_deploy::nats_config::render_kubernetes(), "nats.yaml is render_kubernetes()'s output");
-    let port = free_port();
-    let store = dir.path().join("store");
-    let mut local = conf.to_owned();
-    for (from, to) in [
-        ("listen: 0.0.0.0:4222".to_owned(), format!("listen: 127.0.0.1:{port}")),
-        ("http: 0.0.0.0:8222".to_owned(), String::new()),
-        ("store_dir: /data".to_owned(), format!("store_dir: \"{}\"", store.display())),
-    ] {
-        assert!(local.contains(&from), "nats.conf has {from}");
-        local = local.replace(&from, &to);
-    }
-    let conf_path = dir.path().join("nats.conf");
-    std::fs::write(&conf_path, local).unwrap();
+    let ports: Vec<u16> = (0..servers).map(|_| free_port()).collect();
+    let route_ports: Vec<u16> = (0..servers).map(|_| free_port()).collect();
     let mut processes = Processes(Vec::new());
-    let nats_log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
-    let child = Command::new("nats-server")
-        .arg("-c")
-        .arg(&conf_path)
-        .envs(&nats_env)
-        .stderr(nats_log.try_clone().unwrap())
-        .stdout(nats_log)
-        .spawn()
-        .expect("nats-server (scripts/setup.sh installs it)");
-    processes.0.push(("nats-server".into(), child));
+    for i in 0..servers {
+        let store = dir.path().join(format!("store-{i}"));
+        let mut local = conf.to_owned();
+        let mut replacements = vec![
+            ("listen: 0.0.0.0:4222".to_owned(), format!("listen: 127.0.0.1:{}", ports[i])),
+            ("http: 0.0.0.0:8222".to_owned(), String::new()),
+            ("listen: 0.0.0.0:6222".to_owned(), format!("listen: 127.0.0.1:{}", route_ports[i])),
+            ("store_dir: /data".to_owned(), format!("store_dir: \"{}\"", store.display())),
+        ];
+        for (j, port) in route_ports.iter().enumerate() {
+            replacements.push((kubernetes_route(j), format!("nats://127.0.0.1:{port}")));
+        }
+        for (from, to) in replacements {
+            assert!(local.contains(&from), "nats.conf has {from}");
+            local = local.replace(&from, &to);
+        }
+        let conf_path = dir.path().join(format!("nats-{i}.conf"));
+        std::fs::write(&conf_path, local).unwrap();
+        let nats_log = std::fs::File::create(dir.path().join(format!("nats-{i}.log"))).unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf_path)
+            .envs(&nats_env)
+            .env("SERVER_NAME", format!("nats-{i}"))
+            .stderr(nats_log.try_clone().unwrap())
+            .stdout(nats_log)
+            .spawn()
+            .expect("nats-server (scripts/setup.sh installs it)");
+        processes.0.push((format!("nats-server {i}"), child));
+    }
 
-    // Each service's login, from its Deployment.
+    // Each service's login, from its Deployment: its user and key, and every server's URL
+    // with the replicas there are servers.
     let mut logins = BTreeMap::new();
     for file in ["watcher.yaml", "secrets.yaml", "resolver.yaml", "haproxy.yaml", "envoy.yaml"] {
         for document in documents(file).into_iter().filter(|d| d["kind"] == "Deployment") {
             let deployment: Deployment = serde_json::from_value(document).unwrap();
-            if let Some((user, key)) = login_of(&deployment) {
-                logins.insert(user, key);
+            if let Some(login) = login_of(&deployment) {
+                assert_eq!(login.urls, kubernetes_client_urls(), "{file}: every NATS server's URL");
+                assert_eq!(login.replicas, servers.to_string(), "{file}: a replica per server");
+                logins.insert(login.user.clone(), login);
             }
         }
     }
+    let keys: BTreeMap<String, String> = logins.iter().map(|(u, l)| (u.clone(), l.key.clone())).collect();
     let expected: BTreeMap<String, String> =
         KUBERNETES_USERS.iter().map(|u| (u.name().to_owned(), kubernetes_password_variable(*u))).collect();
-    assert_eq!(logins, expected, "each service logs in as its own user with its own key");
+    assert_eq!(keys, expected, "each service logs in as its own user with its own key");
+    let local_urls = |urls: &str| {
+        (0..servers).fold(urls.to_owned(), |urls, j| {
+            urls.replace(&format!("nats-{j}.nats:4222"), &format!("127.0.0.1:{}", ports[j]))
+        })
+    };
 
     // The renderers first: they wait for buckets nobody has created yet.
     let bin = portico_deploy::up::sibling_bin_dir();
@@ -165,11 +205,13 @@ fn the_services_run_on_the_kubernetes_nats_configuration_without_an_admin() {
     for (user, binary, args) in services {
         let admin = free_port();
         let log = std::fs::File::create(dir.path().join(format!("{binary}.log"))).unwrap();
+        let login = &logins[user.name()];
         let child = Command::new(bin.join(binary))
             .args(&args)
-            .env("PORTICO_NATS_URL", format!("nats://127.0.0.1:{port}"))
+            .env("PORTICO_NATS_URL", local_urls(&login.urls))
+            .env("PORTICO_NATS_REPLICAS", &login.replicas)
             .env("PORTICO_NATS_USER", user.name())
-            .env("PORTICO_NATS_PASSWORD", &passwords[&logins[user.name()]])
+            .env("PORTICO_NATS_PASSWORD", &passwords[&login.key])
             .env("PORTICO_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
             .stderr(log)
             .spawn()
@@ -201,4 +243,22 @@ fn the_services_run_on_the_kubernetes_nats_configuration_without_an_admin() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    // The buckets are replicated on every server, as the services created them.
+    let resolver = &logins[User::Resolver.name()];
+    let bus = portico_bus::nats::ConnectConfig {
+        url: local_urls(&resolver.urls),
+        name: "test".into(),
+        user_password: Some((resolver.user.clone(), passwords[&resolver.key].clone())),
+        ..Default::default()
+    };
+    portico_deploy::up::runtime().block_on(async {
+        let client = portico_bus::nats::connect(&bus).await.expect("connect as the resolver");
+        let js = async_nats::jetstream::new(client);
+        for bucket in [portico_bus::names::OBJECTS, portico_bus::names::MODEL, portico_bus::names::STATUS] {
+            let mut stream = js.get_stream(format!("KV_{bucket}")).await.expect("the bucket's stream");
+            let info = stream.info().await.expect("stream info");
+            assert_eq!(info.config.num_replicas, servers, "{bucket} has a replica on every server");
+        }
+    });
 }

@@ -256,7 +256,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     stack.until_both("change.example.com", &format!("/change-{}", 1000 + more), 200);
     let store_after = dir_bytes(&store);
     // The idle stack: CPU used over 10 s with nothing changing.
-    let parts = Part::STACK;
+    let parts = stack.stack.options.parts();
     std::thread::sleep(Duration::from_secs(2)); // the last change's follow-up work
     let before: Vec<(Part, Duration)> =
         parts.iter().filter_map(|p| stack.stack.pid(*p).map(|pid| (*p, cpu_time(pid)))).collect();

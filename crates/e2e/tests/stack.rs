@@ -97,7 +97,7 @@ spec:
     let expected: [(Part, &[&str]); 5] = [
         (Part::Watcher, &["portico_watcher_changes_published_total", "portico_watcher_objects "]),
         (
-            Part::Secrets,
+            Part::Secrets(0),
             &[
                 "portico_secrets_verdicts_published_total",
                 "portico_secrets_ca_expiry_timestamp_seconds{secret=\"demo.demo-ca\"}",
@@ -124,7 +124,7 @@ spec:
             ],
         ),
         (
-            Part::RendererEnvoy,
+            Part::RendererEnvoy(0),
             &[
                 "portico_renderer_envoy_connected_nodes 1",
                 "portico_renderer_envoy_generation",
@@ -235,29 +235,29 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
     // (part, SIGKILL instead of SIGTERM, its store wiped too, what it is)
     let restarts: [(Part, bool, bool, &str); 10] = [
         (Part::Watcher, false, false, "watcher restarted (SIGTERM)"),
-        (Part::Secrets, false, false, "secrets restarted (SIGTERM)"),
+        (Part::Secrets(0), false, false, "secrets restarted (SIGTERM)"),
         (Part::Resolver(0), false, false, "resolver restarted (SIGTERM)"),
         (Part::Resolver(0), true, false, "resolver killed (SIGKILL) and started"),
         (Part::RendererHaproxy, true, false, "renderer-haproxy killed: takes over the running HAProxy"),
         (Part::RendererHaproxy, false, false, "renderer-haproxy restarted: HAProxy on the last applied"),
-        (Part::RendererEnvoy, false, false, "renderer-envoy restarted (SIGTERM)"),
-        (Part::Envoy, false, false, "Envoy restarted: configured again over ADS"),
-        (Part::Nats, true, false, "nats-server killed and started (memory buckets lost)"),
+        (Part::RendererEnvoy(0), false, false, "renderer-envoy restarted (SIGTERM)"),
+        (Part::Envoy(0), false, false, "Envoy restarted: configured again over ADS"),
+        (Part::Nats(0), true, false, "nats-server killed and started (memory buckets lost)"),
         // A lost volume: the model record is gone, the resolver starts a new epoch at
         // generation 1, and both proxies must follow it (issue 10, item 1).
-        (Part::Nats, true, true, "nats-server killed, its store wiped, started"),
+        (Part::Nats(0), true, true, "nats-server killed, its store wiped, started"),
     ];
     for (i, (part, kill, wipe, what)) in restarts.into_iter().enumerate() {
         let stops_haproxy = part == Part::RendererHaproxy && !kill;
         if stops_haproxy {
             watch.haproxy_restarting.store(true, Ordering::SeqCst);
         }
-        if part == Part::Envoy {
+        if part == Part::Envoy(0) {
             // Envoy itself restarts: its connection failures are not a regression either.
             watch.envoy_restarting.store(true, Ordering::SeqCst);
         }
         if wipe {
-            stack.stack.restart_nats_wiped().unwrap_or_else(|e| panic!("wiping nats-server's store: {e}"));
+            stack.stack.restart_nats_wiped(0).unwrap_or_else(|e| panic!("wiping nats-server's store: {e}"));
         } else {
             stack.stack.restart(part, kill).unwrap_or_else(|e| panic!("restarting {}: {e}", part.name()));
         }
@@ -265,7 +265,7 @@ fn every_part_restarts_and_nats_too_and_no_proxy_ever_goes_back() {
             stack.until(Via::Haproxy, "steps.example.com", &format!("/step-{i}"), 200, Duration::from_secs(30));
             watch.haproxy_restarting.store(false, Ordering::SeqCst);
         }
-        if part == Part::Envoy {
+        if part == Part::Envoy(0) {
             // The first thing the new Envoy serves is the current configuration.
             stack.until(Via::Envoy, "steps.example.com", &format!("/step-{i}"), 200, Duration::from_secs(30));
             watch.envoy_restarting.store(false, Ordering::SeqCst);
