@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
@@ -113,6 +114,7 @@ fn every_manifest_parses_into_its_kubernetes_type_without_losing_a_field() {
             "StatefulSet" => drop(round_trip::<StatefulSet>(file, value)),
             "Job" => drop(round_trip::<Job>(file, value)),
             "NetworkPolicy" => drop(round_trip::<NetworkPolicy>(file, value)),
+            "PodDisruptionBudget" => drop(round_trip::<PodDisruptionBudget>(file, value)),
             "CustomResourceDefinition" => drop(round_trip::<CustomResourceDefinition>(file, value)),
             other => panic!("{file}: kind {other} is not checked by this test"),
         }
@@ -121,6 +123,7 @@ fn every_manifest_parses_into_its_kubernetes_type_without_losing_a_field() {
     assert_eq!(kinds.get("CustomResourceDefinition"), Some(&3), "HTTPProxy, TLSCertificateDelegation, Voyager Ingress");
     assert_eq!(kinds.get("Deployment"), Some(&6), "watcher, secrets, resolver, haproxy, renderer-envoy, envoy");
     assert_eq!(kinds.get("StatefulSet"), Some(&1), "nats");
+    assert_eq!(kinds.get("PodDisruptionBudget"), Some(&1), "nats");
     assert_eq!(kinds.get("Job"), Some(&1), "nats-credentials");
 
     // The kustomization lists exactly the manifest files.
@@ -294,6 +297,30 @@ fn every_flag_and_variable_given_to_a_portico_binary_exists() {
             .unwrap_or_default();
         check_invocation(&format!("compose {}", name.as_str().unwrap()), binary, &command[1..], &env);
         services += 1;
+    }
+    // The NATS cluster: every server routes to the others, and every service is given every
+    // server's URL and a bucket replica per server.
+    let servers: Vec<String> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str().filter(|k| k.starts_with("nats-")).map(str::to_owned))
+        .collect();
+    assert_eq!(servers.len(), 3, "three NATS servers");
+    let urls: Vec<String> = servers.iter().map(|s| format!("nats://{s}:4222")).collect();
+    assert_eq!(compose["x-bus"]["PORTICO_NATS_URL"].as_str(), Some(urls.join(",").as_str()));
+    assert_eq!(compose["x-bus"]["PORTICO_NATS_REPLICAS"].as_str(), Some("3"));
+    for server in &servers {
+        let command: Vec<&str> = compose["services"][server.as_str()]["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let routes = command.iter().position(|a| *a == "--routes").map(|i| command[i + 1]).expect("--routes");
+        let others: Vec<String> = servers.iter().filter(|s| *s != server).map(|s| format!("nats://{s}:6222")).collect();
+        assert_eq!(routes, others.join(","), "{server} routes to the other servers");
+        assert!(command.windows(2).any(|w| w == ["--server_name", server.as_str()]), "{server} is named");
     }
     assert_eq!(services, 5);
 }
