@@ -318,6 +318,51 @@ struct Session {
     world: Arc<Mutex<World>>,
     changed: Arc<tokio::sync::Notify>,
     state: State,
+    /// With status write-back, the Lease that makes one replica the active one; without,
+    /// this replica is the only one and always publishes.
+    gate: Option<crate::status::ActiveLease>,
+}
+
+impl Session {
+    fn active(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.fresh())
+    }
+
+    /// Whether every watch has listed once, and how many fail now; reported as the
+    /// `failing_watches` gauge.
+    fn watch_health(&self) -> (BTreeSet<usize>, usize) {
+        let (listed, failing) = {
+            let w = self.world.lock().expect("the world lock");
+            (w.listed.clone(), w.failing.len())
+        };
+        portico_kit::admin::gauge(
+            "portico_watcher_failing_watches",
+            "Kubernetes watches whose last attempt failed (the watcher is not ready while any does).",
+            failing as f64,
+        );
+        (listed, failing)
+    }
+
+    /// Return once this replica is the active one; meanwhile it keeps its watches current
+    /// (they run apart from the bus) and is ready while they work, so that it can take
+    /// over at once.
+    async fn stand_by(&mut self) {
+        let mut said = false;
+        while !self.active() {
+            if !said {
+                tracing::info!("standing by: another watcher replica holds the Lease and publishes");
+                said = true;
+            }
+            let (listed, failing) = self.watch_health();
+            portico_kit::admin::set_ready(listed.len() == self.streams.len() && failing == 0);
+            if let Some(gate) = self.gate.as_mut() {
+                gate.changed(Duration::from_secs(1)).await;
+            }
+        }
+        if said {
+            tracing::info!("this watcher replica is active now: publishing");
+        }
+    }
 }
 
 /// Run until `shutdown` completes, with `client` (from the in-cluster or kubeconfig
@@ -333,8 +378,9 @@ pub async fn run(
     let mut tasks = start_watchers(&client, &streams, &world, &changed);
     tracing::info!(watches = streams.len(), namespaces = ?config.namespaces, "watcher (Kubernetes source) running");
     let bus = config.bus.clone();
-    let status = config.status.clone();
-    let mut session = Session { config, streams, world, changed, state: State::default() };
+    let writer = config.status.clone().map(|status| crate::status::StatusWriter::new(client.clone(), status));
+    let gate = writer.as_ref().map(crate::status::StatusWriter::active);
+    let mut session = Session { config, streams, world, changed, state: State::default(), gate };
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let objects = portico_bus::nats::supervise(
         &bus,
@@ -344,9 +390,8 @@ pub async fn run(
         publish_session,
     );
     let work = async {
-        match status {
-            Some(status) => {
-                let mut writer = crate::status::StatusWriter::new(client, status);
+        match writer {
+            Some(mut writer) => {
                 let statuses = portico_bus::nats::supervise(&bus, &[], &mut writer, shutdown, crate::status::session);
                 let (a, b) = tokio::join!(objects, statuses);
                 a?;
@@ -369,9 +414,21 @@ pub async fn run(
 }
 
 async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::convert::Infallible, ServiceError> {
+    loop {
+        s.stand_by().await;
+        publish_while_active(s, &buckets).await?;
+        tracing::warn!("lost the watcher lease: standing by, no longer publishing");
+    }
+}
+
+/// Publish the world, then every change, until this replica is no longer the active one.
+/// It starts from what the bus holds (another replica may have published since), and
+/// checks that it is active before every batch: a replica that stalled past its lease
+/// publishes nothing more (what no Lease can fence is a batch already on its way).
+async fn publish_while_active(s: &mut Session, buckets: &Buckets) -> Result<(), ServiceError> {
     s.state.published.clear();
     s.state.synced = false;
-    existing_keys(&buckets, &mut s.state).await?;
+    existing_keys(buckets, &mut s.state).await?;
     let mut marked: BTreeSet<Kind> = BTreeSet::new();
     let mut seen_revision = None;
     loop {
@@ -386,19 +443,18 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
                 () = quiet => break,
             }
         }
-        let (desired, revision, listed, failing) = {
+        if !s.active() {
+            return Ok(());
+        }
+        let (listed, failing) = s.watch_health();
+        let (desired, revision) = {
             let w = s.world.lock().expect("the world lock");
             let desired: crate::service::Desired =
                 w.objects.iter().map(|(k, (o, _))| (k.clone(), crate::service::Encoded::new(o.clone()))).collect();
-            (desired, w.revision, w.listed.clone(), w.failing.len())
+            (desired, w.revision)
         };
-        portico_kit::admin::gauge(
-            "portico_watcher_failing_watches",
-            "Kubernetes watches whose last attempt failed (the watcher is not ready while any does).",
-            failing as f64,
-        );
         if seen_revision != Some(revision) {
-            let changes = apply(&buckets, &mut s.state, desired).await?;
+            let changes = apply(buckets, &mut s.state, desired).await?;
             if changes > 0 {
                 tracing::info!(changes, "changes published");
             }
@@ -423,7 +479,14 @@ async fn publish_session(s: &mut Session, buckets: Buckets) -> Result<std::conve
         // (RBAC, a CRD removed) leaves its kind frozen on the bus.
         portico_kit::admin::set_ready(s.state.synced && failing == 0);
         if marked.len() == Kind::ALL.len() {
-            s.changed.notified().await;
+            let changed = s.changed.clone();
+            match s.gate.as_mut() {
+                Some(gate) => tokio::select! {
+                    () = changed.notified() => {}
+                    () = gate.changed(Duration::from_secs(1)) => {}
+                },
+                None => changed.notified().await,
+            }
         }
     }
 }

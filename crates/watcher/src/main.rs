@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             max_delay: Duration::from_millis(500),
             status: (!args.no_status).then(|| StatusConfig {
                 lease_namespace: args.lease_namespace,
-                lease_name: "portico-status-writer".into(),
+                lease_name: "portico-watcher".into(),
                 identity: instance_name(args.instance),
                 lease_duration: Duration::from_secs(15),
                 max_per_second: 20,

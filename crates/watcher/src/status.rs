@@ -2,8 +2,8 @@
 //! `portico-status` bucket) patched onto HTTPProxies and Voyager Ingresses through their
 //! `status` subresource, in Contour's shape.
 //!
-//! - Only the holder of a coordination.k8s.io Lease writes, so several watcher replicas
-//!   never fight; a holder whose renewal fails stops writing at once. A takeover needs the
+//! - Only the holder of a coordination.k8s.io Lease writes (and publishes objects to the
+//!   bus, see `ActiveLease`), so several watcher replicas never fight; a holder whose renewal fails stops writing at once. A takeover needs the
 //!   lease to have stayed unchanged for its duration on this replica's own clock, so clock
 //!   skew between nodes does not matter.
 //! - Writes are fenced: before each batch the holder renews by compare-and-set on the
@@ -59,6 +59,35 @@ pub struct StatusWriter {
     /// failing do not take every tick's budget from the others.
     cursor: Option<ObjectRef>,
     lease: LeaseState,
+    /// When this replica last renewed the Lease while holding it (`None` while it does not
+    /// hold it), for the object publisher (`ActiveLease`).
+    active: tokio::sync::watch::Sender<Option<Instant>>,
+}
+
+/// Whether this watcher replica is the active one: it holds the Lease, renewed less than a
+/// lease duration ago on its own monotonic clock. Only the active replica publishes objects
+/// (and writes statuses); the others keep their Kubernetes watches current and stand by.
+#[derive(Clone)]
+pub struct ActiveLease {
+    renewed: tokio::sync::watch::Receiver<Option<Instant>>,
+    duration: Duration,
+}
+
+impl ActiveLease {
+    pub fn fresh(&self) -> bool {
+        self.renewed.borrow().is_some_and(|at| at.elapsed() < self.duration)
+    }
+
+    /// Until the Lease was stepped again, or at most `within`: freshness also runs out
+    /// with time alone.
+    pub async fn changed(&mut self, within: Duration) {
+        let _ = tokio::time::timeout(within, async {
+            if self.renewed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await;
+    }
 }
 
 #[derive(Default)]
@@ -84,7 +113,13 @@ impl StatusWriter {
             transitions: BTreeMap::new(),
             cursor: None,
             lease: LeaseState::default(),
+            active: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Whether this replica is the active one, as its Lease steps say.
+    pub fn active(&self) -> ActiveLease {
+        ActiveLease { renewed: self.active.subscribe(), duration: self.config.lease_duration }
     }
 
     /// One step of the lease: create, renew, take over, or stand by. Whether we hold it.
@@ -101,7 +136,7 @@ impl StatusWriter {
         let was_held = self.lease.held;
         self.lease.held = match api.get_opt(name).await {
             Err(e) => {
-                tracing::warn!(lease = %name, error = %e, "reading the status-writer lease failed; not writing");
+                tracing::warn!(lease = %name, error = %e, "reading the watcher lease failed; not writing");
                 false
             }
             Ok(None) => {
@@ -144,12 +179,13 @@ impl StatusWriter {
                 }
             }
         };
+        self.active.send_replace(if self.lease.held { self.lease.renewed } else { None });
         if self.lease.held && !was_held {
-            tracing::info!(identity = %me, "acquired the status-writer lease; writing statuses");
+            tracing::info!(identity = %me, "acquired the watcher lease; publishing objects and writing statuses");
             self.written.clear(); // write everything once: the previous writer may have missed some
             self.transitions.clear(); // and read the transitions off the objects again
         } else if !self.lease.held && was_held {
-            tracing::warn!(identity = %me, "lost the status-writer lease; no longer writing");
+            tracing::warn!(identity = %me, "lost the watcher lease; no longer publishing or writing");
         }
         self.lease.held
     }
@@ -176,9 +212,7 @@ impl StatusWriter {
         for (object, status, trace) in pending {
             // A batch that runs (or stalls) past the lease stops: the lease may be another's.
             if self.lease.renewed.is_none_or(|at| at.elapsed() >= self.config.lease_duration) {
-                tracing::warn!(
-                    "the status-writer lease is a lease duration old; stopping this batch until it is renewed"
-                );
+                tracing::warn!("the watcher lease is a lease duration old; stopping this batch until it is renewed");
                 return;
             }
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);

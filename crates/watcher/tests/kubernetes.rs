@@ -179,7 +179,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     let client = client(&api);
     let status = portico_watcher::status::StatusConfig {
         lease_namespace: "portico".into(),
-        lease_name: "portico-status-writer".into(),
+        lease_name: "portico-watcher".into(),
         identity: "watcher-a".into(),
         lease_duration: Duration::from_secs(3),
         max_per_second: 50,
@@ -204,7 +204,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     );
     assert_eq!(first["conditions"][0]["type"], "Valid");
     assert_eq!(first["conditions"][0]["status"], "False");
-    let lease = api.state.lock().unwrap().leases.get("portico/portico-status-writer").cloned().expect("a Lease");
+    let lease = api.state.lock().unwrap().leases.get("portico/portico-watcher").cloned().expect("a Lease");
     assert_eq!(lease["spec"]["holderIdentity"], "watcher-a");
 
     // The secret appears: valid, patched once more.
@@ -293,10 +293,10 @@ impl FakeApi {
         state.resource_version += 1;
         let lease = json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "portico-status-writer", "namespace": "portico", "resourceVersion": state.resource_version.to_string()},
+            "metadata": {"name": "portico-watcher", "namespace": "portico", "resourceVersion": state.resource_version.to_string()},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": 2}
         });
-        state.leases.insert("portico/portico-status-writer".into(), lease);
+        state.leases.insert("portico/portico-watcher".into(), lease);
     }
 }
 
@@ -324,7 +324,7 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     let client = client(&api);
     let status = portico_watcher::status::StatusConfig {
         lease_namespace: "portico".into(),
-        lease_name: "portico-status-writer".into(),
+        lease_name: "portico-watcher".into(),
         identity: "watcher-a".into(),
         lease_duration: Duration::from_secs(2),
         max_per_second: 50,
@@ -333,17 +333,20 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     let buckets: Buckets = ensure_buckets(&async_nats::jetstream::new(connect(&bus).await.unwrap())).await.unwrap();
     let shop_key = "httpproxy.shop.shop";
 
-    // While watcher-b renews, watcher-a writes nothing. Barrier: the status is on the bus
-    // (watcher-a has something to write), and watcher-a has since stepped its lease twice.
-    until_keys_include(&buckets.status, shop_key).await;
+    // While watcher-b renews, watcher-a neither publishes objects nor writes statuses.
+    // Barrier: watcher-a has listed the HTTPProxies and stepped its lease twice since.
+    until("watcher-a's list of HTTPProxies", || !api.lists(PROXIES).is_empty()).await;
     let steps = api.lease_log().len();
     until("two lease steps of the standby", || api.lease_log().len() >= steps + 2).await;
+    assert_eq!(keys(&buckets.objects).await, Vec::<String>::new(), "a standby published objects");
     assert!(api.patches("shop/shop").is_empty(), "a standby wrote a status");
 
-    // watcher-b stops renewing: after the lease duration watcher-a takes over and writes.
+    // watcher-b stops renewing: after the lease duration watcher-a takes over, publishes
+    // the objects, and writes the status the resolver makes of them.
     other.store(false, std::sync::atomic::Ordering::SeqCst);
     until("watcher-a to take over and write", || api.patches("shop/shop").len() == 1).await;
-    let lease = api.state.lock().unwrap().leases["portico/portico-status-writer"].clone();
+    until_keys_include(&buckets.objects, "httpproxy.shop.shop").await;
+    let lease = api.state.lock().unwrap().leases["portico/portico-watcher"].clone();
     assert_eq!(lease["spec"]["holderIdentity"], "watcher-a");
 
     // Fencing. Right after one of watcher-a's renewals, watcher-b takes the Lease behind
@@ -357,26 +360,88 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     until("a renewal by watcher-a", || renewals(&api.lease_log()) > before).await;
     other.store(true, std::sync::atomic::Ordering::SeqCst);
     api.renew_foreign_lease("watcher-b");
-    let (pem, _) = ca_pem();
-    let mut secret = secret("ca", "Opaque");
-    secret.as_object_mut().unwrap().remove("data");
-    secret["stringData"] = json!({"ca.crt": pem});
-    until("the Secret watch", || api.watching(SECRETS) > 0).await;
-    let status_revision = buckets.status.entry(shop_key).await.unwrap().unwrap().revision;
-    api.put(SECRETS, secret, true);
-    // Barrier: the new status is on the bus, then watcher-a has stepped its lease three
-    // more times (a write in the same step as the failed fence would be done by then).
-    for _ in 0..400 {
-        if buckets.status.entry(shop_key).await.unwrap().unwrap().revision > status_revision {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(buckets.status.entry(shop_key).await.unwrap().unwrap().revision > status_revision, "the status changed");
+    // The status changes on the bus (written here as the resolver would: watcher-a, now
+    // standing by, publishes no object change that would make the resolver do it).
+    let entry = buckets.status.entry(shop_key).await.unwrap().unwrap();
+    let (mut status, trace) = portico_bus::open::<portico_model::ObjectStatus>(&entry.value).unwrap();
+    status.problems.clear();
+    buckets.status.put(shop_key, portico_bus::seal(&status, &trace).into()).await.unwrap();
+    // Barrier: watcher-a has stepped its lease three more times (a write in the same step
+    // as the failed fence would be done by then).
     let steps = api.lease_log().len();
     until("three more lease requests of watcher-a", || api.lease_log().len() >= steps + 3).await;
     assert_eq!(api.patches("shop/shop").len(), 1, "a writer whose lease was taken wrote a status");
 
     renewer.abort();
     pipeline.stop().await;
+}
+
+/// A watcher replica alone (no resolver): `run` until stopped.
+struct Replica {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), portico_watcher::service::ServiceError>>,
+}
+
+impl Replica {
+    fn start(bus: &ConnectConfig, api: &FakeApi, identity: &str) -> Replica {
+        let status = portico_watcher::status::StatusConfig {
+            lease_namespace: "portico".into(),
+            lease_name: "portico-watcher".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(2),
+            max_per_second: 50,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(kube_config(bus, Some(status)), client(api), async move {
+            let _ = stopped.await;
+        }));
+        Replica { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.expect("stops").unwrap().unwrap();
+    }
+}
+
+/// How many writes the objects bucket has taken (its stream's last sequence).
+async fn writes(buckets: &Buckets) -> u64 {
+    let mut stream = buckets.objects.stream.clone();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_watcher_replicas_one_publishes_and_the_other_takes_over_when_it_goes() {
+    let nats = NatsServer::start();
+    let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
+    let api = FakeApi::start().await;
+    shop_with_missing_ca(&api);
+    let buckets: Buckets = ensure_buckets(&async_nats::jetstream::new(connect(&bus).await.unwrap())).await.unwrap();
+
+    let a = Replica::start(&bus, &api, "watcher-a");
+    until_keys_include(&buckets.objects, "sync.voyageringress").await;
+    until_keys_include(&buckets.objects, "httpproxy.shop.shop").await;
+    let lease = || api.state.lock().unwrap().leases["portico/portico-watcher"]["spec"]["holderIdentity"].clone();
+    assert_eq!(lease(), "watcher-a");
+    let before = writes(&buckets).await;
+
+    // A second replica: it watches too, and publishes nothing while watcher-a is active.
+    // Barrier: both watch Services, a new Service is published (by watcher-a), and the
+    // replicas have stepped the Lease four more times.
+    let b = Replica::start(&bus, &api, "watcher-b");
+    until("both replicas watching Services", || api.watching(SERVICES) >= 2).await;
+    api.put(SERVICES, service("api", 443), true);
+    until_keys_include(&buckets.objects, "service.shop.api").await;
+    let steps = api.lease_log().len();
+    until("four more lease steps", || api.lease_log().len() >= steps + 4).await;
+    assert_eq!(writes(&buckets).await, before + 1, "one write for the one change: only the active replica publishes");
+    assert_eq!(lease(), "watcher-a");
+
+    // watcher-a goes: once its Lease is a lease duration silent, watcher-b takes over and
+    // publishes what changed since.
+    a.stop().await;
+    api.put(SERVICES, service("late", 443), true);
+    until_keys_include(&buckets.objects, "service.shop.late").await;
+    assert_eq!(lease(), "watcher-b");
+    b.stop().await;
 }
