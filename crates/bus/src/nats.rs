@@ -140,7 +140,7 @@ pub async fn supervise<S, E: std::fmt::Display>(
     let role = if config.user_password.is_some() || config.credentials_file.is_some() { role } else { ALL_BUCKETS };
     let (client, mut reconnects) = connect_watched(config).await?;
     let mut elections = LeaderElections::subscribe(&client, &config.name).await;
-    let js = jetstream::new(client);
+    let js = jetstream::ContextBuilder::new().timeout(JETSTREAM_TIMEOUT).build(client);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -183,6 +183,13 @@ pub async fn supervise<S, E: std::fmt::Display>(
         }
     }
 }
+
+/// How long a session waits for an answer to a JetStream request (and a write's
+/// acknowledgement) before it starts over; async-nats's default is 10 s. On a cluster that
+/// lost a server, requests made before JetStream's metadata leader is elected again get no
+/// answer (that election is announced only to the system account), so this bounds how
+/// long a service stays stuck after one.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where NATS announces that a stream elected a leader: its name is the last token.
 pub const LEADER_ELECTED: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
