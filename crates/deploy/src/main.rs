@@ -286,8 +286,12 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
     } else {
         None
     };
+    let nats = match options.replicas.nats {
+        1 => "nats-server".to_owned(),
+        n => format!("{n} nats-servers as one JetStream cluster (every bucket with {n} replicas)"),
+    };
     eprintln!(
-        "portico: starting nats-server, the five services, HAProxy and Envoy (logs in {}/logs)",
+        "portico: starting {nats}, the five services, HAProxy and Envoy (logs in {}/logs)",
         options.state_dir.display()
     );
     // From here on, Ctrl-C stops everything started so far, at any moment.

@@ -31,6 +31,18 @@ fn up_refuses_a_port_in_use_and_names_the_flag() {
 }
 
 #[test]
+fn up_refuses_a_nats_cluster_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for size in ["0", "6"] {
+        let (code, stderr) = portico(&["up", "--state-dir", state.to_str().unwrap(), "--nats-cluster", size]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("--nats-cluster") && stderr.contains("1..=5"), "{stderr}");
+    }
+    assert!(!state.exists(), "nothing was written or started");
+}
+
+#[test]
 fn up_refuses_a_state_directory_that_cannot_go_into_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("quote\"d");
