@@ -169,6 +169,29 @@ async fn publish(
             published.generation as f64,
         );
     }
+    // Statuses of deleted objects first (and those whose delete failed before): a status
+    // written by this publish then tells a reader that the deletes before it were tried.
+    for gone in &changes.removed_statuses {
+        let key = names::object_key(gone.kind, &gone.namespace, &gone.name);
+        published.statuses.remove(&key);
+        published.undeleted.insert(key);
+    }
+    let keys: Vec<String> = published.undeleted.iter().cloned().collect();
+    for key in keys {
+        match buckets.status.delete(&key).await {
+            Ok(()) => {
+                published.undeleted.remove(&key);
+            }
+            Err(e) => {
+                portico_kit::admin::counter(
+                    "portico_resolver_status_delete_failures_total",
+                    "Statuses of deleted objects whose removal from the bus failed (each is retried with the next change).",
+                    1.0,
+                );
+                tracing::warn!(key, error = %e, "a status of a deleted object could not be removed; retrying with the next change")
+            }
+        }
+    }
     // A new holder has no cache and writes every status once; after that, only the
     // statuses the rebuild changed.
     let candidates: Vec<&ObjectStatus> = if published.statuses.is_empty() {
@@ -188,22 +211,6 @@ async fn publish(
                 reason: e.to_string(),
             })?;
             published.statuses.insert(key, encoded);
-        }
-    }
-    for gone in &changes.removed_statuses {
-        let key = names::object_key(gone.kind, &gone.namespace, &gone.name);
-        published.statuses.remove(&key);
-        published.undeleted.insert(key);
-    }
-    let keys: Vec<String> = published.undeleted.iter().cloned().collect();
-    for key in keys {
-        match buckets.status.delete(&key).await {
-            Ok(()) => {
-                published.undeleted.remove(&key);
-            }
-            Err(e) => {
-                tracing::warn!(key, error = %e, "a status of a deleted object could not be removed; retrying with the next change")
-            }
         }
     }
     Ok(())

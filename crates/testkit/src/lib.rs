@@ -77,6 +77,43 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// A nats-server on a configuration file whose body the test gives (users and
+    /// permissions, say); the listen address and JetStream with its store are added.
+    pub fn start_configured(body: &str) -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+        let store = tempfile::tempdir().expect("a store directory");
+        let config = store.path().join("nats.conf");
+        std::fs::write(&config, configured(port, store.path(), body)).expect("nats.conf");
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/setup.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NatsServer { port, child, _store: store }
+    }
+
+    /// Rewrite the configuration of a `start_configured` server and reload it (SIGHUP):
+    /// permissions change under the clients already connected. The reload takes effect a
+    /// moment later; the test checks for it.
+    pub fn reconfigure(&self, body: &str) {
+        let config = self._store.path().join("nats.conf");
+        std::fs::write(&config, configured(self.port, self._store.path(), body)).expect("nats.conf");
+        let status =
+            std::process::Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().expect("kill(1)");
+        assert!(status.success(), "SIGHUP to nats-server");
+    }
+}
+
+fn configured(port: u16, store: &std::path::Path, body: &str) -> String {
+    format!("listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{body}\n", store.display())
 }
 
 /// Real nats-servers on loopback forming one JetStream cluster (routes between all).
