@@ -1,8 +1,8 @@
 //! `portico nats-credentials`: the Job in `deploy/kubernetes` that gives every service its
 //! own NATS password, and ADS its mutual TLS. It creates the Secret `portico-nats-users`
 //! (one key per service, see `nats_config::kubernetes_password_variable`) with fresh random
-//! passwords, and the Secret `portico-ads-tls` (a fresh CA, renderer-envoy's certificate,
-//! the Envoys' certificate), and leaves existing ones alone, so re-applying the manifests
+//! passwords, and the Secret `portico-ads-tls` (a fresh CA with its key, renderer-envoy's
+//! certificate), and leaves existing ones alone, so re-applying the manifests
 //! never changes the credentials of running pods. It may only create Secrets (RBAC), never
 //! read them: an existing Secret shows as a conflict.
 
@@ -65,12 +65,12 @@ fn opaque_secret(namespace: &str, name: &str, data: BTreeMap<String, String>) ->
 /// Envoy connects to and checks).
 pub const ADS_SERVER_NAME: &str = "portico-renderer-envoy";
 
-/// The identity of the Envoy pods' shared client certificate: each pod's node id is
-/// `<pod name>.envoy.portico` (deploy/kubernetes/envoy.yaml), one label under it.
-pub const ENVOY_IDENTITY: &str = "*.envoy.portico";
-
-/// The Secret with ADS's mutual TLS: a fresh CA (`ca.crt`), renderer-envoy's certificate
-/// and key (`server.crt`, `server.key`), and the Envoys' (`envoy.crt`, `envoy.key`).
+/// The Secret with ADS's mutual TLS: a fresh CA (`ca.crt`, and `ca.key`, with which the
+/// watcher signs each Envoy pod's own client certificate, see
+/// `portico_watcher::envoy_identity`), and renderer-envoy's certificate and key
+/// (`server.crt`, `server.key`). Pods mount only the items they need: renderer-envoy
+/// `ca.crt` and its pair, Envoy pods `ca.crt`; no pod but the watcher can read the rest
+/// (only it has an API token that may get this Secret).
 pub fn ads_tls_secret(namespace: &str, name: &str) -> Secret {
     let ca = crate::demo::TestCa::new("Portico ADS CA");
     let server = ca.server(&[
@@ -78,13 +78,11 @@ pub fn ads_tls_secret(namespace: &str, name: &str) -> Secret {
         &format!("{ADS_SERVER_NAME}.{namespace}.svc"),
         &format!("{ADS_SERVER_NAME}.{namespace}.svc.cluster.local"),
     ]);
-    let envoy = ca.client_named(ENVOY_IDENTITY);
     let data = BTreeMap::from([
         ("ca.crt".to_owned(), ca.pem.clone()),
+        ("ca.key".to_owned(), ca.key_pem()),
         ("server.crt".to_owned(), server.cert_pem),
         ("server.key".to_owned(), server.key_pem),
-        ("envoy.crt".to_owned(), envoy.cert_pem),
-        ("envoy.key".to_owned(), envoy.key_pem),
     ]);
     opaque_secret(namespace, name, data)
 }

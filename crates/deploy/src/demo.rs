@@ -30,6 +30,12 @@ impl TestCa {
         TestCa { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
     }
 
+    /// The CA's private key, in PEM (the Kubernetes ADS CA keeps it for the watcher, which
+    /// signs the Envoy pods' certificates).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// A server certificate for these DNS names.
     pub fn server(&self, names: &[&str]) -> Issued {
         let mut params =

@@ -131,6 +131,21 @@ enum Command {
         #[arg(long, env = "PORTICO_ADS_SECRET", default_value = "portico-ads-tls")]
         ads_secret: String,
     },
+    /// In Kubernetes (the Envoy pods' init container in deploy/kubernetes/envoy.yaml): make
+    /// this pod's ADS client key, ask for a certificate naming `<pod>.envoy.portico` (a
+    /// CertificateSigningRequest of signer portico.dev/envoy-ads, which the watcher judges
+    /// and signs), and write DIR/envoy.key and DIR/envoy.crt once it is issued.
+    EnvoyCertificate {
+        /// Where to write envoy.key and envoy.crt (an emptyDir Envoy mounts).
+        #[arg(long)]
+        dir: PathBuf,
+        /// This pod's name (the downward API's metadata.name).
+        #[arg(long, env = "POD_NAME")]
+        pod: String,
+        /// How long to wait for the certificate.
+        #[arg(long, default_value_t = 300)]
+        wait_seconds: u64,
+    },
     /// Time secrets validation and resolution on a generated cluster (DESIGN.md targets).
     /// Build with --release for meaningful figures.
     Bench {
@@ -257,6 +272,30 @@ fn main() -> ExitCode {
                 }
                 Ok(Outcome::Kept) => {
                     println!("Secret {namespace}/{ads_secret} exists; kept it (delete it and restart renderer-envoy and Envoy to make new certificates)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::EnvoyCertificate { dir, pod, wait_seconds } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            let wait = std::time::Duration::from_secs(wait_seconds);
+            let requested = runtime.block_on(async {
+                let client = kube::Client::try_default().await.map_err(|e| e.to_string())?;
+                portico_watcher::envoy_identity::request_certificate(client, &pod, &dir, wait)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match requested {
+                Ok(()) => {
+                    println!(
+                        "wrote {}/envoy.crt and envoy.key for {}",
+                        dir.display(),
+                        portico_watcher::envoy_identity::node_of(&pod)
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -171,6 +171,7 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
     // The Job that makes the NATS passwords may create Secrets in Portico's namespace (a
     // Role, not a ClusterRole), nothing else: it cannot read them.
     const CREDENTIALS: &str = "portico-nats-credentials";
+    const ENVOY: &str = "portico-envoy";
     let documents = documents();
     for (file, value) in &documents {
         if let Some(kind @ ("ClusterRoleBinding" | "RoleBinding")) = value["kind"].as_str() {
@@ -179,8 +180,14 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
                 && value["metadata"]["name"] == CREDENTIALS
                 && value["roleRef"]["name"] == CREDENTIALS
                 && subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == CREDENTIALS);
+            // The Envoy pods' account: bound to the role that only asks for certificates.
+            let envoy = kind == "ClusterRoleBinding"
+                && value["roleRef"]["name"] == ENVOY
+                && subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == ENVOY);
             assert!(
-                credentials || subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == "portico-watcher"),
+                credentials
+                    || envoy
+                    || subjects.iter().all(|s| s["kind"] == "ServiceAccount" && s["name"] == "portico-watcher"),
                 "{file}: a {kind} for someone other than the watcher: {subjects:?}"
             );
         }
@@ -192,8 +199,17 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
                     assert_eq!(kind, "Role", "{file}: the Job's rights end at Portico's namespace");
                     assert_eq!(rule["resources"], serde_json::json!(["secrets"]), "{file}: {rule}");
                     assert_eq!(verbs, ["create"], "{file}: the Job creates the Secret and cannot read one");
+                } else if value["metadata"]["name"] == ENVOY {
+                    assert_eq!(rule["resources"], serde_json::json!(["certificatesigningrequests"]), "{file}: {rule}");
+                    assert_eq!(verbs, ["create", "get"], "{file}: an Envoy pod may only ask for its certificate");
                 } else if rule["resources"].as_array().unwrap().iter().any(|r| r == "secrets") {
-                    assert_eq!(verbs, ["list", "watch"], "{file}: Secrets are listed and watched, nothing more");
+                    if rule["resourceNames"].is_null() {
+                        assert_eq!(verbs, ["list", "watch"], "{file}: Secrets are listed and watched, nothing more");
+                    } else {
+                        assert_eq!(kind, "Role", "{file}: {rule}");
+                        assert_eq!(rule["resourceNames"], serde_json::json!(["portico-ads-tls"]), "{file}: {rule}");
+                        assert_eq!(verbs, ["get"], "{file}: the one Secret read whole is the ADS CA, to sign with");
+                    }
                 }
             }
         }
@@ -205,11 +221,20 @@ fn only_the_watcher_has_an_api_token_and_only_it_can_read_secrets() {
             assert_eq!(account, "portico-watcher", "{file}");
         } else if name == CREDENTIALS {
             assert_eq!(account, CREDENTIALS, "{file}");
+        } else if name == "portico-envoy" {
+            // Envoy runs without a token; its init container alone mounts one.
+            assert_eq!((account, automount), (ENVOY, Some(false)), "{file}");
+            let token = |c: &k8s_openapi::api::core::v1::Container| {
+                c.volume_mounts.iter().flatten().any(|m| m.mount_path.starts_with("/var/run/secrets/kubernetes.io"))
+            };
+            assert!(spec.containers.iter().all(|c| !token(c)), "{file}: Envoy mounts no token");
+            let init = spec.init_containers.clone().unwrap_or_default();
+            assert!(init.len() == 1 && token(&init[0]), "{file}: the init container asks for the certificate");
         } else {
             let token_free = automount == Some(false) || account == "portico-service";
             assert!(token_free, "{file}: {name} must run without an API token");
         }
-        for c in spec.containers {
+        for c in spec.containers.into_iter().chain(spec.init_containers.unwrap_or_default()) {
             let sc = c.security_context.unwrap_or_else(|| panic!("{file}: {} has no securityContext", c.name));
             assert_eq!(sc.allow_privilege_escalation, Some(false), "{file}: {}", c.name);
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{file}: {}", c.name);
@@ -280,7 +305,7 @@ fn every_flag_and_variable_given_to_a_portico_binary_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 6, "the five services and the credentials Job run from the portico image");
+    assert_eq!(checked, 7, "the five services, the credentials Job and the Envoy pods' init container run from the portico image");
 
     let compose: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/compose.yaml")).unwrap()).unwrap();
@@ -341,10 +366,17 @@ fn the_envoy_bootstraps_pass_envoys_own_validation() {
     for (key, value) in secret.string_data.unwrap() {
         std::fs::write(ads.join(key), value).unwrap();
     }
+    // And a pod's own certificate, as its init container writes it.
+    let pod = portico_deploy::demo::TestCa::new("test").client_named("envoy-1.envoy.portico");
+    std::fs::write(ads.join("envoy.crt"), pod.cert_pem).unwrap();
+    std::fs::write(ads.join("envoy.key"), pod.key_pem).unwrap();
     let text = configmap["data"]["bootstrap.yaml"].as_str().unwrap();
     assert!(text.contains("/etc/envoy/ads/envoy.crt"), "the bootstrap names the mounted client certificate");
     let kubernetes = dir.path().join("kubernetes.yaml");
-    std::fs::write(&kubernetes, text.replace("/etc/envoy/ads/", &format!("{}/", ads.display()))).unwrap();
+    let local = text
+        .replace("/etc/envoy/ads/", &format!("{}/", ads.display()))
+        .replace("/etc/envoy/ads-ca/", &format!("{}/", ads.display()));
+    std::fs::write(&kubernetes, local).unwrap();
     for bootstrap in [kubernetes, repo().join("deploy/compose/envoy-bootstrap.yaml")] {
         let out = std::process::Command::new("envoy")
             .args(["--mode", "validate", "--service-node", "test", "-c"])

@@ -131,7 +131,8 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     let second = seen[2].2["stringData"].as_object().unwrap();
     assert_ne!(second.values().next(), data.values().next(), "fresh passwords at every attempt");
 
-    // ADS's mutual TLS: a CA, renderer-envoy's certificate and key, the Envoys'.
+    // ADS's mutual TLS: a CA with its key (the watcher signs each Envoy pod's certificate),
+    // renderer-envoy's certificate and key; no shared Envoy certificate.
     let ads = &seen[1].2;
     assert_eq!(ads["metadata"]["name"], "portico-ads-tls");
     for created in [&seen[0].2, ads] {
@@ -139,7 +140,7 @@ fn the_job_creates_the_secret_once_and_never_reads_it() {
     }
     let files = ads["stringData"].as_object().expect("stringData");
     let keys: Vec<&str> = files.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["ca.crt", "envoy.crt", "envoy.key", "server.crt", "server.key"]);
+    assert_eq!(keys, ["ca.crt", "ca.key", "server.crt", "server.key"]);
     for (name, value) in files {
         let pem = value.as_str().unwrap();
         let header = if name.ends_with(".key") { "-----BEGIN PRIVATE KEY-----" } else { "-----BEGIN CERTIFICATE-----" };

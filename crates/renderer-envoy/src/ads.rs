@@ -155,17 +155,12 @@ fn identities<T>(ads: &Ads, request: &Request<T>) -> Result<Option<Vec<String>>,
     Ok(Some(certificate_identities(leaf.as_ref())))
 }
 
-/// Whether a certificate's DNS name `name` names node `node`: equal, or a wildcard
-/// `*.<suffix>` and the node one label under it (one certificate for the pods of a
-/// Deployment, each with its own node id).
+/// Whether a certificate's DNS name `name` names node `node`: only when equal. A wildcard
+/// names no node: a certificate shared by several Envoys would let any of them claim
+/// another's node id (and its SDS secrets). Kubernetes gives each Envoy pod its own
+/// (`portico_watcher::envoy_identity`).
 pub fn names_node(name: &str, node: &str) -> bool {
-    match name.strip_prefix("*.") {
-        Some(suffix) => node
-            .strip_suffix(suffix)
-            .and_then(|n| n.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-        None => name == node,
-    }
+    !name.starts_with('*') && name == node
 }
 
 fn refused(why: &str) -> Status {
@@ -696,14 +691,12 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_names_its_node_or_one_label_under_its_wildcard() {
+    fn a_certificate_names_only_its_own_node_and_a_wildcard_none() {
         assert!(names_node("portico-local", "portico-local"));
         assert!(!names_node("portico-local", "portico-other"));
-        assert!(names_node("*.envoy.portico", "envoy-7d9f-x2.envoy.portico"));
-        assert!(!names_node("*.envoy.portico", "a.b.envoy.portico"), "one label only");
-        assert!(!names_node("*.envoy.portico", "envoy.portico"));
-        assert!(!names_node("*.envoy.portico", "xenvoy.portico"));
-        assert!(!names_node("*.envoy.portico", ".envoy.portico"));
+        assert!(names_node("envoy-7d9f-x2.envoy.portico", "envoy-7d9f-x2.envoy.portico"));
+        assert!(!names_node("*.envoy.portico", "envoy-7d9f-x2.envoy.portico"), "a shared certificate names no node");
+        assert!(!names_node("*.envoy.portico", "*.envoy.portico"));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct KubeConfig {
     pub max_delay: Duration,
     /// Status write-back (`None`: statuses stay on the bus only).
     pub status: Option<crate::status::StatusConfig>,
+    /// Sign the Envoy pods' ADS certificates (`envoy_identity`), in the active replica.
+    pub envoy_signer: Option<crate::envoy_identity::SignerConfig>,
 }
 
 /// One watcher: a kind, a namespace (or all) and a field selector.
@@ -380,6 +382,11 @@ pub async fn run(
     let bus = config.bus.clone();
     let writer = config.status.clone().map(|status| crate::status::StatusWriter::new(client.clone(), status));
     let gate = writer.as_ref().map(crate::status::StatusWriter::active);
+    let signer = config.envoy_signer.clone().map(|signer| {
+        let gate = gate.clone();
+        let client = client.clone();
+        async move { crate::envoy_identity::run_signer(client, signer, gate).await }
+    });
     let mut session = Session { config, streams, world, changed, state: State::default(), gate };
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let objects = portico_bus::nats::supervise(
@@ -401,8 +408,15 @@ pub async fn run(
         }
         Ok::<(), ServiceError>(())
     };
+    let signer = async {
+        match signer {
+            Some(signer) => signer.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = work => result?,
+        () = signer => unreachable!("the signer runs until dropped"),
         error = first_ended(&mut tasks) => {
             portico_kit::admin::set_ready(false);
             tracing::error!(error = %error, "a Kubernetes watch is gone");

@@ -8,6 +8,8 @@ pub mod manifests;
 
 pub use manifests::{decode_str, load, DecodeProblem, Decoded, LoadError, Location, Skipped};
 
+#[cfg(feature = "envoy-identity")]
+pub mod envoy_identity;
 #[cfg(feature = "service")]
 pub mod kubernetes;
 #[cfg(feature = "service")]

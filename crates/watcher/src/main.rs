@@ -36,6 +36,13 @@ struct Args {
     /// With --kubernetes: the namespace of the status writers' Lease (one replica writes).
     #[arg(long, env = "PORTICO_LEASE_NAMESPACE", default_value = "portico")]
     lease_namespace: String,
+    /// With --kubernetes: sign the Envoy pods' ADS client certificates (signer
+    /// portico.dev/envoy-ads) with the CA in this Secret (`ca.crt`, `ca.key`) of the Lease's
+    /// namespace, for pods of the service account --envoy-service-account there.
+    #[arg(long, env = "PORTICO_ENVOY_SIGNER_CA_SECRET", requires = "kubernetes")]
+    envoy_signer_ca_secret: Option<String>,
+    #[arg(long, env = "PORTICO_ENVOY_SERVICE_ACCOUNT", default_value = "portico-envoy")]
+    envoy_service_account: String,
     /// This replica's name in the Lease (default: host name and process id).
     #[arg(long, env = "PORTICO_INSTANCE")]
     instance: Option<String>,
@@ -64,6 +71,13 @@ fn main() -> ExitCode {
             namespaces: args.namespaces,
             holdoff: Duration::from_millis(100),
             max_delay: Duration::from_millis(500),
+            envoy_signer: args.envoy_signer_ca_secret.map(|ca_secret| portico_watcher::envoy_identity::SignerConfig {
+                namespace: args.lease_namespace.clone(),
+                service_account: args.envoy_service_account,
+                ca_secret,
+                validity: Duration::from_secs(365 * 86_400),
+                every: Duration::from_secs(2),
+            }),
             status: (!args.no_status).then(|| StatusConfig {
                 lease_namespace: args.lease_namespace,
                 lease_name: "portico-watcher".into(),

@@ -51,6 +51,11 @@ pub struct ApiState {
     pub lease_log: Vec<(String, Option<String>, u16)>,
     /// Collections whose lists and watches are refused (403), as RBAC would.
     pub forbidden: std::collections::BTreeSet<String>,
+    /// CertificateSigningRequests by name.
+    pub csrs: BTreeMap<String, Value>,
+    /// Who makes the next CertificateSigningRequest, as the API server records it from the
+    /// requester's token: the username and the pod name of a bound token.
+    pub requester: (String, Vec<String>),
 }
 
 pub fn query_param(query: &str, name: &str) -> Option<String> {
@@ -105,6 +110,13 @@ pub struct FakeApi {
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+pub fn not_found() -> hyper::Response<Body> {
+    full(
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
+    )
+}
+
 pub fn full(status: u16, value: &Value) -> hyper::Response<Body> {
     hyper::Response::builder()
         .status(status)
@@ -146,6 +158,19 @@ impl FakeApi {
         let query = req.uri.query().unwrap_or_default().to_owned();
         if let Some(rest) = path.strip_prefix("apis/coordination.k8s.io/v1/namespaces/") {
             return self.lease(&req.method, rest, &body);
+        }
+        if let Some(rest) = path.strip_prefix("apis/certificates.k8s.io/v1/certificatesigningrequests") {
+            return self.csr(&req.method, rest.trim_start_matches('/'), &query, &body);
+        }
+        if let Some(rest) = path.strip_prefix("api/v1/namespaces/") {
+            // GET of one Secret: .../<ns>/secrets/<name>
+            if let [ns, "secrets", name] = rest.split('/').collect::<Vec<_>>().as_slice() {
+                let state = self.state.lock().unwrap();
+                return match state.objects.get(SECRETS).and_then(|m| m.get(&format!("{ns}/{name}"))) {
+                    Some(secret) => full(200, secret),
+                    None => not_found(),
+                };
+            }
         }
         if req.method == hyper::Method::PATCH && path.ends_with("/status") {
             return self.patch_status(&path, &body);
@@ -221,6 +246,60 @@ impl FakeApi {
                 404,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
             ),
+        }
+    }
+
+    /// CertificateSigningRequests: create (stamped with `requester`, as the API server does),
+    /// list (by signerName), get, and merge patches of `approval` and `status`.
+    pub fn csr(&self, method: &hyper::Method, rest: &str, query: &str, body: &[u8]) -> hyper::Response<Body> {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", []) => {
+                let mut csr: Value = serde_json::from_slice(body).unwrap();
+                let name = csr["metadata"]["name"].as_str().unwrap().to_owned();
+                let (username, pods) = state.requester.clone();
+                csr["spec"]["username"] = json!(username);
+                csr["spec"]["extra"] = json!({"authentication.kubernetes.io/pod-name": pods});
+                csr["metadata"]["resourceVersion"] = json!(rv);
+                csr["apiVersion"] = json!("certificates.k8s.io/v1");
+                csr["kind"] = json!("CertificateSigningRequest");
+                state.csrs.insert(name, csr.clone());
+                full(201, &csr)
+            }
+            ("GET", []) => {
+                let signer = query_param(query, "fieldSelector")
+                    .and_then(|f| f.strip_prefix("spec.signerName=").map(str::to_owned));
+                let items: Vec<Value> = state
+                    .csrs
+                    .values()
+                    .filter(|c| signer.as_ref().is_none_or(|s| c["spec"]["signerName"] == s.as_str()))
+                    .cloned()
+                    .collect();
+                full(
+                    200,
+                    &json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequestList", "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
+            ("GET", [name]) => match state.csrs.get(*name) {
+                Some(csr) => full(200, csr),
+                None => not_found(),
+            },
+            ("PATCH", [name, "approval" | "status"]) => {
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let Some(csr) = state.csrs.get_mut(*name) else { return not_found() };
+                if !csr["status"].is_object() {
+                    csr["status"] = json!({});
+                }
+                for (key, value) in patch["status"].as_object().cloned().unwrap_or_default() {
+                    csr["status"][key] = value;
+                }
+                csr["metadata"]["resourceVersion"] = json!(rv);
+                full(200, &csr.clone())
+            }
+            _ => not_found(),
         }
     }
 
@@ -450,6 +529,7 @@ pub fn kube_config(
         holdoff: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
         status,
+        envoy_signer: None,
     }
 }
 
