@@ -305,7 +305,10 @@ fn every_flag_and_variable_given_to_a_portico_binary_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7, "the five services, the credentials Job and the Envoy pods' init container run from the portico image");
+    assert_eq!(
+        checked, 7,
+        "the five services, the credentials Job and the Envoy pods' init container run from the portico image"
+    );
 
     let compose: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo().join("deploy/compose.yaml")).unwrap()).unwrap();

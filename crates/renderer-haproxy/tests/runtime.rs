@@ -3,7 +3,7 @@
 //! on disk are what runs (a restart on them serves the same), and a command HAProxy refuses
 //! is followed by a checked reload that brings it to the files.
 
-use portico_renderer_haproxy::apply::{current_base, write_files, Applied, Haproxy, Started};
+use portico_renderer_haproxy::apply::{current_base, write_files, Applied, ApplyError, Haproxy, Started};
 use portico_renderer_haproxy::{render, render_over, runtime, Options, Rendered};
 use portico_resolver::Config;
 use portico_testkit::{http_get, pipeline_yaml};
@@ -165,4 +165,59 @@ fn endpoints_beyond_the_slots_or_a_new_backend_need_a_reload() {
     assert!(runtime::commands(&five.runtime, &two.runtime).is_some());
     let other = rendering(work, 80, &yaml(3, "api"), Some(&three.runtime));
     assert_eq!(runtime::commands(&three.runtime, &other.runtime), None, "another backend");
+}
+
+/// A rollback that cannot be done is said, not ignored. HAProxy refuses a runtime command,
+/// the checked reload of the new files is refused too (their haproxy.cfg is broken), and
+/// switching back to the running generation fails: the link's temporary name is taken by
+/// a directory, so creating the link there fails as any write can. The error says that the
+/// files on disk are not what runs, HAProxy still serves the previous generation, and once
+/// the way is clear a checked reload of the next change repairs both.
+#[test]
+fn a_rollback_that_fails_is_reported_and_the_next_reload_repairs_it() {
+    let one = backend("one");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path().canonicalize().unwrap();
+    let first = rendering(&work, port, &world("/one", one, None), None);
+    let gen1 = work.join("gen-1-1-1");
+    write_files(&gen1, &first.files).unwrap();
+    let mut haproxy = Haproxy::start("haproxy", &work, &gen1, &work.join("haproxy.log")).unwrap();
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()));
+
+    // The next generation, whose configuration HAProxy refuses.
+    let second = rendering(&work, port, &world("/two", one, None), Some(&first.runtime));
+    let gen2 = work.join("gen-1-2-2");
+    write_files(&gen2, &second.files).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(gen2.join("haproxy.cfg"))
+        .unwrap()
+        .write_all(b"\nthis is not haproxy configuration\n")
+        .unwrap();
+    // The link already names it (the switch that starts an update), and the name the link
+    // back would be made under is taken.
+    let link = current_base(&work);
+    let tmp = work.join("switched");
+    std::os::unix::fs::symlink(&gen2, &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    let blocker = link.with_extension("next");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+
+    let refused = vec!["del map /nonexistent/portico.map key".to_owned()];
+    let error = haproxy.update(&gen2, Some(&refused)).unwrap_err();
+    assert!(matches!(error, ApplyError::RollbackFailed { .. }), "{error}");
+    let said = error.to_string();
+    assert!(said.contains("a restart of HAProxy now would read the refused one"), "{said}");
+    assert!(said.contains("unknown keyword 'this'"), "the refusal itself is named: {said}");
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()), "HAProxy runs the first");
+
+    // The way is clear again: the next change, by a checked reload, serves and is on disk.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let third = rendering(&work, port, &world("/three", one, None), None);
+    let gen3 = work.join("gen-1-3-3");
+    write_files(&gen3, &third.files).unwrap();
+    haproxy.apply(&gen3).unwrap();
+    assert_eq!(http_get(port, "a.test", "/three/x").unwrap(), (200, "one".to_owned()));
+    assert_eq!(std::fs::read_link(&link).unwrap(), gen3);
 }
