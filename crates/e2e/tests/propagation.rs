@@ -107,6 +107,114 @@ spec:
     )
 }
 
+/// A Service `name` whose one endpoint is the demo's web backend (TLS, a certificate for
+/// web.demo.svc from the demo CA), with `annotations`, and an HTTPProxy `name`.example.com
+/// to it with `validation` (YAML flow, or empty).
+fn site(name: &str, web_port: u16, annotations: &str, validation: &str) -> String {
+    let validation = if validation.is_empty() { String::new() } else { format!(", validation: {validation}") };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo, annotations: {{{annotations}}}}}
+spec: {{ports: [{{port: 8443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {web_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: {name}.example.com}}
+  routes:
+  - services: [{{name: {name}, port: 8443{validation}}}]
+"
+    )
+}
+
+const TLS: &str = "projectcontour.io/upstream-protocol.tls: \"8443\"";
+
+/// The kinds of change timed besides a route's prefix and an endpoint: each flips a site
+/// between serving (200) and refusing (not 200), so that each proxy's answer shows which
+/// state it runs. `(what, file, host, the file's contents in each state)`.
+fn flip_kinds(
+    web_port: u16,
+    demo_ca: &str,
+    other_ca: &str,
+) -> Vec<(&'static str, &'static str, &'static str, [String; 2])> {
+    let secret = |ns: &str, name: &str, pem: &str| {
+        let pem: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{pem}")
+    };
+    let validated = |name: &str, ca: &str, subject: &str| {
+        site(name, web_port, TLS, &format!("{{caSecret: {ca}, subjectName: {subject}}}"))
+    };
+    let delegation = "apiVersion: projectcontour.io/v1
+kind: TLSCertificateDelegation
+metadata: {name: to-demo, namespace: bench-ca}
+spec:
+  delegations: [{secretName: ca, targetNamespaces: [demo]}]
+";
+    let delegated = |on: bool| {
+        let mut out =
+            format!("{}---\n{}", secret("bench-ca", "ca", demo_ca), validated("deleg", "bench-ca/ca", "web.demo.svc"));
+        if on {
+            out.push_str("---\n");
+            out.push_str(delegation);
+        }
+        out
+    };
+    vec![
+        (
+            "a Service's TLS annotation (on / off)",
+            "flip-annotation.yaml",
+            "annot.example.com",
+            [site("annot", web_port, TLS, ""), site("annot", web_port, "", "")],
+        ),
+        (
+            "a CA secret rotated (the right CA / another)",
+            "flip-ca.yaml",
+            "rot.example.com",
+            [
+                format!("{}---\n{}", secret("demo", "rot-ca", demo_ca), validated("rot", "rot-ca", "web.demo.svc")),
+                format!("{}---\n{}", secret("demo", "rot-ca", other_ca), validated("rot", "rot-ca", "web.demo.svc")),
+            ],
+        ),
+        (
+            "a subject name (the backend's / another)",
+            "flip-subject.yaml",
+            "subj.example.com",
+            [validated("subj", "demo-ca", "web.demo.svc"), validated("subj", "demo-ca", "other.demo.svc")],
+        ),
+        (
+            "a TLSCertificateDelegation (added / removed)",
+            "flip-delegation.yaml",
+            "deleg.example.com",
+            [delegated(true), delegated(false)],
+        ),
+    ]
+}
+
+/// Wait until `via` shows `serving` (200) or not (any other answer) for `host`.
+fn until_state(stack: &LocalStack, via: Via, host: &str, serving: bool) -> Duration {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        match stack.get(via, host, "/") {
+            Ok((200, _)) if serving => return started.elapsed(),
+            Ok((status, _)) if !serving && status != 200 => return started.elapsed(),
+            Ok((status, _)) => last = status.to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{via:?} never {} {host} (last: {last})\n{}", if serving { "served" } else { "refused" }, stack.logs())
+}
+
 /// Wait until `via` answers from the backend `name` (each demo backend says its name).
 fn until_backend(stack: &LocalStack, via: Via, host: &str, name: &str) -> Duration {
     let started = Instant::now();
@@ -173,6 +281,13 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
+/// How many reloads renderer-haproxy has logged (a first start is one).
+fn haproxy_reloads(stack: &LocalStack) -> usize {
+    let log =
+        std::fs::read_to_string(stack.stack.options.state_dir.join("logs/renderer-haproxy.log")).unwrap_or_default();
+    log.lines().filter(|l| l.contains(" applied generation=") && l.contains("how=Reload")).count()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -182,6 +297,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn propagation_and_memory_at_ten_thousand_routes() {
     let routes: usize = std::env::var("PORTICO_BENCH_ROUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let changes = 20;
+    // Endpoint moves: HAProxy must take every one through its runtime API (0 reloads).
+    let endpoint_changes = 100;
+    // Each of the other kinds of change, flipped this many times.
+    let flips = 10;
     // The world goes in after the stack is up, as a second file: the start-up wait stays short.
     let stack = LocalStack::start(&[("change.yaml", &change(0))]);
     stack.write("churn.yaml", &churn(stack.demo.payments.port));
@@ -206,6 +325,10 @@ fn propagation_and_memory_at_ten_thousand_routes() {
 
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut churned: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let other_ca = portico_deploy::demo::TestCa::new("another CA").pem;
+    let kinds = flip_kinds(stack.demo.web.port, &stack.demo.demo_ca_pem, &other_ca);
+    let mut flipped: Vec<(&str, [Vec<Duration>; 2])> = Vec::new();
+    let (mut reloads_before_churn, mut reloads_during_churn) = (0, 0);
     // Requests to an unchanged route through both proxies for as long as the changes below
     // are made: none may fail.
     let stop_loop = std::sync::atomic::AtomicBool::new(false);
@@ -231,7 +354,8 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         }
         // Endpoint churn: the one endpoint of `churn` moves between two backends, and each
         // proxy is timed until the other one answers.
-        for n in 1..=changes {
+        reloads_before_churn = haproxy_reloads(&stack);
+        for n in 1..=endpoint_changes {
             let (port, name) =
                 if n % 2 == 1 { (stack.demo.web.port, "web") } else { (stack.demo.payments.port, "payments") };
             stack.write("churn.yaml", &churn(port));
@@ -242,6 +366,25 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             });
             churned[0].push(took[0]);
             churned[1].push(took[1]);
+        }
+        reloads_during_churn = haproxy_reloads(&stack) - reloads_before_churn;
+        // The other kinds of change, each flipping a site of its own.
+        for (what, file, host, states) in &kinds {
+            stack.write(file, &states[0]);
+            stack.until_both(host, "/", 200);
+            let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+            for n in 1..=flips {
+                let serving = n % 2 == 0;
+                stack.write(file, &states[usize::from(!serving)]);
+                let took = std::thread::scope(|s| {
+                    let h = s.spawn(|| until_state(&stack, Via::Haproxy, host, serving));
+                    let e = s.spawn(|| until_state(&stack, Via::Envoy, host, serving));
+                    [h.join().expect("haproxy wait"), e.join().expect("envoy wait")]
+                });
+                times[0].push(took[0]);
+                times[1].push(took[1]);
+            }
+            flipped.push((*what, times));
         }
         stop_loop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
@@ -282,10 +425,14 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         store_after as f64 / 1_048_576.0,
         more
     );
-    for (what, times) in
-        [("one-object change (a route's prefix)", times), ("endpoint change (an EndpointSlice)", churned)]
-    {
-        let _ = writeln!(report, "{what} at {routes} routes, file write → proxy serving it ({changes} changes):");
+    let mut timed = vec![
+        ("one-object change (a route's prefix)", times),
+        ("endpoint change (an EndpointSlice's address)", churned),
+    ];
+    timed.extend(flipped);
+    for (what, times) in timed {
+        let _ =
+            writeln!(report, "{what} at {routes} routes, file write → proxy showing it ({} changes):", times[0].len());
         for (name, mut t) in ["HAProxy", "Envoy"].into_iter().zip(times) {
             t.sort();
             let _ = writeln!(
@@ -308,6 +455,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         how("Reload "),
         how("ReloadAfterDrift")
     );
+    let _ = writeln!(report, "HAProxy reloads during the {endpoint_changes} endpoint changes: {reloads_during_churn}");
     for line in applied.iter().rev().take(3).rev() {
         let _ = writeln!(report, "  {}", line.split_once("applied ").map_or(*line, |(_, l)| l));
     }
@@ -339,8 +487,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         }
     }
     let (sent, failed) = (sent.into_inner(), failed.into_inner());
-    let _ =
-        writeln!(report, "requests to an unchanged route during the 40 timed changes: {sent} sent, {failed} failed");
+    let _ = writeln!(report, "requests to an unchanged route during the timed changes: {sent} sent, {failed} failed");
     let _ = writeln!(report, "idle CPU over {} s (% of one core):", idle.as_secs());
     for (part, percent) in &idle_cpu {
         let _ = writeln!(report, "  {:<18} {percent:>5.2} %", part.name());
