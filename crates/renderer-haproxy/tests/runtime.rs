@@ -67,6 +67,16 @@ spec:
     )
 }
 
+/// HAProxy started on the first generation (route `/one` to the backend `one`), serving it.
+fn started(work: &Path, port: u16, one: u16) -> (Rendered, Haproxy) {
+    let first = rendering(work, port, &world("/one", one, None), None);
+    let gen1 = work.join("gen-1-1-1");
+    write_files(&gen1, &first.files).unwrap();
+    let haproxy = Haproxy::start("haproxy", work, &gen1, &work.join("haproxy.log")).unwrap();
+    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()));
+    (first, haproxy)
+}
+
 fn rendering(work: &Path, port: u16, yaml: &str, running: Option<&portico_renderer_haproxy::Runtime>) -> Rendered {
     let (model, trust) = pipeline_yaml(yaml, &Config { http_port: port, ..Config::default() });
     let options = Options {
@@ -87,11 +97,7 @@ fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs
     let work = tempfile::tempdir().unwrap();
     let work = work.path().canonicalize().unwrap();
 
-    let first = rendering(&work, port, &world("/one", one, None), None);
-    let gen1 = work.join("gen-1-1-1");
-    write_files(&gen1, &first.files).unwrap();
-    let mut haproxy = Haproxy::start("haproxy", &work, &gen1, &work.join("haproxy.log")).unwrap();
-    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()));
+    let (first, mut haproxy) = started(&work, port, one);
     let reloads = haproxy.reloads().unwrap();
 
     // The route's prefix and the endpoint's port change, and a Host rewrite appears.
@@ -179,11 +185,7 @@ fn a_rollback_that_fails_is_reported_and_the_next_reload_repairs_it() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let work = tempfile::tempdir().unwrap();
     let work = work.path().canonicalize().unwrap();
-    let first = rendering(&work, port, &world("/one", one, None), None);
-    let gen1 = work.join("gen-1-1-1");
-    write_files(&gen1, &first.files).unwrap();
-    let mut haproxy = Haproxy::start("haproxy", &work, &gen1, &work.join("haproxy.log")).unwrap();
-    assert_eq!(http_get(port, "a.test", "/one/x").unwrap(), (200, "one".to_owned()));
+    let (first, mut haproxy) = started(&work, port, one);
 
     // The next generation, whose configuration HAProxy refuses.
     let second = rendering(&work, port, &world("/two", one, None), Some(&first.runtime));

@@ -8,7 +8,7 @@ use portico_bus::{open, LeaseRecord, ModelRecord};
 use portico_model::{ContourStatus, ObjectStatus};
 use portico_resolver::service::{run, ServiceConfig};
 use portico_resolver::Config;
-use portico_testkit::{repo, NatsServer};
+use portico_testkit::{eventually, repo, NatsServer};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -64,20 +64,6 @@ fn resolver_log() -> &'static std::sync::Mutex<Vec<(String, String)>> {
 
 fn logged(message: &str, instance: &str) -> bool {
     resolver_log().lock().unwrap().iter().any(|(m, i)| m == message && i == instance)
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use portico_bus::nats::{connect, ensure_buckets, Buckets, ConnectConfig};
 use portico_resolver::service::{run, ServiceConfig};
-use portico_testkit::NatsServer;
+use portico_testkit::{eventually, NatsServer};
 use std::time::Duration;
 
 const GONE_KEY: &str = "httpproxy.shop.gone";
@@ -43,20 +43,6 @@ fn bus(server: &NatsServer, user: &str) -> ConnectConfig {
 async fn resolver_may_publish(resolver: &async_nats::Client) -> bool {
     let request = resolver.request("probe.denied", "?".into());
     matches!(tokio::time::timeout(Duration::from_millis(500), request).await, Ok(Ok(_)))
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..400 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn delete_failures() -> f64 {

@@ -59,9 +59,14 @@ impl NatsServer {
     pub fn start() -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
         let store = tempfile::tempdir().expect("a store directory");
-        let child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
+        let mut command = std::process::Command::new("nats-server");
+        command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(store.path());
+        NatsServer::spawned(command, port, store)
+    }
+
+    /// Start `command` (a nats-server on `port`) and wait until it listens.
+    fn spawned(mut command: std::process::Command, port: u16, store: tempfile::TempDir) -> NatsServer {
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -85,19 +90,9 @@ impl NatsServer {
         let store = tempfile::tempdir().expect("a store directory");
         let config = store.path().join("nats.conf");
         std::fs::write(&config, configured(port, store.path(), body)).expect("nats.conf");
-        let child = std::process::Command::new("nats-server")
-            .arg("-c")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (scripts/setup.sh installs it)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        NatsServer { port, child, _store: store }
+        let mut command = std::process::Command::new("nats-server");
+        command.arg("-c").arg(&config);
+        NatsServer::spawned(command, port, store)
     }
 
     /// Rewrite the configuration of a `start_configured` server and reload it (SIGHUP):
@@ -270,4 +265,20 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
         &from[self.below(from.len() as u64) as usize]
     }
+}
+
+/// Wait until `check` holds, polling every 50 ms for up to 20 s; a panic naming `what`
+/// otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
