@@ -235,6 +235,79 @@ pub fn validate_client_cert(
     Ok((ClientCertInfo { sha256: portico_model::hex(&all_der.finalize()), leaf, warnings }, chain_pem, key_pem))
 }
 
+/// Why a serving certificate (SPEC section 8: HTTPS at the edge) cannot serve its hosts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServingCertError {
+    /// What a client certificate must be, a serving one must be too: a chain, one key that
+    /// matches its leaf, currently valid.
+    #[error("{0}")]
+    Pair(ClientCertError),
+    #[error("certificate does not cover host {0:?}")]
+    DoesNotCover(String),
+}
+
+/// Validate a serving certificate (`tls.crt`, `tls.key` of a kubernetes.io/tls Secret) for
+/// `hosts`: the pair is judged as a client certificate is (section 4), and the leaf must
+/// cover every host (RFC 6125: a DNS SAN equal to it, ignoring case, or `*.<suffix>` with
+/// exactly one label in place of the `*`; the CN only when the leaf has no DNS SAN). A
+/// wildcard host (`*.example.com`) needs the same wildcard. Not wired to a dialect yet
+/// (issue #14); this is the check its statuses will say.
+pub fn validate_serving_cert(
+    chain: &[u8],
+    key: &[u8],
+    hosts: &[&str],
+    now: i64,
+) -> Result<(ClientCertInfo, String, String), ServingCertError> {
+    let validated = validate_client_cert(chain, key, now).map_err(ServingCertError::Pair)?;
+    let leaf_der = pem::blocks(chain).ok().and_then(|b| b.into_iter().next()).map(|b| b.der).unwrap_or_default();
+    let names = leaf_names(&leaf_der);
+    for host in hosts {
+        if !names.iter().any(|name| covers(name, host)) {
+            return Err(ServingCertError::DoesNotCover((*host).to_owned()));
+        }
+    }
+    Ok(validated)
+}
+
+/// The names a leaf certificate is for: its DNS SANs, or its CN when it has none.
+fn leaf_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !sans.is_empty() {
+        return sans;
+    }
+    cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect()
+}
+
+/// Whether a certificate name covers a host (RFC 6125, section 6.4.3, without partial
+/// wildcards such as `w*.example.com`, which browsers refuse too).
+fn covers(name: &str, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if name == host {
+        return true;
+    }
+    match (name.strip_prefix("*."), host.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !suffix.is_empty() && suffix.contains('.') && label != "*" && !label.is_empty() && rest == suffix
+        }
+        _ => false,
+    }
+}
+
 /// Parse one DER certificate into its summary; `None` if it is not valid X.509 DER (or has
 /// trailing bytes).
 fn certificate_info(der: &[u8]) -> Option<CertificateInfo> {

@@ -194,3 +194,50 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_serving_certificate_must_cover_each_host_it_serves() {
+    use portico_secrets::{validate_serving_cert, ServingCertError};
+    let serving = |cn: Option<&str>, sans: &[&str], hosts: &[&str]| {
+        let (chain, key) = cert_with(-1, 90, cn, sans);
+        validate_serving_cert(chain.as_bytes(), key.serialize_pem().as_bytes(), hosts, now()).map(|_| ())
+    };
+    let covers = |sans: &[&str], host: &str| serving(None, sans, &[host]).is_ok();
+    let cases: [(&str, &[&str], &str, bool); 11] = [
+        ("an exact name", &["shop.example.com"], "shop.example.com", true),
+        ("an exact name in another case", &["Shop.Example.com"], "shop.EXAMPLE.com", true),
+        ("another name", &["shop.example.com"], "api.example.com", false),
+        ("a wildcard, one label under it", &["*.example.com"], "shop.example.com", true),
+        ("a wildcard, two labels under it", &["*.example.com"], "a.shop.example.com", false),
+        ("a wildcard, for its own apex", &["*.example.com"], "example.com", false),
+        ("a wildcard host, with the same wildcard", &["*.example.com"], "*.example.com", true),
+        ("a wildcard host, with an exact name under it", &["shop.example.com"], "*.example.com", false),
+        ("a wildcard of a top-level domain", &["*.com"], "example.com", false),
+        ("one of several names", &["api.example.com", "shop.example.com"], "shop.example.com", true),
+        ("a partial wildcard", &["s*.example.com"], "shop.example.com", false),
+    ];
+    for (case, sans, host, want) in cases {
+        assert_eq!(covers(sans, host), want, "{case}: {sans:?} for {host}");
+    }
+    // The CN counts only when there is no DNS SAN.
+    assert!(serving(Some("shop.example.com"), &[], &["shop.example.com"]).is_ok());
+    assert_eq!(
+        serving(Some("shop.example.com"), &["api.example.com"], &["shop.example.com"]).unwrap_err().to_string(),
+        "certificate does not cover host \"shop.example.com\""
+    );
+    // Every host must be covered, and the pair must be sound (a key of another certificate).
+    assert!(matches!(
+        serving(None, &["a.example.com"], &["a.example.com", "b.example.com"]),
+        Err(ServingCertError::DoesNotCover(h)) if h == "b.example.com"
+    ));
+    let (chain, _) = cert_with(-1, 90, None, &["shop.example.com"]);
+    let (_, other_key) = cert_with(-1, 90, None, &["shop.example.com"]);
+    let error =
+        validate_serving_cert(chain.as_bytes(), other_key.serialize_pem().as_bytes(), &["shop.example.com"], now())
+            .unwrap_err();
+    assert_eq!(error.to_string(), "the private key does not match the leaf certificate");
+    let (expired, key) = cert_with(-90, -1, None, &["shop.example.com"]);
+    let error = validate_serving_cert(expired.as_bytes(), key.serialize_pem().as_bytes(), &["shop.example.com"], now())
+        .unwrap_err();
+    assert!(error.to_string().starts_with("the leaf certificate expired at"), "{error}");
+}
