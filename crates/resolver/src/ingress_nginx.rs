@@ -246,9 +246,12 @@ mod tests {
         Some(SecretRef::new(ns, name).unwrap())
     }
 
+    /// A case: its sentence, the annotations (without the prefix), the options they give.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, NginxBackendTls);
+
     #[test]
     fn valid_annotations_become_typed_options() {
-        let cases: Vec<(&str, Vec<(&str, &str)>, NginxBackendTls)> = vec![
+        let cases: Vec<Case> = vec![
             ("no annotation is plain HTTP, unverified, depth 1", vec![], NginxBackendTls::default()),
             (
                 "HTTPS verified against a CA secret alone, with a name and SNI",

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod crds;
+pub mod gateway_api;
 pub mod manifests;
 
 pub use manifests::{decode_str, load, DecodeProblem, Decoded, LoadError, Location, Skipped};
