@@ -196,7 +196,6 @@ fn one_change_is_one_trace_from_the_watcher_to_both_proxies() {
         // A renderer continues the last input it folded in: the model, or the trust
         // material the secrets service published for it.
         ("haproxy.apply", "portico-renderer-haproxy", &["resolver.rebuild", "secrets.verdict"][..]),
-        ("haproxy.check", "portico-renderer-haproxy", &["haproxy.apply"][..]),
         ("haproxy.reload", "portico-renderer-haproxy", &["haproxy.apply"][..]),
         ("envoy.serve", "portico-renderer-envoy", &["resolver.rebuild", "secrets.verdict"][..]),
         ("envoy.ack", "portico-renderer-envoy", &["envoy.serve"][..]),
