@@ -188,7 +188,32 @@ pub fn render(report: &Report) -> String {
         })
         .collect();
     s.push_str(&crate::translate::table(["BUCKET", "REPLICAS", "LEADER", "OTHER REPLICAS"], &nats));
+    if let Some(servers) = servers_line(&report.nats) {
+        let _ = writeln!(s, "{servers}");
+    }
     s
+}
+
+/// On a cluster, every server the buckets' streams name, and whether it is well: `up` when
+/// it leads a stream or is current in every stream it replicates, `BEHIND or down`
+/// otherwise (NATS tells a replica that is catching up from one that is gone only by time).
+fn servers_line(health: &[StreamHealth]) -> Option<String> {
+    let mut servers: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
+    for h in health.iter().filter(|h| h.error.is_none()) {
+        if let Some(leader) = &h.leader {
+            servers.entry(leader).or_insert(true);
+        }
+        for (name, current) in &h.peers {
+            let well = servers.entry(name).or_insert(true);
+            *well &= *current;
+        }
+    }
+    if servers.is_empty() {
+        return None;
+    }
+    let listed: Vec<String> =
+        servers.iter().map(|(name, well)| format!("{name} {}", if *well { "up" } else { "BEHIND or down" })).collect();
+    Some(format!("NATS servers: {}", listed.join(", ")))
 }
 
 /// The status table `portico up` prints once the proxies run, or why the statuses could not

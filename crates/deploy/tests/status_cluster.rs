@@ -55,6 +55,7 @@ async fn status_shows_each_buckets_replicas_leader_and_their_health() {
     let line = text.lines().find(|l| l.starts_with("portico-model ")).expect("the model bucket's line");
     let columns: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&columns[..3], &["portico-model", "3", leader.as_str()], "{text}");
+    assert!(text.contains("NATS servers: n0 up, n1 up, n2 up"), "{text}");
 
     // The model stream's leader dies: another server leads it, and the dead one is shown
     // as not current.
@@ -70,4 +71,7 @@ async fn status_shows_each_buckets_replicas_leader_and_their_health() {
     .await;
     let text = status::render(&report);
     assert!(text.contains(&format!("{leader} BEHIND")), "{text}");
+    let servers = text.lines().find(|l| l.starts_with("NATS servers: ")).expect("the servers' line");
+    assert!(servers.contains(&format!("{leader} BEHIND or down")), "{servers}");
+    assert_eq!(servers.matches(" up").count(), 2, "the two others are up: {servers}");
 }
