@@ -272,3 +272,35 @@ spec:
 pub fn applied(stack: &LocalStack) -> Vec<(String, portico_bus::Version)> {
     stack.report().applied.into_iter().map(|(k, a)| (k, a.version())).collect()
 }
+
+/// The Contour annotation that makes a `site`'s Service port TLS.
+pub const UPSTREAM_TLS: &str = "projectcontour.io/upstream-protocol.tls: \"8443\"";
+
+/// A site of its own: a Service `name` on port 8443 with `annotations`, whose one endpoint
+/// is 127.0.0.1:`port` (one of the demo's backends), and an HTTPProxy `name`.example.com to
+/// it with `validation` (YAML flow, or empty): a new cluster, endpoints and route at once.
+pub fn site(name: &str, port: u16, annotations: &str, validation: &str) -> String {
+    let validation = if validation.is_empty() { String::new() } else { format!(", validation: {validation}") };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo, annotations: {{{annotations}}}}}
+spec: {{ports: [{{port: 8443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: {name}.example.com}}
+  routes:
+  - services: [{{name: {name}, port: 8443{validation}}}]
+"
+    )
+}

@@ -10,7 +10,7 @@
 //! ```
 
 use portico_deploy::up::Part;
-use portico_e2e::{LocalStack, Via};
+use portico_e2e::{site, LocalStack, Via, UPSTREAM_TLS as TLS};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -83,60 +83,8 @@ spec:
 /// seen from outside in which backend answers. (Not a dead port: HAProxy retries a refused
 /// connection for seconds before its 503, which would time the retries, not the change.)
 fn churn(port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: churn, namespace: demo, annotations: {{projectcontour.io/upstream-protocol.tls: \"8443\"}}}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: churn-1, namespace: demo, labels: {{kubernetes.io/service-name: churn}}}}
-addressType: IPv4
-ports: [{{port: {port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {{name: churn, namespace: demo}}
-spec:
-  virtualhost: {{fqdn: churn.example.com}}
-  routes:
-  - services: [{{name: churn, port: 8443}}]
-"
-    )
+    site("churn", port, TLS, "")
 }
-
-/// A Service `name` whose one endpoint is the demo's web backend (TLS, a certificate for
-/// web.demo.svc from the demo CA), with `annotations`, and an HTTPProxy `name`.example.com
-/// to it with `validation` (YAML flow, or empty).
-fn site(name: &str, web_port: u16, annotations: &str, validation: &str) -> String {
-    let validation = if validation.is_empty() { String::new() } else { format!(", validation: {validation}") };
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: demo, annotations: {{{annotations}}}}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{port: {web_port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  virtualhost: {{fqdn: {name}.example.com}}
-  routes:
-  - services: [{{name: {name}, port: 8443{validation}}}]
-"
-    )
-}
-
-const TLS: &str = "projectcontour.io/upstream-protocol.tls: \"8443\"";
 
 /// The kinds of change timed besides a route's prefix and an endpoint: each flips a site
 /// between serving (200) and refusing (not 200), so that each proxy's answer shows which

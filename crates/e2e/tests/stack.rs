@@ -421,31 +421,8 @@ fn fifty_changes_under_load_lose_no_request() {
 /// A site of its own: a Service, its endpoints (the demo's web backend) and an HTTPProxy
 /// verifying it with the demo's CA, so a new cluster, new endpoints and a new route.
 fn new_site(n: u64, web_port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: new-{n}, namespace: demo, annotations: {{projectcontour.io/upstream-protocol.tls: https}}}}
-spec: {{ports: [{{name: https, port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: new-{n}-1, namespace: demo, labels: {{kubernetes.io/service-name: new-{n}}}}}
-addressType: IPv4
-ports: [{{name: https, port: {web_port}}}]
-endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
----
-apiVersion: projectcontour.io/v1
-kind: HTTPProxy
-metadata: {{name: new-{n}, namespace: demo}}
-spec:
-  virtualhost: {{fqdn: new-{n}.example.com}}
-  routes:
-  - services:
-    - name: new-{n}
-      port: 8443
-      validation: {{caSecret: demo-ca, subjectName: web.demo.svc}}
-"
-    )
+    let validation = "{caSecret: demo-ca, subjectName: web.demo.svc}";
+    portico_e2e::site(&format!("new-{n}"), web_port, portico_e2e::UPSTREAM_TLS, validation)
 }
 
 /// Issue 9, item 6 (make before break): a new site (a new cluster, its endpoints, its CA

@@ -171,7 +171,7 @@ pub async fn request_certificate(client: Client, pod: &str, dir: &Path, wait: Du
     let request =
         params.serialize_request(&key).and_then(|r| r.pem()).map_err(|e| IdentityError::Key(e.to_string()))?;
     // One request per start of the pod: a restarted pod makes a new key.
-    let name = format!("{pod}-ads-{}", &crate::envoy_identity::random_suffix());
+    let name = format!("{pod}-ads-{}", random_suffix());
     let csr = CertificateSigningRequest {
         metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
         spec: CertificateSigningRequestSpec {
