@@ -461,13 +461,18 @@ async fn publish_while_active(s: &mut Session, buckets: &Buckets) -> Result<(), 
             return Ok(());
         }
         let (listed, failing) = s.watch_health();
-        let (desired, revision) = {
+        // The world is encoded only when it changed: the active replica also wakes every
+        // second to see that its lease is still fresh, and 10,000 objects are not encoded
+        // for that.
+        let changed = {
             let w = s.world.lock().expect("the world lock");
-            let desired: crate::service::Desired =
-                w.objects.iter().map(|(k, (o, _))| (k.clone(), crate::service::Encoded::new(o.clone()))).collect();
-            (desired, w.revision)
+            (seen_revision != Some(w.revision)).then(|| {
+                let desired: crate::service::Desired =
+                    w.objects.iter().map(|(k, (o, _))| (k.clone(), crate::service::Encoded::new(o.clone()))).collect();
+                (desired, w.revision)
+            })
         };
-        if seen_revision != Some(revision) {
+        if let Some((desired, revision)) = changed {
             let changes = apply(buckets, &mut s.state, desired).await?;
             if changes > 0 {
                 tracing::info!(changes, "changes published");
