@@ -279,24 +279,19 @@ struct ReplicaPorts {
 impl ReplicaPorts {
     fn choose(o: &Options) -> Result<ReplicaPorts, UpError> {
         let loopback = [IpAddr::from([127, 0, 0, 1])];
-        let more = |first: u16, count: u8| -> Result<Vec<u16>, UpError> {
-            let mut ports = vec![first];
-            for _ in 1..count {
-                ports.push(pick_port(&loopback).map_err(io(Path::new("127.0.0.1")))?);
-            }
-            Ok(ports)
+        let picked = |count: u8| -> Result<Vec<u16>, UpError> {
+            (0..count).map(|_| pick_port(&loopback).map_err(io(Path::new("127.0.0.1")))).collect()
+        };
+        // The first of each from the options, the others picked.
+        let first_and = |first: u16, count: u8| -> Result<Vec<u16>, UpError> {
+            Ok(std::iter::once(first).chain(picked(count.saturating_sub(1))?).collect())
         };
         let r = o.replicas;
-        let routes = if r.nats > 1 {
-            (0..r.nats).map(|_| pick_port(&loopback).map_err(io(Path::new("127.0.0.1")))).collect::<Result<_, _>>()?
-        } else {
-            Vec::new()
-        };
         Ok(ReplicaPorts {
-            nats: more(o.nats_port, r.nats)?,
-            routes,
-            ads: more(o.ads_port, r.envoys)?,
-            envoy_admin: more(o.envoy_admin_port, r.envoys)?,
+            nats: first_and(o.nats_port, r.nats)?,
+            routes: if r.nats > 1 { picked(r.nats)? } else { Vec::new() },
+            ads: first_and(o.ads_port, r.envoys)?,
+            envoy_admin: first_and(o.envoy_admin_port, r.envoys)?,
         })
     }
 

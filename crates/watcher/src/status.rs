@@ -3,9 +3,10 @@
 //! `status` subresource, in Contour's shape.
 //!
 //! - Only the holder of a coordination.k8s.io Lease writes (and publishes objects to the
-//!   bus, see `ActiveLease`), so several watcher replicas never fight; a holder whose renewal fails stops writing at once. A takeover needs the
-//!   lease to have stayed unchanged for its duration on this replica's own clock, so clock
-//!   skew between nodes does not matter.
+//!   bus, see `ActiveLease`), so several watcher replicas never fight; a holder whose
+//!   renewal fails stops writing at once. A takeover needs the lease to have stayed
+//!   unchanged for its duration on this replica's own clock, so clock skew between nodes
+//!   does not matter.
 //! - Writes are fenced: before each batch the holder renews by compare-and-set on the
 //!   Lease's resourceVersion, and it stops a batch once that renewal is a lease duration
 //!   old on its own monotonic clock. A holder that stalled (a long GC pause, SIGSTOP, a
