@@ -164,10 +164,12 @@ pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
         objects.push(Object::HttpProxy(HttpProxy {
             meta: meta(&namespace, &format!("proxy-{i}")),
             fqdn: Some(format!("app-{i}.example.com")),
+            tls: None,
             includes: vec![],
             ignored: vec![],
             routes: vec![HttpProxyRoute {
                 prefixes: vec![],
+                permit_insecure: false,
                 ignored: vec![],
                 services: vec![HttpProxyService {
                     name: format!("svc-{service}"),
@@ -269,6 +271,7 @@ pub fn run(options: &Options, now: i64) -> Report {
         base_dir: "/etc/portico/haproxy".parse().expect("a valid path"),
         bind_address: std::net::IpAddr::from([0, 0, 0, 0]),
         http_port: config.http_port,
+        https_port: Some(config.https_port),
     };
     let envoy_options = portico_renderer_envoy::Options {
         bind_address: std::net::IpAddr::from([0, 0, 0, 0]),

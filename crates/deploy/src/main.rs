@@ -93,6 +93,10 @@ enum Command {
         /// The listener port for HTTPProxies and Voyager rules without http.port.
         #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
         http_port: u16,
+        /// The HTTPS listener of hosts with a certificate (SNI); plain HTTP requests to
+        /// them are redirected to port 443.
+        #[arg(long, default_value_t = 8443, env = "PORTICO_HTTPS_PORT")]
+        https_port: u16,
         /// Envoy's admin port in the bootstrap (bound to 127.0.0.1).
         #[arg(long, default_value_t = 9901, env = "PORTICO_ENVOY_ADMIN_PORT")]
         envoy_admin_port: u16,
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             paths,
             out_dir,
             http_port,
+            https_port,
             envoy_admin_port,
             bind_address,
             client_cert,
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
                 paths,
                 out_dir: out_dir.clone(),
                 http_port,
+                https_port,
                 envoy_admin_port,
                 bind_address,
                 client_cert,

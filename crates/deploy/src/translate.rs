@@ -13,6 +13,9 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     pub out_dir: PathBuf,
     pub http_port: u16,
+    /// The HTTPS listener of hosts with a certificate (plain requests to them are
+    /// redirected to 443).
+    pub https_port: u16,
     /// Envoy's admin listener (127.0.0.1) in the bootstrap.
     pub envoy_admin_port: u16,
     /// The address the proxies' listeners bind to.
@@ -98,8 +101,10 @@ pub fn run(options: &Options) -> Result<Outcome, TranslateError> {
     }
     let config = Config {
         http_port: options.http_port,
+        https_port: options.https_port,
         client_cert: options.client_cert.clone(),
         root_namespaces: options.root_namespaces.clone(),
+        ..Config::default()
     };
     let resolved = resolve(&snapshot, &config);
 
@@ -140,6 +145,7 @@ fn write_haproxy(
             base_dir,
             bind_address: options.bind_address,
             http_port: options.http_port,
+            https_port: Some(options.https_port),
         },
     );
     // The same writer the HAProxy renderer service uses (client keys owner-only).
@@ -261,7 +267,7 @@ pub fn report(outcome: &Outcome, out_dir: &Path) -> String {
     s.push_str(&status_table(&outcome.resolved.statuses));
     let model = &outcome.resolved.model;
     let routes = model.routes().count();
-    let rejected = model.routes().filter(|(_, _, r)| r.action.direct_status().is_some()).count();
+    let rejected = model.routes().filter(|(_, _, r)| r.action.direct_status().is_some_and(|s| s >= 500)).count();
     let _ = writeln!(
         s,
         "\n{} objects and {} secrets read; {routes} routes ({rejected} answering 502 or 503), {} clusters; model {}",

@@ -210,6 +210,7 @@ fn options(input: std::path::PathBuf, out_dir: std::path::PathBuf) -> Options {
         paths: vec![input],
         out_dir,
         http_port: 8080,
+        https_port: 8443,
         envoy_admin_port: 9901,
         bind_address: "127.0.0.1".parse().unwrap(),
         client_cert: None,

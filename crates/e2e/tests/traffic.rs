@@ -103,6 +103,7 @@ fn translate_for(manifests: &Path, out: &Path, port: u16, client_cert: bool) -> 
         paths: vec![manifests.to_owned()],
         out_dir: out.to_owned(),
         http_port: port,
+        https_port: free_port(),
         envoy_admin_port: free_port(),
         bind_address: "127.0.0.1".parse().unwrap(),
         client_cert: client_cert.then(|| portico_model::SecretRef::new("portico", "client").unwrap()),

@@ -35,6 +35,7 @@ async fn a_next_given_up_on_again_and_again_loses_no_generation() {
     for i in 0..HOSTS {
         model.listeners[0].virtual_hosts.push(portico_model::VirtualHost {
             host: portico_model::HostMatch::parse(&format!("large-{i}.example.com")).unwrap(),
+            tls: None,
             routes: routes.clone(),
         });
     }

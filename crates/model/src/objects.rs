@@ -213,6 +213,8 @@ pub struct HttpProxy {
     /// `spec.virtualhost.fqdn`. `None` when there is no `virtualhost`: the proxy is not a
     /// root and is served only where a root includes it (SPEC section 9), never on its own.
     pub fqdn: Option<String>,
+    /// `spec.virtualhost.tls`: serve the host over HTTPS (SPEC section 8).
+    pub tls: Option<HttpProxyTls>,
     /// `spec.includes`, in order.
     pub includes: Vec<HttpProxyInclude>,
     pub routes: Vec<HttpProxyRoute>,
@@ -227,6 +229,15 @@ impl HttpProxy {
     pub fn is_root(&self) -> bool {
         self.fqdn.is_some()
     }
+}
+
+/// `spec.virtualhost.tls` of a root HTTPProxy, as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProxyTls {
+    /// `name`, or `namespace/name` (which needs a TLSCertificateDelegation).
+    pub secret_name: String,
+    /// `1.2` or `1.3`; absent means 1.2.
+    pub minimum_protocol_version: Option<String>,
 }
 
 /// The path of a field in an object as written (`spec.routes[0].retryPolicy`), naming
@@ -257,6 +268,9 @@ pub struct HttpProxyRoute {
     pub response_timeout: Option<String>,
     /// `timeoutPolicy.idle`, as written.
     pub idle_timeout: Option<String>,
+    /// `permitInsecure`: on a host served over HTTPS, serve this route over plain HTTP too
+    /// instead of redirecting.
+    pub permit_insecure: bool,
     /// Fields of the route and of its services that Portico does not implement, as paths
     /// (`spec.routes[0].conditions[1].header`, `spec.routes[0].services[0].mirror`).
     pub ignored: Vec<FieldPath>,
@@ -296,9 +310,18 @@ pub struct VoyagerIngress {
     /// `spec.backend`: the default for requests no rule matches.
     pub backend: Option<VoyagerBackend>,
     pub rules: Vec<VoyagerRule>,
+    /// `spec.tls`: hosts served over HTTPS and their certificates (SPEC section 8).
+    pub tls: Vec<VoyagerTls>,
     /// Fields and `ingress.appscode.com/` annotations Portico does not implement, as paths
     /// (`spec.frontendRules`, `metadata.annotations[ingress.appscode.com/auth-type]`).
     pub ignored: Vec<FieldPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoyagerTls {
+    pub hosts: Vec<String>,
+    /// A kubernetes.io/tls Secret in the Ingress's namespace.
+    pub secret_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

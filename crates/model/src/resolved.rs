@@ -6,7 +6,7 @@
 
 use crate::names::{AbsPath, ClusterName, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
 use crate::objects::ObjectRef;
-use crate::verdict::{ClientPem, Pem, TrustMaterial};
+use crate::verdict::{KeyPairPem, Pem, TrustMaterial};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -230,13 +230,26 @@ impl Model {
         &self,
         secret: &SecretRef,
         trust: &'t BTreeMap<SecretRef, TrustMaterial>,
-    ) -> Result<&'t ClientPem, String> {
+    ) -> Result<&'t KeyPairPem, String> {
         let wanted = self.client_cert.as_ref().filter(|t| &t.secret == secret).map(|t| &t.sha256);
         trust
             .get(secret)
-            .and_then(|m| m.client_cert.as_ref())
+            .and_then(|m| m.key_pair.as_ref())
             .filter(|c| Some(&c.sha256) == wanted && is_sha256_hex(&c.sha256))
             .ok_or_else(|| format!("no validated client certificate {secret} with the model's content hash"))
+    }
+
+    /// The validated serving certificate of a virtual host, on the same terms: the very
+    /// content the model was resolved against, or why not.
+    pub fn serving_material<'t>(
+        tls: &ServingTls,
+        trust: &'t BTreeMap<SecretRef, TrustMaterial>,
+    ) -> Result<&'t KeyPairPem, String> {
+        trust
+            .get(&tls.secret)
+            .and_then(|m| m.key_pair.as_ref())
+            .filter(|c| c.sha256 == tls.sha256 && is_sha256_hex(&c.sha256))
+            .ok_or_else(|| format!("no validated certificate of TLS secret {} with the model's content hash", tls.secret))
     }
 
     pub fn cluster(&self, name: &ClusterName) -> Option<&Cluster> {
@@ -291,8 +304,24 @@ pub struct Listener {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualHost {
     pub host: HostMatch,
+    /// Served over TLS with this certificate (SPEC section 8). A listener whose virtual
+    /// hosts have it is an HTTPS listener: the certificate is chosen by SNI, and an SNI no
+    /// host has gets none. `None` on every host of a plain HTTP listener.
+    pub tls: Option<ServingTls>,
     /// Longest prefix first, so the first match is the most specific.
     pub routes: Vec<Route>,
+}
+
+/// The certificate a virtual host serves, and the lowest TLS version it accepts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServingTls {
+    /// A kubernetes.io/tls Secret whose pair the secrets service found valid, and whose
+    /// leaf covers the host (the resolver checked).
+    pub secret: SecretRef,
+    /// The pair's content hash as the verdict said (a renewed certificate changes it, and
+    /// so the virtual host).
+    pub sha256: String,
+    pub min_version: TlsVersion,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,6 +351,9 @@ pub enum RouteAction {
     /// An HTTPProxy include that cannot be followed (missing, or another root): answer 502
     /// under the include's prefix, as Contour does.
     BadGateway,
+    /// A plain HTTP request for a host served over HTTPS: answer 301 with the same host
+    /// and path on `https://` and this port (443 is left out of the URL).
+    RedirectHttps { port: u16 },
 }
 
 impl RouteAction {
@@ -329,6 +361,7 @@ impl RouteAction {
     pub fn direct_status(&self) -> Option<u16> {
         match self {
             RouteAction::Forward { .. } => None,
+            RouteAction::RedirectHttps { .. } => Some(301),
             RouteAction::Reject => Some(503),
             RouteAction::BadGateway => Some(502),
         }

@@ -33,6 +33,8 @@ pub enum Reason {
     TLSUpstreamValidation,
     /// A cross-namespace CA secret without a TLSCertificateDelegation.
     CACertificateNotDelegated,
+    /// A cross-namespace TLS (serving) Secret without a TLSCertificateDelegation.
+    DelegationNotPermitted,
     UnsupportedProtocol,
     /// A Service or port that does not exist, or that may not be referenced.
     ServiceUnresolvedReference,
@@ -87,6 +89,7 @@ impl Reason {
             Reason::DuplicateMatchConditions => "DuplicateMatchConditions",
             Reason::RootProxyNotAllowedInNamespace => "RootProxyNotAllowedInNamespace",
             Reason::Orphaned => "Orphaned",
+            Reason::DelegationNotPermitted => "DelegationNotPermitted",
         }
     }
 }

@@ -12,8 +12,9 @@ pub struct SecretVerdict {
     pub secret: SecretRef,
     /// As a CA bundle (`ca.crt`): its summary, or why it is not valid.
     pub ca: Result<CaBundleInfo, String>,
-    /// As an upstream client certificate (`tls.crt` + `tls.key`).
-    pub client_cert: Result<ClientCertInfo, String>,
+    /// As a certificate and its key (`tls.crt` + `tls.key` of a kubernetes.io/tls
+    /// Secret): the upstream client certificate, or a serving certificate (SPEC section 8).
+    pub key_pair: Result<KeyPairInfo, String>,
 }
 
 /// A valid CA bundle.
@@ -27,13 +28,40 @@ pub struct CaBundleInfo {
     pub warnings: Vec<String>,
 }
 
-/// A valid client certificate and key.
+/// A valid certificate chain and the one key that matches its leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientCertInfo {
+pub struct KeyPairInfo {
     /// SHA-256 of the DER chain (hex); the key is not hashed into anything published.
     pub sha256: String,
     pub leaf: CertificateInfo,
+    /// The names the leaf is for, lowercase: its DNS SANs, or its CN when it has none
+    /// (what a serving certificate is checked against, `covers`).
+    pub dns_names: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+impl KeyPairInfo {
+    /// Whether the leaf covers `host` (RFC 6125 section 6.4.3): a name equal to it,
+    /// ignoring case, or `*.<suffix>` with exactly one label in place of the `*` (no
+    /// partial wildcards such as `w*.example.com`, which browsers refuse too). A wildcard
+    /// host (`*.example.com`) needs the same wildcard.
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.dns_names.iter().any(|name| name_covers(name, &host))
+    }
+}
+
+/// `KeyPairInfo::covers` for one name; `host` is lowercase.
+pub fn name_covers(name: &str, host: &str) -> bool {
+    if name.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (name.strip_prefix("*."), host.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            suffix.contains('.') && label != "*" && !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }
+        _ => false,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +82,8 @@ pub struct TrustMaterial {
     pub secret: SecretRef,
     /// The CA bundle, re-encoded from the validated certificates only.
     pub ca: Option<Pem>,
-    /// The client certificate chain and its key.
-    pub client_cert: Option<ClientPem>,
+    /// The certificate chain and its key (a client or a serving certificate).
+    pub key_pair: Option<KeyPairPem>,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +93,7 @@ pub struct Pem {
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientPem {
+pub struct KeyPairPem {
     pub sha256: String,
     pub chain_pem: String,
     pub key_pem: String,
@@ -76,7 +104,7 @@ impl std::fmt::Debug for TrustMaterial {
         f.debug_struct("TrustMaterial")
             .field("secret", &self.secret)
             .field("ca_sha256", &self.ca.as_ref().map(|c| &c.sha256))
-            .field("client_cert_sha256", &self.client_cert.as_ref().map(|c| &c.sha256))
+            .field("key_pair_sha256", &self.key_pair.as_ref().map(|c| &c.sha256))
             .finish()
     }
 }

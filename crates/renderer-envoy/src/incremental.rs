@@ -9,7 +9,7 @@
 
 use crate::ads::{Entry, Snapshot};
 use crate::{
-    any, any_host_on, blocked_clusters, cluster_resource, http_listener, listener_ports, load_assignment,
+    any, any_host_on, blocked_clusters, cluster_resource, listener_for, listener_ports, load_assignment,
     route_config_name, secrets, virtual_host, Delivery, Options, Trust,
 };
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
@@ -193,8 +193,10 @@ impl SnapshotBuilder {
             }
             let name = route_config_name(port);
             route_configurations.insert(name.clone(), Entry::of(route_configuration(&name, &encoded_hosts)));
-            let listener = http_listener(port, options.bind_address, Delivery::Ads);
-            listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
+            let listener = listener_for(model, trust, port, options.bind_address, Delivery::Ads, &mut problems);
+            if let Some(listener) = listener {
+                listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
+            }
         }
         self.hosts.retain(|_, (_, used)| *used == build);
         let mut seen = std::collections::BTreeSet::new();

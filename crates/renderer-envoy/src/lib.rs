@@ -94,6 +94,12 @@ pub fn client_secret_name(secret: &SecretRef) -> String {
     format!("client/{}/{}", secret.namespace, secret.name)
 }
 
+/// The SDS secret name of a serving certificate (SPEC section 8): stable per Secret, so a
+/// renewed certificate is a new version of the same secret, and no listener changes.
+pub fn serving_secret_name(secret: &SecretRef) -> String {
+    format!("serving/{}/{}", secret.namespace, secret.name)
+}
+
 pub fn route_config_name(port: u16) -> String {
     format!("routes_{port}")
 }
@@ -306,6 +312,16 @@ fn reject() -> route::route::Action {
     direct(503, "route in error, see its status")
 }
 
+/// 301 to the same host and path on `https://` and `port` (443 is left out of the URL).
+fn redirect_https(port: u16) -> route::route::Action {
+    route::route::Action::Redirect(route::RedirectAction {
+        scheme_rewrite_specifier: Some(route::redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)),
+        port_redirect: u32::from(port),
+        response_code: route::redirect_action::RedirectResponseCode::MovedPermanently as i32,
+        ..Default::default()
+    })
+}
+
 fn direct(status: u32, body: &str) -> route::route::Action {
     route::route::Action::DirectResponse(route::DirectResponseAction {
         status,
@@ -353,6 +369,7 @@ pub fn virtual_host(
         let action = match &r.action {
             RouteAction::Reject => reject(),
             RouteAction::BadGateway => direct(502, "include not found, see the HTTPProxy's status"),
+            RouteAction::RedirectHttps { port } => redirect_https(*port),
             RouteAction::Forward { backends, host_rewrite, timeout, idle_timeout } => {
                 if let Some(why) = backends.iter().find_map(|b| blocked.get(b.cluster.as_str())) {
                     problems.push(format!("{} route {} {}: answers 503: {why}", r.source, vhost.host, r.prefix));
@@ -393,9 +410,28 @@ pub fn virtual_host(
     }
 }
 
-/// The SDS secrets: every CA bundle the model names, and the client certificate.
+/// The SDS secrets: every CA bundle the model names, the client certificate, and the
+/// serving certificates of HTTPS hosts.
 pub fn secrets(model: &Model, trust: &Trust) -> Vec<tls::Secret> {
     let mut out = Vec::new();
+    let mut serving = BTreeMap::new();
+    for vhost in model.listeners.iter().flat_map(|l| &l.virtual_hosts) {
+        if let Some(t) = &vhost.tls {
+            if let Ok(pair) = Model::serving_material(t, trust) {
+                serving.insert(serving_secret_name(&t.secret), pair);
+            }
+        }
+    }
+    for (name, pair) in serving {
+        out.push(tls::Secret {
+            name,
+            r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+                certificate_chain: Some(inline(&pair.chain_pem)),
+                private_key: Some(inline(&pair.key_pem)),
+                ..Default::default()
+            })),
+        });
+    }
     for t in &model.trust {
         if let Ok(pem) = model.ca_material(&t.secret, trust) {
             out.push(tls::Secret {
@@ -447,7 +483,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
             virtual_hosts,
             ..Default::default()
         });
-        out.listeners.push(http_listener(port, options.bind_address, delivery));
+        out.listeners.extend(listener_for(model, trust, port, options.bind_address, delivery, &mut out.problems));
     }
     out.secrets = secrets(model, trust);
     // A route appended to a wildcard's virtual host (any host's) reports its problem once.
@@ -505,7 +541,79 @@ fn forward(
     })
 }
 
-fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Listener {
+/// The listener on `port`: plain HTTP, or, when its hosts have certificates, HTTPS with one
+/// filter chain per host chosen by SNI (an SNI no host has matches no chain, and the
+/// handshake fails). A host whose certificate is not at hand gets no chain (its handshakes
+/// fail, said in `problems`); an HTTPS listener without any chain is not served.
+pub fn listener_for(
+    model: &Model,
+    trust: &Trust,
+    port: u16,
+    bind: IpAddr,
+    delivery: Delivery,
+    problems: &mut Vec<String>,
+) -> Option<listener::Listener> {
+    let hosts: Vec<&portico_model::VirtualHost> =
+        model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts).collect();
+    if !hosts.iter().any(|v| v.tls.is_some()) {
+        return Some(http_listener(port, bind, delivery));
+    }
+    let mut chains = Vec::new();
+    for vhost in hosts {
+        let Some(t) = &vhost.tls else { continue };
+        if let Err(why) = Model::serving_material(t, trust) {
+            problems.push(format!("host {}: HTTPS handshakes fail: {why}", vhost.host));
+            continue;
+        }
+        let sni = match &vhost.host {
+            HostMatch::Exact(name) => name.to_string(),
+            HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
+            HostMatch::Any => continue,
+        };
+        let context = tls::DownstreamTlsContext {
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_params: Some(tls::TlsParameters {
+                    tls_minimum_protocol_version: tls_version(t.min_version),
+                    tls_maximum_protocol_version: tls_version(TlsVersion::Tls13),
+                    ..Default::default()
+                }),
+                tls_certificate_sds_secret_configs: vec![sds(serving_secret_name(&t.secret), delivery)],
+                alpn_protocols: vec![Alpn::H2.as_str().to_owned(), Alpn::Http11.as_str().to_owned()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        chains.push(listener::FilterChain {
+            name: sni.clone(),
+            filter_chain_match: Some(listener::FilterChainMatch { server_names: vec![sni], ..Default::default() }),
+            filters: vec![http_manager(port, delivery)],
+            transport_socket: Some(core::TransportSocket {
+                name: "envoy.transport_sockets.tls".to_owned(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&context))),
+            }),
+            ..Default::default()
+        });
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    Some(listener::Listener {
+        name: format!("listener_{port}"),
+        address: Some(socket_address(bind, port)),
+        listener_filters: vec![listener::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_owned(),
+            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(&TlsInspector::default()))),
+            ..Default::default()
+        }],
+        filter_chains: chains,
+        ..Default::default()
+    })
+}
+
+/// The HTTP connection manager of a listener's filter chains (routes by RDS, or filled in
+/// by the bootstrap).
+fn http_manager(port: u16, delivery: Delivery) -> listener::Filter {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: format!("listener_{port}"),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
@@ -524,16 +632,17 @@ fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Liste
         }],
         ..Default::default()
     };
+    listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".to_owned(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
+    }
+}
+
+fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Listener {
     listener::Listener {
         name: format!("listener_{port}"),
         address: Some(socket_address(bind, port)),
-        filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&manager))),
-            }],
-            ..Default::default()
-        }],
+        filter_chains: vec![listener::FilterChain { filters: vec![http_manager(port, delivery)], ..Default::default() }],
         ..Default::default()
     }
 }
@@ -635,13 +744,17 @@ pub fn bootstrap(
 ) -> (envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap, Vec<String>) {
     use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
     let mut res = resources(model, trust, options, Delivery::Static);
-    for (listener, routes) in res.listeners.iter_mut().zip(&res.route_configurations) {
-        let filter = &mut listener.filter_chains[0].filters[0];
-        let manager = hcm::HttpConnectionManager {
-            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone())),
-            ..hcm_of(filter)
-        };
-        filter.config_type = Some(listener::filter::ConfigType::TypedConfig(any(&manager)));
+    for listener in &mut res.listeners {
+        let name = listener.name.replacen("listener_", "routes_", 1);
+        let Some(routes) = res.route_configurations.iter().find(|r| r.name == name) else { continue };
+        for chain in &mut listener.filter_chains {
+            let filter = &mut chain.filters[0];
+            let manager = hcm::HttpConnectionManager {
+                route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone())),
+                ..hcm_of(filter)
+            };
+            filter.config_type = Some(listener::filter::ConfigType::TypedConfig(any(&manager)));
+        }
     }
     let config = bootstrap::Bootstrap {
         admin: Some(bootstrap::Admin {

@@ -143,7 +143,7 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
     std::fs::write(path, contents).map_err(failed)
 }
 
-/// Write rendered files into `dir` (client keys owner-only).
+/// Write rendered files into `dir` (client and serving keys owner-only).
 pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApplyError> {
     write_files_reusing(dir, files, None)
 }
@@ -170,7 +170,7 @@ pub fn write_files_reusing(
             }
         }
         write(&path, contents)?;
-        if relative.starts_with("client/") {
+        if relative.starts_with("client/") || (relative.starts_with("certs/") && relative.ends_with(".pem")) {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|source| ApplyError::WriteFailed { path, source })?;
         }
@@ -505,10 +505,18 @@ impl Haproxy {
         let mut batch = String::new();
         let mut first = 0;
         for (i, command) in commands.iter().enumerate() {
-            if !batch.is_empty() && batch.len() + command.len() + 6 > BATCH_BYTES {
+            // A command with a payload (a certificate) goes alone: nothing may follow the
+            // payload on its line.
+            let alone = command.contains('\n');
+            if !batch.is_empty() && (alone || batch.len() + command.len() + 6 > BATCH_BYTES) {
                 self.run_batch(&batch, &commands[first..i])?;
                 batch.clear();
                 first = i;
+            }
+            if alone {
+                self.run_batch(&format!("@1 {command}"), &commands[i..=i])?;
+                first = i + 1;
+                continue;
             }
             if !batch.is_empty() {
                 batch.push_str("; ");
@@ -526,9 +534,10 @@ impl Haproxy {
         let out = self.master(batch)?;
         match out.lines().find(|l| !crate::runtime::is_success_line(l)) {
             None => Ok(()),
+            // A payload (a certificate and its key) is never repeated: the first line only.
             Some(answer) => Err(ApplyError::Refused {
                 answer: answer.trim().to_owned(),
-                commands: commands.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                commands: commands.iter().take(3).map(|c| c.lines().next().unwrap_or_default()).collect::<Vec<_>>().join("; "),
             }),
         }
     }

@@ -53,6 +53,32 @@ pub struct Options {
     /// The main HTTP port: always listened on, even when no route uses it, so that
     /// HAProxy starts (it refuses a config without listeners) and answers 404.
     pub http_port: u16,
+    /// The HTTPS port: always listened on when set, with an empty certificate list until
+    /// a host has a certificate, so that the first one is added without a reload.
+    pub https_port: Option<u16>,
+}
+
+/// The backend that answers plain HTTP requests for a host served over HTTPS with a 301
+/// to `https://<host>:<port><path?query>`.
+pub fn redirect_backend(port: u16) -> String {
+    format!("portico_redirect_https_{port}")
+}
+
+/// The certificate list of an HTTPS listener, relative to the base directory.
+fn crt_list(port: u16) -> String {
+    format!("certs/l{port}.list")
+}
+
+/// A virtual host's certificate file (chain and key, as HAProxy's `crt` wants), relative
+/// to the base directory. Named by host, not by content, so that a renewed certificate is
+/// the same file with new bytes (`set ssl cert`). `_` is not in a DNS name's grammar, so
+/// a wildcard's file cannot be an exact host's.
+fn cert_file(port: u16, host: &HostMatch) -> Option<String> {
+    match host {
+        HostMatch::Exact(name) => Some(format!("certs/l{port}/{name}.pem")),
+        HostMatch::Wildcard(suffix) => Some(format!("certs/l{port}/_.{suffix}.pem")),
+        HostMatch::Any => None,
+    }
 }
 
 /// Why HAProxy would not load `bytes` as a CA file, if it would not: no PEM block, or a
@@ -105,7 +131,9 @@ pub fn unusable_ca_files(model: &Model) -> UnusableFiles {
 /// What rendering produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
-    /// Relative path → contents: `haproxy.cfg`, `ca/<sha256>.pem`, `client/<sha256>.pem`.
+    /// Relative path → contents: `haproxy.cfg`, `maps/`, `ca/<sha256>.pem`,
+    /// `client/<sha256>.pem`, and per HTTPS listener `certs/l<port>.list` with the
+    /// certificates it lists (`certs/l<port>/<host>.pem`).
     pub files: BTreeMap<String, Vec<u8>>,
     /// Routes rendered as 503 because the renderer could not honour them (trust material
     /// missing or not matching the model), each with the reason.
@@ -345,12 +373,15 @@ pub fn render_over(
     );
 
     let mut ids = std::collections::BTreeSet::new();
-    let main = portico_model::Listener { port: options.http_port, virtual_hosts: Vec::new() };
-    let mut listeners: Vec<&portico_model::Listener> = model.listeners.iter().collect();
-    if !listeners.iter().any(|l| l.port == options.http_port) {
-        listeners.push(&main);
-        listeners.sort_by_key(|l| l.port);
-    }
+    let always: Vec<portico_model::Listener> = [Some(options.http_port), options.https_port]
+        .into_iter()
+        .flatten()
+        .filter(|port| !model.listeners.iter().any(|l| l.port == *port))
+        .map(|port| portico_model::Listener { port, virtual_hosts: Vec::new() })
+        .collect();
+    let mut listeners: Vec<&portico_model::Listener> = model.listeners.iter().chain(&always).collect();
+    listeners.sort_by_key(|l| l.port);
+    let mut redirects = std::collections::BTreeSet::new();
     for listener in listeners {
         // Route selection is three map lookups (exact host, wildcard, any host), each the
         // longest prefix of `host + path` (map_beg is a prefix tree): the same cost at 10
@@ -380,6 +411,11 @@ pub fn render_over(
                     RouteAction::Reject => None,
                     RouteAction::BadGateway => {
                         backend(BAD_GATEWAY_BACKEND);
+                        continue;
+                    }
+                    RouteAction::RedirectHttps { port } => {
+                        backend(&redirect_backend(*port));
+                        redirects.insert(*port);
                         continue;
                     }
                     RouteAction::Forward { backends, host_rewrite, timeout, idle_timeout } => {
@@ -450,7 +486,35 @@ pub fn render_over(
             IpAddr::V4(ip) => format!("{ip}:{}", listener.port),
             IpAddr::V6(ip) => format!("ipv6@{ip}:{}", listener.port),
         };
-        writeln!(cfg, "    bind {bind}").unwrap();
+        let https = options.https_port == Some(listener.port) || listener.virtual_hosts.iter().any(|v| v.tls.is_some());
+        if https {
+            // The certificate by SNI from the list; an SNI no host has gets none
+            // (strict-sni), never another host's.
+            let list = crt_list(listener.port);
+            let entries = runtime.crt_lists.entry(format!("{base}/{list}")).or_default();
+            for vhost in &listener.virtual_hosts {
+                let (Some(tls), Some(file)) = (&vhost.tls, cert_file(listener.port, &vhost.host)) else { continue };
+                match portico_model::Model::serving_material(tls, trust) {
+                    Ok(pair) => {
+                        let pem = format!("{}{}", pair.chain_pem, pair.key_pem).into_bytes();
+                        let options = match tls.min_version {
+                            portico_model::TlsVersion::Tls12 => String::new(),
+                            v => format!("[ssl-min-ver {}]", v.as_str()),
+                        };
+                        let sni = match &vhost.host {
+                            HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
+                            host => host.to_string(),
+                        };
+                        entries.insert(format!("{base}/{file}"), runtime::CrtEntry { options, sni, pem });
+                    }
+                    Err(why) => problems.push(format!("host {}: HTTPS handshakes fail: {why}", vhost.host)),
+                }
+            }
+            writeln!(cfg, "    bind {bind} ssl crt-list {base}/{list} strict-sni ssl-min-ver TLSv1.2 alpn h2,http/1.1")
+                .unwrap();
+        } else {
+            writeln!(cfg, "    bind {bind}").unwrap();
+        }
         cfg.push_str("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n");
         cfg.push_str("    http-request set-var(txn.path) path\n");
         writeln!(cfg, "    http-request set-var(txn.route) var(txn.host),concat(,txn.path,),map_beg({exact})").unwrap();
@@ -518,10 +582,23 @@ pub fn render_over(
         "backend {NOT_FOUND_BACKEND}\n    http-request return status 404 content-type text/plain string \"no route\""
     )
     .unwrap();
+    for port in redirects {
+        // The host as routed (lowercase, without the port the client wrote), then the
+        // path and query as they came.
+        let authority = if port == 443 { String::new() } else { format!(":{port}") };
+        writeln!(
+            cfg,
+            "\nbackend {}\n    http-request redirect location https://%[var(txn.host)]{authority}%[pathq] code 301",
+            redirect_backend(port)
+        )
+        .unwrap();
+    }
 
     // The skeleton covers the files the configuration loads at start (CA bundles, client
     // certificates) too: the runtime API changes none of them, so a change of their
-    // content, even under the same name, is applied by a checked reload.
+    // content, even under the same name, is applied by a checked reload. Serving
+    // certificates and their lists are the exception: the runtime API changes them
+    // (`runtime::commands`), so they are not in it.
     runtime.skeleton = {
         let mut loaded: Vec<&[u8]> = vec![cfg.as_bytes()];
         for (path, contents) in &files {
@@ -530,6 +607,15 @@ pub fn render_over(
         }
         runtime::digest_all(&loaded)
     };
+    for (list, entries) in &runtime.crt_lists {
+        let mut text = String::new();
+        for (path, entry) in entries {
+            files.insert(path.strip_prefix(base).unwrap_or(path).trim_start_matches('/').to_owned(), entry.pem.clone());
+            let options = if entry.options.is_empty() { String::new() } else { format!(" {}", entry.options) };
+            writeln!(text, "{path}{options} {}", entry.sni).unwrap();
+        }
+        files.insert(list.strip_prefix(base).unwrap_or(list).trim_start_matches('/').to_owned(), text.into_bytes());
+    }
     let mut filled = String::with_capacity(cfg.len() + addresses.len() * 24);
     let mut pieces = cfg.split(SLOT);
     filled.push_str(pieces.next().unwrap_or_default());

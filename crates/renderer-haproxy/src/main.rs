@@ -21,6 +21,9 @@ struct Args {
     haproxy: String,
     #[arg(long, env = "PORTICO_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
+    /// The HTTPS listener (certificates by SNI); 0 listens on no HTTPS port.
+    #[arg(long, env = "PORTICO_HTTPS_PORT", default_value_t = 8443)]
+    https_port: u16,
     #[arg(long, env = "PORTICO_BIND_ADDRESS", default_value = "0.0.0.0")]
     bind_address: std::net::IpAddr,
     #[arg(long, env = "PORTICO_INSTANCE")]
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         work_dir: args.work_dir,
         haproxy: args.haproxy,
         http_port: args.http_port,
+        https_port: (args.https_port != 0).then_some(args.https_port),
         bind_address: args.bind_address,
         instance,
         external_haproxy: args.external_haproxy,

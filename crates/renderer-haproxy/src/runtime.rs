@@ -29,6 +29,34 @@ pub struct Runtime {
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Backend → its server slots (`s1`, `s2`, …), each with an endpoint or empty.
     pub servers: BTreeMap<String, Vec<Option<SocketAddr>>>,
+    /// Certificate list path (as the configuration names it) → certificate file path →
+    /// its line: the serving certificates of an HTTPS listener.
+    pub crt_lists: BTreeMap<String, BTreeMap<String, CrtEntry>>,
+}
+
+/// One line of a certificate list, and the certificate file's bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CrtEntry {
+    /// `[ssl-min-ver TLSv1.3]`, or empty.
+    pub options: String,
+    /// The SNI filter: the host, or `*.<suffix>`.
+    pub sni: String,
+    /// Chain and key, PEM.
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CrtEntry {
+    /// Without the bytes: they hold a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrtEntry").field("options", &self.options).field("sni", &self.sni).finish_non_exhaustive()
+    }
+}
+
+/// `set ssl cert` with the file's bytes as the payload: PEM lines, ended by an empty line.
+/// The one kind of command sent alone, never in a batch (`;` cannot follow a payload).
+fn set_cert(path: &str, pem: &[u8]) -> String {
+    let text = String::from_utf8_lossy(pem);
+    format!("set ssl cert {} <<\n{}\n", arg(path), text.trim_end_matches('\n'))
 }
 
 /// A keyed digest over several byte strings, each prefixed by its length. The key is drawn
@@ -64,8 +92,19 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
         || running.maps.keys().ne(next.maps.keys())
         || running.servers.keys().ne(next.servers.keys())
         || running.servers.iter().zip(&next.servers).any(|((_, a), (_, b))| a.len() != b.len())
+        || running.crt_lists.keys().ne(next.crt_lists.keys())
     {
         return None;
+    }
+    // A certificate whose line changes (its SNI or its TLS version) is taken out and put
+    // back by a reload, never by a delete and an add that would leave a moment without it.
+    for (list, entries) in &next.crt_lists {
+        for (path, entry) in entries {
+            if running.crt_lists[list].get(path).is_some_and(|old| (&old.options, &old.sni) != (&entry.options, &entry.sni))
+            {
+                return None;
+            }
+        }
     }
     let empty = BTreeMap::new();
     let upserts = |path: &String, out: &mut Vec<String>| {
@@ -85,6 +124,27 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
         }
     };
     let mut out = Vec::new();
+    // Certificates first: a new host's before the route entries that select it; a renewed
+    // one replaced in place (new handshakes get it, open connections keep theirs).
+    for (list, entries) in &next.crt_lists {
+        let old = &running.crt_lists[list];
+        for (path, entry) in entries {
+            match old.get(path) {
+                None => {
+                    out.push(format!("new ssl cert {}", arg(path)));
+                    out.push(set_cert(path, &entry.pem));
+                    out.push(format!("commit ssl cert {}", arg(path)));
+                    let options = if entry.options.is_empty() { String::new() } else { format!(" {}", entry.options) };
+                    out.push(format!("add ssl crt-list {} <<\n{}{options} {}\n", arg(list), path, entry.sni));
+                }
+                Some(was) if was.pem != entry.pem => {
+                    out.push(set_cert(path, &entry.pem));
+                    out.push(format!("commit ssl cert {}", arg(path)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
     for path in next.maps.keys().filter(|p| !selects_routes(p)) {
         upserts(path, &mut out);
     }
@@ -112,6 +172,13 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     for path in next.maps.keys().filter(|p| !selects_routes(p)) {
         deletes(path, &mut out);
     }
+    // A gone host's certificate last, once nothing routes to it.
+    for (list, entries) in &running.crt_lists {
+        for path in entries.keys().filter(|p| !next.crt_lists[list].contains_key(*p)) {
+            out.push(format!("del ssl crt-list {} {}", arg(list), arg(path)));
+            out.push(format!("del ssl cert {}", arg(path)));
+        }
+    }
     Some(out)
 }
 
@@ -123,6 +190,14 @@ pub fn is_success_line(line: &str) -> bool {
         || line.starts_with("IP changed from")
         || line.starts_with("no need to change the addr")
         || line.starts_with("port changed from")
+        // The certificate commands (HAProxy 2.6's words; a failure says "Can't" or "Error").
+        || line.starts_with("New empty certificate store '")
+        || line.starts_with("Transaction created for certificate ")
+        || line.starts_with("Committing ")
+        || line == "Success!"
+        || line.starts_with("Inserting certificate '")
+        || (line.starts_with("Entry '") && line.contains("' deleted in crtlist '"))
+        || (line.starts_with("Certificate '") && line.ends_with("' deleted!"))
 }
 
 #[cfg(test)]
@@ -140,7 +215,48 @@ mod tests {
                 .iter()
                 .map(|(b, s)| (b.to_string(), s.iter().map(|a| a.map(|a| a.parse().unwrap())).collect()))
                 .collect(),
+            crt_lists: BTreeMap::new(),
         }
+    }
+
+    fn with_certs(mut r: Runtime, certs: &[(&str, &str, &str)]) -> Runtime {
+        let list = r.crt_lists.entry("/c/l443.list".to_owned()).or_default();
+        for (path, options, pem) in certs {
+            let entry = CrtEntry { options: options.to_string(), sni: "a.com".into(), pem: pem.as_bytes().to_vec() };
+            list.insert(path.to_string(), entry);
+        }
+        r
+    }
+
+    #[test]
+    fn a_certificate_is_added_before_its_host_is_routed_renewed_in_place_and_removed_after() {
+        let maps = |entries: &'static [(&'static str, &'static str)]| {
+            runtime(&[("/m/backend.map", &[("r1", "b1")]), ("/m/l443-exact.map", entries)], &[])
+        };
+        let empty = with_certs(maps(&[]), &[]);
+        let routed = with_certs(maps(&[("a.com/", "r1")]), &[("/c/a.pem", "", "PEM1\n")]);
+        let added = commands(&empty, &routed).unwrap();
+        assert_eq!(added[0], "new ssl cert /c/a.pem");
+        assert_eq!(added[1], "set ssl cert /c/a.pem <<\nPEM1\n");
+        assert_eq!(added[2], "commit ssl cert /c/a.pem");
+        assert_eq!(added[3], "add ssl crt-list /c/l443.list <<\n/c/a.pem a.com\n");
+        assert_eq!(added[4], "add map /m/l443-exact.map a.com/ r1", "the route after its certificate");
+        assert_eq!(added.len(), 5);
+
+        let renewed = with_certs(maps(&[("a.com/", "r1")]), &[("/c/a.pem", "", "PEM2\n")]);
+        assert_eq!(
+            commands(&routed, &renewed).unwrap(),
+            ["set ssl cert /c/a.pem <<\nPEM2\n", "commit ssl cert /c/a.pem"],
+            "a renewal replaces the certificate in place"
+        );
+        let removed = commands(&renewed, &empty).unwrap();
+        assert_eq!(
+            removed,
+            ["del map /m/l443-exact.map a.com/", "del ssl crt-list /c/l443.list /c/a.pem", "del ssl cert /c/a.pem"],
+            "the certificate goes after the route"
+        );
+        let stricter = with_certs(maps(&[("a.com/", "r1")]), &[("/c/a.pem", "[ssl-min-ver TLSv1.3]", "PEM2\n")]);
+        assert_eq!(commands(&renewed, &stricter), None, "another TLS version is a reload, never a gap");
     }
 
     #[test]

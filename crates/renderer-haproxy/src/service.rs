@@ -23,6 +23,7 @@ pub struct ServiceConfig {
     /// The haproxy binary.
     pub haproxy: String,
     pub http_port: u16,
+    pub https_port: Option<u16>,
     pub bind_address: IpAddr,
     /// This renderer's name in `portico-applied`.
     pub instance: String,
@@ -500,6 +501,11 @@ impl Renderer {
             .unwrap_or_default()
             .parse()
             .map_err(|e: portico_model::GrammarError| ServiceError::WorkDir(dir.to_owned(), e.0))?;
-        Ok(Options { base_dir, bind_address: config.bind_address, http_port: config.http_port })
+        Ok(Options {
+            base_dir,
+            bind_address: config.bind_address,
+            http_port: config.http_port,
+            https_port: config.https_port,
+        })
     }
 }

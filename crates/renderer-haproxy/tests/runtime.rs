@@ -83,6 +83,7 @@ fn rendering(work: &Path, port: u16, yaml: &str, running: Option<&portico_render
         base_dir: current_base(work).to_str().unwrap().parse().unwrap(),
         bind_address: "127.0.0.1".parse().unwrap(),
         http_port: port,
+        https_port: None,
     };
     match running {
         None => render(&model, &trust, &options),
@@ -123,6 +124,7 @@ fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs
             base_dir: current_base(&work).to_str().unwrap().parse().unwrap(),
             bind_address: "127.0.0.1".parse().unwrap(),
             http_port: port,
+            https_port: None,
         },
     )
     .files;

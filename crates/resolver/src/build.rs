@@ -5,12 +5,13 @@
 use portico_model::names::quote;
 use portico_model::{
     host_rank, Cluster, ClusterKey, ClusterName, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem,
-    ProblemType, Reason, Route, RouteAction, Servers, Timeout, TrustRef, VirtualHost, WeightedCluster,
+    ProblemType, Reason, Route, RouteAction, Servers, ServingTls, Timeout, TrustRef, VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One service reference, resolved.
+#[derive(Clone)]
 pub struct Upstream {
     pub key: ClusterKey,
     pub servers: Servers,
@@ -18,6 +19,7 @@ pub struct Upstream {
     pub client_cert: Option<TrustRef>,
 }
 
+#[derive(Clone)]
 pub enum PendingAction {
     Forward {
         upstreams: Vec<(Upstream, u32)>,
@@ -28,6 +30,8 @@ pub enum PendingAction {
     Reject,
     /// An include that cannot be followed: 502 (SPEC section 9).
     BadGateway,
+    /// Plain HTTP for a host served over HTTPS: 301 to this port (SPEC section 8).
+    RedirectHttps { port: u16 },
 }
 
 impl PendingAction {
@@ -49,6 +53,7 @@ impl PendingAction {
     }
 }
 
+#[derive(Clone)]
 pub struct PendingRoute {
     pub listener: u16,
     pub host: HostMatch,
@@ -56,6 +61,9 @@ pub struct PendingRoute {
     /// The object that wrote the route (its status gets the route's problems).
     pub owner: ObjectRef,
     pub action: PendingAction,
+    /// On the HTTPS listener: the certificate of the route's host. The virtual host
+    /// serves the certificate of its first claim in conflict order.
+    pub tls: Option<ServingTls>,
 }
 
 /// A small map kept as a sorted vector: most slots have one claim and most owners a few,
@@ -116,12 +124,14 @@ enum Claimed {
     },
     Reject,
     BadGateway,
+    RedirectHttps { port: u16 },
 }
 
 #[derive(Clone, Debug)]
 struct Claim {
     owner: ObjectRef,
     action: Claimed,
+    tls: Option<ServingTls>,
 }
 
 /// A cluster key's digest and name, computed once per key while any claim uses it.
@@ -202,6 +212,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             let action = match route.action {
                 PendingAction::Reject => Claimed::Reject,
                 PendingAction::BadGateway => Claimed::BadGateway,
+                PendingAction::RedirectHttps { port } => Claimed::RedirectHttps { port },
                 PendingAction::Forward { upstreams, host_rewrite, timeout, idle_timeout } => {
                     let mut backends: Vec<(ClusterId, u32)> = Vec::with_capacity(upstreams.len());
                     let mut trust = Vec::new();
@@ -228,7 +239,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             self.slots
                 .entry(slot.clone())
                 .or_default()
-                .insert((unit.clone(), seq), Claim { owner: route.owner, action });
+                .insert((unit.clone(), seq), Claim { owner: route.owner, action, tls: route.tls });
             mine.push((slot.clone(), seq));
             touched.push(slot);
         }
@@ -335,12 +346,16 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         }
         let name = |id: &ClusterId| names[*id as usize].clone().expect("a used cluster is named");
 
-        let mut listeners: BTreeMap<u16, BTreeMap<&HostMatch, Vec<Route>>> = BTreeMap::new();
+        // A virtual host's routes, and its certificate: that of its earliest winning claim
+        // (in conflict order) that has one.
+        type Hosts<'t, U> = BTreeMap<&'t HostMatch, (Vec<Route>, Option<(&'t Order<U>, &'t ServingTls)>)>;
+        let mut listeners: BTreeMap<u16, Hosts<'_, U>> = BTreeMap::new();
         for ((port, host, prefix), claims) in &self.slots {
-            let Some((_, winner)) = claims.first() else { continue };
+            let Some((order, winner)) = claims.first() else { continue };
             let action = match &winner.action {
                 Claimed::Reject => RouteAction::Reject,
                 Claimed::BadGateway => RouteAction::BadGateway,
+                Claimed::RedirectHttps { port } => RouteAction::RedirectHttps { port: *port },
                 Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, .. } => RouteAction::Forward {
                     backends: backends
                         .iter()
@@ -351,22 +366,24 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                     idle_timeout: *idle_timeout,
                 },
             };
-            listeners.entry(*port).or_default().entry(host).or_default().push(Route {
-                prefix: prefix.clone(),
-                source: winner.owner.clone(),
-                action,
-            });
+            let (routes, tls) = listeners.entry(*port).or_default().entry(host).or_default();
+            routes.push(Route { prefix: prefix.clone(), source: winner.owner.clone(), action });
+            if let Some(mine) = &winner.tls {
+                if tls.is_none_or(|(first, _)| order < first) {
+                    *tls = Some((order, mine));
+                }
+            }
         }
         let listeners = listeners
             .into_iter()
             .map(|(port, hosts)| {
                 let mut virtual_hosts: Vec<VirtualHost> = hosts
                     .into_iter()
-                    .map(|(host, mut routes)| {
+                    .map(|(host, (mut routes, tls))| {
                         routes.sort_by(|a, b| {
                             b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(a.prefix.cmp(&b.prefix))
                         });
-                        VirtualHost { host: host.clone(), routes }
+                        VirtualHost { host: host.clone(), tls: tls.map(|(_, t)| t.clone()), routes }
                     })
                     .collect();
                 virtual_hosts.sort_by(|a, b| host_rank(&a.host).cmp(&host_rank(&b.host)).then(a.host.cmp(&b.host)));

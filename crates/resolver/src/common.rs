@@ -155,7 +155,7 @@ impl<'a> Index<'a> {
         let Some(secret) = &self.config.client_cert else {
             return Ok(None);
         };
-        let info = self.usable(secret, |v| &v.client_cert).map_err(|detail| {
+        let info = self.usable(secret, |v| &v.key_pair).map_err(|detail| {
             Problem::error(
                 ProblemType::TLSError,
                 Reason::SecretNotValid,

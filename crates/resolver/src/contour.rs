@@ -6,11 +6,13 @@ use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{
     error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Dep, Index,
 };
+use crate::serving::{min_version, serve_https, CertificateRequest};
 use crate::snapshot::Key;
 use portico_model::names::quote;
 use portico_model::{
-    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, K8sName, Kind,
-    ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, Timeout, TlsPolicy,
+    Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, HttpProxyTls,
+    K8sName, Kind, ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, ServingTls,
+    Timeout, TlsPolicy,
     TlsVersion, UpstreamProtocol, Verification,
 };
 
@@ -116,10 +118,47 @@ pub fn resolve_root(index: &Index<'_>, root: &HttpProxy) -> UnitOutput {
     }
     // A restriction of the whole virtual host that Portico cannot enforce closes it.
     let closed = root.ignored.iter().any(|p| p.starts_with("spec.virtualhost.") && restricts_access(p));
-    let mut walk = Walk { index, host, out };
+    let mut walk = Walk { index, host, out, permit_insecure: Vec::new() };
     let mut visited = vec![root];
     walk.proxy(root, "", closed, &mut visited);
-    walk.out
+    let Walk { host, mut out, permit_insecure, .. } = walk;
+    if let Some(tls) = &root.tls {
+        let serving = serving_certificate(index, root, tls, &host);
+        if let Err(problem) = &serving {
+            out.problems.push((this, problem.clone()));
+        }
+        serve_https(index.config, &mut out.routes, &host, serving.as_ref().ok(), |i| {
+            permit_insecure.get(i).copied().unwrap_or(false)
+        });
+    }
+    out
+}
+
+/// The certificate `spec.virtualhost.tls` names for the root's host.
+fn serving_certificate(
+    index: &Index<'_>,
+    root: &HttpProxy,
+    tls: &HttpProxyTls,
+    host: &HostMatch,
+) -> Result<ServingTls, Problem> {
+    const FIELD: &str = "spec.virtualhost.tls.secretName";
+    let invalid = |why: String| Problem::error(ProblemType::TLSError, Reason::InvalidValue, format!("{FIELD}: {why}"));
+    let written = tls.secret_name.as_str();
+    if written.is_empty() {
+        return Err(invalid("it is empty; name a kubernetes.io/tls Secret (TLS passthrough is not supported)".into()));
+    }
+    let (namespace, name) = match written.split_once('/') {
+        Some((ns, name)) => (ns, name),
+        None => (root.meta.namespace.as_str(), written),
+    };
+    let secret = match (namespace.parse::<K8sName>(), name.parse::<K8sName>()) {
+        (Ok(namespace), Ok(name)) => SecretRef { namespace, name },
+        _ => return Err(invalid(format!("{} is not a Secret name or namespace/name", quote(written)))),
+    };
+    let min_version =
+        min_version("spec.virtualhost.tls.minimumProtocolVersion", tls.minimum_protocol_version.as_deref())?;
+    let request = CertificateRequest { field: FIELD, secret, from_namespace: &root.meta.namespace, min_version };
+    index.serving_certificate(&request, host)
 }
 
 /// Every field of `proxy` that Portico does not implement, as a warning or (when leaving
@@ -150,6 +189,8 @@ struct Walk<'i, 'a> {
     index: &'i Index<'a>,
     host: HostMatch,
     out: UnitOutput,
+    /// `permitInsecure` of each of `out.routes`, in order.
+    permit_insecure: Vec<bool>,
 }
 
 impl<'a> Walk<'_, 'a> {
@@ -240,13 +281,17 @@ impl<'a> Walk<'_, 'a> {
             problems.push(problem);
             let served_at = if joined.is_empty() { "/" } else { joined.as_str() };
             match served_at.parse::<PathPrefix>() {
-                Ok(prefix) => self.out.routes.push(PendingRoute {
-                    listener: self.index.config.http_port,
-                    host: self.host.clone(),
-                    prefix,
-                    owner: owner.clone(),
-                    action: PendingAction::BadGateway,
-                }),
+                Ok(prefix) => {
+                    self.out.routes.push(PendingRoute {
+                        listener: self.index.config.http_port,
+                        host: self.host.clone(),
+                        prefix,
+                        owner: owner.clone(),
+                        action: PendingAction::BadGateway,
+                        tls: None,
+                    });
+                    self.permit_insecure.push(false);
+                }
                 Err(e) => problems.push(too_long(served_at, e)),
             }
             return;
@@ -314,7 +359,9 @@ impl<'a> Walk<'_, 'a> {
             prefix,
             owner: owner.clone(),
             action,
+            tls: None,
         });
+        self.permit_insecure.push(route.permit_insecure);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod common;
 pub mod contour;
 pub mod incremental;
 pub mod ingress_nginx;
+pub mod serving;
 pub mod snapshot;
 pub mod voyager;
 
@@ -27,6 +28,12 @@ pub use snapshot::Snapshot;
 pub struct Config {
     /// The listener for HTTPProxies and for Voyager rules without `http.port`.
     pub http_port: u16,
+    /// The HTTPS listener: hosts with a valid certificate are served there too (SPEC
+    /// section 8).
+    pub https_port: u16,
+    /// The port that plain HTTP requests to those hosts are redirected to: where clients
+    /// reach the HTTPS listener (443 behind a Service, the listener's own port locally).
+    pub https_redirect_port: u16,
     /// The upstream client certificate (Contour's "Envoy client certificate").
     pub client_cert: Option<SecretRef>,
     /// Contour's `--root-namespaces`: where root HTTPProxies may be defined; empty means
@@ -43,7 +50,13 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { http_port: 8080, client_cert: None, root_namespaces: Vec::new() }
+        Config {
+            http_port: 8080,
+            https_port: 8443,
+            https_redirect_port: 443,
+            client_cert: None,
+            root_namespaces: Vec::new(),
+        }
     }
 }
 

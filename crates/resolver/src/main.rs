@@ -19,6 +19,14 @@ struct Args {
     /// The listener port for HTTPProxies and Voyager rules without http.port.
     #[arg(long, env = "PORTICO_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
+    /// The HTTPS listener: hosts with a valid certificate are served there (SNI).
+    #[arg(long, env = "PORTICO_HTTPS_PORT", default_value_t = 8443)]
+    https_port: u16,
+    /// Where plain HTTP requests to those hosts are redirected: the port clients reach
+    /// the HTTPS listener on (443 behind a Service; --https-port when they reach it
+    /// directly).
+    #[arg(long, env = "PORTICO_HTTPS_REDIRECT_PORT", default_value_t = 443)]
+    https_redirect_port: u16,
     /// The upstream client certificate Secret, NAMESPACE/NAME.
     #[arg(long, env = "PORTICO_CLIENT_CERT", value_parser = parse_secret)]
     client_cert: Option<portico_model::SecretRef>,
@@ -55,7 +63,13 @@ fn main() -> ExitCode {
     let instance = instance_name(args.instance);
     let mut config = ServiceConfig::new(
         args.nats.connect_config("portico-resolver"),
-        Config { http_port: args.http_port, client_cert: args.client_cert, root_namespaces: args.root_namespaces },
+        Config {
+            http_port: args.http_port,
+            https_port: args.https_port,
+            https_redirect_port: args.https_redirect_port,
+            client_cert: args.client_cert,
+            root_namespaces: args.root_namespaces,
+        },
         instance,
     );
     config.holdoff = Duration::from_millis(args.holdoff_ms);

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// The fields Portico implements (SPEC sections 1, 2 and 9), with `[0]` for array items.
 const IMPLEMENTED: &[&str] = &[
     "spec.virtualhost.fqdn",
+    "spec.virtualhost.tls.secretName",
+    "spec.virtualhost.tls.minimumProtocolVersion",
+    "spec.routes[0].permitInsecure",
     "spec.includes[0].name",
     "spec.includes[0].namespace",
     "spec.includes[0].conditions[0].prefix",
@@ -213,6 +216,7 @@ fn every_httpproxy_field_of_contours_api_is_implemented_or_named_in_the_status()
         snap.apply(portico_model::Object::HttpProxy(portico_model::HttpProxy {
             meta: portico_model::Meta { namespace: "shop".parse().unwrap(), name: "child".parse().unwrap() },
             fqdn: None,
+            tls: None,
             includes: vec![],
             routes: vec![],
             ignored: vec![],

@@ -130,6 +130,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
     let child = HttpProxy {
         meta: meta("default", "child"),
         fqdn: None,
+        tls: None,
         includes: vec![],
         routes: vec![HttpProxyRoute {
             prefixes: vec!["/c".into()],
@@ -144,6 +145,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
             // A hostile timeout: only a number of milliseconds ever reaches a config.
             response_timeout: Some(i.subject_name.clone()),
             idle_timeout: Some(i.subject_name.clone()),
+            permit_insecure: true,
             ignored: vec![format!("spec.routes[0].{}", i.host_header)],
         }],
         ignored: vec![],
@@ -151,6 +153,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
     let proxy = HttpProxy {
         meta: meta("default", "p"),
         fqdn: Some(i.fqdn.clone()),
+        tls: None,
         includes: vec![
             HttpProxyInclude {
                 name: "child".into(),
@@ -192,6 +195,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
             set_headers: vec![("Host".into(), i.host_header.clone()), (i.host_header.clone(), "x".into())],
             response_timeout: None,
             idle_timeout: None,
+            permit_insecure: false,
         }],
     };
     let ingress = VoyagerIngress {
@@ -206,6 +210,31 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
                 backend: VoyagerBackend { service_name: i.service_name.clone(), service_port: i.service_port.clone() },
             }],
         }],
+        tls: vec![portico_model::VoyagerTls {
+            hosts: vec![i.voyager_host.clone(), i.fqdn.clone()],
+            secret_name: i.service_name.clone(),
+        }],
+    };
+    // A root served over HTTPS with a hostile TLS Secret name and TLS version: quoted in
+    // its status, never rendered.
+    let secure = HttpProxy {
+        meta: meta("default", "secure"),
+        fqdn: Some(i.host_header.clone()),
+        tls: Some(portico_model::HttpProxyTls {
+            secret_name: i.ca_secret.clone(),
+            minimum_protocol_version: Some(i.protocol.clone()),
+        }),
+        includes: vec![],
+        ignored: vec![],
+        routes: vec![HttpProxyRoute {
+            prefixes: vec![i.prefix.clone()],
+            ignored: vec![],
+            services: vec![HttpProxyService { name: "web".into(), port: 443, weight: None, protocol: None, validation: None }],
+            set_headers: vec![],
+            response_timeout: None,
+            idle_timeout: None,
+            permit_insecure: false,
+        }],
     };
     let mut snap = Snapshot::default();
     for o in [
@@ -213,6 +242,7 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
         portico_model::Object::EndpointSlice(slice),
         portico_model::Object::HttpProxy(proxy),
         portico_model::Object::HttpProxy(child),
+        portico_model::Object::HttpProxy(secure),
         portico_model::Object::VoyagerIngress(ingress),
     ] {
         snap.apply(o).unwrap();

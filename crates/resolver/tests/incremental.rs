@@ -102,12 +102,17 @@ fn proxy(ns: usize, p: usize, shape: [usize; 8]) -> Object {
             set_headers: vec![],
             response_timeout: None,
             idle_timeout: None,
+            permit_insecure: (shape[6] + i) % 3 == 1,
             ignored: vec![],
         })
         .collect();
     Object::HttpProxy(HttpProxy {
         meta: meta(NAMESPACES[ns % 2], &format!("p{}", p % 4)),
         fqdn: fqdn.map(str::to_owned),
+        tls: [None, Some("cert"), Some("b/cert"), Some("nocert")][shape[3] % 4].map(|secret| portico_model::HttpProxyTls {
+            secret_name: secret.to_owned(),
+            minimum_protocol_version: [None, Some("1.3".to_owned())][shape[4] % 2].clone(),
+        }),
         includes,
         routes,
         ignored: if shape[0] % 5 == 4 { vec!["spec.virtualhost.ipAllowPolicy".into()] } else { vec![] },
@@ -117,10 +122,13 @@ fn proxy(ns: usize, p: usize, shape: [usize; 8]) -> Object {
 fn delegation(ns: usize, to: usize) -> Object {
     Object::TlsCertificateDelegation(TlsCertificateDelegation {
         meta: meta(NAMESPACES[ns % 2], "share"),
-        delegations: vec![Delegation {
-            secret_name: "ca".into(),
-            target_namespaces: vec![["a", "b", "*"][to % 3].into()],
-        }],
+        delegations: ["ca", "cert"]
+            .into_iter()
+            .map(|secret| Delegation {
+                secret_name: secret.into(),
+                target_namespaces: vec![["a", "b", "*"][to % 3].into()],
+            })
+            .collect(),
     })
 }
 
@@ -136,6 +144,14 @@ fn voyager(ns: usize, shape: usize) -> Object {
                 backend: VoyagerBackend { service_name: format!("s{}", shape % 3), service_port: "443".into() },
             }],
         }],
+        tls: if shape % 4 < 2 {
+            vec![portico_model::VoyagerTls {
+                hosts: vec!["one.example.com".into(), "three.example.com".into()],
+                secret_name: "cert".into(),
+            }]
+        } else {
+            vec![]
+        },
         ignored: vec![],
     })
 }
@@ -168,6 +184,9 @@ fn change() -> impl Strategy<Value = Change> {
         (n(), any::<bool>())
             .prop_map(|(ns, valid)| Change::Verdict { secret: format!("{}/ca", NAMESPACES[ns % 2]), valid }),
         n().prop_map(|ns| Change::DropVerdict(format!("{}/ca", NAMESPACES[ns % 2]))),
+        (n(), any::<bool>())
+            .prop_map(|(ns, valid)| Change::Verdict { secret: format!("{}/cert", NAMESPACES[ns % 2]), valid }),
+        n().prop_map(|ns| Change::DropVerdict(format!("{}/cert", NAMESPACES[ns % 2]))),
     ]
 }
 
@@ -175,7 +194,11 @@ fn apply(inc: &mut Incremental, change: &Change) {
     match change {
         Change::Apply(object) => inc.apply(object.clone()).unwrap(),
         Change::Remove(reference) => inc.remove(reference),
-        Change::Verdict { secret, valid } => inc.set_verdict(if *valid {
+        Change::Verdict { secret, valid } => inc.set_verdict(if secret.ends_with("/cert") {
+            // Covers one and three, not two: a certificate that does not cover its host.
+            let names: &[&str] = if *valid { &["one.example.com", "three.example.com"] } else { &[] };
+            support::key_pair(secret, &format!("sha-{}", names.len()), names)
+        } else if *valid {
             support::valid_ca(secret)
         } else {
             support::invalid_ca(secret, "certificate 1: invalid DER")

@@ -275,7 +275,7 @@ fn voyager_fields_portico_does_not_implement_are_named_and_restrictions_close_th
     };
     let w = ingress_with(
         ", annotations: {ingress.appscode.com/type: LoadBalancer}",
-        "  tls: [{hosts: [app.example.com], secretName: cert}]\n",
+        "  nodeSelector: {disk: ssd}\n",
         ", backendRules: ['http-request set-header X-Evil 1']",
     );
     let status = w.voyager_status("default/ing");
@@ -287,8 +287,8 @@ fn voyager_fields_portico_does_not_implement_are_named_and_restrictions_close_th
         got,
         vec![
             "metadata.annotations[ingress.appscode.com/type] is not supported by Portico and is ignored",
+            "spec.nodeSelector is not supported by Portico and is ignored",
             "spec.rules[0].http.paths[0].backend.backendRules is not supported by Portico and is ignored",
-            "spec.tls is not supported by Portico and is ignored",
         ]
     );
     assert!(!w.rejects(8080, APP, "/"));

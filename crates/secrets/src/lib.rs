@@ -8,7 +8,7 @@
 pub mod pem;
 
 use portico_model::{
-    CaBundleInfo, CertificateInfo, ClientCertInfo, ClientPem, Pem, Secret, SecretRef, SecretVerdict, TrustMaterial,
+    CaBundleInfo, CertificateInfo, KeyPairInfo, KeyPairPem, Pem, Secret, SecretRef, SecretVerdict, TrustMaterial,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sha2::{Digest, Sha256};
@@ -81,7 +81,7 @@ pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, TrustMateri
     let material = TrustMaterial {
         secret: secret_ref.clone(),
         ca: ca.as_ref().ok().map(|(info, pem)| Pem { sha256: info.sha256.clone(), pem: pem.clone() }),
-        client_cert: client.as_ref().ok().map(|(info, chain, key)| ClientPem {
+        key_pair: client.as_ref().ok().map(|(info, chain, key)| KeyPairPem {
             sha256: info.sha256.clone(),
             chain_pem: chain.clone(),
             key_pem: key.clone(),
@@ -90,7 +90,7 @@ pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, TrustMateri
     let verdict = SecretVerdict {
         secret: secret_ref,
         ca: ca.map(|(info, _)| info).map_err(|e| e.to_string()),
-        client_cert: client.map(|(info, _, _)| info).map_err(|e| e.to_string()),
+        key_pair: client.map(|(info, _, _)| info).map_err(|e| e.to_string()),
     };
     (verdict, material)
 }
@@ -148,7 +148,7 @@ pub fn validate_ca_bundle(bytes: &[u8], now: i64) -> Result<(CaBundleInfo, Strin
     Ok((info, normalized))
 }
 
-fn validate_client_secret(secret: &Secret, now: i64) -> Result<(ClientCertInfo, String, String), ClientCertError> {
+fn validate_client_secret(secret: &Secret, now: i64) -> Result<(KeyPairInfo, String, String), ClientCertError> {
     if secret.secret_type != TYPE_TLS {
         return Err(ClientCertError::WrongSecretType(secret.secret_type.clone()));
     }
@@ -167,7 +167,7 @@ pub fn validate_client_cert(
     chain: &[u8],
     key: &[u8],
     now: i64,
-) -> Result<(ClientCertInfo, String, String), ClientCertError> {
+) -> Result<(KeyPairInfo, String, String), ClientCertError> {
     let cert_blocks = pem::blocks(chain).map_err(|error| ClientCertError::Pem { key: CERT_KEY, error })?;
     if cert_blocks.is_empty() {
         return Err(ClientCertError::NoCertificate);
@@ -220,7 +220,7 @@ pub fn validate_client_cert(
     let mut warnings = Vec::new();
     if leaf.not_after - now <= EXPIRY_WARNING_SECONDS {
         warnings.push(format!(
-            "the client certificate ({}) expires at {}, within 14 days",
+            "the certificate ({}) expires at {}, within 14 days",
             leaf.subject,
             rfc3339(leaf.not_after)
         ));
@@ -232,7 +232,13 @@ pub fn validate_client_cert(
         chain_pem.push_str(&pem::encode("CERTIFICATE", &block.der));
     }
     let key_pem = pem::encode(&key_block.label, &key_block.der);
-    Ok((ClientCertInfo { sha256: portico_model::hex(&all_der.finalize()), leaf, warnings }, chain_pem, key_pem))
+    let info = KeyPairInfo {
+        sha256: portico_model::hex(&all_der.finalize()),
+        leaf,
+        dns_names: leaf_names(leaf_der),
+        warnings,
+    };
+    Ok((info, chain_pem, key_pem))
 }
 
 /// Why a serving certificate (SPEC section 8: HTTPS at the edge) cannot serve its hosts.
@@ -250,21 +256,18 @@ pub enum ServingCertError {
 /// `hosts`: the pair is judged as a client certificate is (section 4), and the leaf must
 /// cover every host (RFC 6125: a DNS SAN equal to it, ignoring case, or `*.<suffix>` with
 /// exactly one label in place of the `*`; the CN only when the leaf has no DNS SAN). A
-/// wildcard host (`*.example.com`) needs the same wildcard. Not wired to a dialect yet
-/// (issue #14); this is the check its statuses will say.
+/// wildcard host (`*.example.com`) needs the same wildcard. The service publishes the
+/// pair's verdict with the leaf's names; the resolver checks each host against them
+/// (`KeyPairInfo::covers`), the same rule.
 pub fn validate_serving_cert(
     chain: &[u8],
     key: &[u8],
     hosts: &[&str],
     now: i64,
-) -> Result<(ClientCertInfo, String, String), ServingCertError> {
+) -> Result<(KeyPairInfo, String, String), ServingCertError> {
     let validated = validate_client_cert(chain, key, now).map_err(ServingCertError::Pair)?;
-    let leaf_der = pem::blocks(chain).ok().and_then(|b| b.into_iter().next()).map(|b| b.der).unwrap_or_default();
-    let names = leaf_names(&leaf_der);
-    for host in hosts {
-        if !names.iter().any(|name| covers(name, host)) {
-            return Err(ServingCertError::DoesNotCover((*host).to_owned()));
-        }
+    if let Some(host) = hosts.iter().find(|host| !validated.0.covers(host)) {
+        return Err(ServingCertError::DoesNotCover((*host).to_owned()));
     }
     Ok(validated)
 }
@@ -291,21 +294,6 @@ fn leaf_names(der: &[u8]) -> Vec<String> {
         return sans;
     }
     cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect()
-}
-
-/// Whether a certificate name covers a host (RFC 6125, section 6.4.3, without partial
-/// wildcards such as `w*.example.com`, which browsers refuse too).
-fn covers(name: &str, host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    if name == host {
-        return true;
-    }
-    match (name.strip_prefix("*."), host.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => {
-            !suffix.is_empty() && suffix.contains('.') && label != "*" && !label.is_empty() && rest == suffix
-        }
-        _ => false,
-    }
 }
 
 /// Parse one DER certificate into its summary; `None` if it is not valid X.509 DER (or has

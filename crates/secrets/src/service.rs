@@ -95,7 +95,7 @@ async fn put_verdict(
     tracing::info!(
         secret = %verdict.secret,
         ca = verdict.ca.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
-        client_cert = verdict.client_cert.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
+        key_pair = verdict.key_pair.as_ref().map(|_| "valid").unwrap_or_else(|e| e),
         trace_id = trace.trace_id().unwrap_or("-"),
         "published verdict"
     );

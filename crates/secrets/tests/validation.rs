@@ -158,16 +158,16 @@ fn secret_types_and_keys_decide_each_use() {
 
     let (verdict, material) = validate_secret(&secret("Opaque", &[("ca.crt", &ca)]), now());
     let verdict_ca_sha = verdict.ca.as_ref().unwrap().sha256.clone();
-    assert_eq!(verdict.client_cert.unwrap_err(), "secret type \"Opaque\" is not kubernetes.io/tls");
-    assert!(material.ca.is_some() && material.client_cert.is_none());
+    assert_eq!(verdict.key_pair.unwrap_err(), "secret type \"Opaque\" is not kubernetes.io/tls");
+    assert!(material.ca.is_some() && material.key_pair.is_none());
     assert_eq!(material.ca.unwrap().sha256, verdict_ca_sha, "material and verdict agree on the content");
 
     let tls = secret("kubernetes.io/tls", &[("tls.crt", &leaf), ("tls.key", &key.serialize_pem())]);
     let (verdict, material) = validate_secret(&tls, now());
     assert_eq!(verdict.ca.unwrap_err(), "empty \"ca.crt\" key");
-    assert!(verdict.client_cert.is_ok());
+    assert!(verdict.key_pair.is_ok());
     assert!(!format!("{material:?}").contains("PRIVATE KEY"), "Debug must not print the key");
-    assert!(material.client_cert.unwrap().key_pem.contains("PRIVATE KEY"));
+    assert!(material.key_pair.unwrap().key_pem.contains("PRIVATE KEY"));
 
     let (verdict, _) = validate_secret(&secret("kubernetes.io/dockerconfigjson", &[("ca.crt", &ca)]), now());
     assert_eq!(

@@ -152,6 +152,7 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
             prefixes: route.conditions.iter().filter_map(|c| c.prefix.clone()).collect(),
             response_timeout: route.timeout_policy.as_ref().and_then(|p| p.response.clone()),
             idle_timeout: route.timeout_policy.as_ref().and_then(|p| p.idle.clone()),
+            permit_insecure: route.permit_insecure,
             services,
             set_headers: route
                 .request_headers_policy
@@ -181,14 +182,18 @@ pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError>
     let mut ignored = unimplemented("spec", &p.spec.other);
     if let Some(v) = &p.spec.virtualhost {
         ignored.extend(unimplemented("spec.virtualhost", &v.other));
-        // Client certificate validation restricts who may connect: named on its own, so
-        // that the resolver can close the virtual host rather than only warn about `tls`.
-        if v.other.get("tls").is_some_and(|tls| tls.get("clientValidation").is_some()) {
-            ignored.push("spec.virtualhost.tls.clientValidation".to_owned());
+        // `clientValidation` restricts who may connect: the resolver closes the virtual
+        // host for it rather than only warning (`contour::RESTRICTING_FIELDS`).
+        if let Some(tls) = &v.tls {
+            ignored.extend(unimplemented("spec.virtualhost.tls", &tls.other));
         }
     }
     let fqdn = p.spec.virtualhost.as_ref().map(|v| v.fqdn.clone());
-    Ok(model::HttpProxy { meta, fqdn, includes, routes, ignored })
+    let tls = p.spec.virtualhost.as_ref().and_then(|v| v.tls.as_ref()).map(|t| model::HttpProxyTls {
+        secret_name: t.secret_name.clone(),
+        minimum_protocol_version: t.minimum_protocol_version.clone(),
+    });
+    Ok(model::HttpProxy { meta, fqdn, tls, includes, routes, ignored })
 }
 
 /// The paths of the fields at `at` that Portico does not implement (`at.name`).
@@ -272,5 +277,10 @@ pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress
                 .collect(),
         });
     }
-    Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules, ignored })
+    let mut tls = Vec::new();
+    for (t, entry) in i.spec.tls.iter().enumerate() {
+        ignored.extend(unimplemented(&format!("spec.tls[{t}]"), &entry.other));
+        tls.push(model::VoyagerTls { hosts: entry.hosts.clone(), secret_name: entry.secret_name.clone() });
+    }
+    Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules, tls, ignored })
 }

@@ -34,7 +34,22 @@ pub type Unimplemented = BTreeMap<String, serde_json::Value>;
 pub struct VirtualHost {
     #[serde(default)]
     pub fqdn: String,
-    /// `tls`, `ipAllowPolicy`, `authorization`...
+    #[serde(default)]
+    pub tls: Option<VirtualHostTls>,
+    /// `ipAllowPolicy`, `authorization`...
+    #[serde(flatten)]
+    pub other: Unimplemented,
+}
+
+/// `spec.virtualhost.tls`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHostTls {
+    #[serde(default)]
+    pub secret_name: String,
+    #[serde(default)]
+    pub minimum_protocol_version: Option<String>,
+    /// `passthrough`, `clientValidation`, `enableFallbackCertificate`...
     #[serde(flatten)]
     pub other: Unimplemented,
 }
@@ -63,6 +78,8 @@ pub struct Route {
     pub request_headers_policy: Option<HeadersPolicy>,
     #[serde(default)]
     pub timeout_policy: Option<TimeoutPolicy>,
+    #[serde(default)]
+    pub permit_insecure: bool,
     /// `retryPolicy`, `authPolicy`...
     #[serde(flatten)]
     pub other: Unimplemented,
@@ -175,7 +192,22 @@ pub struct VoyagerIngressSpec {
     pub backend: Option<VoyagerBackend>,
     #[serde(default)]
     pub rules: Vec<VoyagerRule>,
-    /// `tls`, `frontendRules`, the pod settings...
+    #[serde(default)]
+    pub tls: Vec<VoyagerTls>,
+    /// `frontendRules`, the pod settings...
+    #[serde(flatten)]
+    pub other: Unimplemented,
+}
+
+/// `spec.tls[]`: hosts and the Secret of their certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VoyagerTls {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub secret_name: String,
+    /// `ref` (a Secret or a Voyager Certificate by kind): not read.
     #[serde(flatten)]
     pub other: Unimplemented,
 }

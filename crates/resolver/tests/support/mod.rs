@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use portico_model::{
-    CaBundleInfo, ClientCertInfo, Cluster, ContourStatus, HostMatch, Kind, ObjectStatus, Route, RouteAction, SecretRef,
+    CaBundleInfo, KeyPairInfo, Cluster, ContourStatus, HostMatch, Kind, ObjectStatus, Route, RouteAction, SecretRef,
     SecretVerdict,
 };
 use portico_resolver::{resolve, Config, Resolved, Snapshot};
@@ -30,7 +30,7 @@ pub fn valid_ca(secret: &str) -> SecretVerdict {
     SecretVerdict {
         secret: secret_ref(secret),
         ca: Ok(CaBundleInfo { sha256: format!("sha-of-{secret}"), certificates: vec![], warnings: vec![] }),
-        client_cert: Err("secret type \"Opaque\" is not kubernetes.io/tls".into()),
+        key_pair: Err("secret type \"Opaque\" is not kubernetes.io/tls".into()),
     }
 }
 
@@ -47,17 +47,23 @@ pub fn invalid_ca(secret: &str, reason: &str) -> SecretVerdict {
 }
 
 pub fn valid_client_cert(secret: &str) -> SecretVerdict {
+    key_pair(secret, "client-sha", &["portico"])
+}
+
+/// A valid certificate and key (a kubernetes.io/tls Secret) for these names.
+pub fn key_pair(secret: &str, sha256: &str, names: &[&str]) -> SecretVerdict {
     SecretVerdict {
         secret: secret_ref(secret),
         ca: Err("empty \"ca.crt\" key".into()),
-        client_cert: Ok(ClientCertInfo {
-            sha256: "client-sha".into(),
+        key_pair: Ok(KeyPairInfo {
+            sha256: sha256.into(),
             leaf: portico_model::CertificateInfo {
                 subject: "CN=portico".into(),
                 sha256: "x".into(),
                 not_before: 0,
                 not_after: 0,
             },
+            dns_names: names.iter().map(|n| n.to_string()).collect(),
             warnings: vec![],
         }),
     }
