@@ -249,7 +249,9 @@ impl Model {
             .get(&tls.secret)
             .and_then(|m| m.key_pair.as_ref())
             .filter(|c| c.sha256 == tls.sha256 && is_sha256_hex(&c.sha256))
-            .ok_or_else(|| format!("no validated certificate of TLS secret {} with the model's content hash", tls.secret))
+            .ok_or_else(|| {
+                format!("no validated certificate of TLS secret {} with the model's content hash", tls.secret)
+            })
     }
 
     pub fn cluster(&self, name: &ClusterName) -> Option<&Cluster> {

@@ -316,7 +316,9 @@ fn reject() -> route::route::Action {
 fn redirect_https(port: u16) -> route::route::Action {
     route::route::Action::Redirect(route::RedirectAction {
         scheme_rewrite_specifier: Some(route::redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)),
-        port_redirect: u32::from(port),
+        // Envoy writes `:443` when told 443; without a port it keeps the request's, which
+        // the listener strips (`StripAnyHostPort`).
+        port_redirect: if port == 443 { 0 } else { u32::from(port) },
         response_code: route::redirect_action::RedirectResponseCode::MovedPermanently as i32,
         ..Default::default()
     })
@@ -617,6 +619,9 @@ fn http_manager(port: u16, delivery: Delivery) -> listener::Filter {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: format!("listener_{port}"),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        // Hosts are matched without the port the client wrote (as HAProxy does), and a
+        // redirect to HTTPS does not carry the HTTP port over.
+        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         route_specifier: Some(match delivery {
             Delivery::Ads => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
                 config_source: Some(ads_source()),
@@ -642,7 +647,10 @@ fn http_listener(port: u16, bind: IpAddr, delivery: Delivery) -> listener::Liste
     listener::Listener {
         name: format!("listener_{port}"),
         address: Some(socket_address(bind, port)),
-        filter_chains: vec![listener::FilterChain { filters: vec![http_manager(port, delivery)], ..Default::default() }],
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![http_manager(port, delivery)],
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }

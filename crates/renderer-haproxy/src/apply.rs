@@ -537,7 +537,12 @@ impl Haproxy {
             // A payload (a certificate and its key) is never repeated: the first line only.
             Some(answer) => Err(ApplyError::Refused {
                 answer: answer.trim().to_owned(),
-                commands: commands.iter().take(3).map(|c| c.lines().next().unwrap_or_default()).collect::<Vec<_>>().join("; "),
+                commands: commands
+                    .iter()
+                    .take(3)
+                    .map(|c| c.lines().next().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             }),
         }
     }

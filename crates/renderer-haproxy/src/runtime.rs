@@ -100,7 +100,9 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     // back by a reload, never by a delete and an add that would leave a moment without it.
     for (list, entries) in &next.crt_lists {
         for (path, entry) in entries {
-            if running.crt_lists[list].get(path).is_some_and(|old| (&old.options, &old.sni) != (&entry.options, &entry.sni))
+            if running.crt_lists[list]
+                .get(path)
+                .is_some_and(|old| (&old.options, &old.sni) != (&entry.options, &entry.sni))
             {
                 return None;
             }

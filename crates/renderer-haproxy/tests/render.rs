@@ -8,7 +8,12 @@ use portico_testkit::{pipeline, repo, testdata};
 use std::process::Command;
 
 fn options(base: &str) -> Options {
-    Options { base_dir: base.parse().unwrap(), bind_address: "127.0.0.1".parse().unwrap(), http_port: 8080, https_port: None }
+    Options {
+        base_dir: base.parse().unwrap(),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        http_port: 8080,
+        https_port: None,
+    }
 }
 
 /// Write the files into a fresh directory, render them for that directory, and run

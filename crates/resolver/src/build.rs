@@ -31,7 +31,9 @@ pub enum PendingAction {
     /// An include that cannot be followed: 502 (SPEC section 9).
     BadGateway,
     /// Plain HTTP for a host served over HTTPS: 301 to this port (SPEC section 8).
-    RedirectHttps { port: u16 },
+    RedirectHttps {
+        port: u16,
+    },
 }
 
 impl PendingAction {
@@ -124,7 +126,9 @@ enum Claimed {
     },
     Reject,
     BadGateway,
-    RedirectHttps { port: u16 },
+    RedirectHttps {
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug)]

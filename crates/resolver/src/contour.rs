@@ -12,8 +12,7 @@ use portico_model::names::quote;
 use portico_model::{
     Alpn, ClusterKey, DnsName, HostMatch, HttpProxy, HttpProxyInclude, HttpProxyRoute, HttpProxyService, HttpProxyTls,
     K8sName, Kind, ObjectRef, PathPrefix, Problem, ProblemType, Reason, SecretRef, Service, ServicePort, ServingTls,
-    Timeout, TlsPolicy,
-    TlsVersion, UpstreamProtocol, Verification,
+    Timeout, TlsPolicy, TlsVersion, UpstreamProtocol, Verification,
 };
 
 pub const ANNOTATION_TLS: &str = "projectcontour.io/upstream-protocol.tls";

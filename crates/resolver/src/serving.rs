@@ -24,7 +24,11 @@ pub struct CertificateRequest<'r> {
 impl Index<'_> {
     /// The certificate `request` names for `host`, or the error that makes the object
     /// invalid: not delegated, not found, not a valid pair, or not covering the host.
-    pub fn serving_certificate(&self, request: &CertificateRequest<'_>, host: &HostMatch) -> Result<ServingTls, Problem> {
+    pub fn serving_certificate(
+        &self,
+        request: &CertificateRequest<'_>,
+        host: &HostMatch,
+    ) -> Result<ServingTls, Problem> {
         let secret = &request.secret;
         let field = request.field;
         if !self.delegated(secret, request.from_namespace) {
@@ -39,7 +43,8 @@ impl Index<'_> {
             )));
         }
         self.record(Dep::Secret(secret.clone()));
-        let invalid = |why: String| Problem::error(ProblemType::TLSError, Reason::SecretNotValid, format!("{field}: {why}"));
+        let invalid =
+            |why: String| Problem::error(ProblemType::TLSError, Reason::SecretNotValid, format!("{field}: {why}"));
         let Some(verdict) = self.snapshot.verdicts.get(secret) else {
             return Err(invalid(format!("TLS Secret \"{secret}\" not found")));
         };

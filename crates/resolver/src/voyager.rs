@@ -3,8 +3,8 @@
 
 use crate::backend_tls;
 use crate::build::{PendingAction, PendingRoute, Upstream};
-use crate::serving::{serve_https, CertificateRequest};
 use crate::common::{error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
+use crate::serving::{serve_https, CertificateRequest};
 use portico_model::names::quote;
 use portico_model::{
     Alpn, CaSource, ClusterKey, HostMatch, Problem, ProblemType, Reason, SecretRef, TlsPolicy, TlsVersion,

@@ -229,7 +229,13 @@ fn snapshot(i: &Inputs, external: bool) -> Snapshot {
         routes: vec![HttpProxyRoute {
             prefixes: vec![i.prefix.clone()],
             ignored: vec![],
-            services: vec![HttpProxyService { name: "web".into(), port: 443, weight: None, protocol: None, validation: None }],
+            services: vec![HttpProxyService {
+                name: "web".into(),
+                port: 443,
+                weight: None,
+                protocol: None,
+                validation: None,
+            }],
             set_headers: vec![],
             response_timeout: None,
             idle_timeout: None,

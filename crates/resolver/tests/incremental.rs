@@ -109,9 +109,11 @@ fn proxy(ns: usize, p: usize, shape: [usize; 8]) -> Object {
     Object::HttpProxy(HttpProxy {
         meta: meta(NAMESPACES[ns % 2], &format!("p{}", p % 4)),
         fqdn: fqdn.map(str::to_owned),
-        tls: [None, Some("cert"), Some("b/cert"), Some("nocert")][shape[3] % 4].map(|secret| portico_model::HttpProxyTls {
-            secret_name: secret.to_owned(),
-            minimum_protocol_version: [None, Some("1.3".to_owned())][shape[4] % 2].clone(),
+        tls: [None, Some("cert"), Some("b/cert"), Some("nocert")][shape[3] % 4].map(|secret| {
+            portico_model::HttpProxyTls {
+                secret_name: secret.to_owned(),
+                minimum_protocol_version: [None, Some("1.3".to_owned())][shape[4] % 2].clone(),
+            }
         }),
         includes,
         routes,

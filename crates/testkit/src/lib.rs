@@ -282,3 +282,174 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+// ---------------------------------------------------------------- HTTPS client
+
+/// An HTTP answer, with the header a redirect is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub location: Option<String>,
+}
+
+/// What a client saw of a TLS handshake: the server's leaf certificate (SHA-256 of its
+/// DER, hex) and the protocol version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub leaf_sha256: String,
+    pub version: String,
+}
+
+/// Which TLS versions a client offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    Any,
+    Tls12Only,
+    Tls13Only,
+}
+
+/// The SHA-256 (hex) of a PEM certificate's DER: what `Handshake::leaf_sha256` is of it.
+pub fn pem_sha256(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate");
+    sha256_hex(&der)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    portico_model::hex(&sha2::Sha256::digest(bytes))
+}
+
+fn tls_config(ca_pem: &str, offer: Offer) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match offer {
+        Offer::Any => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Offer::Tls12Only => &[&rustls::version::TLS12],
+        Offer::Tls13Only => &[&rustls::version::TLS13],
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+type Sender = hyper_client::client::conn::http1::SendRequest<http_body_util::Empty<hyper_client::body::Bytes>>;
+
+/// One HTTPS connection kept alive: its handshake, and requests over it one at a time.
+pub struct HttpsConnection {
+    runtime: tokio::runtime::Runtime,
+    sender: Sender,
+    pub handshake: Handshake,
+}
+
+impl HttpsConnection {
+    /// Connect to `addr` offering `sni`, verifying the server against `ca_pem` (the name
+    /// too). A refused handshake is an error.
+    pub fn open(addr: std::net::SocketAddr, sni: &str, ca_pem: &str, offer: Offer) -> std::io::Result<HttpsConnection> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let config = tls_config(ca_pem, offer)?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+        let (sender, handshake) = runtime.block_on(async {
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                let (_, session) = tls.get_ref();
+                let leaf = session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+                let handshake = Handshake {
+                    leaf_sha256: leaf.map(|der| sha256_hex(&der)).unwrap_or_default(),
+                    version: session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                };
+                let (sender, connection) = hyper_client::client::conn::http1::handshake(
+                    hyper_util_client::rt::TokioIo::new(tls),
+                )
+                .await
+                .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                Ok::<_, std::io::Error>((sender, handshake))
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake in 10 s")))
+        })?;
+        Ok(HttpsConnection { runtime, sender, handshake })
+    }
+
+    /// A GET with this Host over the connection.
+    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<Answer> {
+        let request = hyper_client::Request::get(path)
+            .header(hyper_client::header::HOST, host)
+            .header(hyper_client::header::USER_AGENT, "portico-e2e")
+            .body(http_body_util::Empty::<hyper_client::body::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let sender = &mut self.sender;
+        self.runtime.block_on(async {
+            let exchange = async {
+                sender.ready().await.map_err(std::io::Error::other)?;
+                let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+                answer(response).await
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(15), exchange)
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 15 s")))
+        })
+    }
+}
+
+async fn answer(response: hyper_client::Response<hyper_client::body::Incoming>) -> std::io::Result<Answer> {
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get(hyper_client::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.map_err(std::io::Error::other)?;
+    Ok(Answer { status, body: String::from_utf8_lossy(&body.to_bytes()).into_owned(), location })
+}
+
+/// One GET on a new HTTPS connection: the answer and what the handshake showed.
+pub fn https_get_at(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    host: &str,
+    path: &str,
+    ca_pem: &str,
+    offer: Offer,
+) -> std::io::Result<(Answer, Handshake)> {
+    let mut connection = HttpsConnection::open(addr, sni, ca_pem, offer)?;
+    let answer = connection.get(host, path)?;
+    Ok((answer, connection.handshake.clone()))
+}
+
+/// A plain HTTP GET that keeps the `Location` header (a redirect's target).
+pub fn http_answer_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<Answer> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut sender, connection) =
+                hyper_client::client::conn::http1::handshake(hyper_util_client::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            let request = hyper_client::Request::get(path)
+                .header(hyper_client::header::HOST, host)
+                .body(http_body_util::Empty::<hyper_client::body::Bytes>::new())
+                .map_err(std::io::Error::other)?;
+            let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+            answer(response).await
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(15), exchange)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 15 s")))
+    })
+}

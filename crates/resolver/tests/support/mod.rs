@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use portico_model::{
-    CaBundleInfo, KeyPairInfo, Cluster, ContourStatus, HostMatch, Kind, ObjectStatus, Route, RouteAction, SecretRef,
+    CaBundleInfo, Cluster, ContourStatus, HostMatch, KeyPairInfo, Kind, ObjectStatus, Route, RouteAction, SecretRef,
     SecretVerdict,
 };
 use portico_resolver::{resolve, Config, Resolved, Snapshot};
