@@ -234,6 +234,13 @@ pub struct Demo {
     pub manifests: String,
     /// The CA certificate (PEM) behind `demo/demo-ca`.
     pub demo_ca_pem: String,
+    /// The CA of the certificate `secure.example.com` is served with over HTTPS: its PEM
+    /// is what a client is given to verify it (`curl --cacert`), and it can issue a
+    /// renewal.
+    pub edge_ca: TestCa,
+    /// The HTTPS host, and the certificate and key it is served with (`secure_site`).
+    pub secure_host: &'static str,
+    pub secure: Issued,
 }
 
 /// Start the demo's backends and write its manifests (to be written to a file the watcher
@@ -248,8 +255,47 @@ pub fn start() -> Demo {
     );
     let legacy =
         Backend::start("legacy", BackendKind::Tls { cert: demo_ca.server(&["legacy.demo.svc"]), client_ca: None });
-    let manifests = manifests(&demo_ca.pem, &internal_ca.pem, web.port, payments.port, legacy.port);
-    Demo { web, payments, legacy, manifests, demo_ca_pem: demo_ca.pem }
+    let edge_ca = TestCa::new("Portico demo edge CA");
+    let secure = edge_ca.server(&[SECURE_HOST]);
+    let mut manifests = manifests(&demo_ca.pem, &internal_ca.pem, web.port, payments.port, legacy.port);
+    manifests.push_str(&secure_site(&secure));
+    Demo { web, payments, legacy, manifests, demo_ca_pem: demo_ca.pem, edge_ca, secure_host: SECURE_HOST, secure }
+}
+
+/// The demo's host served over HTTPS.
+pub const SECURE_HOST: &str = "secure.example.com";
+
+/// HTTPS at the edge: a kubernetes.io/tls Secret with a certificate made at start, and an
+/// HTTPProxy serving `SECURE_HOST` with it (re-encrypting to the web backend).
+pub fn secure_site(cert: &Issued) -> String {
+    format!(
+        r#"---
+# HTTPS at the edge: {SECURE_HOST} is served over HTTPS (the proxies' --https-port)
+# with a certificate `portico up` made at start (its CA is STATE_DIR/edge-ca.pem), and
+# re-encrypted to the web backend; plain HTTP to it answers 301 to HTTPS. Replace the
+# certificate here and both proxies serve the new one without a reload.
+apiVersion: v1
+kind: Secret
+metadata: {{name: secure-cert, namespace: demo}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}---
+apiVersion: projectcontour.io/v1
+kind: HTTPProxy
+metadata: {{name: secure, namespace: demo}}
+spec:
+  virtualhost: {{fqdn: {SECURE_HOST}, tls: {{secretName: secure-cert}}}}
+  routes:
+  - services:
+    - name: web
+      port: 8443
+      validation: {{subjectName: web.demo.svc, caSecret: demo-ca}}
+"#,
+        indent(&cert.cert_pem, 4),
+        indent(&cert.key_pem, 4)
+    )
 }
 
 fn indent(pem: &str, spaces: usize) -> String {

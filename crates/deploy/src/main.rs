@@ -30,6 +30,10 @@ struct UpArgs {
     state_dir: PathBuf,
     #[arg(long, default_value_t = 8080, env = "PORTICO_HTTP_PORT")]
     http_port: u16,
+    /// The proxies' HTTPS port: hosts with a certificate (by SNI); plain HTTP to them is
+    /// redirected here.
+    #[arg(long, default_value_t = 8443, env = "PORTICO_HTTPS_PORT")]
+    https_port: u16,
     #[arg(long, default_value_t = 4222)]
     nats_port: u16,
     #[arg(long, default_value_t = 18000)]
@@ -62,6 +66,7 @@ impl UpArgs {
             state_dir,
             manifests: self.paths,
             http_port: self.http_port,
+            https_port: self.https_port,
             nats_port: self.nats_port,
             ads_port: self.ads_port,
             envoy_admin_port: self.envoy_admin_port,
@@ -326,6 +331,8 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
         let dir = options.state_dir.join("manifests");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         std::fs::write(dir.join("demo.yaml"), &demo.manifests).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ca = options.state_dir.join("edge-ca.pem");
+        std::fs::write(&ca, &demo.edge_ca.pem).map_err(|e| format!("{}: {e}", ca.display()))?;
         options.manifests = vec![dir];
         Some(demo)
     } else {
@@ -360,8 +367,10 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
     });
     println!("\nPortico is up: HAProxy and Envoy both applied model generation {generation}.\n");
     print!("{}", status::table_or_why(&report, &options.state_dir));
-    let (h, e, port) = (options.haproxy_address, options.envoy_address, options.http_port);
-    if demo.is_some() {
+    let (h, e, port, tls) = (options.haproxy_address, options.envoy_address, options.http_port, options.https_port);
+    if let Some(demo) = &demo {
+        let secure = demo.secure_host;
+        let ca = options.state_dir.join("edge-ca.pem").display().to_string();
         println!(
             "\nTry it (HAProxy on {h}:{port}, Envoy on {e}:{port}, one model):
   curl -H 'Host: web.example.com' http://{h}:{port}/            # 200: TLS to the backend, verified against demo/demo-ca (Contour)
@@ -369,6 +378,9 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
   curl -H 'Host: web.example.com' http://{e}:{port}/payments    # 200: CA delegated from namespace infra
   curl -H 'Host: legacy.example.com' http://{h}:{port}/         # 200: Voyager backend-tls, verify required verifyhost
   curl -H 'Host: web.example.com' http://{h}:{port}/broken      # 503: broken on purpose; the status above says why
+  curl --cacert {ca} --resolve {secure}:{tls}:{h} https://{secure}:{tls}/   # 200: HTTPS in (SNI), verified TLS out
+  curl --cacert {ca} --resolve {secure}:{tls}:{e} https://{secure}:{tls}/   # the same through Envoy
+  curl -i -H 'Host: {secure}' http://{h}:{port}/         # 301 to https://{secure}:{tls}/
 
 Edit {}/manifests/demo.yaml and both proxies follow (fix /broken: caSecret: demo-ca).",
             options.state_dir.display()

@@ -29,6 +29,9 @@ pub struct Options {
     pub manifests: Vec<PathBuf>,
     /// The proxies' HTTP port (the model's default listener).
     pub http_port: u16,
+    /// The proxies' HTTPS port: hosts with a certificate, chosen by SNI. Plain HTTP
+    /// requests to those hosts are redirected here.
+    pub https_port: u16,
     pub nats_port: u16,
     /// renderer-envoy's ADS port (on 127.0.0.1).
     pub ads_port: u16,
@@ -326,15 +329,26 @@ impl Stack {
         }
         let loopback = IpAddr::from([127, 0, 0, 1]);
         for n in 1..r.envoys {
-            let address = std::net::SocketAddr::new(options.envoy_address_of(n), options.http_port);
-            if std::net::TcpListener::bind(address).is_err() {
-                return Err(UpError::PortInUse { what: "another Envoy's port", address, flag: "--http-port" });
+            for (port, flag) in [(options.http_port, "--http-port"), (options.https_port, "--https-port")] {
+                let address = std::net::SocketAddr::new(options.envoy_address_of(n), port);
+                if std::net::TcpListener::bind(address).is_err() {
+                    return Err(UpError::PortInUse { what: "another Envoy's port", address, flag });
+                }
             }
+        }
+        if options.https_port == options.http_port {
+            return Err(UpError::PortInUse {
+                what: "the HTTP port (HTTPS needs its own)",
+                address: std::net::SocketAddr::new(options.haproxy_address, options.https_port),
+                flag: "--https-port",
+            });
         }
         for (what, ip, port, flag) in [
             ("NATS's port", loopback, options.nats_port, "--nats-port"),
             ("HAProxy's port", options.haproxy_address, options.http_port, "--http-port"),
             ("Envoy's port", options.envoy_address, options.http_port, "--http-port"),
+            ("HAProxy's HTTPS port", options.haproxy_address, options.https_port, "--https-port"),
+            ("Envoy's HTTPS port", options.envoy_address, options.https_port, "--https-port"),
             ("the ADS port", loopback, options.ads_port, "--ads-port"),
             ("Envoy's admin port", loopback, options.envoy_admin_port, "--envoy-admin-port"),
         ] {
@@ -463,6 +477,7 @@ impl Stack {
             Ok(command)
         };
         let http_port = o.http_port.to_string();
+        let https_port = o.https_port.to_string();
         Ok(match part {
             Part::Nats(n) => {
                 let mut command = Command::new("nats-server");
@@ -477,7 +492,13 @@ impl Stack {
             Part::Secrets(_) => service("portico-secrets", User::Secrets)?,
             Part::Resolver(_) => {
                 let mut command = service("portico-resolver", User::Resolver)?;
-                command.args(["--http-port", &http_port, "--instance", &part.name()]);
+                // Clients reach the proxies' HTTPS port directly: redirects name it.
+                command.args(["--http-port", &http_port, "--instance", &part.name()]).args([
+                    "--https-port",
+                    &https_port,
+                    "--https-redirect-port",
+                    &https_port,
+                ]);
                 if let Some(cert) = &o.client_cert {
                     command.arg("--client-cert").arg(format!("{}/{}", cert.namespace, cert.name));
                 }
@@ -488,7 +509,7 @@ impl Stack {
                 command
                     .arg("--work-dir")
                     .arg(o.state_dir.join("haproxy"))
-                    .args(["--http-port", &http_port, "--instance", HAPROXY_INSTANCE])
+                    .args(["--http-port", &http_port, "--https-port", &https_port, "--instance", HAPROXY_INSTANCE])
                     .arg("--bind-address")
                     .arg(o.haproxy_address.to_string());
                 command

@@ -128,14 +128,17 @@ impl LocalStack {
         for (name, contents) in extra {
             std::fs::write(manifests.join(name), contents).expect("an extra manifest");
         }
+        // Free on HAProxy's address and on every Envoy's (127.0.0.2 and up).
+        let addresses: Vec<IpAddr> = (1..=1 + replicas.envoys).map(|last| IpAddr::from([127, 0, 0, last])).collect();
+        let http_port = portico_deploy::up::pick_port(&addresses).expect("a free port");
+        let https_port = std::iter::repeat_with(|| portico_deploy::up::pick_port(&addresses).expect("a free port"))
+            .find(|p| *p != http_port)
+            .expect("another free port");
         let options = Options {
             state_dir: dir.path().join("state"),
             manifests: vec![manifests],
-            // Free on HAProxy's address and on every Envoy's (127.0.0.2 and up).
-            http_port: portico_deploy::up::pick_port(
-                &(1..=1 + replicas.envoys).map(|last| IpAddr::from([127, 0, 0, last])).collect::<Vec<_>>(),
-            )
-            .expect("a free port"),
+            http_port,
+            https_port,
             nats_port: free_port(),
             ads_port: free_port(),
             envoy_admin_port: free_port(),
@@ -176,6 +179,12 @@ impl LocalStack {
     }
 
     /// Where Envoy `n` of a stack with several listens.
+    /// Where a proxy serves HTTPS.
+    pub fn https_address(&self, via: Via) -> SocketAddr {
+        let o = &self.stack.options;
+        SocketAddr::new(if via == Via::Haproxy { o.haproxy_address } else { o.envoy_address }, o.https_port)
+    }
+
     pub fn envoy_address(&self, n: u8) -> SocketAddr {
         let o = &self.stack.options;
         SocketAddr::new(o.envoy_address_of(n), o.http_port)

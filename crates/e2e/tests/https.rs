@@ -65,7 +65,8 @@ fn manifests(certs: &Certificates, backend_ca: &str, plain: u16, tls: u16) -> St
          \x20 - conditions: [{prefix: /insecure-ok}]\n    permitInsecure: true\n    services: [{name: plain, port: 443}]\n\
          \x20 - conditions: [{prefix: /reencrypt}]\n    services: [{name: tlsback, port: 443, protocol: tls, validation: {caSecret: backend-ca, subjectName: backend.test}}]\n",
     );
-    yaml += &proxy("strict", "strict.test", ", tls: {secretName: strict-cert, minimumProtocolVersion: '1.3'}", plain_route);
+    yaml +=
+        &proxy("strict", "strict.test", ", tls: {secretName: strict-cert, minimumProtocolVersion: '1.3'}", plain_route);
     yaml += &proxy("bad", "bad.test", ", tls: {secretName: bad-cert}", plain_route);
     yaml += &proxy("clear", "clear.test", "", plain_route);
     yaml += "---\napiVersion: voyager.appscode.com/v1beta1\nkind: Ingress\nmetadata: {name: ing, namespace: edge}\n\
@@ -125,10 +126,7 @@ fn https_at_the_edge_through_both_proxies() {
     let (haproxy, outcome) = edge(&file, &dir.path().join("h"), false);
     let (envoy, _) = edge(&file, &dir.path().join("e"), true);
     let bad = outcome.resolved.statuses.iter().find(|s| s.object.name.as_str() == "bad").unwrap();
-    assert!(
-        bad.problems.iter().any(|p| p.message.contains("certificate does not cover host \"bad.test\"")),
-        "{bad:?}"
-    );
+    assert!(bad.problems.iter().any(|p| p.message.contains("certificate does not cover host \"bad.test\"")), "{bad:?}");
     let ca = &certs.edge_ca.pem;
     for edge in [&haproxy, &envoy] {
         let name = edge.proxy.name;

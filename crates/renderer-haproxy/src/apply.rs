@@ -120,6 +120,12 @@ fn master_line(out: &str) -> Result<(u32, u64, u64), ApplyError> {
     }
 }
 
+/// How many times the HAProxy master running in `work_dir` has reloaded since it started,
+/// if one answers on its socket (`show proc`'s count, not the renderer's word for it).
+pub fn master_reloads(work_dir: &Path) -> Option<u64> {
+    master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(_, r, _)| r)
+}
+
 /// The pid of the HAProxy master running in `work_dir`, if one answers on its socket.
 pub fn running_master(work_dir: &Path) -> Option<u32> {
     master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(pid, _, _)| pid)

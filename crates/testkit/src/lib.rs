@@ -369,11 +369,10 @@ impl HttpsConnection {
                     leaf_sha256: leaf.map(|der| sha256_hex(&der)).unwrap_or_default(),
                     version: session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
                 };
-                let (sender, connection) = hyper_client::client::conn::http1::handshake(
-                    hyper_util_client::rt::TokioIo::new(tls),
-                )
-                .await
-                .map_err(std::io::Error::other)?;
+                let (sender, connection) =
+                    hyper_client::client::conn::http1::handshake(hyper_util_client::rt::TokioIo::new(tls))
+                        .await
+                        .map_err(std::io::Error::other)?;
                 tokio::spawn(connection);
                 Ok::<_, std::io::Error>((sender, handshake))
             };
@@ -407,11 +406,8 @@ impl HttpsConnection {
 
 async fn answer(response: hyper_client::Response<hyper_client::body::Incoming>) -> std::io::Result<Answer> {
     let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get(hyper_client::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let location =
+        response.headers().get(hyper_client::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = http_body_util::BodyExt::collect(response.into_body()).await.map_err(std::io::Error::other)?;
     Ok(Answer { status, body: String::from_utf8_lossy(&body.to_bytes()).into_owned(), location })
 }
