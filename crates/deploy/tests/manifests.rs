@@ -512,3 +512,34 @@ fn the_bundled_examples_pass_the_schemas_of_porticos_crds() {
     }
     assert!(checked >= 3, "only {checked} custom objects checked");
 }
+
+#[test]
+fn both_proxies_serve_https_on_443_from_their_8443_listener() {
+    let documents = documents();
+    let pods = pod_specs(&documents);
+    for (service, deployment, container) in
+        [("portico-haproxy", "portico-haproxy", "haproxy"), ("portico-envoy", "portico-envoy", "envoy")]
+    {
+        let svc = documents
+            .iter()
+            .find(|(_, v)| v["kind"] == "Service" && v["metadata"]["name"] == service)
+            .unwrap_or_else(|| panic!("no Service {service}"));
+        let https = svc.1["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "https");
+        let https = https.unwrap_or_else(|| panic!("{service} exposes no https port"));
+        assert_eq!((https["port"].as_u64(), https["targetPort"].as_u64()), (Some(443), Some(8443)), "{service}");
+        let (_, _, spec) = pods.iter().find(|(_, name, _)| name == deployment).expect("the proxy's Deployment");
+        let proxy = spec.containers.iter().find(|c| c.name == container).expect("the proxy container");
+        assert!(
+            proxy.ports.iter().flatten().any(|p| p.name.as_deref() == Some("https") && p.container_port == 8443),
+            "{deployment}/{container} declares its HTTPS port"
+        );
+    }
+    // The resolver redirects plain HTTP to the Services' 443; HAProxy's renderer binds 8443.
+    let args = |name: &str| -> Vec<String> {
+        let (_, _, spec) = pods.iter().find(|(_, n, _)| n == name).unwrap();
+        spec.containers.iter().flat_map(|c| c.args.clone().unwrap_or_default()).collect()
+    };
+    let resolver = args("portico-resolver").join(" ");
+    assert!(resolver.contains("--https-port 8443 --https-redirect-port 443"), "{resolver}");
+    assert!(args("portico-haproxy").join(" ").contains("--https-port 8443"));
+}
