@@ -196,6 +196,30 @@ const FIELDS: &[Field] = &[
         spec_accepts: none,
     },
     Field {
+        name: "HTTPProxy spec.virtualhost.tls.secretName",
+        documents: |n, v| proxy(n, |p| p["spec"]["virtualhost"]["tls"] = json!({"secretName": v})),
+        spec_accepts: none,
+    },
+    Field {
+        name: "HTTPProxy spec.virtualhost.tls.minimumProtocolVersion",
+        documents: |n, v| {
+            proxy(n, |p| p["spec"]["virtualhost"]["tls"] = json!({"secretName": "cert", "minimumProtocolVersion": v}))
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "Voyager Ingress spec.tls[].secretName",
+        documents: |n, v| {
+            ingress(n, json!({}), |i| i["spec"]["tls"] = json!([{"hosts": [format!("v{n}.bad.test")], "secretName": v}]))
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "Voyager Ingress spec.tls[].hosts[]",
+        documents: |n, v| ingress(n, json!({}), |i| i["spec"]["tls"] = json!([{"hosts": [v], "secretName": "cert"}])),
+        spec_accepts: none,
+    },
+    Field {
         name: "Voyager Ingress backend.serviceName",
         documents: |n, v| {
             ingress(n, json!({}), |i| i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["serviceName"] = json!(v))
