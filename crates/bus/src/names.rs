@@ -42,6 +42,8 @@ pub fn kind_token(kind: Kind) -> &'static str {
         Kind::Secret => "secret",
         Kind::Service => "service",
         Kind::TlsCertificateDelegation => "tlscertificatedelegation",
+        Kind::Ingress => "ingress",
+        Kind::IngressClass => "ingressclass",
     }
 }
 

@@ -210,7 +210,9 @@ const FIELDS: &[Field] = &[
     Field {
         name: "Voyager Ingress spec.tls[].secretName",
         documents: |n, v| {
-            ingress(n, json!({}), |i| i["spec"]["tls"] = json!([{"hosts": [format!("v{n}.bad.test")], "secretName": v}]))
+            ingress(n, json!({}), |i| {
+                i["spec"]["tls"] = json!([{"hosts": [format!("v{n}.bad.test")], "secretName": v}])
+            })
         },
         spec_accepts: none,
     },

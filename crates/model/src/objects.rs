@@ -21,16 +21,25 @@ pub enum Kind {
     Secret,
     Service,
     TlsCertificateDelegation,
+    /// networking.k8s.io/v1 Ingress (SPEC section 7).
+    Ingress,
+    /// networking.k8s.io/v1 IngressClass (cluster-scoped: its namespace is `CLUSTER`).
+    IngressClass,
 }
 
+/// The namespace cluster-scoped objects (IngressClass) are kept under.
+pub const CLUSTER: &str = "cluster";
+
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::EndpointSlice,
         Kind::HttpProxy,
         Kind::VoyagerIngress,
         Kind::Secret,
         Kind::Service,
         Kind::TlsCertificateDelegation,
+        Kind::Ingress,
+        Kind::IngressClass,
     ];
 
     /// The Kubernetes kind name.
@@ -42,6 +51,8 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Service => "Service",
             Kind::TlsCertificateDelegation => "TLSCertificateDelegation",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
         }
     }
 
@@ -51,6 +62,7 @@ impl Kind {
             Kind::HttpProxy | Kind::TlsCertificateDelegation => "projectcontour.io/v1",
             Kind::VoyagerIngress => "voyager.appscode.com/v1beta1",
             Kind::Secret | Kind::Service => "v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
         }
     }
 }
@@ -103,6 +115,8 @@ pub enum Object {
     HttpProxy(HttpProxy),
     TlsCertificateDelegation(TlsCertificateDelegation),
     VoyagerIngress(VoyagerIngress),
+    Ingress(Ingress),
+    IngressClass(IngressClass),
 }
 
 impl Object {
@@ -114,6 +128,8 @@ impl Object {
             Object::HttpProxy(o) => &o.meta,
             Object::TlsCertificateDelegation(o) => &o.meta,
             Object::VoyagerIngress(o) => &o.meta,
+            Object::Ingress(o) => &o.meta,
+            Object::IngressClass(o) => &o.meta,
         }
     }
 
@@ -125,6 +141,8 @@ impl Object {
             Object::HttpProxy(_) => Kind::HttpProxy,
             Object::TlsCertificateDelegation(_) => Kind::TlsCertificateDelegation,
             Object::VoyagerIngress(_) => Kind::VoyagerIngress,
+            Object::Ingress(_) => Kind::Ingress,
+            Object::IngressClass(_) => Kind::IngressClass,
         }
     }
 
@@ -345,4 +363,67 @@ pub struct VoyagerBackend {
     pub service_name: String,
     /// A port number or a port name, as written.
     pub service_port: String,
+}
+
+/// A networking.k8s.io/v1 Ingress (SPEC section 7), as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingress {
+    pub meta: Meta,
+    /// Every annotation; the resolver reads `kubernetes.io/ingress.class` and the
+    /// `nginx.ingress.kubernetes.io/` ones.
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.ingressClassName`.
+    pub class_name: Option<String>,
+    pub default_backend: Option<IngressBackend>,
+    pub rules: Vec<IngressRule>,
+    pub tls: Vec<IngressTls>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressRule {
+    /// Absent: every host.
+    pub host: Option<String>,
+    pub paths: Vec<IngressPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressPath {
+    /// Absent means `/`.
+    pub path: Option<String>,
+    /// `Prefix`, `Exact` or `ImplementationSpecific`, as written.
+    pub path_type: String,
+    pub backend: IngressBackend,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IngressBackend {
+    Service {
+        name: String,
+        port: IngressServicePort,
+    },
+    /// `resource` (an object of another kind): Portico does not serve it.
+    Resource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IngressServicePort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressTls {
+    pub hosts: Vec<String>,
+    pub secret_name: Option<String>,
+}
+
+/// A networking.k8s.io/v1 IngressClass: which controller serves the Ingresses that name
+/// it, and whether it is the default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressClass {
+    /// Its namespace is `CLUSTER` (IngressClasses are cluster-scoped).
+    pub meta: Meta,
+    pub controller: String,
+    /// The annotation `ingressclass.kubernetes.io/is-default-class: "true"`.
+    pub is_default: bool,
 }

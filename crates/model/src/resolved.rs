@@ -310,8 +310,15 @@ pub struct VirtualHost {
     /// hosts have it is an HTTPS listener: the certificate is chosen by SNI, and an SNI no
     /// host has gets none. `None` on every host of a plain HTTP listener.
     pub tls: Option<ServingTls>,
-    /// Longest prefix first, so the first match is the most specific.
+    /// Longest path first, an exact one before a prefix of the same length, so the first
+    /// match is the most specific (`route_order`).
     pub routes: Vec<Route>,
+}
+
+/// The order of a virtual host's routes: longest path first, an exact path before a
+/// prefix of the same length, then by path.
+pub fn route_order(a: &Route, b: &Route) -> std::cmp::Ordering {
+    b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(b.exact.cmp(&a.exact)).then(a.prefix.cmp(&b.prefix))
 }
 
 /// The certificate a virtual host serves, and the lowest TLS version it accepts.
@@ -328,7 +335,11 @@ pub struct ServingTls {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The path prefix, or with `exact` the whole path.
     pub prefix: PathPrefix,
+    /// The request's path must equal `prefix` (Kubernetes Ingress and Gateway API
+    /// `Exact`); otherwise it must start with it.
+    pub exact: bool,
     /// The object the route came from.
     pub source: ObjectRef,
     pub action: RouteAction,

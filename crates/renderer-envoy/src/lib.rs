@@ -387,9 +387,19 @@ pub fn virtual_host(
             }
         };
         route::Route {
-            name: format!("{}/{}{}", r.source.namespace, r.source.name, r.prefix),
+            name: format!(
+                "{}/{}{}{}",
+                r.source.namespace,
+                r.source.name,
+                r.prefix,
+                if r.exact { " (exact)" } else { "" }
+            ),
             r#match: Some(route::RouteMatch {
-                path_specifier: Some(route::route_match::PathSpecifier::Prefix(r.prefix.to_string())),
+                path_specifier: Some(if r.exact {
+                    route::route_match::PathSpecifier::Path(r.prefix.to_string())
+                } else {
+                    route::route_match::PathSpecifier::Prefix(r.prefix.to_string())
+                }),
                 headers,
                 ..Default::default()
             }),

@@ -255,7 +255,13 @@ fn server_options(cluster: &Cluster, files: &ClusterFiles, base: &str) -> String
 /// A route's identifier in the maps and rules: stable across renderings (a digest of the
 /// listener, host and prefix), so that adding or removing one route changes one map entry,
 /// not the identifiers of all the routes after it.
-fn route_id(port: u16, host: &HostMatch, prefix: &str, taken: &mut std::collections::BTreeSet<String>) -> String {
+fn route_id(
+    port: u16,
+    host: &HostMatch,
+    prefix: &str,
+    exact: bool,
+    taken: &mut std::collections::BTreeSet<String>,
+) -> String {
     // FNV-1a, 64 bits: stable across builds and platforms (std's hashers are not promised to be).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let host = match host {
@@ -263,7 +269,9 @@ fn route_id(port: u16, host: &HostMatch, prefix: &str, taken: &mut std::collecti
         HostMatch::Exact(name) => name.to_string(),
         HostMatch::Wildcard(suffix) => format!("*.{suffix}"),
     };
-    for b in port.to_be_bytes().iter().chain(host.as_bytes()).chain(b"\n").chain(prefix.as_bytes()) {
+    // An exact path hashes with a marker no prefix has (prefix routes keep their ids).
+    let marker: &[u8] = if exact { b"\n=" } else { b"" };
+    for b in port.to_be_bytes().iter().chain(host.as_bytes()).chain(b"\n").chain(prefix.as_bytes()).chain(marker) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -389,17 +397,24 @@ pub fn render_over(
         let exact = map_path(&format!("l{}-exact", listener.port));
         let wildcard = map_path(&format!("l{}-wildcard", listener.port));
         let any = map_path(&format!("l{}-any", listener.port));
-        for path in [&exact, &wildcard, &any] {
+        // Exact paths (`Route::exact`), looked up before the prefixes of the same host kind.
+        let exact_path = map_path(&format!("l{}-exact-path", listener.port));
+        let wildcard_path = map_path(&format!("l{}-wildcard-path", listener.port));
+        let any_path = map_path(&format!("l{}-any-path", listener.port));
+        for path in [&exact, &wildcard, &any, &exact_path, &wildcard_path, &any_path] {
             runtime.maps.insert(path.clone(), BTreeMap::new());
         }
         let mut weighted = String::new(); // the rules of routes split across backends
         for vhost in &listener.virtual_hosts {
             for route in &vhost.routes {
-                let id = route_id(listener.port, &vhost.host, route.prefix.as_str(), &mut ids);
-                let (map, key) = match &vhost.host {
-                    HostMatch::Exact(name) => (&exact, format!("{name}{}", route.prefix)),
-                    HostMatch::Wildcard(suffix) => (&wildcard, format!("{suffix}{}", route.prefix)),
-                    HostMatch::Any => (&any, route.prefix.to_string()),
+                let id = route_id(listener.port, &vhost.host, route.prefix.as_str(), route.exact, &mut ids);
+                let (map, key) = match (&vhost.host, route.exact) {
+                    (HostMatch::Exact(name), false) => (&exact, format!("{name}{}", route.prefix)),
+                    (HostMatch::Wildcard(suffix), false) => (&wildcard, format!("{suffix}{}", route.prefix)),
+                    (HostMatch::Any, false) => (&any, route.prefix.to_string()),
+                    (HostMatch::Exact(name), true) => (&exact_path, format!("{name}{}", route.prefix)),
+                    (HostMatch::Wildcard(suffix), true) => (&wildcard_path, format!("{suffix}{}", route.prefix)),
+                    (HostMatch::Any, true) => (&any_path, route.prefix.to_string()),
                 };
                 // The model lists the longest prefix first, so the first route of a key is
                 // the one the model means.
@@ -517,17 +532,25 @@ pub fn render_over(
         }
         cfg.push_str("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n");
         cfg.push_str("    http-request set-var(txn.path) path\n");
-        writeln!(cfg, "    http-request set-var(txn.route) var(txn.host),concat(,txn.path,),map_beg({exact})").unwrap();
+        // Per host kind, the exact path first (it is at least as long as any prefix that
+        // matches), then the longest prefix.
+        writeln!(cfg, "    http-request set-var(txn.route) var(txn.host),concat(,txn.path,),map({exact_path})")
+            .unwrap();
+        let unrouted = "if !{ var(txn.route) -m found }";
         writeln!(
             cfg,
-            "    http-request set-var(txn.route) var(txn.host),field(2,.,0),concat(,txn.path,),map_beg({wildcard}) if !{{ var(txn.route) -m found }}"
+            "    http-request set-var(txn.route) var(txn.host),concat(,txn.path,),map_beg({exact}) {unrouted}"
         )
         .unwrap();
-        writeln!(
-            cfg,
-            "    http-request set-var(txn.route) var(txn.path),map_beg({any}) if !{{ var(txn.route) -m found }}"
-        )
-        .unwrap();
+        for lookup in [format!("map({wildcard_path})"), format!("map_beg({wildcard})")] {
+            writeln!(
+                cfg,
+                "    http-request set-var(txn.route) var(txn.host),field(2,.,0),concat(,txn.path,),{lookup} {unrouted}"
+            )
+            .unwrap();
+        }
+        writeln!(cfg, "    http-request set-var(txn.route) var(txn.path),map({any_path}) {unrouted}").unwrap();
+        writeln!(cfg, "    http-request set-var(txn.route) var(txn.path),map_beg({any}) {unrouted}").unwrap();
         // Everything else keys off `txn.route`, so a Host rewrite never changes the route.
         writeln!(
             cfg,

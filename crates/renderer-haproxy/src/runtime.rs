@@ -75,7 +75,10 @@ pub(crate) fn digest_all(parts: &[&[u8]]) -> u64 {
 /// Whether a map holds route selection (host and path keys): changed last when adding,
 /// first when removing.
 fn selects_routes(path: &str) -> bool {
-    path.ends_with("-exact.map") || path.ends_with("-wildcard.map") || path.ends_with("-any.map")
+    path.ends_with("-exact.map")
+        || path.ends_with("-wildcard.map")
+        || path.ends_with("-any.map")
+        || path.ends_with("-path.map")
 }
 
 /// A CLI argument: `;` separates commands and `\` escapes, so both are escaped. Keys and

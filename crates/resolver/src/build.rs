@@ -60,6 +60,8 @@ pub struct PendingRoute {
     pub listener: u16,
     pub host: HostMatch,
     pub prefix: PathPrefix,
+    /// The path must equal `prefix` (see `Route::exact`).
+    pub exact: bool,
     /// The object that wrote the route (its status gets the route's problems).
     pub owner: ObjectRef,
     pub action: PendingAction,
@@ -106,7 +108,8 @@ impl<K: Ord, V> VecMap<K, V> {
 }
 
 /// A listener, host and prefix: what one route occupies.
-pub type Slot = (u16, HostMatch, PathPrefix);
+/// A listener, host, path and whether the path is exact: what one route occupies.
+pub type Slot = (u16, HostMatch, PathPrefix, bool);
 
 /// Where a claim stands in the order conflicts are decided in: HTTPProxy units before
 /// Voyager Ingresses, each by namespace and name (`UnitKey`'s order), then the claim's
@@ -238,7 +241,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                     Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, trust, client_cert }
                 }
             };
-            let slot = (route.listener, route.host, route.prefix);
+            let slot = (route.listener, route.host, route.prefix, route.exact);
             self.by_owner.entry(route.owner.clone()).or_default().insert((unit.clone(), seq), slot.clone());
             self.slots
                 .entry(slot.clone())
@@ -307,8 +310,8 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             if first == order {
                 continue;
             }
-            let (port, host, prefix) = slot;
-            let quoted = quote(prefix.as_str());
+            let (port, host, prefix, exact) = slot;
+            let quoted = if *exact { format!("{} (exact)", quote(prefix.as_str())) } else { quote(prefix.as_str()) };
             let message = if &winner.owner == owner {
                 format!("route {quoted}: host {host} has this prefix twice; the first route is used")
             } else {
@@ -354,7 +357,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         // (in conflict order) that has one.
         type Hosts<'t, U> = BTreeMap<&'t HostMatch, (Vec<Route>, Option<(&'t Order<U>, &'t ServingTls)>)>;
         let mut listeners: BTreeMap<u16, Hosts<'_, U>> = BTreeMap::new();
-        for ((port, host, prefix), claims) in &self.slots {
+        for ((port, host, prefix, exact), claims) in &self.slots {
             let Some((order, winner)) = claims.first() else { continue };
             let action = match &winner.action {
                 Claimed::Reject => RouteAction::Reject,
@@ -371,7 +374,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                 },
             };
             let (routes, tls) = listeners.entry(*port).or_default().entry(host).or_default();
-            routes.push(Route { prefix: prefix.clone(), source: winner.owner.clone(), action });
+            routes.push(Route { prefix: prefix.clone(), exact: *exact, source: winner.owner.clone(), action });
             if let Some(mine) = &winner.tls {
                 if tls.is_none_or(|(first, _)| order < first) {
                     *tls = Some((order, mine));
@@ -384,9 +387,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                 let mut virtual_hosts: Vec<VirtualHost> = hosts
                     .into_iter()
                     .map(|(host, (mut routes, tls))| {
-                        routes.sort_by(|a, b| {
-                            b.prefix.as_str().len().cmp(&a.prefix.as_str().len()).then(a.prefix.cmp(&b.prefix))
-                        });
+                        routes.sort_by(portico_model::route_order);
                         VirtualHost { host: host.clone(), tls: tls.map(|(_, t)| t.clone()), routes }
                     })
                     .collect();

@@ -28,6 +28,8 @@ pub enum Dep {
     Secret(SecretRef),
     /// The TLSCertificateDelegations of a namespace.
     Delegations(K8sName),
+    /// Every IngressClass (which Ingresses are Portico's).
+    IngressClasses,
 }
 
 /// Lookups into the snapshot for one unit of resolution (a root HTTPProxy with what it

@@ -13,7 +13,7 @@ use crate::build::{Slot, Table, VecMap};
 use crate::common::{Dep, Index};
 use crate::contour::{self, UnitOutput};
 use crate::snapshot::Key;
-use crate::{voyager, Config, Resolved, Snapshot};
+use crate::{ingress, voyager, Config, Resolved, Snapshot};
 use portico_model::{
     Kind, Model, Object, ObjectRef, ObjectStatus, Problem, ProblemType, Reason, SecretRef, SecretVerdict,
 };
@@ -25,6 +25,8 @@ pub enum UnitKey {
     /// A root HTTPProxy and what it includes.
     Proxy(Key),
     Voyager(Key),
+    /// A networking.k8s.io/v1 Ingress (of Portico's class or not: that is read too).
+    Ingress(Key),
 }
 
 /// What a rebuild changed, for publishing only that.
@@ -90,6 +92,11 @@ impl Incremental {
             this.dirty.insert(UnitKey::Voyager(key.clone()));
             this.touched.insert(object(Kind::VoyagerIngress, &key));
         }
+        let ingresses: Vec<Key> = this.snapshot.ingresses.keys().cloned().collect();
+        for key in ingresses {
+            this.dirty.insert(UnitKey::Ingress(key.clone()));
+            this.touched.insert(object(Kind::Ingress, &key));
+        }
         this
     }
 
@@ -151,6 +158,17 @@ impl Incremental {
             Kind::VoyagerIngress => {
                 self.dirty.insert(UnitKey::Voyager(key));
                 self.touched.insert(reference.clone());
+            }
+            Kind::Ingress => {
+                self.dirty.insert(UnitKey::Ingress(key));
+                self.touched.insert(reference.clone());
+            }
+            Kind::IngressClass => {
+                self.mark(&Dep::IngressClasses);
+                // An Ingress that stops (or starts) being Portico's loses (or gains) its
+                // status: every Ingress's status is computed again.
+                let all: Vec<Key> = self.snapshot.ingresses.keys().cloned().collect();
+                self.touched.extend(all.iter().map(|k| object(Kind::Ingress, k)));
             }
             Kind::TlsCertificateDelegation => self.mark(&Dep::Delegations(key.0)),
             Kind::Secret => self.mark(&Dep::Secret(SecretRef { namespace: key.0, name: key.1 })),
@@ -250,6 +268,20 @@ impl Incremental {
                     reached: vec![],
                 }
             }
+            UnitKey::Ingress(key) => {
+                let ingress = self.snapshot.ingresses.get(key)?;
+                if !ingress::is_ours(&index, ingress) {
+                    return Some((UnitOutput::default(), index.take_deps()));
+                }
+                let mut problems = Vec::new();
+                let routes = ingress::resolve_ingress(&index, ingress, &mut problems);
+                let this = ingress.meta.object_ref(Kind::Ingress);
+                UnitOutput {
+                    routes,
+                    problems: problems.into_iter().map(|p| (this.clone(), p)).collect(),
+                    reached: vec![],
+                }
+            }
         };
         Some((output, index.take_deps()))
     }
@@ -261,6 +293,14 @@ impl Incremental {
             Kind::HttpProxy => contour::ignored_fields(self.snapshot.http_proxies.get(&key)?),
             Kind::VoyagerIngress => {
                 self.snapshot.voyager_ingresses.get(&key)?;
+                Vec::new()
+            }
+            Kind::Ingress => {
+                let ingress = self.snapshot.ingresses.get(&key)?;
+                // Another controller's Ingress: no status of Portico's.
+                if !ingress::is_ours(&Index::new(&self.snapshot, &self.config), ingress) {
+                    return None;
+                }
                 Vec::new()
             }
             _ => return None,

@@ -12,7 +12,7 @@
 //! certificate too before it verified anything), and a secret in another namespace needs a
 //! TLSCertificateDelegation there (checked by the resolver, like Contour's `caSecret`).
 //!
-//! Not wired to the Ingress v1 dialect yet (issue #13); this module is its parsing layer.
+//! The Ingress v1 dialect (`ingress`) reads its options from here.
 
 use portico_model::names::quote;
 use portico_model::{DnsName, SecretRef, TlsVersion};
@@ -58,6 +58,9 @@ pub struct NginxBackendTls {
     pub verify_depth: u8,
     /// `proxy-ssl-protocols`: the lowest and highest version allowed.
     pub versions: Option<(TlsVersion, TlsVersion)>,
+    /// `ssl-redirect` (default true): plain HTTP to a host with a certificate answers
+    /// 301 to HTTPS (SPEC section 8); `"false"` serves it in the clear too.
+    pub ssl_redirect: bool,
 }
 
 impl Default for NginxBackendTls {
@@ -70,6 +73,7 @@ impl Default for NginxBackendTls {
             server_name: false,
             verify_depth: 1,
             versions: None,
+            ssl_redirect: true,
         }
     }
 }
@@ -84,7 +88,8 @@ pub struct Parsed {
 }
 
 /// The annotations this module reads.
-pub const SUPPORTED: [&str; 7] = [
+pub const SUPPORTED: [&str; 8] = [
+    "ssl-redirect",
     "backend-protocol",
     "proxy-ssl-secret",
     "proxy-ssl-verify",
@@ -199,6 +204,13 @@ fn apply(o: &mut NginxBackendTls, name: &str, value: &str, namespace: &str) -> R
             o.secret = Some(secret);
         }
         "proxy-ssl-verify" => o.verify = on_off(value)?,
+        "ssl-redirect" => {
+            o.ssl_redirect = match value.to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(format!("{} is not \"true\" or \"false\"", quote(value))),
+            }
+        }
         "proxy-ssl-server-name" => o.server_name = on_off(value)?,
         "proxy-ssl-name" => o.name = Some(DnsName::parse(value).map_err(|e| e.0)?),
         "proxy-ssl-verify-depth" => {

@@ -10,6 +10,7 @@ pub mod build;
 pub mod common;
 pub mod contour;
 pub mod incremental;
+pub mod ingress;
 pub mod ingress_nginx;
 pub mod serving;
 pub mod snapshot;

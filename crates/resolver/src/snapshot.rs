@@ -2,8 +2,8 @@
 //! deterministic iteration.
 
 use portico_model::{
-    EndpointSlice, HttpProxy, K8sName, Kind, Object, ObjectRef, SecretRef, SecretVerdict, Service,
-    TlsCertificateDelegation, VoyagerIngress,
+    EndpointSlice, HttpProxy, Ingress, IngressClass, K8sName, Kind, Object, ObjectRef, SecretRef, SecretVerdict,
+    Service, TlsCertificateDelegation, VoyagerIngress,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub http_proxies: BTreeMap<Key, HttpProxy>,
     pub delegations: BTreeMap<Key, TlsCertificateDelegation>,
     pub voyager_ingresses: BTreeMap<Key, VoyagerIngress>,
+    /// networking.k8s.io/v1 Ingresses, and IngressClasses (under namespace `CLUSTER`).
+    pub ingresses: BTreeMap<Key, Ingress>,
+    pub ingress_classes: BTreeMap<Key, IngressClass>,
     pub verdicts: BTreeMap<SecretRef, SecretVerdict>,
     /// EndpointSlices by (namespace, their `kubernetes.io/service-name`).
     slices_by_service: BTreeMap<(K8sName, String), BTreeSet<K8sName>>,
@@ -57,6 +60,12 @@ impl Snapshot {
             Object::VoyagerIngress(o) => {
                 self.voyager_ingresses.insert(key, o);
             }
+            Object::Ingress(o) => {
+                self.ingresses.insert(key, o);
+            }
+            Object::IngressClass(o) => {
+                self.ingress_classes.insert(key, o);
+            }
             Object::Secret(o) => return Err(SecretNotAccepted(o.meta.object_ref(Kind::Secret))),
         }
         Ok(())
@@ -82,6 +91,8 @@ impl Snapshot {
                 self.delegations.remove(&key);
             }
             Kind::VoyagerIngress => drop(self.voyager_ingresses.remove(&key)),
+            Kind::Ingress => drop(self.ingresses.remove(&key)),
+            Kind::IngressClass => drop(self.ingress_classes.remove(&key)),
             Kind::Secret => drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1 })),
         }
     }

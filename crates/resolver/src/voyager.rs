@@ -50,7 +50,7 @@ pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &m
             };
             let failed = error_count(problems) > errors_before;
             let action = if failed || closed { PendingAction::Reject } else { action };
-            routes.push(PendingRoute { listener, host, prefix, owner: owner.clone(), action, tls: None });
+            routes.push(PendingRoute { listener, host, prefix, exact: false, owner: owner.clone(), action, tls: None });
         };
     for rule in &ingress.rules {
         let host = match HostMatch::parse(&rule.host) {

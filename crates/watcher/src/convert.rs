@@ -4,6 +4,7 @@
 use crate::crds;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portico_model as model;
@@ -283,4 +284,71 @@ pub fn voyager_ingress(i: &crds::VoyagerIngress) -> Result<model::VoyagerIngress
         tls.push(model::VoyagerTls { hosts: entry.hosts.clone(), secret_name: entry.secret_name.clone() });
     }
     Ok(model::VoyagerIngress { meta, backend: i.spec.backend.as_ref().map(voyager_backend), rules, tls, ignored })
+}
+
+fn ingress_backend(b: &networking::IngressBackend, field: &str) -> Result<model::IngressBackend, ConvertError> {
+    let Some(service) = &b.service else { return Ok(model::IngressBackend::Resource) };
+    let port = match &service.port {
+        Some(networking::ServiceBackendPort { number: Some(n), .. }) => {
+            model::IngressServicePort::Number(port(|| format!("{field}.service.port.number"), i64::from(*n))?)
+        }
+        Some(networking::ServiceBackendPort { name: Some(name), .. }) => model::IngressServicePort::Name(name.clone()),
+        _ => return Err(ConvertError::BadPort { field: format!("{field}.service.port"), value: 0 }),
+    };
+    Ok(model::IngressBackend::Service { name: service.name.clone(), port })
+}
+
+/// A networking.k8s.io/v1 Ingress (SPEC section 7).
+pub fn ingress(i: &networking::Ingress) -> Result<model::Ingress, ConvertError> {
+    let meta = meta(&i.metadata)?;
+    let spec = i.spec.clone().unwrap_or_default();
+    let mut rules = Vec::new();
+    for (r, rule) in spec.rules.iter().flatten().enumerate() {
+        let mut paths = Vec::new();
+        for (p, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            paths.push(model::IngressPath {
+                path: path.path.clone(),
+                path_type: path.path_type.clone(),
+                backend: ingress_backend(&path.backend, &format!("spec.rules[{r}].http.paths[{p}].backend"))?,
+            });
+        }
+        rules.push(model::IngressRule { host: rule.host.clone(), paths });
+    }
+    Ok(model::Ingress {
+        meta,
+        annotations: i.metadata.annotations.clone().unwrap_or_default(),
+        class_name: spec.ingress_class_name.clone(),
+        default_backend: spec
+            .default_backend
+            .as_ref()
+            .map(|b| ingress_backend(b, "spec.defaultBackend"))
+            .transpose()?,
+        rules,
+        tls: spec
+            .tls
+            .iter()
+            .flatten()
+            .map(|t| model::IngressTls {
+                hosts: t.hosts.clone().unwrap_or_default(),
+                secret_name: t.secret_name.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// A networking.k8s.io/v1 IngressClass (cluster-scoped: kept under namespace `CLUSTER`).
+pub fn ingress_class(c: &networking::IngressClass) -> Result<model::IngressClass, ConvertError> {
+    let name = c.metadata.name.as_deref().ok_or(ConvertError::MissingName)?;
+    let meta = Meta {
+        namespace: model::CLUSTER.parse::<K8sName>().expect("a valid name"),
+        name: name.parse::<K8sName>().map_err(|error| ConvertError::BadMeta { field: "name", error })?,
+    };
+    let is_default = c
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
+        .is_some_and(|v| v == "true");
+    let controller = c.spec.as_ref().and_then(|s| s.controller.clone()).unwrap_or_default();
+    Ok(model::IngressClass { meta, controller, is_default })
 }

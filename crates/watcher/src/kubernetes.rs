@@ -18,7 +18,7 @@
 use crate::service::{apply, existing_keys, key_of, put_marker, Bucket, ServiceError, State};
 use crate::{convert, crds};
 use futures_util::StreamExt;
-use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, networking::v1 as networking};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -84,7 +84,9 @@ struct World {
 impl World {
     /// Drop what watcher `id` listed under this object's namespace and name.
     fn forget(&mut self, id: usize, meta: &kube::api::ObjectMeta) {
-        let (ns, name) = (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+        // Cluster-scoped objects (IngressClass) are kept under `CLUSTER`.
+        let ns = meta.namespace.as_deref().unwrap_or(portico_model::CLUSTER);
+        let name = meta.name.as_deref().unwrap_or_default();
         self.objects.retain(|_, (o, owner)| {
             !(*owner == id && o.meta().namespace.as_str() == ns && o.meta().name.as_str() == name)
         });
@@ -96,6 +98,11 @@ fn streams(namespaces: &[String]) -> Vec<StreamId> {
         if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
     let mut out = Vec::new();
     for kind in Kind::ALL {
+        if kind == Kind::IngressClass {
+            // Cluster-scoped: one watch, whatever namespaces are watched.
+            out.push(StreamId { kind, namespace: None, fields: None });
+            continue;
+        }
         for namespace in &scopes {
             if kind == Kind::Secret {
                 for t in SECRET_TYPES {
@@ -278,6 +285,21 @@ fn start_watchers(
                     watch_kind(api::<crds::VoyagerIngress>(client, ns), id, s, world, changed, |o| {
                         convert::voyager_ingress(o).map(Object::VoyagerIngress)
                     }),
+                ));
+            }
+            Kind::Ingress => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<networking::Ingress>(client, ns), id, s, world, changed, |o| {
+                        convert::ingress(o).map(Object::Ingress)
+                    }),
+                ));
+            }
+            Kind::IngressClass => {
+                let api = Api::<networking::IngressClass>::all(client.clone());
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api, id, s, world, changed, |o| convert::ingress_class(o).map(Object::IngressClass)),
                 ));
             }
         }

@@ -4,6 +4,7 @@
 use crate::{convert, crds};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use portico_model::{Kind, Object};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -223,6 +224,8 @@ fn decode_one(
         ("projectcontour.io/v1", "HTTPProxy") => Kind::HttpProxy,
         ("projectcontour.io/v1", "TLSCertificateDelegation") => Kind::TlsCertificateDelegation,
         ("voyager.appscode.com/v1beta1", "Ingress") => Kind::VoyagerIngress,
+        ("networking.k8s.io/v1", "Ingress") => Kind::Ingress,
+        ("networking.k8s.io/v1", "IngressClass") => Kind::IngressClass,
         _ => {
             out.skipped.push(Skipped { location: at(None), api_version: h.api_version, kind: h.kind, name: h.name });
             return;
@@ -247,6 +250,12 @@ fn decode_one(
         Kind::VoyagerIngress => typed::<crds::VoyagerIngress>(&source)
             .and_then(|o| convert::voyager_ingress(&o).map_err(|e| (None, e.to_string())))
             .map(Object::VoyagerIngress),
+        Kind::Ingress => typed::<networking::Ingress>(&source)
+            .and_then(|o| convert::ingress(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::Ingress),
+        Kind::IngressClass => typed::<networking::IngressClass>(&source)
+            .and_then(|o| convert::ingress_class(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::IngressClass),
     };
     match result {
         Ok(object) => out.objects.push((object, at(None))),

@@ -208,12 +208,12 @@ metadata: {name: last}
 fn kinds_portico_does_not_read_are_skipped_and_listed() {
     let out = decode(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n\
-         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: std}\n",
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: std}\n",
     );
     assert!(out.objects.is_empty() && out.problems.is_empty());
     let skipped: Vec<(String, String, usize)> =
         out.skipped.iter().map(|s| (s.kind.clone(), s.name.clone(), s.location.line)).collect();
-    assert_eq!(skipped, vec![("Deployment".into(), "web".into(), 1), ("Ingress".into(), "std".into(), 5)]);
+    assert_eq!(skipped, vec![("Deployment".into(), "web".into(), 1), ("NetworkPolicy".into(), "std".into(), 5)]);
 }
 
 #[test]

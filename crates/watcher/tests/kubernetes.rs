@@ -43,6 +43,8 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
         "service.shop.web",
         "sync.endpointslice",
         "sync.httpproxy",
+        "sync.ingress",
+        "sync.ingressclass",
         "sync.secret",
         "sync.service",
         "sync.tlscertificatedelegation",

@@ -19,13 +19,15 @@ pub const SECRETS: &str = "api/v1/secrets";
 pub const PROXIES: &str = "apis/projectcontour.io/v1/httpproxies";
 
 /// The collections the watcher asks for, with each item's apiVersion and kind.
-pub const COLLECTIONS: [(&str, &str, &str); 6] = [
+pub const COLLECTIONS: [(&str, &str, &str); 8] = [
     (SERVICES, "v1", "Service"),
     ("apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
     (SECRETS, "v1", "Secret"),
     (PROXIES, "projectcontour.io/v1", "HTTPProxy"),
     ("apis/projectcontour.io/v1/tlscertificatedelegations", "projectcontour.io/v1", "TLSCertificateDelegation"),
     ("apis/voyager.appscode.com/v1beta1/ingresses", "voyager.appscode.com/v1beta1", "Ingress"),
+    ("apis/networking.k8s.io/v1/ingresses", "networking.k8s.io/v1", "Ingress"),
+    ("apis/networking.k8s.io/v1/ingressclasses", "networking.k8s.io/v1", "IngressClass"),
 ];
 
 pub struct Watcher {
