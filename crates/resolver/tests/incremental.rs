@@ -158,6 +158,48 @@ fn voyager(ns: usize, shape: usize) -> Object {
     })
 }
 
+/// A Kubernetes Ingress: its class, path type, backend port and annotations vary.
+fn k8s_ingress(ns: usize, shape: usize) -> Object {
+    use portico_model::{Ingress, IngressBackend, IngressPath, IngressRule, IngressServicePort, IngressTls};
+    let mut annotations = BTreeMap::new();
+    if shape % 3 == 1 {
+        annotations.insert("nginx.ingress.kubernetes.io/backend-protocol".to_owned(), "HTTPS".to_owned());
+        annotations.insert("nginx.ingress.kubernetes.io/proxy-ssl-secret".to_owned(), "a/ca".to_owned());
+        annotations.insert("nginx.ingress.kubernetes.io/proxy-ssl-verify".to_owned(), "on".to_owned());
+    }
+    Object::Ingress(Ingress {
+        meta: meta(NAMESPACES[ns % 2], "k8s"),
+        annotations,
+        class_name: [Some("portico".to_owned()), None, Some("other".to_owned())][shape % 3].clone(),
+        default_backend: None,
+        rules: vec![IngressRule {
+            host: Some(["one.example.com", "four.example.com"][shape % 2].into()),
+            paths: vec![IngressPath {
+                path: Some(["/api", "/k8s"][shape / 2 % 2].into()),
+                path_type: ["Prefix", "Exact"][shape / 4 % 2].into(),
+                backend: IngressBackend::Service {
+                    name: format!("s{}", shape % 3),
+                    port: IngressServicePort::Number(443),
+                },
+            }],
+        }],
+        tls: if shape % 5 == 0 {
+            vec![IngressTls { hosts: vec!["one.example.com".into()], secret_name: Some("cert".into()) }]
+        } else {
+            vec![]
+        },
+    })
+}
+
+/// Portico's IngressClass, default or not.
+fn ingress_class(default: bool) -> Object {
+    Object::IngressClass(portico_model::IngressClass {
+        meta: meta(portico_model::CLUSTER, "portico"),
+        controller: "portico.dev/ingress-controller".into(),
+        is_default: default,
+    })
+}
+
 fn change() -> impl Strategy<Value = Change> {
     let n = || 0usize..12;
     prop_oneof![
@@ -167,7 +209,9 @@ fn change() -> impl Strategy<Value = Change> {
         (n(), n(), proptest::array::uniform8(n())).prop_map(|(ns, p, shape)| Change::Apply(proxy(ns, p, shape))),
         (n(), n()).prop_map(|(ns, to)| Change::Apply(delegation(ns, to))),
         (n(), n()).prop_map(|(ns, shape)| Change::Apply(voyager(ns, shape))),
-        (0usize..6, n(), n()).prop_map(|(kind, ns, i)| {
+        (n(), n()).prop_map(|(ns, shape)| Change::Apply(k8s_ingress(ns, shape))),
+        any::<bool>().prop_map(|default| Change::Apply(ingress_class(default))),
+        (0usize..8, n(), n()).prop_map(|(kind, ns, i)| {
             let (kind, name) = [
                 (Kind::Service, format!("s{}", i % 3)),
                 (Kind::EndpointSlice, format!("slice{}", i % 3)),
@@ -175,13 +219,12 @@ fn change() -> impl Strategy<Value = Change> {
                 (Kind::HttpProxy, format!("p{}", (i + 1) % 4)),
                 (Kind::TlsCertificateDelegation, "share".to_owned()),
                 (Kind::VoyagerIngress, "ing".to_owned()),
+                (Kind::Ingress, "k8s".to_owned()),
+                (Kind::IngressClass, "portico".to_owned()),
             ][kind]
                 .clone();
-            Change::Remove(ObjectRef {
-                kind,
-                namespace: NAMESPACES[ns % 2].parse().unwrap(),
-                name: name.parse().unwrap(),
-            })
+            let namespace = if kind == Kind::IngressClass { portico_model::CLUSTER } else { NAMESPACES[ns % 2] };
+            Change::Remove(ObjectRef { kind, namespace: namespace.parse().unwrap(), name: name.parse().unwrap() })
         }),
         (n(), any::<bool>())
             .prop_map(|(ns, valid)| Change::Verdict { secret: format!("{}/ca", NAMESPACES[ns % 2]), valid }),

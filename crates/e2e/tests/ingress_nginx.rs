@@ -1,0 +1,156 @@
+//! The Kubernetes Ingress dialect with ingress-nginx's backend TLS annotations (issue #13,
+//! SPEC section 7) through real HAProxy and real Envoy, each started on the files
+//! `portico translate` wrote, in front of real TLS backends that report what they saw.
+
+use portico_deploy::translate;
+use portico_e2e::{free_port, Backend, BackendKind, Proxy, TestCa};
+use std::path::Path;
+
+/// One Ingress per case: its host, and its annotations.
+const CASES: &[(&str, &str)] = &[
+    ("unverified.test", "backend-protocol: HTTPS"),
+    ("verified.test", "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on'"),
+    ("wrong-ca.test", "backend-protocol: HTTPS, proxy-ssl-secret: shop/other-ca, proxy-ssl-verify: 'on'"),
+    (
+        "wrong-name.test",
+        "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on', proxy-ssl-name: other.test",
+    ),
+    (
+        "sni.test",
+        "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on', proxy-ssl-server-name: 'on'",
+    ),
+    (
+        "named.test",
+        "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on', proxy-ssl-server-name: 'on', proxy-ssl-name: backend.test",
+    ),
+    ("grpcs.test", "backend-protocol: GRPCS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on'"),
+    ("plain.test", ""),
+];
+
+fn manifests(api_ca: &str, other_ca: &str, tls: u16, plain: u16, docs: u16) -> String {
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let mut yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: portico}\n\
+         spec: {controller: portico.dev/ingress-controller}\n",
+    );
+    for (name, pem) in [("api-ca", api_ca), ("other-ca", other_ca)] {
+        yaml += &format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: shop}}\nstringData:\n  ca.crt: |\n{}",
+            indent(pem)
+        );
+    }
+    for (service, port) in [("api", tls), ("web", plain), ("docs", docs)] {
+        yaml += &format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: shop}}\n\
+             spec: {{ports: [{{name: https, port: 443}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+             addressType: IPv4\nports: [{{name: https, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        );
+    }
+    for (i, (host, annotations)) in CASES.iter().enumerate() {
+        let annotations: Vec<String> = annotations
+            .split(", ")
+            .filter(|a| !a.is_empty())
+            .map(|a| format!("nginx.ingress.kubernetes.io/{a}"))
+            .collect();
+        let (service, exact) = if *host == "plain.test" { ("web", "docs") } else { ("api", "api") };
+        yaml += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: case-{i}, namespace: shop, annotations: {{{}}}}}\n\
+             spec:\n  ingressClassName: portico\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 443}}}}}}}}\n\
+             \x20     - {{path: /exact, pathType: Exact, backend: {{service: {{name: {exact}, port: {{name: https}}}}}}}}\n\
+             {}",
+            annotations.join(", "),
+            // Plain HTTP only where the annotations ask for none (they apply to every
+            // backend of their Ingress, as in ingress-nginx).
+            if *host == "plain.test" {
+                "      - {path: /docs, pathType: Prefix, backend: {service: {name: docs, port: {number: 443}}}}\n"
+            } else {
+                ""
+            }
+        );
+    }
+    // Another controller's Ingress: not served.
+    yaml += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: theirs, namespace: shop}\n\
+             spec:\n  ingressClassName: nginx\n  rules:\n  - host: theirs.test\n    http:\n      paths:\n\
+             \x20     - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 443}}}}\n";
+    yaml
+}
+
+fn proxy(manifests: &Path, out: &Path, envoy: bool) -> (Proxy, translate::Outcome) {
+    let port = free_port();
+    let options = translate::Options {
+        paths: vec![manifests.to_owned()],
+        out_dir: out.to_owned(),
+        http_port: port,
+        https_port: free_port(),
+        envoy_admin_port: free_port(),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        client_cert: None,
+        root_namespaces: Vec::new(),
+        now: portico_deploy::unix_now(),
+    };
+    let outcome = translate::run(&options).expect("translate");
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    let proxy = if envoy {
+        Proxy::envoy(&out.join("envoy/envoy.yaml"), port)
+    } else {
+        Proxy::haproxy(&out.join("haproxy/haproxy.cfg"), port)
+    };
+    (proxy, outcome)
+}
+
+#[test]
+fn ingress_nginx_annotations_through_both_proxies() {
+    let api_ca = TestCa::new("api CA");
+    let other_ca = TestCa::new("other CA");
+    // The backend's certificate names the Service's cluster name and backend.test.
+    let tls = Backend::start(
+        "api",
+        BackendKind::Tls { cert: api_ca.server(&["api.shop.svc", "backend.test"]), client_ca: None },
+    );
+    let plain = Backend::start("web", BackendKind::Plain);
+    let docs = Backend::start("docs", BackendKind::Plain);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ingresses.yaml");
+    std::fs::write(&file, manifests(&api_ca.pem, &other_ca.pem, tls.port, plain.port, docs.port)).unwrap();
+    let (haproxy, outcome) = proxy(&file, &dir.path().join("h"), false);
+    let (envoy, _) = proxy(&file, &dir.path().join("e"), true);
+
+    let statuses = &outcome.resolved.statuses;
+    assert!(!statuses.iter().any(|s| s.object.name.as_str() == "theirs"), "another controller's Ingress has no status");
+    let unverified = statuses.iter().find(|s| s.object.name.as_str() == "case-0").unwrap();
+    assert!(
+        unverified.problems.iter().any(|p| p.message == "backend TLS is not verified: set proxy-ssl-verify: \"on\""),
+        "{unverified:?}"
+    );
+
+    // (host, path, status, what the backend saw)
+    let expect: &[(&str, &str, u16, &[&str])] = &[
+        ("unverified.test", "/", 200, &["backend=api", "sni=-"]),
+        ("verified.test", "/", 200, &["backend=api", "sni=-"]),
+        ("wrong-ca.test", "/", 503, &[]),
+        ("wrong-name.test", "/", 503, &[]),
+        ("sni.test", "/", 200, &["sni=api.shop.svc"]),
+        ("named.test", "/", 200, &["sni=backend.test"]),
+        ("grpcs.test", "/", 200, &["alpn=h2", "version=HTTP/2.0"]),
+        ("plain.test", "/", 200, &["backend=web"]),
+        // Path types: Exact is one path; Prefix matches by path element.
+        ("verified.test", "/exact", 200, &["backend=api"]),
+        ("plain.test", "/exact", 200, &["backend=docs"]),
+        ("plain.test", "/exact/more", 200, &["backend=web"]), // not /exact: under the Prefix "/"
+        ("plain.test", "/docs", 200, &["backend=docs"]),
+        ("plain.test", "/docs/a/b", 200, &["backend=docs"]),
+        ("plain.test", "/docsearch", 200, &["backend=web"]), // not under /docs: the "/" route
+        ("theirs.test", "/", 404, &[]),
+    ];
+    for p in [&haproxy, &envoy] {
+        for (host, path, status, seen) in expect {
+            let (got, body) = p.get(host, path);
+            assert_eq!(got, *status, "{} {host}{path}: {body}", p.name);
+            for s in *seen {
+                assert!(body.contains(s), "{} {host}{path}: {s:?} not in {body}", p.name);
+            }
+        }
+    }
+}
