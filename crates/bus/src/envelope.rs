@@ -11,7 +11,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 3: the model by piece (`portico-model`: `piece.*` and the `ModelIndex` at `current`).
 /// 4: `ModelIndex` carries when its change reached the bus and when it was published.
 /// 5: routes carry an idle timeout (HTTPProxy `timeoutPolicy.idle`).
-pub const SCHEMA_VERSION: u16 = 5;
+/// 6: HTTPS at the edge (a virtual host's `ServingTls`, `RedirectHttps`, the key pair's
+///    verdict with its names), exact paths, Ingress v1 and IngressClass objects, and
+///    several client certificates in a model (per-Ingress `proxy-ssl-secret`).
+pub const SCHEMA_VERSION: u16 = 6;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
 /// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a

@@ -182,7 +182,7 @@ fn the_client_certificate_is_checked_for_real_and_breaks_only_tls_routes() {
     let run = translate_yaml(&world(&ca, Some((&chain, &key))), &["--client-cert", "portico/client"]);
     assert_eq!(description(&run), "Valid HTTPProxy", "{}", run.stdout);
     let model: serde_json::Value = serde_json::from_str(&run.file("model.json")).unwrap();
-    assert_eq!(model["client_cert"]["secret"]["name"], "client");
+    assert_eq!(model["client_certs"][0]["secret"]["name"], "client");
 
     let run = translate_yaml(&world(&ca, Some((&chain, &other_key))), &["--client-cert", "portico/client"]);
     assert_eq!(run.statuses()[0]["currentStatus"], "invalid");

@@ -3,7 +3,7 @@
 //! `portico translate` wrote, in front of real TLS backends that report what they saw.
 
 use portico_deploy::translate;
-use portico_e2e::{free_port, Backend, BackendKind, Proxy, TestCa};
+use portico_e2e::{free_port, Backend, BackendKind, Issued, Proxy, TestCa};
 use std::path::Path;
 
 /// One Ingress per case: its host, and its annotations.
@@ -25,9 +25,12 @@ const CASES: &[(&str, &str)] = &[
     ),
     ("grpcs.test", "backend-protocol: GRPCS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on'"),
     ("plain.test", ""),
+    ("mtls.test", "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-client, proxy-ssl-verify: 'on'"),
 ];
 
-fn manifests(api_ca: &str, other_ca: &str, tls: u16, plain: u16, docs: u16) -> String {
+/// The ports of the backends: TLS, plain, plain (docs), TLS requiring a client certificate.
+fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 4]) -> String {
+    let [tls, plain, docs, mtls] = ports;
     let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let mut yaml = String::from(
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: portico}\n\
@@ -39,7 +42,15 @@ fn manifests(api_ca: &str, other_ca: &str, tls: u16, plain: u16, docs: u16) -> S
             indent(pem)
         );
     }
-    for (service, port) in [("api", tls), ("web", plain), ("docs", docs)] {
+    // ca.crt and a client certificate in one Secret, as ingress-nginx users have them.
+    yaml += &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: api-client, namespace: shop}}\ntype: kubernetes.io/tls\n\
+         stringData:\n  ca.crt: |\n{}  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(api_ca),
+        indent(&client.cert_pem),
+        indent(&client.key_pem)
+    );
+    for (service, port) in [("api", tls), ("web", plain), ("docs", docs), ("mtls", mtls)] {
         yaml += &format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: shop}}\n\
              spec: {{ports: [{{name: https, port: 443}}]}}\n---\n\
@@ -53,7 +64,11 @@ fn manifests(api_ca: &str, other_ca: &str, tls: u16, plain: u16, docs: u16) -> S
             .filter(|a| !a.is_empty())
             .map(|a| format!("nginx.ingress.kubernetes.io/{a}"))
             .collect();
-        let (service, exact) = if *host == "plain.test" { ("web", "docs") } else { ("api", "api") };
+        let (service, exact) = match *host {
+            "plain.test" => ("web", "docs"),
+            "mtls.test" => ("mtls", "mtls"),
+            _ => ("api", "api"),
+        };
         yaml += &format!(
             "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: case-{i}, namespace: shop, annotations: {{{}}}}}\n\
              spec:\n  ingressClassName: portico\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
@@ -111,9 +126,16 @@ fn ingress_nginx_annotations_through_both_proxies() {
     );
     let plain = Backend::start("web", BackendKind::Plain);
     let docs = Backend::start("docs", BackendKind::Plain);
+    let client_ca = TestCa::new("client CA");
+    let mtls = Backend::start(
+        "mtls",
+        BackendKind::Tls { cert: api_ca.server(&["mtls.shop.svc"]), client_ca: Some(client_ca.pem.clone()) },
+    );
+    let client = client_ca.client("portico");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ingresses.yaml");
-    std::fs::write(&file, manifests(&api_ca.pem, &other_ca.pem, tls.port, plain.port, docs.port)).unwrap();
+    std::fs::write(&file, manifests(&api_ca.pem, &other_ca.pem, &client, [tls.port, plain.port, docs.port, mtls.port]))
+        .unwrap();
     let (haproxy, outcome) = proxy(&file, &dir.path().join("h"), false);
     let (envoy, _) = proxy(&file, &dir.path().join("e"), true);
 
@@ -143,6 +165,9 @@ fn ingress_nginx_annotations_through_both_proxies() {
         ("plain.test", "/docs/a/b", 200, &["backend=docs"]),
         ("plain.test", "/docsearch", 200, &["backend=web"]), // not under /docs: the "/" route
         ("theirs.test", "/", 404, &[]),
+        // proxy-ssl-secret's client certificate, to a backend that requires one.
+        ("mtls.test", "/", 200, &["backend=mtls", "client_cert=yes"]),
+        ("verified.test", "/", 200, &["client_cert=no"]),
     ];
     for p in [&haproxy, &envoy] {
         for (host, path, status, seen) in expect {

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 pub enum ModelPiece {
     Cluster(Cluster),
     VirtualHost { port: u16, vhost: VirtualHost },
-    Rest { trust: Vec<TrustRef>, client_cert: Option<TrustRef> },
+    Rest { trust: Vec<TrustRef>, client_certs: Vec<TrustRef> },
 }
 
 /// A piece borrowed from a model, to encode without copying it: it encodes exactly as the
@@ -30,7 +30,7 @@ pub enum ModelPiece {
 pub enum ModelPieceRef<'a> {
     Cluster(&'a Cluster),
     VirtualHost { port: u16, vhost: &'a VirtualHost },
-    Rest { trust: &'a [TrustRef], client_cert: &'a Option<TrustRef> },
+    Rest { trust: &'a [TrustRef], client_certs: &'a [TrustRef] },
 }
 
 impl ModelPieceRef<'_> {
@@ -90,8 +90,10 @@ pub struct Model {
     /// CA bundles that clusters verify against, sorted: which Secret, and the content
     /// hash the secrets service reported (so a rotated CA changes the model's hash).
     pub trust: Vec<TrustRef>,
-    /// The upstream client certificate, when one is configured, valid, and used.
-    pub client_cert: Option<TrustRef>,
+    /// The client certificates clusters present to their backends, sorted: the configured
+    /// upstream client certificate when it is valid and used, and those of Ingresses'
+    /// `proxy-ssl-secret`.
+    pub client_certs: Vec<TrustRef>,
 }
 
 impl Model {
@@ -104,7 +106,7 @@ impl Model {
                 out.push(ModelPieceRef::VirtualHost { port: listener.port, vhost });
             }
         }
-        out.push(ModelPieceRef::Rest { trust: &self.trust, client_cert: &self.client_cert });
+        out.push(ModelPieceRef::Rest { trust: &self.trust, client_certs: &self.client_certs });
         out
     }
 
@@ -115,7 +117,7 @@ impl Model {
                 out.push(ModelPiece::VirtualHost { port: listener.port, vhost: vhost.clone() });
             }
         }
-        out.push(ModelPiece::Rest { trust: self.trust.clone(), client_cert: self.client_cert.clone() });
+        out.push(ModelPiece::Rest { trust: self.trust.clone(), client_certs: self.client_certs.clone() });
         out
     }
 
@@ -143,9 +145,9 @@ impl Model {
                     Err(i) => hosts.insert(i, vhost),
                 }
             }
-            ModelPiece::Rest { trust, client_cert } => {
+            ModelPiece::Rest { trust, client_certs } => {
                 self.trust = trust;
-                self.client_cert = client_cert;
+                self.client_certs = client_certs;
             }
         }
     }
@@ -171,7 +173,7 @@ impl Model {
             }
             PieceId::Rest => {
                 self.trust.clear();
-                self.client_cert = None;
+                self.client_certs.clear();
             }
         }
     }
@@ -185,9 +187,9 @@ impl Model {
             match piece {
                 ModelPiece::Cluster(c) => model.clusters.push(c.clone()),
                 ModelPiece::VirtualHost { port, vhost } => listeners.entry(*port).or_default().push(vhost.clone()),
-                ModelPiece::Rest { trust, client_cert } => {
+                ModelPiece::Rest { trust, client_certs } => {
                     model.trust = trust.clone();
-                    model.client_cert = client_cert.clone();
+                    model.client_certs = client_certs.clone();
                 }
             }
         }
@@ -231,7 +233,7 @@ impl Model {
         secret: &SecretRef,
         trust: &'t BTreeMap<SecretRef, TrustMaterial>,
     ) -> Result<&'t KeyPairPem, String> {
-        let wanted = self.client_cert.as_ref().filter(|t| &t.secret == secret).map(|t| &t.sha256);
+        let wanted = self.client_certs.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
         trust
             .get(secret)
             .and_then(|m| m.key_pair.as_ref())

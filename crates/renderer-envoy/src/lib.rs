@@ -455,7 +455,7 @@ pub fn secrets(model: &Model, trust: &Trust) -> Vec<tls::Secret> {
             });
         }
     }
-    if let Some(t) = &model.client_cert {
+    for t in &model.client_certs {
         if let Ok(c) = model.client_material(&t.secret, trust) {
             out.push(tls::Secret {
                 name: client_secret_name(&t.secret),

@@ -328,7 +328,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         // names collide, so different keys never share a cluster).
         let mut used = vec![false; self.clusters.len()];
         let mut trust: BTreeSet<TrustRef> = BTreeSet::new();
-        let mut client_cert: Option<TrustRef> = None;
+        let mut client_certs: BTreeSet<TrustRef> = BTreeSet::new();
         for claims in self.slots.values() {
             let Some((_, winner)) = claims.first() else { continue };
             if let Claimed::Forward { backends, trust: t, client_cert: c, .. } = &winner.action {
@@ -336,9 +336,7 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
                     used[*id as usize] = true;
                 }
                 trust.extend(t.iter().cloned());
-                if c.is_some() {
-                    client_cert = c.clone();
-                }
+                client_certs.extend(c.iter().cloned());
             }
         }
         let interned = |id: usize| self.clusters[id].as_ref().expect("a claimed cluster is interned");
@@ -403,7 +401,12 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             })
             .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        Model { listeners, clusters, trust: trust.into_iter().collect(), client_cert }
+        Model {
+            listeners,
+            clusters,
+            trust: trust.into_iter().collect(),
+            client_certs: client_certs.into_iter().collect(),
+        }
     }
 }
 

@@ -235,6 +235,7 @@ fn resolve_backend(
         BackendProtocol::Grpcs => UpstreamProtocol::H2,
     };
     let mut ca_trust = None;
+    let mut client_cert = None;
     let tls = if protocol.is_tls() {
         // The name verified and sent: proxy-ssl-name, else the Service's cluster name.
         let service_name = format!("{}.{}.svc", service.meta.name, service.meta.namespace);
@@ -251,14 +252,7 @@ fn resolve_backend(
             _ => Verification::None,
         };
         if let Some(secret) = &options.secret {
-            let has_pair = index.snapshot.verdicts.get(secret).is_some_and(|v| v.key_pair.is_ok());
-            if has_pair {
-                problems.push(Problem::warning(
-                    ProblemType::TLSError,
-                    Reason::IgnoredField,
-                    format!("{label}: the client certificate in {} is not presented to the backend yet (only its ca.crt is used)", ingress_nginx::PREFIX.to_owned() + "proxy-ssl-secret"),
-                ));
-            }
+            client_cert = client_certificate(index, &label, secret, namespace)?;
         }
         let (min_version, max_version) = options.versions.unwrap_or((TlsVersion::Tls12, TlsVersion::Tls13));
         Some(TlsPolicy {
@@ -267,7 +261,7 @@ fn resolve_backend(
             alpn: if protocol == UpstreamProtocol::H2 { vec![Alpn::H2] } else { Vec::new() },
             min_version,
             max_version,
-            client_cert: None,
+            client_cert: client_cert.as_ref().map(|t: &portico_model::TrustRef| t.secret.clone()),
         })
     } else {
         None
@@ -279,5 +273,36 @@ fn resolve_backend(
         protocol,
         tls,
     };
-    Ok(Upstream { key, servers, ca_trust, client_cert: None })
+    Ok(Upstream { key, servers, ca_trust, client_cert })
+}
+
+/// The client certificate of `proxy-ssl-secret` (its `tls.crt` and `tls.key`), presented
+/// to these backends only, when the Secret has a valid pair. Without one (a Secret with
+/// `ca.crt` alone, which ingress-nginx did not accept) nothing is presented; a pair that
+/// is there but broken is an error, never silently dropped.
+fn client_certificate(
+    index: &Index<'_>,
+    label: &crate::common::Label<'_>,
+    secret: &SecretRef,
+    namespace: &portico_model::K8sName,
+) -> Result<Option<portico_model::TrustRef>, Problem> {
+    if !index.delegated(secret, namespace) {
+        return Err(Problem::error(
+            ProblemType::TLSError,
+            Reason::CACertificateNotDelegated,
+            format!("{label}: certificate delegation not permitted for proxy-ssl-secret \"{secret}\""),
+        ));
+    }
+    index.record(Dep::Secret(secret.clone()));
+    let Some(verdict) = index.snapshot.verdicts.get(secret) else { return Ok(None) };
+    match &verdict.key_pair {
+        Ok(pair) => Ok(Some(portico_model::TrustRef { secret: secret.clone(), sha256: pair.sha256.clone() })),
+        // No pair at all: a CA-only Secret.
+        Err(why) if why.starts_with("secret type") || why.starts_with("empty ") => Ok(None),
+        Err(why) => Err(Problem::error(
+            ProblemType::TLSError,
+            Reason::SecretNotValid,
+            format!("{label}: the client certificate of proxy-ssl-secret \"{secret}\" is not valid: {why}"),
+        )),
+    }
 }

@@ -567,7 +567,7 @@ fn the_client_certificate_goes_to_every_tls_upstream_and_breaks_only_them_when_i
     assert_eq!(ok.status("shop/p").current_status, "valid");
     let tls = ok.cluster_of(8080, HOST, "/tls").key.tls.clone().unwrap();
     assert_eq!(tls.client_cert.unwrap().to_string(), "portico/client");
-    assert_eq!(ok.resolved.model.client_cert.as_ref().unwrap().sha256, "client-sha");
+    assert_eq!(ok.resolved.model.client_certs.iter().map(|t| t.sha256.as_str()).collect::<Vec<_>>(), ["client-sha"]);
 
     let missing = world_with(&yaml, cas(), &config);
     let status = missing.status("shop/p");
@@ -576,7 +576,7 @@ fn the_client_certificate_goes_to_every_tls_upstream_and_breaks_only_them_when_i
     assert!(status.description.contains("client certificate secret \"portico/client\" not found or misconfigured"));
     assert!(missing.rejects(8080, HOST, "/tls"));
     assert!(!missing.rejects(8080, HOST, "/plain"), "plain HTTP routes are unaffected");
-    assert_eq!(missing.resolved.model.client_cert, None);
+    assert!(missing.resolved.model.client_certs.is_empty());
 }
 
 #[test]

@@ -268,3 +268,38 @@ fn a_default_backend_and_unknown_ports_and_services() {
     );
     assert!(errors.iter().any(|(_, m)| m.contains("service \"gone\": not found")), "{errors:?}");
 }
+
+#[test]
+fn the_client_certificate_of_proxy_ssl_secret_is_presented_by_these_backends_only() {
+    let annotations = "nginx.ingress.kubernetes.io/backend-protocol: HTTPS, nginx.ingress.kubernetes.io/proxy-ssl-secret: shop/api-client, \
+                       nginx.ingress.kubernetes.io/proxy-ssl-verify: 'on'";
+    // One Secret with ca.crt and a pair: both used.
+    let both = portico_model::SecretVerdict {
+        ca: valid_ca("shop/api-client").ca,
+        ..key_pair("shop/api-client", "pair-sha", &["client"])
+    };
+    let w = world(&ingress(annotations, ROOT_HTTPS), vec![both]);
+    assert_eq!(status(&w).current_status, "valid", "{:?}", errors(&status(&w)));
+    let policy = w.cluster_of(HTTP, "app.example.com", "/").key.tls.clone().unwrap();
+    assert_eq!(policy.client_cert.unwrap().to_string(), "shop/api-client");
+    assert_eq!(w.resolved.model.client_certs.iter().map(|t| t.sha256.as_str()).collect::<Vec<_>>(), ["pair-sha"]);
+
+    // ca.crt alone: verified, nothing presented.
+    let w = world(&ingress(annotations, ROOT_HTTPS), vec![valid_ca("shop/api-client")]);
+    assert_eq!(status(&w).current_status, "valid");
+    assert_eq!(w.cluster_of(HTTP, "app.example.com", "/").key.tls.clone().unwrap().client_cert, None);
+    assert!(w.resolved.model.client_certs.is_empty());
+
+    // A pair that is there but broken: an error, the route 503.
+    let broken = portico_model::SecretVerdict {
+        key_pair: Err("the private key does not match the leaf certificate".into()),
+        ..valid_ca("shop/api-client")
+    };
+    let w = world(&ingress(annotations, ROOT_HTTPS), vec![broken]);
+    assert!(
+        errors(&status(&w))[0].1.contains("is not valid: the private key does not match"),
+        "{:?}",
+        errors(&status(&w))
+    );
+    assert!(w.rejects(HTTP, "app.example.com", "/"));
+}
