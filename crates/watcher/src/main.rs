@@ -33,6 +33,10 @@ struct Args {
     /// With --kubernetes: do not write statuses back to HTTPProxies and Voyager Ingresses.
     #[arg(long, env = "PORTICO_NO_STATUS", requires = "kubernetes")]
     no_status: bool,
+    /// With --kubernetes: the address (IP or host name) clients reach the proxies at, set
+    /// in the status.loadBalancer of the Kubernetes Ingresses Portico serves.
+    #[arg(long, env = "PORTICO_PUBLISH_ADDRESS", requires = "kubernetes")]
+    publish_address: Option<String>,
     /// With --kubernetes: the namespace of the status writers' Lease (one replica writes).
     #[arg(long, env = "PORTICO_LEASE_NAMESPACE", default_value = "portico")]
     lease_namespace: String,
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
                 identity: instance_name(args.instance),
                 lease_duration: Duration::from_secs(15),
                 max_per_second: 20,
+                publish_address: args.publish_address,
             }),
         };
         serve("portico-watcher", &args_admin, |shutdown| async move {

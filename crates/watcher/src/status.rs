@@ -41,6 +41,9 @@ pub struct StatusConfig {
     pub lease_duration: Duration,
     /// Patches per second at most (the API server's fairness matters more than speed).
     pub max_per_second: u32,
+    /// Where clients reach the proxies (an IP or a host name): the
+    /// `status.loadBalancer.ingress` of the Kubernetes Ingresses Portico serves.
+    pub publish_address: Option<String>,
 }
 
 /// What outlives a bus session: what to write, what was written, the lease.
@@ -63,6 +66,9 @@ pub struct StatusWriter {
     /// When this replica last renewed the Lease while holding it (`None` while it does not
     /// hold it), for the object publisher (`ActiveLease`).
     active: tokio::sync::watch::Sender<Option<Instant>>,
+    /// Kubernetes Events on the Ingresses (networking.k8s.io/v1) Portico serves: they have
+    /// no conditions, so their problems are told this way (SPEC section 7).
+    recorder: kube::runtime::events::Recorder,
 }
 
 /// Whether this watcher replica is the active one: it holds the Lease, renewed less than a
@@ -106,7 +112,12 @@ fn now() -> MicroTime {
 
 impl StatusWriter {
     pub fn new(client: Client, config: StatusConfig) -> StatusWriter {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "portico-watcher".into(),
+            instance: Some(config.identity.clone()),
+        };
         StatusWriter {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
             config,
             desired: BTreeMap::new(),
@@ -219,6 +230,21 @@ impl StatusWriter {
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
             portico_kit::telemetry::continue_trace(&span, &trace);
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());
+            if object.kind == Kind::Ingress {
+                match self.tell_ingress(&object, &status).instrument(span.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(parent: &span, object = %object, status = %status["currentStatus"], "events and load balancer written");
+                        self.written.insert(object, status);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        self.desired.remove(&object);
+                    }
+                    Err(e) => {
+                        tracing::warn!(parent: &span, object = %object, error = %e, "telling the Ingress failed; retrying")
+                    }
+                }
+                continue;
+            }
             let stamped = self.stamp(&object, &status).instrument(span.clone()).await;
             let patch = Patch::Merge(serde_json::json!({ "status": stamped }));
             let params = PatchParams::default();
@@ -253,6 +279,53 @@ impl StatusWriter {
                 Err(e) => tracing::warn!(object = %object, error = %e, "writing the status failed; retrying"),
             }
         }
+    }
+
+    /// A Kubernetes Ingress has no conditions: its problems become Events (reason
+    /// `PorticoError` or `PorticoWarning`, the statuses' messages; `PorticoValid` when
+    /// there are none), and `status.loadBalancer.ingress` is the configured address.
+    async fn tell_ingress(&self, object: &ObjectRef, status: &serde_json::Value) -> Result<(), kube::Error> {
+        use k8s_openapi::api::networking::v1 as networking;
+        use kube::runtime::events::{Event, EventType};
+        let api: Api<networking::Ingress> = Api::namespaced(self.client.clone(), object.namespace.as_str());
+        let current = api.get(object.name.as_str()).await?;
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("networking.k8s.io/v1".into()),
+            kind: Some("Ingress".into()),
+            namespace: Some(object.namespace.to_string()),
+            name: Some(object.name.to_string()),
+            uid: current.metadata.uid.clone(),
+            resource_version: current.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let condition = &status["conditions"][0];
+        let mut events: Vec<(EventType, &str, String)> = Vec::new();
+        for (list, reason) in [("errors", "PorticoError"), ("warnings", "PorticoWarning")] {
+            for problem in condition[list].as_array().into_iter().flatten() {
+                let message = problem["message"].as_str().unwrap_or_default();
+                events.push((EventType::Warning, reason, message.to_owned()));
+            }
+        }
+        if events.is_empty() {
+            events.push((EventType::Normal, "PorticoValid", "Valid Ingress: served by Portico".to_owned()));
+        }
+        for (type_, reason, note) in events {
+            // An Event's note holds at most 1 kB.
+            let note: String = note.chars().take(1000).collect();
+            let event =
+                Event { type_, reason: reason.into(), note: Some(note), action: "Resolve".into(), secondary: None };
+            self.recorder.publish(&event, &reference).await?;
+        }
+        if let Some(address) = &self.config.publish_address {
+            let entry = if address.parse::<std::net::IpAddr>().is_ok() {
+                serde_json::json!({ "ip": address })
+            } else {
+                serde_json::json!({ "hostname": address })
+            };
+            let patch = Patch::Merge(serde_json::json!({ "status": { "loadBalancer": { "ingress": [entry] } } }));
+            api.patch_status(object.name.as_str(), &PatchParams::default(), &patch).await?;
+        }
+        Ok(())
     }
 
     /// The status as patched: the resolver's, with the `Valid` condition stamped with

@@ -49,6 +49,7 @@ async fn an_envoy_pod_gets_a_certificate_naming_itself_and_nothing_else() {
             lease_name: "portico-watcher".into(),
             identity: "watcher-a".into(),
             lease_duration: Duration::from_secs(2),
+            publish_address: None,
             max_per_second: 50,
         }),
     );

@@ -184,6 +184,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
         lease_name: "portico-watcher".into(),
         identity: "watcher-a".into(),
         lease_duration: Duration::from_secs(3),
+        publish_address: None,
         max_per_second: 50,
     };
     let pipeline = Pipeline::start(&bus, client, status);
@@ -329,6 +330,7 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
         lease_name: "portico-watcher".into(),
         identity: "watcher-a".into(),
         lease_duration: Duration::from_secs(2),
+        publish_address: None,
         max_per_second: 50,
     };
     let pipeline = Pipeline::start(&bus, client, status);
@@ -391,6 +393,7 @@ impl Replica {
             lease_name: "portico-watcher".into(),
             identity: identity.into(),
             lease_duration: Duration::from_secs(2),
+            publish_address: None,
             max_per_second: 50,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -446,4 +449,100 @@ async fn of_two_watcher_replicas_one_publishes_and_the_other_takes_over_when_it_
     until_keys_include(&buckets.objects, "service.shop.late").await;
     assert_eq!(lease(), "watcher-b");
     b.stop().await;
+}
+
+fn ingress(name: &str, class: &str, annotations: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "annotations": annotations},
+           "spec": {"ingressClassName": class, "rules": [{"host": format!("{name}.example.com"), "http": {"paths": [
+               {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 443}}}}]}}]}})
+}
+
+fn events(api: &FakeApi, name: &str) -> Vec<Value> {
+    let state = api.state.lock().unwrap();
+    state.events.iter().filter(|(_, e)| e["regarding"]["name"] == name).map(|(_, e)| e.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_ingress_is_told_its_problems_by_events_and_gets_its_load_balancer_address() {
+    let nats = NatsServer::start();
+    let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
+    let api = FakeApi::start().await;
+    api.put(SERVICES, service("web", 443), false);
+    api.put(
+        "apis/discovery.k8s.io/v1/endpointslices",
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "ports": [{"name": "https", "port": 8443}], "endpoints": [{"addresses": ["10.0.0.9"]}]}),
+        false,
+    );
+    api.put(
+        INGRESS_CLASSES,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "portico"},
+               "spec": {"controller": "portico.dev/ingress-controller"}}),
+        false,
+    );
+    api.put(
+        INGRESSES,
+        ingress("app", "portico", json!({"nginx.ingress.kubernetes.io/backend-protocol": "FCGI"})),
+        false,
+    );
+    api.put(
+        INGRESSES,
+        ingress("theirs", "nginx", json!({"nginx.ingress.kubernetes.io/backend-protocol": "FCGI"})),
+        false,
+    );
+    let status = portico_watcher::status::StatusConfig {
+        lease_namespace: "portico".into(),
+        lease_name: "portico-watcher".into(),
+        identity: "watcher-a".into(),
+        lease_duration: Duration::from_secs(3),
+        publish_address: Some("203.0.113.7".into()),
+        max_per_second: 50,
+    };
+    let pipeline = Pipeline::start(&bus, client(&api), status);
+
+    until("an event on shop/app", || !events(&api, "app").is_empty()).await;
+    let first = events(&api, "app");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let event = &first[0];
+    assert_eq!(event["apiVersion"], "events.k8s.io/v1");
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("PorticoError")));
+    assert_eq!(
+        event["note"],
+        "annotation nginx.ingress.kubernetes.io/backend-protocol: unsupported backend-protocol \"FCGI\""
+    );
+    assert_eq!(event["regarding"]["kind"], "Ingress");
+    assert_eq!(event["regarding"]["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(event["regarding"]["uid"], "uid-app");
+    assert_eq!(event["reportingController"], "portico-watcher");
+    // What the API server would take: the typed Event and IngressStatus (k8s-openapi's).
+    let typed: k8s_openapi::api::events::v1::Event =
+        serde_json::from_value(event.clone()).expect("an events.k8s.io/v1 Event");
+    assert!(typed.event_time.is_some() && typed.reporting_instance.as_deref() == Some("watcher-a"));
+    until("the load balancer of shop/app", || !api.patches("shop/app").is_empty()).await;
+    assert_eq!(
+        api.patches("shop/app")[0],
+        json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}),
+        "the configured address, and nothing else of the status"
+    );
+    let _: k8s_openapi::api::networking::v1::IngressStatus =
+        serde_json::from_value(api.patches("shop/app")[0]["status"].clone()).expect("an IngressStatus");
+
+    // Fixed: one more event, that it is served.
+    until("the Ingress watch", || api.watching(INGRESSES) > 0).await;
+    api.put(
+        INGRESSES,
+        ingress("app", "portico", json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"})),
+        true,
+    );
+    until("a second event on shop/app", || events(&api, "app").len() > 1).await;
+    let second = &events(&api, "app")[1];
+    assert_eq!(second["reason"], "PorticoWarning", "{second}");
+    assert_eq!(second["note"], "backend TLS is not verified: set proxy-ssl-verify: \"on\"");
+
+    // Another controller's Ingress got nothing (checked after the later events above).
+    assert!(events(&api, "theirs").is_empty());
+    assert!(api.patches("shop/theirs").is_empty());
+    pipeline.stop().await;
 }

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 pub const SERVICES: &str = "api/v1/services";
 pub const SECRETS: &str = "api/v1/secrets";
 pub const PROXIES: &str = "apis/projectcontour.io/v1/httpproxies";
+pub const INGRESSES: &str = "apis/networking.k8s.io/v1/ingresses";
+pub const INGRESS_CLASSES: &str = "apis/networking.k8s.io/v1/ingressclasses";
 
 /// The collections the watcher asks for, with each item's apiVersion and kind.
 pub const COLLECTIONS: [(&str, &str, &str); 8] = [
@@ -26,8 +28,8 @@ pub const COLLECTIONS: [(&str, &str, &str); 8] = [
     (PROXIES, "projectcontour.io/v1", "HTTPProxy"),
     ("apis/projectcontour.io/v1/tlscertificatedelegations", "projectcontour.io/v1", "TLSCertificateDelegation"),
     ("apis/voyager.appscode.com/v1beta1/ingresses", "voyager.appscode.com/v1beta1", "Ingress"),
-    ("apis/networking.k8s.io/v1/ingresses", "networking.k8s.io/v1", "Ingress"),
-    ("apis/networking.k8s.io/v1/ingressclasses", "networking.k8s.io/v1", "IngressClass"),
+    (INGRESSES, "networking.k8s.io/v1", "Ingress"),
+    (INGRESS_CLASSES, "networking.k8s.io/v1", "IngressClass"),
 ];
 
 pub struct Watcher {
@@ -55,6 +57,8 @@ pub struct ApiState {
     pub forbidden: std::collections::BTreeSet<String>,
     /// CertificateSigningRequests by name.
     pub csrs: BTreeMap<String, Value>,
+    /// Every events.k8s.io/v1 Event created or patched: (method, the Event).
+    pub events: Vec<(String, Value)>,
     /// Who makes the next CertificateSigningRequest, as the API server records it from the
     /// requester's token: the username and the pod name of a bound token.
     pub requester: (String, Vec<String>),
@@ -174,6 +178,26 @@ impl FakeApi {
                 };
             }
         }
+        if let Some(rest) = path.strip_prefix("apis/events.k8s.io/v1/namespaces/") {
+            // POST <ns>/events, PATCH <ns>/events/<name> (kube's Recorder).
+            let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let mut state = self.state.lock().unwrap();
+            state.events.push((req.method.to_string(), event.clone()));
+            let _ = rest;
+            return full(if req.method == hyper::Method::POST { 201 } else { 200 }, &event);
+        }
+        if let Some(rest) = path.strip_prefix("apis/networking.k8s.io/v1/namespaces/") {
+            // GET of one Ingress: <ns>/ingresses/<name>
+            if let (&hyper::Method::GET, [ns, "ingresses", name]) =
+                (&req.method, rest.split('/').collect::<Vec<_>>().as_slice())
+            {
+                let state = self.state.lock().unwrap();
+                return match state.objects.get(INGRESSES).and_then(|m| m.get(&format!("{ns}/{name}"))) {
+                    Some(ingress) => full(200, ingress),
+                    None => not_found(),
+                };
+            }
+        }
         if req.method == hyper::Method::PATCH && path.ends_with("/status") {
             return self.patch_status(&path, &body);
         }
@@ -233,7 +257,9 @@ impl FakeApi {
         let patch: Value = serde_json::from_slice(body).unwrap();
         let parts: Vec<&str> = path.split('/').collect();
         let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
-        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| c.ends_with(&format!("/{plural}"))).unwrap();
+        // The group and version of the path tell Voyager's ingresses from Kubernetes'.
+        let group = path.split("/namespaces/").next().unwrap_or_default();
+        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| *c == format!("{group}/{plural}")).unwrap();
         let mut state = self.state.lock().unwrap();
         state.patches.push((format!("{ns}/{name}"), patch.clone()));
         state.resource_version += 1;
@@ -309,7 +335,9 @@ impl FakeApi {
     pub fn get_status(&self, path: &str) -> hyper::Response<Body> {
         let parts: Vec<&str> = path.split('/').collect();
         let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
-        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| c.ends_with(&format!("/{plural}"))).unwrap();
+        // The group and version of the path tell Voyager's ingresses from Kubernetes'.
+        let group = path.split("/namespaces/").next().unwrap_or_default();
+        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| *c == format!("{group}/{plural}")).unwrap();
         let state = self.state.lock().unwrap();
         match state.objects.get(collection).and_then(|m| m.get(&format!("{ns}/{name}"))) {
             Some(object) => full(200, object),
@@ -394,7 +422,7 @@ impl FakeApi {
     pub fn key(object: &Value) -> String {
         format!(
             "{}/{}",
-            object["metadata"]["namespace"].as_str().unwrap(),
+            object["metadata"]["namespace"].as_str().unwrap_or_default(),
             object["metadata"]["name"].as_str().unwrap()
         )
     }
