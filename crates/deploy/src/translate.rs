@@ -55,6 +55,9 @@ pub enum TranslateError {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEntry {
+    /// Tells Voyager's Ingress from Kubernetes' (both are kind `Ingress`).
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -67,13 +70,16 @@ pub fn status_entries(statuses: &[ObjectStatus]) -> Vec<StatusEntry> {
     let mut entries: Vec<StatusEntry> = statuses
         .iter()
         .map(|s| StatusEntry {
+            api_version: s.object.kind.api_version(),
             kind: s.object.kind.as_str(),
             namespace: s.object.namespace.to_string(),
             name: s.object.name.to_string(),
             status: s.to_contour(),
         })
         .collect();
-    entries.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    entries.sort_by(|a, b| {
+        (a.kind, a.api_version, &a.namespace, &a.name).cmp(&(b.kind, b.api_version, &b.namespace, &b.name))
+    });
     entries
 }
 

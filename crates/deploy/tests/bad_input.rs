@@ -120,6 +120,26 @@ fn ingress(n: usize, svc_annotations: Value, edit: impl FnOnce(&mut Value)) -> D
     (vec![i, service(n, svc_annotations), slice(n)], ("Ingress", format!("ing-{n}")))
 }
 
+/// A Kubernetes Ingress of Portico's class for site `n` to `svc-<n>`, verified with the `ca`
+/// Secret; `edit` makes it hostile.
+fn k8s_ingress(n: usize, edit: impl FnOnce(&mut Value)) -> Documents {
+    let mut i = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": format!("k8s-{n}"), "namespace": "bad", "annotations": {
+            "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret": "bad/ca",
+            "nginx.ingress.kubernetes.io/proxy-ssl-verify": "on"}},
+        "spec": {"ingressClassName": "portico",
+                 "rules": [{"host": format!("k{n}.bad.test"), "http": {"paths": [
+                     {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": format!("svc-{n}"), "port": {"number": 8443}}}}]}}]}});
+    edit(&mut i);
+    (vec![i, service(n, json!({})), slice(n)], ("Ingress", format!("k8s-{n}")))
+}
+
+/// `k8s_ingress` with one annotation set to the value.
+fn k8s_annotation(n: usize, name: &str, value: &str) -> Documents {
+    k8s_ingress(n, |i| i["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{name}")] = json!(value))
+}
+
 const FIELDS: &[Field] = &[
     Field {
         name: "HTTPProxy spec.virtualhost.fqdn",
@@ -222,6 +242,50 @@ const FIELDS: &[Field] = &[
         spec_accepts: none,
     },
     Field {
+        name: "Ingress rules[].host",
+        documents: |n, v| k8s_ingress(n, |i| i["spec"]["rules"][0]["host"] = json!(v)),
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress rules[].http.paths[].path",
+        documents: |n, v| k8s_ingress(n, |i| i["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!(v)),
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress paths[].backend.service.name",
+        documents: |n, v| {
+            k8s_ingress(n, |i| i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = json!(v))
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress spec.tls[].secretName",
+        documents: |n, v| {
+            k8s_ingress(n, |i| i["spec"]["tls"] = json!([{"hosts": [format!("k{n}.bad.test")], "secretName": v}]))
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress annotation backend-protocol",
+        documents: |n, v| k8s_annotation(n, "backend-protocol", v),
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress annotation proxy-ssl-secret",
+        documents: |n, v| k8s_annotation(n, "proxy-ssl-secret", v),
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress annotation proxy-ssl-name",
+        documents: |n, v| k8s_annotation(n, "proxy-ssl-name", v),
+        spec_accepts: none,
+    },
+    Field {
+        name: "Ingress annotation proxy-ssl-protocols",
+        documents: |n, v| k8s_annotation(n, "proxy-ssl-protocols", v),
+        spec_accepts: none,
+    },
+    Field {
         name: "Voyager Ingress backend.serviceName",
         documents: |n, v| {
             ingress(n, json!({}), |i| i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["serviceName"] = json!(v))
@@ -275,15 +339,23 @@ fn hostile_values_in_every_field_reach_no_config_and_are_each_reported() {
                                                   "validation": {"caSecret": "ca", "subjectName": "web.bad.svc"}}]}]}}),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-good", "namespace": "bad"},
                "spec": {"ports": [{"name": "https", "port": 8443}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "portico"},
+               "spec": {"controller": "portico.dev/ingress-controller"}}),
     ];
     // The check is not vacuous: a canary in a value within its grammar does reach the files.
     {
         let dir = tempfile::tempdir().unwrap();
-        let (documents, _) = proxy(0, |p| p["spec"]["routes"][0]["conditions"][0]["prefix"] = json!("/ZQX0Q"));
+        let (mut documents, _) = proxy(0, |p| p["spec"]["routes"][0]["conditions"][0]["prefix"] = json!("/ZQX0Q"));
+        // And a Kubernetes Ingress, valid but for nothing: its status must say valid.
+        let (k8s, _) = k8s_ingress(1, |i| i["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/ZQX1Q"));
+        documents.extend(k8s);
         let yaml: Vec<String> = shared.iter().chain(&documents).map(|d| serde_json::to_string(d).unwrap()).collect();
         std::fs::write(dir.path().join("in.yaml"), yaml.join("\n---\n")).unwrap();
         let options = options(dir.path().join("in.yaml"), dir.path().join("out"));
-        run(&options).unwrap();
+        let outcome = run(&options).unwrap();
+        let k8s =
+            outcome.resolved.statuses.iter().find(|s| s.object.name.as_str() == "k8s-1").expect("the Ingress's status");
+        assert_eq!(k8s.to_contour().current_status, "valid", "{k8s:?}");
         let mut written = Vec::new();
         files(&dir.path().join("out/haproxy"), &mut written);
         files(&dir.path().join("out/envoy"), &mut written);
