@@ -259,8 +259,42 @@ pub fn start() -> Demo {
     let secure = edge_ca.server(&[SECURE_HOST]);
     let mut manifests = manifests(&demo_ca.pem, &internal_ca.pem, web.port, payments.port, legacy.port);
     manifests.push_str(&secure_site(&secure));
+    manifests.push_str(INGRESS_SITE);
     Demo { web, payments, legacy, manifests, demo_ca_pem: demo_ca.pem, edge_ca, secure_host: SECURE_HOST, secure }
 }
+
+/// The Kubernetes Ingress dialect with ingress-nginx's annotations: Portico's IngressClass
+/// and an Ingress to the web backend, verified against demo/demo-ca's ca.crt alone.
+pub const INGRESS_SITE: &str = r#"---
+# Kubernetes Ingress with ingress-nginx's backend TLS annotations (SPEC section 7): HTTPS
+# to the web backend, verified against the ca.crt of demo/demo-ca (no client certificate
+# needed), SNI on. Portico serves the Ingresses of its IngressClass.
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: portico}
+spec: {controller: portico.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: nginx-style
+  namespace: demo
+  annotations:
+    nginx.ingress.kubernetes.io/backend-protocol: "HTTPS"
+    nginx.ingress.kubernetes.io/proxy-ssl-secret: "demo/demo-ca"
+    nginx.ingress.kubernetes.io/proxy-ssl-verify: "on"
+    nginx.ingress.kubernetes.io/proxy-ssl-name: "web.demo.svc"
+    nginx.ingress.kubernetes.io/proxy-ssl-server-name: "on"
+spec:
+  ingressClassName: portico
+  rules:
+  - host: ingress.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {service: {name: web, port: {number: 8443}}}
+"#;
 
 /// The demo's host served over HTTPS.
 pub const SECURE_HOST: &str = "secure.example.com";

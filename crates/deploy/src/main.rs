@@ -377,6 +377,7 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
   curl -H 'Host: web.example.com' http://{e}:{port}/            # the same through Envoy
   curl -H 'Host: web.example.com' http://{e}:{port}/payments    # 200: CA delegated from namespace infra
   curl -H 'Host: legacy.example.com' http://{h}:{port}/         # 200: Voyager backend-tls, verify required verifyhost
+  curl -H 'Host: ingress.example.com' http://{e}:{port}/        # 200: a Kubernetes Ingress with ingress-nginx's annotations
   curl -H 'Host: web.example.com' http://{h}:{port}/broken      # 503: broken on purpose; the status above says why
   curl --cacert {ca} --resolve {secure}:{tls}:{h} https://{secure}:{tls}/   # 200: HTTPS in (SNI), verified TLS out
   curl --cacert {ca} --resolve {secure}:{tls}:{e} https://{secure}:{tls}/   # the same through Envoy

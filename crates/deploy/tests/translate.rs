@@ -209,3 +209,30 @@ fn an_injection_attempt_in_an_annotation_rejects_only_its_route_and_reaches_no_o
     assert!(!model.contains("6.6.6.6") && !model.contains("server evil"), "the injected text reached the model");
     assert!(model.contains("default_good_80_"), "the good route is still served");
 }
+
+#[test]
+fn the_ingress_nginx_example_translates_to_a_verified_https_backend() {
+    let run = portico(&["examples/ingress-nginx"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let statuses: serde_json::Value = serde_json::from_str(&run.file("status.json")).unwrap();
+    let invoices = statuses.as_array().unwrap().iter().find(|s| s["name"] == "invoices").expect("the Ingress's status");
+    assert_eq!(invoices["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(invoices["currentStatus"], "valid", "{invoices}");
+    let warnings = invoices["conditions"][0]["warnings"].as_array().unwrap();
+    assert_eq!(
+        warnings[0]["message"],
+        "these annotations are not supported by Portico and are ignored: nginx.ingress.kubernetes.io/proxy-body-size"
+    );
+    let model: serde_json::Value = serde_json::from_str(&run.file("model.json")).unwrap();
+    let tls = &model["clusters"][0]["key"]["tls"];
+    assert_eq!(tls["sni"], "invoices.billing.svc");
+    assert_eq!(tls["verify"]["Required"]["ca"]["Secret"]["name"], "billing-backend-ca");
+    let routes = model["listeners"][0]["virtual_hosts"][0]["routes"].as_array().unwrap();
+    let paths: Vec<(String, bool)> =
+        routes.iter().map(|r| (r["prefix"].as_str().unwrap().to_owned(), r["exact"].as_bool().unwrap())).collect();
+    assert_eq!(
+        paths,
+        [("/invoices/".to_owned(), false), ("/invoices".to_owned(), true), ("/healthz".to_owned(), true)],
+        "Exact is one path; Prefix is by path element"
+    );
+}

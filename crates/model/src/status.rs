@@ -166,7 +166,7 @@ impl ObjectStatus {
         let errors = entries(Severity::Error);
         let warnings = entries(Severity::Warning);
         let valid_text = match self.object.kind {
-            Kind::VoyagerIngress => "Valid Ingress",
+            Kind::VoyagerIngress | Kind::Ingress => "Valid Ingress",
             _ => "Valid HTTPProxy",
         };
         let first_error = self.problems.iter().find(|p| p.severity == Severity::Error);
