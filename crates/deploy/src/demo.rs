@@ -87,6 +87,8 @@ pub enum BackendKind {
         /// Require a client certificate signed by this CA.
         client_ca: Option<String>,
     },
+    /// TLS 1.2 and nothing newer (to check that a proxy told to use TLS 1.3 refuses it).
+    Tls12Only(Issued),
 }
 
 /// A running backend on 127.0.0.1. It answers every request with 200 and the body
@@ -107,11 +109,15 @@ fn pem_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).map(|c| c.expect("a certificate")).collect()
 }
 
-fn server_config(cert: &Issued, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> {
+fn server_config(
+    cert: &Issued,
+    client_ca: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .expect("versions");
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
@@ -188,8 +194,13 @@ impl Backend {
         let name: Arc<str> = Arc::from(name);
         let tls = match &kind {
             BackendKind::Plain => None,
-            BackendKind::Tls { cert, client_ca } => {
-                Some(tokio_rustls::TlsAcceptor::from(server_config(cert, client_ca.as_deref())))
+            BackendKind::Tls { cert, client_ca } => Some(tokio_rustls::TlsAcceptor::from(server_config(
+                cert,
+                client_ca.as_deref(),
+                &[&rustls::version::TLS12, &rustls::version::TLS13],
+            ))),
+            BackendKind::Tls12Only(cert) => {
+                Some(tokio_rustls::TlsAcceptor::from(server_config(cert, None, &[&rustls::version::TLS12])))
             }
         };
         let task = runtime().spawn(async move {

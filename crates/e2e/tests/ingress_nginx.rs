@@ -26,11 +26,15 @@ const CASES: &[(&str, &str)] = &[
     ("grpcs.test", "backend-protocol: GRPCS, proxy-ssl-secret: shop/api-ca, proxy-ssl-verify: 'on'"),
     ("plain.test", ""),
     ("mtls.test", "backend-protocol: HTTPS, proxy-ssl-secret: shop/api-client, proxy-ssl-verify: 'on'"),
+    // To a backend that speaks TLS 1.2 only.
+    ("tls13.test", "backend-protocol: HTTPS, proxy-ssl-protocols: TLSv1.3"),
+    ("tls12.test", "backend-protocol: HTTPS, proxy-ssl-protocols: TLSv1.2"),
 ];
 
-/// The ports of the backends: TLS, plain, plain (docs), TLS requiring a client certificate.
-fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 4]) -> String {
-    let [tls, plain, docs, mtls] = ports;
+/// The ports of the backends: TLS, plain, plain (docs), TLS requiring a client certificate,
+/// TLS 1.2 only.
+fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 5]) -> String {
+    let [tls, plain, docs, mtls, old] = ports;
     let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let mut yaml = String::from(
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: portico}\n\
@@ -50,7 +54,7 @@ fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 4]) -> 
         indent(&client.cert_pem),
         indent(&client.key_pem)
     );
-    for (service, port) in [("api", tls), ("web", plain), ("docs", docs), ("mtls", mtls)] {
+    for (service, port) in [("api", tls), ("web", plain), ("docs", docs), ("mtls", mtls), ("old", old)] {
         yaml += &format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: shop}}\n\
              spec: {{ports: [{{name: https, port: 443}}]}}\n---\n\
@@ -67,6 +71,7 @@ fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 4]) -> 
         let (service, exact) = match *host {
             "plain.test" => ("web", "docs"),
             "mtls.test" => ("mtls", "mtls"),
+            "tls13.test" | "tls12.test" => ("old", "old"),
             _ => ("api", "api"),
         };
         yaml += &format!(
@@ -132,10 +137,14 @@ fn ingress_nginx_annotations_through_both_proxies() {
         BackendKind::Tls { cert: api_ca.server(&["mtls.shop.svc"]), client_ca: Some(client_ca.pem.clone()) },
     );
     let client = client_ca.client("portico");
+    let old = Backend::start("old", BackendKind::Tls12Only(api_ca.server(&["old.shop.svc"])));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ingresses.yaml");
-    std::fs::write(&file, manifests(&api_ca.pem, &other_ca.pem, &client, [tls.port, plain.port, docs.port, mtls.port]))
-        .unwrap();
+    std::fs::write(
+        &file,
+        manifests(&api_ca.pem, &other_ca.pem, &client, [tls.port, plain.port, docs.port, mtls.port, old.port]),
+    )
+    .unwrap();
     let (haproxy, outcome) = proxy(&file, &dir.path().join("h"), false);
     let (envoy, _) = proxy(&file, &dir.path().join("e"), true);
 
@@ -168,6 +177,9 @@ fn ingress_nginx_annotations_through_both_proxies() {
         // proxy-ssl-secret's client certificate, to a backend that requires one.
         ("mtls.test", "/", 200, &["backend=mtls", "client_cert=yes"]),
         ("verified.test", "/", 200, &["client_cert=no"]),
+        // proxy-ssl-protocols: TLS 1.3 only refuses a TLS 1.2 backend; TLS 1.2 reaches it.
+        ("tls13.test", "/", 503, &[]),
+        ("tls12.test", "/", 200, &["backend=old"]),
     ];
     for p in [&haproxy, &envoy] {
         for (host, path, status, seen) in expect {

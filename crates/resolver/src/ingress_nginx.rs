@@ -164,9 +164,11 @@ pub fn parse(annotations: &BTreeMap<String, String>, namespace: &str) -> Parsed 
     if !o.verify && (asks_tls || o.secret.is_some()) {
         out.warnings.push("backend TLS is not verified: set proxy-ssl-verify: \"on\"".to_owned());
     }
-    if o.verify_depth > 1 {
+    // Neither proxy limits the depth yet (Envoy could, HAProxy cannot): said whenever the
+    // annotation is given, since depth 1 is the strict case.
+    if annotations.contains_key(&format!("{PREFIX}proxy-ssl-verify-depth")) && out.errors.is_empty() {
         out.warnings.push(format!(
-            "{PREFIX}proxy-ssl-verify-depth {} is enforced by Envoy; HAProxy cannot limit the chain depth",
+            "{PREFIX}proxy-ssl-verify-depth {} is not enforced: Portico does not limit the chain depth yet (HAProxy cannot)",
             o.verify_depth
         ));
     }
@@ -411,6 +413,10 @@ mod tests {
     fn a_depth_above_one_is_kept_and_said_to_be_envoys_only() {
         let got = parsed(&[("proxy-ssl-verify-depth", "3")]);
         assert_eq!(got.options.verify_depth, 3);
-        assert!(got.warnings.iter().any(|w| w.contains("HAProxy cannot limit the chain depth")), "{:?}", got.warnings);
+        assert!(
+            got.warnings.iter().any(|w| w.contains("is not enforced: Portico does not limit the chain depth")),
+            "{:?}",
+            got.warnings
+        );
     }
 }

@@ -183,7 +183,7 @@ fn k8s_ingress(ns: usize, shape: usize) -> Object {
                 },
             }],
         }],
-        tls: if shape % 5 == 0 {
+        tls: if shape.is_multiple_of(5) {
             vec![IngressTls { hosts: vec!["one.example.com".into()], secret_name: Some("cert".into()) }]
         } else {
             vec![]
