@@ -6,7 +6,7 @@
 use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{error_count, no_endpoints_warning, route_prefix, service_label, unresolved, Dep, Index};
 use crate::ingress_nginx::{self, BackendProtocol, NginxBackendTls};
-use crate::serving::{serve_https, CertificateRequest};
+use crate::serving::serve_tls_list;
 use portico_model::names::quote;
 use portico_model::{
     Alpn, ClusterKey, DnsName, HostMatch, Ingress, IngressBackend, IngressServicePort, Kind, PathPrefix, Problem,
@@ -134,61 +134,11 @@ pub fn resolve_ingress(index: &Index<'_>, ingress: &Ingress, problems: &mut Vec<
     if let Some(backend) = &ingress.default_backend {
         add(HostMatch::Any, "/", "Prefix", backend, problems);
     }
-    serve_tls_hosts(index, ingress, options.ssl_redirect, &mut routes, problems);
+    // spec.tls (SPEC section 8): in the Ingress's namespace; ssl-redirect: "false" keeps
+    // plain HTTP too.
+    let tls = ingress.tls.iter().map(|t| (t.hosts.as_slice(), t.secret_name.as_deref().unwrap_or_default()));
+    serve_tls_list(index, &ingress.meta.namespace, tls, !options.ssl_redirect, &mut routes, problems);
     routes
-}
-
-/// `spec.tls` (SPEC section 8): each listed host served over HTTPS with its Secret (in the
-/// Ingress's namespace), plain HTTP redirected unless `ssl-redirect: "false"`.
-fn serve_tls_hosts(
-    index: &Index<'_>,
-    ingress: &Ingress,
-    redirect: bool,
-    routes: &mut Vec<PendingRoute>,
-    problems: &mut Vec<Problem>,
-) {
-    let mut served: Vec<HostMatch> = Vec::new();
-    for (t, tls) in ingress.tls.iter().enumerate() {
-        let field = format!("spec.tls[{t}].secretName");
-        let secret = match tls.secret_name.as_deref().map(str::parse::<portico_model::K8sName>) {
-            Some(Ok(name)) => Ok(SecretRef { namespace: ingress.meta.namespace.clone(), name }),
-            Some(Err(_)) | None => Err(Problem::error(
-                ProblemType::TLSError,
-                Reason::InvalidValue,
-                format!("{field}: {} is not a Secret name", quote(tls.secret_name.as_deref().unwrap_or(""))),
-            )),
-        };
-        for written in &tls.hosts {
-            let host = match HostMatch::parse(written) {
-                Ok(HostMatch::Any) | Err(_) => {
-                    problems.push(Problem::error(
-                        ProblemType::TLSError,
-                        Reason::InvalidValue,
-                        format!("spec.tls[{t}].hosts: {} is not a host name", quote(written)),
-                    ));
-                    continue;
-                }
-                Ok(host) => host,
-            };
-            if served.contains(&host) {
-                continue;
-            }
-            served.push(host.clone());
-            let serving = secret.clone().and_then(|secret| {
-                let request = CertificateRequest {
-                    field: &field,
-                    secret,
-                    from_namespace: &ingress.meta.namespace,
-                    min_version: TlsVersion::Tls12,
-                };
-                index.serving_certificate(&request, &host)
-            });
-            if let Err(problem) = &serving {
-                problems.push(problem.clone());
-            }
-            serve_https(index.config, routes, &host, serving.as_ref().ok(), |_| !redirect);
-        }
-    }
 }
 
 fn resolve_backend(

@@ -110,3 +110,64 @@ pub fn serve_https(
     }
     routes.extend(secured);
 }
+
+/// An Ingress's `spec.tls[] {hosts, secretName}` (Voyager's and Kubernetes'): each listed
+/// host served over HTTPS with the Secret of its entry, in `namespace` (neither dialect has
+/// delegation for it); a host listed twice keeps its first certificate. Plain HTTP to them
+/// answers 301 unless `permit_insecure`.
+pub fn serve_tls_list<'e>(
+    index: &Index<'_>,
+    namespace: &K8sName,
+    entries: impl Iterator<Item = (&'e [String], &'e str)>,
+    permit_insecure: bool,
+    routes: &mut Vec<PendingRoute>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut served: Vec<HostMatch> = Vec::new();
+    for (t, (hosts, secret_name)) in entries.enumerate() {
+        let field = format!("spec.tls[{t}].secretName");
+        let secret = match secret_name.parse::<K8sName>() {
+            Ok(name) => Ok(SecretRef { namespace: namespace.clone(), name }),
+            Err(_) => Err(Problem::error(
+                ProblemType::TLSError,
+                Reason::InvalidValue,
+                format!("{field}: {} is not a Secret name", quote(secret_name)),
+            )),
+        };
+        for written in hosts {
+            let host = match HostMatch::parse(written) {
+                Ok(HostMatch::Any) | Err(_) => {
+                    problems.push(Problem::error(
+                        ProblemType::TLSError,
+                        Reason::InvalidValue,
+                        format!("spec.tls[{t}].hosts: {} is not a host name", quote(written)),
+                    ));
+                    continue;
+                }
+                Ok(host) => host,
+            };
+            if served.contains(&host) {
+                problems.push(Problem::warning(
+                    ProblemType::TLSError,
+                    Reason::IgnoredField,
+                    format!("spec.tls[{t}].hosts: host {host} is listed before; the first certificate is used"),
+                ));
+                continue;
+            }
+            served.push(host.clone());
+            let serving = secret.clone().and_then(|secret| {
+                let request = CertificateRequest {
+                    field: &field,
+                    secret,
+                    from_namespace: namespace,
+                    min_version: TlsVersion::Tls12,
+                };
+                index.serving_certificate(&request, &host)
+            });
+            if let Err(problem) = &serving {
+                problems.push(problem.clone());
+            }
+            serve_https(index.config, routes, &host, serving.as_ref().ok(), |_| permit_insecure);
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use crate::backend_tls;
 use crate::build::{PendingAction, PendingRoute, Upstream};
 use crate::common::{error_count, ignored_field, no_endpoints_warning, route_prefix, service_label, unresolved, Index};
-use crate::serving::{serve_https, CertificateRequest};
+use crate::serving::serve_tls_list;
 use portico_model::names::quote;
 use portico_model::{
     Alpn, CaSource, ClusterKey, HostMatch, Problem, ProblemType, Reason, SecretRef, TlsPolicy, TlsVersion,
@@ -82,66 +82,10 @@ pub fn resolve_ingress(index: &Index<'_>, ingress: &VoyagerIngress, problems: &m
     if let Some(backend) = &ingress.backend {
         add(index.config.http_port, HostMatch::Any, "/", backend, problems);
     }
-    serve_tls_hosts(index, ingress, &mut routes, problems);
+    // spec.tls: in the Ingress's namespace (Voyager has no delegation); always redirected.
+    let tls = ingress.tls.iter().map(|t| (t.hosts.as_slice(), t.secret_name.as_str()));
+    serve_tls_list(index, &ingress.meta.namespace, tls, false, &mut routes, problems);
     routes
-}
-
-/// `spec.tls`: each listed host of a rule on the main listener is served over HTTPS with
-/// its Secret (in the Ingress's namespace: Voyager has no delegation), and answers plain
-/// HTTP with a redirect (SPEC section 8).
-fn serve_tls_hosts(
-    index: &Index<'_>,
-    ingress: &VoyagerIngress,
-    routes: &mut Vec<PendingRoute>,
-    problems: &mut Vec<Problem>,
-) {
-    let mut served: Vec<HostMatch> = Vec::new();
-    for (t, tls) in ingress.tls.iter().enumerate() {
-        let field = format!("spec.tls[{t}].secretName");
-        let secret = match tls.secret_name.parse::<portico_model::K8sName>() {
-            Ok(name) => Ok(SecretRef { namespace: ingress.meta.namespace.clone(), name }),
-            Err(_) => Err(Problem::error(
-                ProblemType::TLSError,
-                Reason::InvalidValue,
-                format!("{field}: {} is not a Secret name", quote(&tls.secret_name)),
-            )),
-        };
-        for written in &tls.hosts {
-            let host = match HostMatch::parse(written) {
-                Ok(HostMatch::Any) | Err(_) => {
-                    problems.push(Problem::error(
-                        ProblemType::TLSError,
-                        Reason::InvalidValue,
-                        format!("spec.tls[{t}].hosts: {} is not a host name", quote(written)),
-                    ));
-                    continue;
-                }
-                Ok(host) => host,
-            };
-            if served.contains(&host) {
-                problems.push(Problem::warning(
-                    ProblemType::TLSError,
-                    Reason::IgnoredField,
-                    format!("spec.tls[{t}].hosts: host {host} is listed before; the first certificate is used"),
-                ));
-                continue;
-            }
-            served.push(host.clone());
-            let serving = secret.clone().and_then(|secret| {
-                let request = CertificateRequest {
-                    field: &field,
-                    secret,
-                    from_namespace: &ingress.meta.namespace,
-                    min_version: TlsVersion::Tls12,
-                };
-                index.serving_certificate(&request, &host)
-            });
-            if let Err(problem) = &serving {
-                problems.push(problem.clone());
-            }
-            serve_https(index.config, routes, &host, serving.as_ref().ok(), |_| false);
-        }
-    }
 }
 
 fn resolve_backend(
