@@ -207,6 +207,9 @@ impl Backend {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                // Without it, a response written as several TLS records waits for the
+                // peer's delayed ACK: 40 ms on every new connection (docs/PERFORMANCE.md).
+                let _ = tcp.set_nodelay(true);
                 let name = name.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
