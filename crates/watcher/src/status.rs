@@ -82,7 +82,7 @@ pub struct ActiveLease {
 
 impl ActiveLease {
     pub fn fresh(&self) -> bool {
-        self.renewed.borrow().is_some_and(|at| at.elapsed() < self.duration)
+        renewed_within(*self.renewed.borrow(), self.duration)
     }
 
     /// Until the Lease was stepped again, or at most `within`: freshness also runs out
@@ -95,6 +95,12 @@ impl ActiveLease {
         })
         .await;
     }
+}
+
+/// Whether a renewal at `renewed` (this replica's monotonic clock) still holds: the one
+/// rule of freshness, for the object publisher and the status writer alike.
+fn renewed_within(renewed: Option<Instant>, duration: Duration) -> bool {
+    renewed.is_some_and(|at| at.elapsed() < duration)
 }
 
 #[derive(Default)]
@@ -223,7 +229,7 @@ impl StatusWriter {
         }
         for (object, status, trace) in pending {
             // A batch that runs (or stalls) past the lease stops: the lease may be another's.
-            if self.lease.renewed.is_none_or(|at| at.elapsed() >= self.config.lease_duration) {
+            if !renewed_within(self.lease.renewed, self.config.lease_duration) {
                 tracing::warn!("the watcher lease is a lease duration old; stopping this batch until it is renewed");
                 return;
             }
