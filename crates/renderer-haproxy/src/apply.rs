@@ -151,21 +151,24 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
 
 /// Write rendered files into `dir` (client and serving keys owner-only).
 pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApplyError> {
-    write_files_reusing(dir, files, None)
+    write_files_reusing(dir, files, None, &std::collections::BTreeSet::new())
 }
 
 /// `write_files`, linking from `previous` (another generation directory) the files named by
 /// their content (`ca/<sha256>.pem`, `client/<sha256>.pem`) that it has: the same name is
 /// the same content, and 1,000 CA bundles are not written again for a one-route change.
+/// `same` names other files known to have the same bytes there (serving certificates,
+/// named by host: `Runtime::same_certificates`).
 pub fn write_files_reusing(
     dir: &Path,
     files: &std::collections::BTreeMap<String, Vec<u8>>,
     previous: Option<&Path>,
+    same: &std::collections::BTreeSet<String>,
 ) -> Result<(), ApplyError> {
     use std::os::unix::fs::PermissionsExt;
     for (relative, contents) in files {
         let path = dir.join(relative);
-        let addressed = relative.starts_with("ca/") || relative.starts_with("client/");
+        let addressed = relative.starts_with("ca/") || relative.starts_with("client/") || same.contains(relative);
         if let Some(source) = previous.filter(|_| addressed).map(|p| p.join(relative)) {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)

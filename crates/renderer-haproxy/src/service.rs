@@ -211,7 +211,18 @@ impl Renderer {
         // Content-addressed files (CA bundles, client certificates) the running generation
         // has are linked, not written again.
         let previous = self.haproxy.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
-        let result = match write_files_reusing(dir, &rendered.files, previous.as_deref()) {
+        // So are serving certificates whose bytes did not change (named by host).
+        let base = current_base(&self.config.work_dir);
+        let same: std::collections::BTreeSet<String> = self
+            .applied
+            .as_ref()
+            .and_then(|a| a.runtime.as_ref())
+            .into_iter()
+            .flat_map(|r| r.same_certificates(&rendered.runtime))
+            .filter_map(|path| std::path::Path::new(path).strip_prefix(&base).ok())
+            .filter_map(|relative| relative.to_str().map(str::to_owned))
+            .collect();
+        let result = match write_files_reusing(dir, &rendered.files, previous.as_deref(), &same) {
             // The check and the reload confirmation block: on a blocking thread, never on an
             // async worker (block_in_place would also panic on a current-thread runtime).
             Ok(()) => {
