@@ -17,8 +17,9 @@ pub struct RendererInputs {
     pub trust: BTreeMap<SecretRef, TrustMaterial>,
     /// Counts trust changes, so a renderer can tell two renderings of one generation apart.
     pub trust_revision: u64,
-    /// When these inputs were opened (a session start).
-    opened: std::time::Instant,
+    /// When these inputs were opened (a session start), and when trust material last
+    /// changed: what `hold_back` measures its graces from.
+    clock: TrustClock,
     /// An entry taken from a watch and not yet applied: kept across a cancelled `next`.
     taken: Option<Entry>,
     /// Changes applied and not yet returned by `next` (when the first was, and the
@@ -26,16 +27,45 @@ pub struct RendererInputs {
     changes: Option<(std::time::Instant, Vec<TraceContext>)>,
 }
 
-/// `RendererInputs::hold_back` for inputs opened at `opened`.
-pub fn hold_back(opened: std::time::Instant, lacks_trust: bool) -> Option<std::time::Duration> {
-    let waited = opened.elapsed();
-    (lacks_trust && waited < TRUST_GRACE).then(|| TRUST_GRACE - waited)
+/// When a renderer's inputs were opened, and when their trust material last changed.
+#[derive(Clone, Copy, Debug)]
+pub struct TrustClock {
+    pub opened: std::time::Instant,
+    pub trust_changed: Option<std::time::Instant>,
+}
+
+impl TrustClock {
+    /// For a rendering that lacks trust material: how much longer to hold it back (`None`:
+    /// apply now). Two graces:
+    /// - `TRUST_GRACE` after the inputs were opened: after a NATS restart the
+    ///   memory-stored material comes back a moment after the model;
+    /// - `ROTATION_GRACE` after the material changed: a renewed certificate or a rotated
+    ///   CA reaches the renderers straight from the secrets service, before the model that
+    ///   names its new content hash (which goes through the resolver). Rendered at once, the
+    ///   old model finds no material of its hash: a host's certificate would be taken out,
+    ///   a cluster's routes would answer 503, until the model follows. Held back, the proxy
+    ///   keeps the previous material until the new model arrives (make before break).
+    ///
+    /// Applying after a grace is right: the material is really missing, and the routes
+    /// fail closed.
+    pub fn hold_back(&self, lacks_trust: bool) -> Option<std::time::Duration> {
+        if !lacks_trust {
+            return None;
+        }
+        let left = |since: std::time::Instant, grace: std::time::Duration| grace.checked_sub(since.elapsed());
+        let opened = left(self.opened, TRUST_GRACE);
+        let rotated = self.trust_changed.and_then(|at| left(at, ROTATION_GRACE));
+        opened.into_iter().chain(rotated).max().filter(|d| !d.is_zero())
+    }
 }
 
 /// How long a renderer holds back a rendering that lacks trust material, after its inputs
-/// were opened: after a NATS restart the memory-stored material comes back a moment after
-/// the model, and routes should not answer 503 in between.
+/// were opened.
 pub const TRUST_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a renderer waits for the model to follow a change of trust material before it
+/// applies a rendering that lacks some (see `TrustClock::hold_back`).
+pub const ROTATION_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RendererInputs {
     pub async fn new(buckets: &Buckets) -> Result<RendererInputs, BusError> {
@@ -47,7 +77,7 @@ impl RendererInputs {
             trust_watch,
             trust: BTreeMap::new(),
             trust_revision: 0,
-            opened: std::time::Instant::now(),
+            clock: TrustClock { opened: std::time::Instant::now(), trust_changed: None },
             taken: None,
             changes: None,
         };
@@ -59,7 +89,7 @@ impl RendererInputs {
     /// applying it anyway (`None`: apply now). Applying then is right: the material is
     /// really missing, and the routes fail closed.
     pub fn hold_back(&self, lacks_trust: bool) -> Option<std::time::Duration> {
-        hold_back(self.opened, lacks_trust)
+        self.clock.hold_back(lacks_trust)
     }
 
     /// The newest complete model; an older version (epoch, generation) never replaces it.
@@ -72,9 +102,9 @@ impl RendererInputs {
         self.follower.piece_digest(id)
     }
 
-    /// When these inputs were opened.
-    pub fn opened(&self) -> std::time::Instant {
-        self.opened
+    /// When these inputs were opened, and when their trust material last changed.
+    pub fn clock(&self) -> TrustClock {
+        self.clock
     }
 
     /// Read the trust material already on the bus before the first model is handed out, so
@@ -115,6 +145,7 @@ impl RendererInputs {
             TraceContext::default()
         };
         self.trust_revision += 1;
+        self.clock.trust_changed = Some(std::time::Instant::now());
         Some(trace)
     }
 
@@ -231,3 +262,26 @@ pub const MAX_CAUSES: usize = 32;
 /// How long a renderer waits for more changes after one, and at most in all.
 pub const COALESCE_QUIET: std::time::Duration = std::time::Duration::from_millis(5);
 pub const COALESCE_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::{TrustClock, ROTATION_GRACE, TRUST_GRACE};
+    use std::time::{Duration, Instant};
+
+    fn ago(seconds: u64) -> Instant {
+        Instant::now().checked_sub(Duration::from_secs(seconds)).expect("the clock is past that")
+    }
+
+    #[test]
+    fn a_rendering_lacking_trust_waits_for_the_model_to_follow_a_trust_change() {
+        let settled = TrustClock { opened: ago(60), trust_changed: Some(ago(30)) };
+        assert_eq!(settled.hold_back(true), None, "long after both: apply, failing closed");
+        assert_eq!(settled.hold_back(false), None, "nothing lacking: never held");
+        let renewed = TrustClock { opened: ago(60), trust_changed: Some(ago(1)) };
+        let wait = renewed.hold_back(true).expect("held back after a renewal");
+        assert!(wait <= ROTATION_GRACE - Duration::from_secs(1) && wait > Duration::from_secs(3), "{wait:?}");
+        let opened = TrustClock { opened: ago(1), trust_changed: None };
+        let wait = opened.hold_back(true).expect("held back after a session start");
+        assert!(wait <= TRUST_GRACE - Duration::from_secs(1) && wait > Duration::from_secs(8), "{wait:?}");
+    }
+}

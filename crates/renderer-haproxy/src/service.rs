@@ -8,7 +8,7 @@ use crate::apply::{current_base, write_files_reusing, Applied, ApplyError, Hapro
 use crate::{render, render_over, runtime, Options, Rendered, Runtime, Trust};
 use portico_bus::nats::{Buckets, BusError};
 use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext, Version};
-use portico_kit::renderer_inputs::{hold_back, RendererInputs};
+use portico_kit::renderer_inputs::{RendererInputs, TrustClock};
 use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
@@ -118,7 +118,7 @@ impl Renderer {
         &mut self,
         model: Option<&ModelRecord>,
         trust: &Trust,
-        opened: std::time::Instant,
+        clock: TrustClock,
         buckets: &Buckets,
         causes: &[TraceContext],
     ) -> Result<Option<std::time::Duration>, ServiceError> {
@@ -170,7 +170,7 @@ impl Renderer {
                 }
             }
         }
-        if let Some(wait) = hold_back(opened, !rendered.problems.is_empty()) {
+        if let Some(wait) = clock.hold_back(!rendered.problems.is_empty()) {
             tracing::info!(
                 generation = record.generation,
                 problems = rendered.problems.len(),
@@ -452,7 +452,7 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
             }
         }
         wait = renderer
-            .converge(inputs.model(), &inputs.trust, inputs.opened(), buckets, &causes)
+            .converge(inputs.model(), &inputs.trust, inputs.clock(), buckets, &causes)
             .await?
             .map(|wait| tokio::time::Instant::now() + wait);
         portico_kit::admin::release_memory();
