@@ -14,7 +14,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 6: HTTPS at the edge (a virtual host's `ServingTls`, `RedirectHttps`, the key pair's
 ///    verdict with its names), exact paths, Ingress v1 and IngressClass objects, and
 ///    several client certificates in a model (per-Ingress `proxy-ssl-secret`).
-pub const SCHEMA_VERSION: u16 = 6;
+/// 7: Gateway API objects, ConfigMaps beside Secrets (`Holder`), URI SANs, CA unions and
+///    the system CA in verification, Gateway API statuses.
+pub const SCHEMA_VERSION: u16 = 7;
 
 /// A W3C `traceparent` (and optional `tracestate`), validated: by `new`, and on decode
 /// (a value from the bus goes through `new` too, so a corrupted or hostile entry starts a

@@ -1,7 +1,7 @@
 //! Bucket names, keys and value types, in one place (DESIGN.md, "The bus contract").
 //! Every value is an envelope (`seal`/`open`) around the type named here.
 
-use portico_model::{K8sName, Kind};
+use portico_model::{Holder, K8sName, Kind, SecretRef};
 
 /// watcher → resolver: `<kind>.<namespace>.<name>` → `Object` (never a Secret), and
 /// `sync.<kind>` markers.
@@ -44,6 +44,12 @@ pub fn kind_token(kind: Kind) -> &'static str {
         Kind::TlsCertificateDelegation => "tlscertificatedelegation",
         Kind::Ingress => "ingress",
         Kind::IngressClass => "ingressclass",
+        Kind::ConfigMap => "configmap",
+        Kind::GatewayClass => "gatewayclass",
+        Kind::Gateway => "gateway",
+        Kind::HttpRoute => "httproute",
+        Kind::ReferenceGrant => "referencegrant",
+        Kind::BackendTlsPolicy => "backendtlspolicy",
     }
 }
 
@@ -72,9 +78,25 @@ pub fn sync_key(kind: Kind) -> String {
     format!("sync.{}", kind_token(kind))
 }
 
-/// `<namespace>.<name>` for the secrets, verdicts and trust buckets.
-pub fn secret_key(namespace: &K8sName, name: &K8sName) -> String {
-    format!("{namespace}.{name}")
+/// `<namespace>.<name>` for the secrets, verdicts and trust buckets; a ConfigMap's is
+/// `configmap=<namespace>.<name>` (no namespace holds a `=`, so the two never meet).
+pub fn secret_key(secret: &SecretRef) -> String {
+    match secret.holder {
+        Holder::Secret => format!("{}.{}", secret.namespace, secret.name),
+        Holder::ConfigMap => format!("{CONFIG_MAP_PREFIX}{}.{}", secret.namespace, secret.name),
+    }
+}
+
+const CONFIG_MAP_PREFIX: &str = "configmap=";
+
+/// The inverse of `secret_key`.
+pub fn parse_secret_key(key: &str) -> Option<SecretRef> {
+    let (rest, holder) = match key.strip_prefix(CONFIG_MAP_PREFIX) {
+        Some(rest) => (rest, Holder::ConfigMap),
+        None => (key, Holder::Secret),
+    };
+    let (namespace, name) = rest.split_once('.')?;
+    Some(SecretRef { namespace: namespace.parse().ok()?, name: name.parse().ok()?, holder })
 }
 
 #[cfg(test)]
@@ -90,5 +112,16 @@ mod tests {
         assert_eq!(parse_object_key("sync.service"), None);
         assert_eq!(parse_object_key("nope.a.b"), None);
         assert_eq!(sync_key(Kind::Service), "sync.service");
+    }
+
+    #[test]
+    fn a_config_map_and_a_secret_of_the_same_name_have_two_keys() {
+        let secret = SecretRef::new("shop", "ca.v2").unwrap();
+        let config_map = SecretRef::config_map("shop", "ca.v2").unwrap();
+        assert_eq!(secret_key(&secret), "shop.ca.v2");
+        assert_eq!(secret_key(&config_map), "configmap=shop.ca.v2");
+        assert_eq!(parse_secret_key(&secret_key(&secret)), Some(secret));
+        assert_eq!(parse_secret_key(&secret_key(&config_map)), Some(config_map));
+        assert_eq!(parse_secret_key("sync"), None);
     }
 }

@@ -92,7 +92,12 @@ pub fn generate(options: &Options) -> (Snapshot, Vec<Secret>) {
         let namespace = if i % 10 == 0 { "shared".to_owned() } else { ns(i) };
         let mut data = BTreeMap::new();
         data.insert("ca.crt".to_owned(), pems[i % pems.len()].clone().into_bytes());
-        secrets.push(Secret { meta: meta(&namespace, &format!("ca-{i}")), secret_type: "Opaque".into(), data });
+        secrets.push(Secret {
+            meta: meta(&namespace, &format!("ca-{i}")),
+            secret_type: "Opaque".into(),
+            data,
+            holder: portico_model::Holder::Secret,
+        });
     }
     // The non-shared CAs of each namespace.
     let mut local_cas: Vec<Vec<usize>> = vec![Vec::new(); options.namespaces];

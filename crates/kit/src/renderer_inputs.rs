@@ -141,7 +141,7 @@ impl RendererInputs {
                 }
             }
         } else {
-            self.trust.retain(|s, _| names::secret_key(&s.namespace, &s.name) != entry.key);
+            self.trust.retain(|s, _| names::secret_key(s) != entry.key);
             TraceContext::default()
         };
         self.trust_revision += 1;

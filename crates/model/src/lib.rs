@@ -10,7 +10,9 @@ pub mod resolved;
 pub mod status;
 pub mod verdict;
 
-pub use names::{AbsPath, ClusterName, DnsName, GrammarError, HostMatch, K8sName, PathPrefix, SecretRef};
+pub use names::{
+    AbsPath, ClusterName, DnsName, GrammarError, Holder, HostMatch, K8sName, PathPrefix, SanUri, SecretRef,
+};
 pub use objects::*;
 pub use resolved::*;
 pub use status::*;

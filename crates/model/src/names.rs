@@ -276,16 +276,36 @@ impl fmt::Display for HostMatch {
     }
 }
 
-/// A reference to a Secret, as written `name` (in a default namespace) or `namespace/name`.
+/// Which kind of object holds trust material: a Secret, or (Gateway API's
+/// `caCertificateRefs`) a ConfigMap. A ConfigMap and a Secret of the same name are two
+/// different holders, kept apart in every key and file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Holder {
+    Secret,
+    ConfigMap,
+}
+
+/// A reference to an object holding trust material: a Secret, as written `name` (in a
+/// default namespace) or `namespace/name`, or a ConfigMap (`holder`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SecretRef {
     pub namespace: K8sName,
     pub name: K8sName,
+    pub holder: Holder,
 }
 
 impl SecretRef {
     pub fn new(namespace: &str, name: &str) -> Result<Self, GrammarError> {
-        Ok(SecretRef { namespace: namespace.parse()?, name: name.parse()? })
+        Ok(SecretRef { namespace: namespace.parse()?, name: name.parse()?, holder: Holder::Secret })
+    }
+
+    /// A ConfigMap's `ca.crt` (Gateway API).
+    pub fn config_map(namespace: &str, name: &str) -> Result<Self, GrammarError> {
+        Ok(SecretRef { namespace: namespace.parse()?, name: name.parse()?, holder: Holder::ConfigMap })
+    }
+
+    pub fn is_config_map(&self) -> bool {
+        self.holder == Holder::ConfigMap
     }
 
     /// Parse `name` or `namespace/name`; `name` alone is in `default_namespace`.
@@ -308,9 +328,44 @@ impl SecretRef {
 
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        match self.holder {
+            Holder::Secret => write!(f, "{}/{}", self.namespace, self.name),
+            Holder::ConfigMap => write!(f, "configmap {}/{}", self.namespace, self.name),
+        }
     }
 }
+
+fn check_san_uri(value: &str) -> Result<(), GrammarError> {
+    let what = "URI";
+    if value.is_empty() || value.len() > 2048 {
+        return Err(refuse(what, value, "it must be 1 to 2048 characters"));
+    }
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return Err(refuse(what, value, "it has no scheme (such as spiffe://)"));
+    };
+    let b = scheme.as_bytes();
+    if b.is_empty()
+        || !b[0].is_ascii_alphabetic()
+        || !b.iter().all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(c))
+        || rest.is_empty()
+    {
+        return Err(refuse(what, value, "it is not <scheme>:<rest>"));
+    }
+    // RFC 3986's unreserved and reserved characters and '%', without quotes ("'" is
+    // reserved, but no SAN needs it) and without '#' (a SAN names no fragment).
+    if !value.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~:/?[]@!$&()*+,;=%".contains(&c)) {
+        return Err(refuse(what, value, "only RFC 3986 characters without quotes and '#' are allowed"));
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A URI subject alternative name to match exactly (a SPIFFE ID such as
+    /// `spiffe://cluster.local/ns/shop/sa/api`): `<scheme>:<rest>` of RFC 3986 characters,
+    /// no quotes, no `#`, no whitespace, at most 2048 characters.
+    SanUri,
+    check_san_uri
+);
 
 #[cfg(test)]
 mod tests {

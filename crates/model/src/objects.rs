@@ -25,13 +25,24 @@ pub enum Kind {
     Ingress,
     /// networking.k8s.io/v1 IngressClass (cluster-scoped: its namespace is `CLUSTER`).
     IngressClass,
+    /// A ConfigMap holding a `ca.crt` (Gateway API `caCertificateRefs`); it travels with
+    /// the Secrets, to the secrets service only.
+    ConfigMap,
+    /// gateway.networking.k8s.io/v1 GatewayClass (cluster-scoped, SPEC section 6).
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    /// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
+    ReferenceGrant,
+    /// gateway.networking.k8s.io/v1 BackendTLSPolicy.
+    BackendTlsPolicy,
 }
 
 /// The namespace cluster-scoped objects (IngressClass) are kept under.
 pub const CLUSTER: &str = "cluster";
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 14] = [
         Kind::EndpointSlice,
         Kind::HttpProxy,
         Kind::VoyagerIngress,
@@ -40,6 +51,12 @@ impl Kind {
         Kind::TlsCertificateDelegation,
         Kind::Ingress,
         Kind::IngressClass,
+        Kind::ConfigMap,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
     ];
 
     /// The Kubernetes kind name.
@@ -53,7 +70,21 @@ impl Kind {
             Kind::TlsCertificateDelegation => "TLSCertificateDelegation",
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
         }
+    }
+
+    /// The Gateway API kinds, whose statuses have the Gateway API's shape.
+    pub fn is_gateway_api(self) -> bool {
+        matches!(
+            self,
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant | Kind::BackendTlsPolicy
+        )
     }
 
     pub fn api_version(self) -> &'static str {
@@ -61,8 +92,12 @@ impl Kind {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::HttpProxy | Kind::TlsCertificateDelegation => "projectcontour.io/v1",
             Kind::VoyagerIngress => "voyager.appscode.com/v1beta1",
-            Kind::Secret | Kind::Service => "v1",
+            Kind::Secret | Kind::Service | Kind::ConfigMap => "v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::BackendTlsPolicy => {
+                "gateway.networking.k8s.io/v1"
+            }
+            Kind::ReferenceGrant => "gateway.networking.k8s.io/v1beta1",
         }
     }
 }
@@ -117,6 +152,11 @@ pub enum Object {
     VoyagerIngress(VoyagerIngress),
     Ingress(Ingress),
     IngressClass(IngressClass),
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    ReferenceGrant(ReferenceGrant),
+    BackendTlsPolicy(BackendTlsPolicy),
 }
 
 impl Object {
@@ -130,6 +170,11 @@ impl Object {
             Object::VoyagerIngress(o) => &o.meta,
             Object::Ingress(o) => &o.meta,
             Object::IngressClass(o) => &o.meta,
+            Object::GatewayClass(o) => &o.meta,
+            Object::Gateway(o) => &o.meta,
+            Object::HttpRoute(o) => &o.meta,
+            Object::ReferenceGrant(o) => &o.meta,
+            Object::BackendTlsPolicy(o) => &o.meta,
         }
     }
 
@@ -137,12 +182,18 @@ impl Object {
         match self {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(s) if s.holder == crate::names::Holder::ConfigMap => Kind::ConfigMap,
             Object::Secret(_) => Kind::Secret,
             Object::HttpProxy(_) => Kind::HttpProxy,
             Object::TlsCertificateDelegation(_) => Kind::TlsCertificateDelegation,
             Object::VoyagerIngress(_) => Kind::VoyagerIngress,
             Object::Ingress(_) => Kind::Ingress,
             Object::IngressClass(_) => Kind::IngressClass,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
         }
     }
 
@@ -207,12 +258,25 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
-/// A Secret. Its `Debug` never prints the data.
+/// A Secret, or a ConfigMap's `ca.crt` (`holder`; its `secret_type` is empty). Its
+/// `Debug` never prints the data.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secret {
     pub meta: Meta,
     pub secret_type: String,
     pub data: BTreeMap<String, Vec<u8>>,
+    pub holder: crate::names::Holder,
+}
+
+impl Secret {
+    /// The reference the verdict and the trust material of this object carry.
+    pub fn reference(&self) -> crate::names::SecretRef {
+        crate::names::SecretRef {
+            namespace: self.meta.namespace.clone(),
+            name: self.meta.name.clone(),
+            holder: self.holder,
+        }
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -220,6 +284,7 @@ impl fmt::Debug for Secret {
         f.debug_struct("Secret")
             .field("meta", &self.meta)
             .field("secret_type", &self.secret_type)
+            .field("holder", &self.holder)
             .field("keys", &self.data.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -426,4 +491,142 @@ pub struct IngressClass {
     pub controller: String,
     /// The annotation `ingressclass.kubernetes.io/is-default-class: "true"`.
     pub is_default: bool,
+}
+
+/// What every Gateway API object carries besides its name: the generation its status
+/// describes (`observedGeneration`) and when it was created (conflicts go to the oldest).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// `metadata.generation`; 1 for a file without one.
+    pub generation: i64,
+    /// `metadata.creationTimestamp` as RFC 3339 UTC (`2026-01-02T03:04:05Z`, which sorts
+    /// as it reads); `None` for a file without one (sorts first, then by name).
+    pub created: Option<String>,
+}
+
+/// A reference to another object as a Gateway API object writes it (parentRefs,
+/// backendRefs, certificateRefs, targetRefs, caCertificateRefs), with the defaults of
+/// each field left to the resolver (they differ by field).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GatewayRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// gateway.networking.k8s.io/v1 GatewayClass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayClass {
+    /// Its namespace is `CLUSTER` (GatewayClasses are cluster-scoped).
+    pub meta: Meta,
+    pub lifecycle: Lifecycle,
+    pub controller: String,
+}
+
+/// gateway.networking.k8s.io/v1 Gateway, the fields SPEC section 6 reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub meta: Meta,
+    pub lifecycle: Lifecycle,
+    pub class_name: String,
+    pub listeners: Vec<GatewayListener>,
+    /// `spec.tls.backend.clientCertificateRef`.
+    pub client_certificate: Option<GatewayRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayListener {
+    pub name: String,
+    pub port: u16,
+    /// `HTTP`, `HTTPS`, or another the resolver refuses.
+    pub protocol: String,
+    pub hostname: Option<String>,
+    /// `tls.certificateRefs`.
+    pub certificate_refs: Vec<GatewayRef>,
+    /// `tls.mode`, absent meaning `Terminate`.
+    pub tls_mode: Option<String>,
+    /// `allowedRoutes.namespaces.from`: `Same` (the default), `All` or `Selector`.
+    pub allowed_from: Option<String>,
+    /// `allowedRoutes.kinds[].kind`; empty means HTTPRoute.
+    pub allowed_kinds: Vec<String>,
+}
+
+/// gateway.networking.k8s.io/v1 HTTPRoute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    pub meta: Meta,
+    pub lifecycle: Lifecycle,
+    pub parent_refs: Vec<GatewayRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRouteRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRouteRule {
+    /// Empty means one match: the path prefix `/`.
+    pub matches: Vec<HttpRouteMatch>,
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// `URLRewrite.hostname`, or a `RequestHeaderModifier` that sets `Host`: the Host sent
+    /// upstream, as written.
+    pub host_rewrite: Option<String>,
+    /// Filters and match conditions Portico does not implement, as paths
+    /// (`spec.rules[0].filters[1]`, `spec.rules[0].matches[0].headers`): the rule answers
+    /// 503 rather than serving without them.
+    pub unsupported: Vec<FieldPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRouteMatch {
+    /// `PathPrefix` (the default), `Exact` or another the resolver refuses.
+    pub path_type: String,
+    /// Absent means `/`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpBackendRef {
+    pub target: GatewayRef,
+    /// Absent means 1.
+    pub weight: Option<u32>,
+}
+
+/// gateway.networking.k8s.io/v1beta1 ReferenceGrant: who (`from`) may refer to what
+/// (`to`) in its namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceGrant {
+    pub meta: Meta,
+    pub from: Vec<GrantFrom>,
+    pub to: Vec<GrantTo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTo {
+    pub group: String,
+    pub kind: String,
+    /// Absent: every object of the kind.
+    pub name: Option<String>,
+}
+
+/// gateway.networking.k8s.io/v1 BackendTLSPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTlsPolicy {
+    pub meta: Meta,
+    pub lifecycle: Lifecycle,
+    pub target_refs: Vec<GatewayRef>,
+    pub ca_certificate_refs: Vec<GatewayRef>,
+    pub well_known_ca_certificates: Option<String>,
+    pub hostname: String,
+    /// `subjectAltNames`: (type, value) as written, `Hostname` or `URI`.
+    pub subject_alt_names: Vec<(String, String)>,
+    pub options: BTreeMap<String, String>,
 }

@@ -4,7 +4,7 @@
 //! renderer never has to validate. Collections are sorted, so equal inputs give equal
 //! models and equal content hashes.
 
-use crate::names::{AbsPath, ClusterName, DnsName, HostMatch, K8sName, PathPrefix, SecretRef};
+use crate::names::{AbsPath, ClusterName, DnsName, HostMatch, K8sName, PathPrefix, SanUri, SecretRef};
 use crate::objects::ObjectRef;
 use crate::verdict::{KeyPairPem, Pem, TrustMaterial};
 use serde::{Deserialize, Serialize};
@@ -510,17 +510,58 @@ pub enum Verification {
     None,
     Required {
         ca: CaSource,
-        /// The certificate's DNS SANs must match one of these; empty checks the CA only.
+        /// The certificate must carry one of these DNS SANs or one of `subject_uris`; both
+        /// empty checks the CA only.
         subject_names: Vec<DnsName>,
+        /// URI SANs (SPIFFE IDs), matched exactly (Gateway API `subjectAltNames` of type
+        /// `URI`).
+        subject_uris: Vec<SanUri>,
+        /// The names must be checked exactly as given: a proxy that cannot (HAProxy checks
+        /// one DNS name, the SNI, and no URI) answers 503 instead of checking something
+        /// else (Gateway API, SPEC section 6). Without it a proxy may check the first name
+        /// only, which is stricter (Contour's `subjectNames`, with a warning).
+        exact_names: bool,
     },
+}
+
+impl Verification {
+    /// Whether a proxy that checks only the SNI as a DNS name can honour this: no names
+    /// beyond `sni`, or names it may narrow to the first one.
+    pub fn checkable_by_sni(&self, sni: Option<&DnsName>) -> bool {
+        match self {
+            Verification::None => true,
+            Verification::Required { subject_names, subject_uris, exact_names, .. } => {
+                !exact_names
+                    || (subject_uris.is_empty()
+                        && (subject_names.is_empty() || (subject_names.len() == 1 && sni == subject_names.first())))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CaSource {
-    /// A Secret's `ca.crt`, validated by the secrets service.
+    /// A Secret's (or a ConfigMap's) `ca.crt`, validated by the secrets service.
     Secret(SecretRef),
+    /// The union of several validated bundles (Gateway API `caCertificateRefs`), at least
+    /// two, sorted.
+    Union(Vec<SecretRef>),
+    /// The proxy host's system trust store (Gateway API `wellKnownCACertificates: System`):
+    /// HAProxy's `@system-ca`, a configured bundle path for Envoy.
+    System,
     /// A file already present on the proxy host (Voyager's `ca-file`).
     File(AbsPath),
+}
+
+impl CaSource {
+    /// The trust material holders this source needs from the bus.
+    pub fn secrets(&self) -> &[SecretRef] {
+        match self {
+            CaSource::Secret(s) => std::slice::from_ref(s),
+            CaSource::Union(list) => list,
+            CaSource::System | CaSource::File(_) => &[],
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! Problems found while resolving, and statuses in Contour's shape.
 
-use crate::objects::{Kind, ObjectRef};
+use crate::objects::{GatewayRef, Kind, ObjectRef};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -137,11 +137,14 @@ impl Problem {
     }
 }
 
-/// The problems of one HTTPProxy or Voyager Ingress, in the order they were found.
+/// The problems of one object, in the order they were found; a Gateway API object's
+/// status in that API's shape besides (`gateway`), its problems being the conditions that
+/// are not as they should be (for `portico status`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectStatus {
     pub object: ObjectRef,
     pub problems: Vec<Problem>,
+    pub gateway: Option<GatewayApiStatus>,
 }
 
 impl ObjectStatus {
@@ -166,9 +169,11 @@ impl ObjectStatus {
         let errors = entries(Severity::Error);
         let warnings = entries(Severity::Warning);
         let valid_text = match self.object.kind {
-            Kind::VoyagerIngress | Kind::Ingress => "Valid Ingress",
-            _ => "Valid HTTPProxy",
+            Kind::VoyagerIngress | Kind::Ingress => "Valid Ingress".to_owned(),
+            Kind::HttpProxy => "Valid HTTPProxy".to_owned(),
+            other => format!("Valid {other}"),
         };
+        let valid_text = valid_text.as_str();
         let first_error = self.problems.iter().find(|p| p.severity == Severity::Error);
         let orphaned = self.problems.iter().any(|p| p.problem_type == ProblemType::Orphaned);
         let (current_status, description, condition) = match first_error {
@@ -245,4 +250,176 @@ pub struct SubCondition {
     pub status: String,
     pub reason: String,
     pub message: String,
+}
+
+/// The controller name Portico writes its Gateway API status entries under.
+pub const GATEWAY_CONTROLLER: &str = "portico.dev/gateway-controller";
+
+/// A Gateway API condition (metav1.Condition) as the resolver decides it; the writer adds
+/// `lastTransitionTime` (`GatewayApiStatus::to_json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCondition {
+    pub condition_type: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: i64,
+}
+
+impl ApiCondition {
+    pub fn new(condition_type: &str, status: bool, reason: &str, message: impl Into<String>, generation: i64) -> Self {
+        ApiCondition {
+            condition_type: condition_type.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message: message.into(),
+            observed_generation: generation,
+        }
+    }
+}
+
+/// One entry of an HTTPRoute's `status.parents` or a BackendTLSPolicy's
+/// `status.ancestors`: the parent as referenced, and Portico's conditions for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentStatus {
+    pub parent: GatewayRef,
+    pub conditions: Vec<ApiCondition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub attached_routes: i32,
+    pub supported_kinds: Vec<String>,
+    pub conditions: Vec<ApiCondition>,
+}
+
+/// A Gateway API object's status in that API's shape (SPEC section 6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatewayApiStatus {
+    /// GatewayClass `status.conditions`.
+    Class { conditions: Vec<ApiCondition> },
+    /// Gateway `status.conditions` and `status.listeners`.
+    Gateway { conditions: Vec<ApiCondition>, listeners: Vec<ListenerStatus> },
+    /// HTTPRoute `status.parents`, BackendTLSPolicy `status.ancestors` (Portico's
+    /// entries only).
+    Parents(Vec<ParentStatus>),
+}
+
+fn parent_json(r: &GatewayRef) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("group".into(), r.group.clone().unwrap_or_else(|| "gateway.networking.k8s.io".into()).into());
+    out.insert("kind".into(), r.kind.clone().unwrap_or_else(|| "Gateway".into()).into());
+    if let Some(ns) = &r.namespace {
+        out.insert("namespace".into(), ns.clone().into());
+    }
+    out.insert("name".into(), r.name.clone().into());
+    if let Some(section) = &r.section_name {
+        out.insert("sectionName".into(), section.clone().into());
+    }
+    if let Some(port) = r.port {
+        out.insert("port".into(), port.into());
+    }
+    serde_json::Value::Object(out)
+}
+
+/// `lastTransitionTime` of a condition: the previous one's when its status did not flip.
+fn conditions_json(conditions: &[ApiCondition], previous: &serde_json::Value, now: &str) -> serde_json::Value {
+    let before = |t: &str| previous.as_array().into_iter().flatten().find(|c| c["type"] == t);
+    let list: Vec<serde_json::Value> = conditions
+        .iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let since = before(&c.condition_type)
+                .filter(|p| p["status"] == status)
+                .and_then(|p| p["lastTransitionTime"].as_str())
+                .unwrap_or(now);
+            serde_json::json!({
+                "type": c.condition_type,
+                "status": status,
+                "reason": c.reason,
+                "message": c.message,
+                "observedGeneration": c.observed_generation,
+                "lastTransitionTime": since,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+impl GatewayApiStatus {
+    /// The status JSON Portico writes, given the object's current `status` (`previous`,
+    /// `null` when none): Portico's entries replace Portico's, other controllers' entries
+    /// of `parents`/`ancestors` are kept as they are, and a condition's
+    /// `lastTransitionTime` moves only when its status flips. `now` is RFC 3339.
+    pub fn to_json(&self, kind: Kind, previous: &serde_json::Value, now: &str) -> serde_json::Value {
+        match self {
+            GatewayApiStatus::Class { conditions } => {
+                serde_json::json!({ "conditions": conditions_json(conditions, &previous["conditions"], now) })
+            }
+            GatewayApiStatus::Gateway { conditions, listeners } => {
+                let listeners: Vec<serde_json::Value> = listeners
+                    .iter()
+                    .map(|l| {
+                        let before = previous["listeners"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|p| p["name"] == l.name.as_str())
+                            .map(|p| p["conditions"].clone())
+                            .unwrap_or_default();
+                        let kinds: Vec<serde_json::Value> = l
+                            .supported_kinds
+                            .iter()
+                            .map(|k| serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": k }))
+                            .collect();
+                        serde_json::json!({
+                            "name": l.name,
+                            "attachedRoutes": l.attached_routes,
+                            "supportedKinds": kinds,
+                            "conditions": conditions_json(&l.conditions, &before, now),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "conditions": conditions_json(conditions, &previous["conditions"], now),
+                    "listeners": listeners,
+                })
+            }
+            GatewayApiStatus::Parents(parents) => {
+                let field = if kind == Kind::BackendTlsPolicy { "ancestors" } else { "parents" };
+                let others = previous[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["controllerName"] != GATEWAY_CONTROLLER)
+                    .cloned();
+                let ours = parents.iter().map(|p| {
+                    let reference = parent_json(&p.parent);
+                    let before = previous[field]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|q| q["controllerName"] == GATEWAY_CONTROLLER && q[ref_field(kind)] == reference)
+                        .map(|q| q["conditions"].clone())
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        ref_field(kind): reference,
+                        "controllerName": GATEWAY_CONTROLLER,
+                        "conditions": conditions_json(&p.conditions, &before, now),
+                    })
+                });
+                let list: Vec<serde_json::Value> = others.chain(ours).collect();
+                serde_json::json!({ field: list })
+            }
+        }
+    }
+}
+
+fn ref_field(kind: Kind) -> &'static str {
+    if kind == Kind::BackendTlsPolicy {
+        "ancestorRef"
+    } else {
+        "parentRef"
+    }
 }

@@ -334,6 +334,8 @@ mod tests {
             tls.verify = Verification::Required {
                 ca: CaSource::File("/etc/ssl/ca.pem".parse::<AbsPath>().unwrap()),
                 subject_names: Vec::new(),
+                subject_uris: Vec::new(),
+                exact_names: false,
             };
         }
         step(&file, &trust, 3, "a CA file");

@@ -85,10 +85,30 @@ fn dns_address(host: &str, port: u16) -> core::Address {
     }
 }
 
-/// The SDS secret name of a CA bundle or client certificate: stable per Secret.
+/// The SDS secret name of a CA bundle or client certificate: stable per Secret (or
+/// ConfigMap).
 pub fn ca_secret_name(secret: &SecretRef) -> String {
-    format!("ca/{}/{}", secret.namespace, secret.name)
+    match secret.holder {
+        portico_model::Holder::Secret => format!("ca/{}/{}", secret.namespace, secret.name),
+        portico_model::Holder::ConfigMap => format!("ca-configmap/{}/{}", secret.namespace, secret.name),
+    }
 }
+
+/// The SDS secret name of the union of several CA bundles (a BackendTLSPolicy with several
+/// `caCertificateRefs`): stable per list of holders.
+pub fn ca_union_name(list: &[SecretRef]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for secret in list {
+        hasher.update(ca_secret_name(secret).as_bytes());
+        hasher.update(b"\n");
+    }
+    format!("ca-union/{}", &portico_model::hex(&hasher.finalize())[..32])
+}
+
+/// The system trust store on the Envoy host (Gateway API `wellKnownCACertificates:
+/// System`): Debian's and Ubuntu's bundle, which the Envoy image Portico ships has.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 pub fn client_secret_name(secret: &SecretRef) -> String {
     format!("client/{}/{}", secret.namespace, secret.name)
@@ -133,8 +153,10 @@ fn ads_source() -> core::ConfigSource {
 /// Check the trust material a cluster needs is at hand, with the model's content hash.
 fn trust_ready(cluster: &Cluster, model: &Model, trust: &Trust) -> Result<(), String> {
     let Some(policy) = &cluster.key.tls else { return Ok(()) };
-    if let Verification::Required { ca: CaSource::Secret(secret), .. } = &policy.verify {
-        model.ca_material(secret, trust)?;
+    if let Verification::Required { ca, .. } = &policy.verify {
+        for secret in ca.secrets() {
+            model.ca_material(secret, trust)?;
+        }
     }
     if let Some(secret) = &policy.client_cert {
         model.client_material(secret, trust)?;
@@ -146,39 +168,49 @@ fn upstream_tls(cluster: &Cluster, delivery: Delivery) -> Option<core::Transport
     let policy = cluster.key.tls.as_ref()?;
     let validation = match &policy.verify {
         Verification::None => None,
-        Verification::Required { ca, subject_names } => {
-            let sans = subject_names
-                .iter()
-                .map(|name| tls::SubjectAltNameMatcher {
-                    san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+        Verification::Required { ca, subject_names, subject_uris, .. } => {
+            let matcher =
+                |san_type: tls::subject_alt_name_matcher::SanType, value: String| tls::SubjectAltNameMatcher {
+                    san_type: san_type as i32,
                     matcher: Some(matcher::StringMatcher {
-                        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(name.to_string())),
+                        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(value)),
                         ..Default::default()
                     }),
                     ..Default::default()
-                })
+                };
+            use tls::subject_alt_name_matcher::SanType;
+            let sans: Vec<tls::SubjectAltNameMatcher> = subject_names
+                .iter()
+                .map(|name| matcher(SanType::Dns, name.to_string()))
+                .chain(subject_uris.iter().map(|uri| matcher(SanType::Uri, uri.to_string())))
                 .collect();
-            Some(match ca {
-                CaSource::Secret(secret) => tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+            let by_sds = |name: String| {
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
                     tls::common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(tls::CertificateValidationContext {
-                            match_typed_subject_alt_names: sans,
+                            match_typed_subject_alt_names: sans.clone(),
                             ..Default::default()
                         }),
-                        validation_context_sds_secret_config: Some(sds(ca_secret_name(secret), delivery)),
+                        validation_context_sds_secret_config: Some(sds(name, delivery)),
                         ..Default::default()
                     },
-                ),
-                CaSource::File(path) => tls::common_tls_context::ValidationContextType::ValidationContext(
-                    tls::CertificateValidationContext {
-                        trusted_ca: Some(core::DataSource {
-                            specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
-                            ..Default::default()
-                        }),
-                        match_typed_subject_alt_names: sans,
+                )
+            };
+            let by_file = |path: &str| {
+                tls::common_tls_context::ValidationContextType::ValidationContext(tls::CertificateValidationContext {
+                    trusted_ca: Some(core::DataSource {
+                        specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
                         ..Default::default()
-                    },
-                ),
+                    }),
+                    match_typed_subject_alt_names: sans.clone(),
+                    ..Default::default()
+                })
+            };
+            Some(match ca {
+                CaSource::Secret(secret) => by_sds(ca_secret_name(secret)),
+                CaSource::Union(list) => by_sds(ca_union_name(list)),
+                CaSource::File(path) => by_file(path.as_str()),
+                CaSource::System => by_file(SYSTEM_CA_FILE),
             })
         }
     };
@@ -450,6 +482,29 @@ pub fn secrets(model: &Model, trust: &Trust) -> Vec<tls::Secret> {
                 name: ca_secret_name(&t.secret),
                 r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
                     trusted_ca: Some(inline(&pem.pem)),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
+    // Unions of several bundles, each member as the model resolved it.
+    let mut unions = std::collections::BTreeSet::new();
+    for cluster in &model.clusters {
+        if let Some(Verification::Required { ca: CaSource::Union(list), .. }) =
+            cluster.key.tls.as_ref().map(|t| &t.verify)
+        {
+            unions.insert(list);
+        }
+    }
+    for list in unions {
+        let members: Result<Vec<&portico_model::Pem>, String> =
+            list.iter().map(|secret| model.ca_material(secret, trust)).collect();
+        if let Ok(members) = members {
+            let pem: String = members.iter().map(|p| p.pem.as_str()).collect();
+            out.push(tls::Secret {
+                name: ca_union_name(list),
+                r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
+                    trusted_ca: Some(inline(&pem)),
                     ..Default::default()
                 })),
             });

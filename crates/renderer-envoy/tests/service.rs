@@ -74,7 +74,7 @@ async fn start(
     let buckets = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
     let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port, ..Config::default() });
     for material in trust.values() {
-        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        let key = names::secret_key(&material.secret);
         buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
     }
     publish(&buckets, 1, &model).await;
@@ -482,6 +482,8 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
         tls.verify = Verification::Required {
             ca: CaSource::File("/nonexistent/portico/ca.pem".parse::<AbsPath>().unwrap()),
             subject_names: Vec::new(),
+            subject_uris: Vec::new(),
+            exact_names: false,
         };
     }
     bad.name = "rejected_by_envoy_0123456789".parse().unwrap();

@@ -169,6 +169,14 @@ fn cluster_files<'m>(
 ) -> Result<ClusterFiles, String> {
     let mut out = ClusterFiles { ca_file: None, client_file: None };
     let Some(tls) = &cluster.key.tls else { return Ok(out) };
+    if !tls.verify.checkable_by_sni(tls.sni.as_ref()) {
+        // Gateway API names HAProxy cannot check exactly (a URI SAN, or DNS SANs other
+        // than the SNI): 503 rather than a different check (SPEC section 6).
+        return Err(format!(
+            "cluster {}: HAProxy checks one DNS name, the SNI, and no URI SAN; the backend's names are enforced by Envoy only",
+            cluster.name
+        ));
+    }
     if let Verification::Required { ca: CaSource::File(path), .. } = &tls.verify {
         if let Some(why) = unusable.get(path) {
             return Err(why.clone());
@@ -177,6 +185,16 @@ fn cluster_files<'m>(
     // Files are named by a digest of the very bytes written (not by the material's label,
     // which covers the certificates' DER): the same name is the same content, which the
     // hard links between generations and the runtime path rely on.
+    if let Verification::Required { ca: CaSource::Union(list), .. } = &tls.verify {
+        // The union of several bundles, in one file named by its bytes.
+        let mut bytes = Vec::new();
+        for secret in list {
+            bytes.extend_from_slice(model.ca_material(secret, trust)?.pem.as_bytes());
+        }
+        let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
+        files.insert(path.clone(), bytes);
+        out.ca_file = Some(path);
+    }
     if let Verification::Required { ca: CaSource::Secret(secret), .. } = &tls.verify {
         let path = memo
             .entry((secret, false))
@@ -222,12 +240,15 @@ fn server_options(cluster: &Cluster, files: &ClusterFiles, base: &str) -> String
     o.push_str(" ssl");
     match &tls.verify {
         Verification::None => o.push_str(" verify none"),
-        Verification::Required { ca, subject_names } => {
+        Verification::Required { ca, subject_names, .. } => {
             o.push_str(" verify required");
             match (ca, &files.ca_file) {
                 (CaSource::File(path), _) => write!(o, " ca-file {path}").unwrap(),
-                (CaSource::Secret(_), Some(file)) => write!(o, " ca-file {base}/{file}").unwrap(),
-                (CaSource::Secret(_), None) => unreachable!("cluster_files succeeded, so the CA file exists"),
+                (CaSource::System, _) => o.push_str(" ca-file @system-ca"),
+                (CaSource::Secret(_) | CaSource::Union(_), Some(file)) => write!(o, " ca-file {base}/{file}").unwrap(),
+                (CaSource::Secret(_) | CaSource::Union(_), None) => {
+                    unreachable!("cluster_files succeeded, so the CA file exists")
+                }
             }
             // HAProxy checks the certificate against the SNI when one is sent, and against
             // verifyhost otherwise; it can check one name (the resolver warns about others).

@@ -92,7 +92,7 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
     let config = Config { http_port: port, ..Config::default() };
     let (model, trust) = pipeline(&[repo().join("examples/upstream-tls")], &config);
     for material in trust.values() {
-        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        let key = names::secret_key(&material.secret);
         buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
     }
     publish(&buckets, 1, &model).await;
@@ -126,7 +126,7 @@ async fn models_are_applied_by_reload_and_a_broken_one_never_replaces_a_working_
     let mut corrupt = internal.clone();
     corrupt.ca.as_mut().unwrap().pem =
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n".into();
-    let key = names::secret_key(&internal.secret.namespace, &internal.secret.name);
+    let key = names::secret_key(&internal.secret);
     buckets.trust.put(key.clone(), seal(&corrupt, &TraceContext::default()).into()).await.unwrap();
     let refused = applied_where(&buckets, |r| r.generation == 2 && r.error.is_some()).await;
     assert!(refused.error.as_deref().unwrap_or_default().contains("haproxy -c refused"), "{refused:?}");
@@ -228,7 +228,7 @@ async fn an_external_haproxy_is_configured_through_the_shared_directory_and_outl
     let (model, trust) =
         pipeline(&[repo().join("examples/upstream-tls")], &Config { http_port: port, ..Config::default() });
     for material in trust.values() {
-        let key = names::secret_key(&material.secret.namespace, &material.secret.name);
+        let key = names::secret_key(&material.secret);
         buckets.trust.put(key, seal(material, &TraceContext::default()).into()).await.unwrap();
     }
     publish(&buckets, 1, &model).await;

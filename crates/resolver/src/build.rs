@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub struct Upstream {
     pub key: ClusterKey,
     pub servers: Servers,
-    pub ca_trust: Option<TrustRef>,
+    /// The CA bundles the cluster verifies against (several for a union).
+    pub ca_trust: Vec<TrustRef>,
     pub client_cert: Option<TrustRef>,
 }
 

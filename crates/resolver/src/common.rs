@@ -30,6 +30,12 @@ pub enum Dep {
     Delegations(K8sName),
     /// Every IngressClass (which Ingresses are Portico's).
     IngressClasses,
+    /// Every Gateway and GatewayClass (where HTTPRoutes attach; there are few).
+    GatewayApi,
+    /// The ReferenceGrants of a namespace.
+    ReferenceGrants(K8sName),
+    /// The BackendTLSPolicies of a namespace.
+    BackendTlsPolicies(K8sName),
 }
 
 /// Lookups into the snapshot for one unit of resolution (a root HTTPProxy with what it

@@ -80,6 +80,8 @@ pub struct UnitOutput {
     pub problems: Vec<(ObjectRef, Problem)>,
     /// The HTTPProxies an include reached (so they are not orphans).
     pub reached: Vec<Key>,
+    /// An HTTPRoute's parents, attachments and policies used (Gateway API).
+    pub gateway: crate::gateway::GatewayFacts,
 }
 
 /// Resolve one root HTTPProxy and the children it includes (SPEC sections 2 and 9): the
@@ -151,7 +153,7 @@ fn serving_certificate(
         None => (root.meta.namespace.as_str(), written),
     };
     let secret = match (namespace.parse::<K8sName>(), name.parse::<K8sName>()) {
-        (Ok(namespace), Ok(name)) => SecretRef { namespace, name },
+        (Ok(namespace), Ok(name)) => SecretRef { namespace, name, holder: portico_model::Holder::Secret },
         _ => return Err(invalid(format!("{} is not a Secret name or namespace/name", quote(written)))),
     };
     let min_version =
@@ -545,7 +547,7 @@ fn resolve_service(
             ));
         }
         first_subject = Some(subject_names[0].clone());
-        verify = Verification::Required { ca, subject_names };
+        verify = Verification::Required { ca, subject_names, subject_uris: Vec::new(), exact_names: false };
     }
 
     let servers = index.servers(service, port).map_err(|e| unresolved(&label, e))?;
@@ -590,7 +592,7 @@ fn resolve_service(
             tls,
         },
         servers,
-        ca_trust,
+        ca_trust: ca_trust.into_iter().collect(),
         client_cert,
     })
 }

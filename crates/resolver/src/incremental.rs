@@ -13,9 +13,10 @@ use crate::build::{Slot, Table, VecMap};
 use crate::common::{Dep, Index};
 use crate::contour::{self, UnitOutput};
 use crate::snapshot::Key;
-use crate::{ingress, voyager, Config, Resolved, Snapshot};
+use crate::{gateway, ingress, voyager, Config, Resolved, Snapshot};
 use portico_model::{
-    Kind, Model, Object, ObjectRef, ObjectStatus, Problem, ProblemType, Reason, SecretRef, SecretVerdict,
+    GatewayApiStatus, Holder, K8sName, Kind, Model, Object, ObjectRef, ObjectStatus, Problem, ProblemType, Reason,
+    SecretRef, SecretVerdict,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -27,6 +28,8 @@ pub enum UnitKey {
     Voyager(Key),
     /// A networking.k8s.io/v1 Ingress (of Portico's class or not: that is read too).
     Ingress(Key),
+    /// A Gateway API HTTPRoute (attached to Portico's Gateways or not).
+    HttpRoute(Key),
 }
 
 /// What a rebuild changed, for publishing only that.
@@ -97,6 +100,12 @@ impl Incremental {
             this.dirty.insert(UnitKey::Ingress(key.clone()));
             this.touched.insert(object(Kind::Ingress, &key));
         }
+        let routes: Vec<Key> = this.snapshot.http_routes.keys().cloned().collect();
+        for key in routes {
+            this.dirty.insert(UnitKey::HttpRoute(key.clone()));
+            this.touched.insert(object(Kind::HttpRoute, &key));
+        }
+        this.touch_gateway_api(None);
         this
     }
 
@@ -125,12 +134,30 @@ impl Incremental {
 
     pub fn set_verdict(&mut self, verdict: SecretVerdict) {
         self.mark(&Dep::Secret(verdict.secret.clone()));
+        self.touch_gateway_api(Some(&verdict.secret.namespace));
         self.snapshot.set_verdict(verdict);
     }
 
     pub fn remove_verdict(&mut self, secret: &SecretRef) {
         self.mark(&Dep::Secret(secret.clone()));
+        self.touch_gateway_api(Some(&secret.namespace));
         self.snapshot.remove_verdict(secret);
+    }
+
+    /// Compute the statuses of every Gateway and GatewayClass again, and of the
+    /// BackendTLSPolicies of `namespace` (all with `None`): they are read off the snapshot
+    /// and the HTTPRoutes' facts, and there are few of them.
+    fn touch_gateway_api(&mut self, namespace: Option<&K8sName>) {
+        let snapshot = &self.snapshot;
+        self.touched.extend(snapshot.gateways.keys().map(|k| object(Kind::Gateway, k)));
+        self.touched.extend(snapshot.gateway_classes.keys().map(|k| object(Kind::GatewayClass, k)));
+        self.touched.extend(
+            snapshot
+                .backend_tls_policies
+                .keys()
+                .filter(|k| namespace.is_none_or(|ns| &k.0 == ns))
+                .map(|k| object(Kind::BackendTlsPolicy, k)),
+        );
     }
 
     /// Whether a rebuild has anything to do.
@@ -171,7 +198,30 @@ impl Incremental {
                 self.touched.extend(all.iter().map(|k| object(Kind::Ingress, k)));
             }
             Kind::TlsCertificateDelegation => self.mark(&Dep::Delegations(key.0)),
-            Kind::Secret => self.mark(&Dep::Secret(SecretRef { namespace: key.0, name: key.1 })),
+            Kind::Secret => {
+                self.mark(&Dep::Secret(SecretRef { namespace: key.0, name: key.1, holder: Holder::Secret }))
+            }
+            Kind::ConfigMap => {
+                self.mark(&Dep::Secret(SecretRef { namespace: key.0, name: key.1, holder: Holder::ConfigMap }))
+            }
+            Kind::HttpRoute => {
+                self.dirty.insert(UnitKey::HttpRoute(key));
+                self.touched.insert(reference.clone());
+            }
+            Kind::Gateway | Kind::GatewayClass => {
+                self.mark(&Dep::GatewayApi);
+                self.touch_gateway_api(None);
+                self.touched.insert(reference.clone());
+            }
+            Kind::ReferenceGrant => {
+                self.mark(&Dep::ReferenceGrants(key.0));
+                self.touch_gateway_api(None);
+            }
+            Kind::BackendTlsPolicy => {
+                self.mark(&Dep::BackendTlsPolicies(key.0.clone()));
+                self.touch_gateway_api(Some(&key.0));
+                self.touched.insert(reference.clone());
+            }
         }
     }
 
@@ -265,7 +315,7 @@ impl Incremental {
                 UnitOutput {
                     routes,
                     problems: problems.into_iter().map(|p| (this.clone(), p)).collect(),
-                    reached: vec![],
+                    ..UnitOutput::default()
                 }
             }
             UnitKey::Ingress(key) => {
@@ -279,15 +329,93 @@ impl Incremental {
                 UnitOutput {
                     routes,
                     problems: problems.into_iter().map(|p| (this.clone(), p)).collect(),
+                    ..UnitOutput::default()
+                }
+            }
+            UnitKey::HttpRoute(key) => {
+                let route = self.snapshot.http_routes.get(key)?;
+                let mut problems = Vec::new();
+                let mut facts = gateway::GatewayFacts::default();
+                let routes = gateway::resolve_http_route(&index, route, &mut problems, &mut facts);
+                let this = route.meta.object_ref(Kind::HttpRoute);
+                UnitOutput {
+                    routes,
+                    problems: problems.into_iter().map(|p| (this.clone(), p)).collect(),
                     reached: vec![],
+                    gateway: facts,
                 }
             }
         };
         Some((output, index.take_deps()))
     }
 
+    /// The status of a Gateway API object: from the snapshot, and the facts of the
+    /// HTTPRoutes that name it. `None` when it is gone or not Portico's.
+    fn gateway_api_status(&self, reference: &ObjectRef) -> Option<ObjectStatus> {
+        let key: Key = (reference.namespace.clone(), reference.name.clone());
+        let index = Index::new(&self.snapshot, &self.config);
+        let facts = || {
+            self.contributors
+                .get(reference)
+                .into_iter()
+                .flat_map(Units::iter)
+                .filter_map(|(unit, ())| self.units.get(unit))
+                .map(|u| &u.output.gateway)
+        };
+        let (status, problems) = match reference.kind {
+            Kind::GatewayClass => (gateway::class_status(self.snapshot.gateway_classes.get(&key)?)?, Vec::new()),
+            Kind::Gateway => {
+                let gw = self.snapshot.gateways.get(&key)?;
+                let class = self
+                    .snapshot
+                    .gateway_classes
+                    .iter()
+                    .find(|((_, name), _)| name.as_str() == gw.class_name)
+                    .map(|(_, c)| c);
+                if class.is_none_or(|c| c.controller != portico_model::GATEWAY_CONTROLLER) {
+                    return None;
+                }
+                let mut attached = BTreeMap::new();
+                for f in facts() {
+                    for (g, listener) in &f.attached {
+                        if g == &key {
+                            *attached.entry(listener.clone()).or_insert(0) += 1;
+                        }
+                    }
+                }
+                gateway::gateway_status(&index, gw, &attached)
+            }
+            Kind::BackendTlsPolicy => {
+                let policy = self.snapshot.backend_tls_policies.get(&key)?;
+                let ancestors: BTreeSet<Key> = facts()
+                    .flat_map(|f| &f.policy_ancestors)
+                    .filter(|(p, _)| p == &key)
+                    .map(|(_, g)| g.clone())
+                    .collect();
+                gateway::policy_status(&index, policy, &ancestors)?
+            }
+            Kind::HttpRoute => {
+                let route = self.snapshot.http_routes.get(&key)?;
+                let unit = self.units.get(&UnitKey::HttpRoute(key.clone()))?;
+                if unit.output.gateway.parents.is_empty() {
+                    return None; // attached to no Gateway of Portico's
+                }
+                let mut problems: Vec<Problem> =
+                    unit.output.problems.iter().filter(|(o, _)| o == reference).map(|(_, p)| p.clone()).collect();
+                problems.extend(self.table.lost_by(reference).into_iter().map(|(_, p)| p));
+                let _ = route;
+                (GatewayApiStatus::Parents(unit.output.gateway.parents.clone()), problems)
+            }
+            _ => return None,
+        };
+        Some(ObjectStatus { object: reference.clone(), problems, gateway: Some(status) })
+    }
+
     /// The status of an object as things stand, or `None` when the object is gone.
     fn status(&self, reference: &ObjectRef) -> Option<ObjectStatus> {
+        if reference.kind.is_gateway_api() {
+            return self.gateway_api_status(reference);
+        }
         let key: Key = (reference.namespace.clone(), reference.name.clone());
         let mut problems = match reference.kind {
             Kind::HttpProxy => contour::ignored_fields(self.snapshot.http_proxies.get(&key)?),
@@ -329,7 +457,7 @@ impl Incremental {
         }
         // Then the routes it lost to an earlier claim, in conflict order.
         problems.extend(self.table.lost_by(reference).into_iter().map(|(_, p)| p));
-        Some(ObjectStatus { object: reference.clone(), problems })
+        Some(ObjectStatus { object: reference.clone(), problems, gateway: None })
     }
 
     /// The model of the current table.
@@ -360,5 +488,8 @@ fn object(kind: Kind, key: &Key) -> ObjectRef {
 fn named(output: &UnitOutput) -> BTreeSet<ObjectRef> {
     let mut out: BTreeSet<ObjectRef> = output.problems.iter().map(|(o, _)| o.clone()).collect();
     out.extend(output.reached.iter().map(|k| object(Kind::HttpProxy, k)));
+    let facts = &output.gateway;
+    out.extend(facts.attached.iter().map(|(g, _)| object(Kind::Gateway, g)));
+    out.extend(facts.policy_ancestors.iter().map(|(p, _)| object(Kind::BackendTlsPolicy, p)));
     out
 }

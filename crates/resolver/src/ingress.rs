@@ -197,7 +197,12 @@ fn resolve_backend(
             (Some(secret), true) => {
                 let (ca, trust) = index.ca_secret(&label, secret, namespace, problems)?;
                 ca_trust = Some(trust);
-                Verification::Required { ca, subject_names: vec![name.clone()] }
+                Verification::Required {
+                    ca,
+                    subject_names: vec![name.clone()],
+                    subject_uris: Vec::new(),
+                    exact_names: false,
+                }
             }
             _ => Verification::None,
         };
@@ -223,7 +228,7 @@ fn resolve_backend(
         protocol,
         tls,
     };
-    Ok(Upstream { key, servers, ca_trust, client_cert })
+    Ok(Upstream { key, servers, ca_trust: ca_trust.into_iter().collect(), client_cert })
 }
 
 /// The client certificate of `proxy-ssl-secret` (its `tls.crt` and `tls.key`), presented

@@ -9,6 +9,7 @@ pub mod backend_tls;
 pub mod build;
 pub mod common;
 pub mod contour;
+pub mod gateway;
 pub mod incremental;
 pub mod ingress;
 pub mod ingress_nginx;

@@ -421,10 +421,8 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                         Ok((verdict, t)) => { trace = t; state.set_verdict(verdict); }
                         Err(e) => { undecodable(&entry.key, &e); continue; }
                     }
-                } else if let Some((ns, name)) = entry.key.split_once('.') {
-                    if let Ok(secret) = portico_model::SecretRef::new(ns, name) {
-                        state.remove_verdict(&secret);
-                    }
+                } else if let Some(secret) = names::parse_secret_key(&entry.key) {
+                    state.remove_verdict(&secret);
                 }
                 Pending::add(&mut pending, trace, changed_since(&entry, session_started_ms));
             }

@@ -127,7 +127,7 @@ pub fn serve_tls_list<'e>(
     for (t, (hosts, secret_name)) in entries.enumerate() {
         let field = format!("spec.tls[{t}].secretName");
         let secret = match secret_name.parse::<K8sName>() {
-            Ok(name) => Ok(SecretRef { namespace: namespace.clone(), name }),
+            Ok(name) => Ok(SecretRef { namespace: namespace.clone(), name, holder: portico_model::Holder::Secret }),
             Err(_) => Err(Problem::error(
                 ProblemType::TLSError,
                 Reason::InvalidValue,

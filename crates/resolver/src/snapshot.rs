@@ -1,9 +1,10 @@
 //! The resolver's cache: the latest version of every object and verdict, keyed for
 //! deterministic iteration.
 
+use portico_model::Holder;
 use portico_model::{
-    EndpointSlice, HttpProxy, Ingress, IngressClass, K8sName, Kind, Object, ObjectRef, SecretRef, SecretVerdict,
-    Service, TlsCertificateDelegation, VoyagerIngress,
+    BackendTlsPolicy, EndpointSlice, Gateway, GatewayClass, HttpProxy, HttpRoute, Ingress, IngressClass, K8sName, Kind,
+    Object, ObjectRef, ReferenceGrant, SecretRef, SecretVerdict, Service, TlsCertificateDelegation, VoyagerIngress,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +24,12 @@ pub struct Snapshot {
     /// networking.k8s.io/v1 Ingresses, and IngressClasses (under namespace `CLUSTER`).
     pub ingresses: BTreeMap<Key, Ingress>,
     pub ingress_classes: BTreeMap<Key, IngressClass>,
+    /// Gateway API (SPEC section 6); GatewayClasses under namespace `CLUSTER`.
+    pub gateway_classes: BTreeMap<Key, GatewayClass>,
+    pub gateways: BTreeMap<Key, Gateway>,
+    pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    pub backend_tls_policies: BTreeMap<Key, BackendTlsPolicy>,
     pub verdicts: BTreeMap<SecretRef, SecretVerdict>,
     /// EndpointSlices by (namespace, their `kubernetes.io/service-name`).
     slices_by_service: BTreeMap<(K8sName, String), BTreeSet<K8sName>>,
@@ -66,6 +73,21 @@ impl Snapshot {
             Object::IngressClass(o) => {
                 self.ingress_classes.insert(key, o);
             }
+            Object::GatewayClass(o) => {
+                self.gateway_classes.insert(key, o);
+            }
+            Object::Gateway(o) => {
+                self.gateways.insert(key, o);
+            }
+            Object::HttpRoute(o) => {
+                self.http_routes.insert(key, o);
+            }
+            Object::ReferenceGrant(o) => {
+                self.reference_grants.insert(key, o);
+            }
+            Object::BackendTlsPolicy(o) => {
+                self.backend_tls_policies.insert(key, o);
+            }
             Object::Secret(o) => return Err(SecretNotAccepted(o.meta.object_ref(Kind::Secret))),
         }
         Ok(())
@@ -93,7 +115,17 @@ impl Snapshot {
             Kind::VoyagerIngress => drop(self.voyager_ingresses.remove(&key)),
             Kind::Ingress => drop(self.ingresses.remove(&key)),
             Kind::IngressClass => drop(self.ingress_classes.remove(&key)),
-            Kind::Secret => drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1 })),
+            Kind::Secret => {
+                drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1, holder: Holder::Secret }))
+            }
+            Kind::ConfigMap => {
+                drop(self.verdicts.remove(&SecretRef { namespace: key.0, name: key.1, holder: Holder::ConfigMap }))
+            }
+            Kind::GatewayClass => drop(self.gateway_classes.remove(&key)),
+            Kind::Gateway => drop(self.gateways.remove(&key)),
+            Kind::HttpRoute => drop(self.http_routes.remove(&key)),
+            Kind::ReferenceGrant => drop(self.reference_grants.remove(&key)),
+            Kind::BackendTlsPolicy => drop(self.backend_tls_policies.remove(&key)),
         }
     }
 

@@ -144,7 +144,12 @@ fn resolve_backend(
                 format!("{label}: annotation {ANNOTATION_CA_SECRET} is ignored: the Service has no {ANNOTATION_BACKEND_TLS} annotation, so the backend is plain HTTP"),
             ));
         }
-        return Ok(Upstream { key: key(UpstreamProtocol::Http, None), servers, ca_trust: None, client_cert: None });
+        return Ok(Upstream {
+            key: key(UpstreamProtocol::Http, None),
+            servers,
+            ca_trust: Vec::new(),
+            client_cert: None,
+        });
     };
     let tls_error =
         |what: String| Problem::error(ProblemType::TLSError, Reason::TLSUpstreamValidation, format!("{label}: {what}"));
@@ -182,7 +187,12 @@ fn resolve_backend(
                 format!("{label}: no verifyhost or sni: the server certificate is checked against the CA but its name is not"),
             ));
         }
-        Verification::Required { ca, subject_names: name.iter().cloned().collect() }
+        Verification::Required {
+            ca,
+            subject_names: name.iter().cloned().collect(),
+            subject_uris: Vec::new(),
+            exact_names: false,
+        }
     } else {
         if ca.is_some() {
             problems.push(Problem::warning(
@@ -204,5 +214,5 @@ fn resolve_backend(
         max_version: options.max_version.unwrap_or(TlsVersion::Tls13),
         client_cert: client_cert.as_ref().map(|t| t.secret.clone()),
     };
-    Ok(Upstream { key: key(protocol, Some(tls)), servers, ca_trust, client_cert })
+    Ok(Upstream { key: key(protocol, Some(tls)), servers, ca_trust: ca_trust.into_iter().collect(), client_cert })
 }

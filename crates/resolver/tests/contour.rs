@@ -308,7 +308,7 @@ fn valid_validation_verifies_with_the_ca_and_the_names() {
         assert_eq!(status.current_status, "valid", "{sentence}: {:?}", errors(&status));
         assert_eq!(status.description, "Valid HTTPProxy");
         let tls = w.cluster_of(8080, HOST, "/").key.tls.clone().unwrap();
-        let Verification::Required { ca: CaSource::Secret(secret), subject_names } = tls.verify else {
+        let Verification::Required { ca: CaSource::Secret(secret), subject_names, .. } = tls.verify else {
             panic!("{sentence}: verification required expected")
         };
         assert_eq!(secret.to_string(), want, "{sentence}");

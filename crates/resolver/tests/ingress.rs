@@ -168,7 +168,9 @@ fn the_backend_tls_annotations_shape_the_cluster() {
         policy.verify,
         Verification::Required {
             ca: CaSource::Secret(secret_ref("shop/api-ca")),
-            subject_names: vec!["api.shop.svc".parse().unwrap()]
+            subject_names: vec!["api.shop.svc".parse().unwrap()],
+            subject_uris: Vec::new(),
+            exact_names: false
         },
         "the Service's cluster name is verified when proxy-ssl-name is absent"
     );

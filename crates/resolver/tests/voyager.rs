@@ -86,7 +86,7 @@ fn verify_required_with_a_ca_secret_checks_the_name_and_sends_it_as_sni() {
         errors(&w.voyager_status("default/ing"))
     );
     let tls = w.cluster_of(8080, APP, "/").key.tls.clone().unwrap();
-    let Verification::Required { ca: CaSource::Secret(secret), subject_names } = &tls.verify else { panic!() };
+    let Verification::Required { ca: CaSource::Secret(secret), subject_names, .. } = &tls.verify else { panic!() };
     assert_eq!(secret.to_string(), "default/web-ca");
     assert_eq!(subject_names[0].as_str(), "backend.example.com");
     assert_eq!(tls.sni.unwrap().as_str(), "backend.example.com");
@@ -100,7 +100,7 @@ fn sni_alone_is_also_the_verified_name_and_ca_file_is_a_file() {
     assert_eq!(key.protocol, UpstreamProtocol::H2, "alpn h2 alone means HTTP/2");
     let tls = key.tls.as_ref().unwrap();
     assert_eq!(tls.alpn, vec![Alpn::H2]);
-    let Verification::Required { ca: CaSource::File(file), subject_names } = &tls.verify else { panic!() };
+    let Verification::Required { ca: CaSource::File(file), subject_names, .. } = &tls.verify else { panic!() };
     assert_eq!(file.as_str(), "/etc/ssl/ca.pem");
     assert_eq!(subject_names[0].as_str(), "sni.example.com");
     assert!(w.resolved.model.trust.is_empty(), "a file CA needs no secret material");

@@ -8,7 +8,7 @@
 pub mod pem;
 
 use portico_model::{
-    CaBundleInfo, CertificateInfo, KeyPairInfo, KeyPairPem, Pem, Secret, SecretRef, SecretVerdict, TrustMaterial,
+    CaBundleInfo, CertificateInfo, KeyPairInfo, KeyPairPem, Pem, Secret, SecretVerdict, TrustMaterial,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use sha2::{Digest, Sha256};
@@ -75,7 +75,7 @@ pub enum ClientCertError {
 
 /// Validate a Secret for both of its possible uses.
 pub fn validate_secret(secret: &Secret, now: i64) -> (SecretVerdict, TrustMaterial) {
-    let secret_ref = SecretRef { namespace: secret.meta.namespace.clone(), name: secret.meta.name.clone() };
+    let secret_ref = secret.reference();
     let ca = validate_ca_secret(secret, now);
     let client = validate_client_secret(secret, now);
     let material = TrustMaterial {

@@ -223,7 +223,7 @@ async fn session(config: &mut ServiceConfig, buckets: Buckets) -> Result<std::co
                 match entry.operation {
                     async_nats::jetstream::kv::Operation::Put => match open::<Secret>(&entry.value) {
                         Ok((secret, trace)) => {
-                            let key = names::secret_key(&secret.meta.namespace, &secret.meta.name);
+                            let key = names::secret_key(&secret.reference());
                             if key == entry.key {
                                 state.secrets.insert(key.clone(), secret);
                                 publish(buckets, &mut state, &key, &trace).await?;

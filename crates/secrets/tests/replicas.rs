@@ -19,6 +19,7 @@ fn secret_with_a_new_ca() -> Secret {
     Secret {
         meta: Meta { namespace: "shop".parse().unwrap(), name: "ca".parse().unwrap() },
         secret_type: "Opaque".into(),
+        holder: portico_model::Holder::Secret,
         data: [("ca.crt".to_owned(), pem.into_bytes())].into_iter().collect(),
     }
 }

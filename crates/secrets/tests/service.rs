@@ -19,6 +19,7 @@ fn secret(ca: &str) -> Secret {
     Secret {
         meta: Meta { namespace: "shop".parse().unwrap(), name: "ca".parse().unwrap() },
         secret_type: "Opaque".into(),
+        holder: portico_model::Holder::Secret,
         data: [("ca.crt".to_owned(), ca.as_bytes().to_vec())].into_iter().collect(),
     }
 }
@@ -80,7 +81,7 @@ async fn secrets_in_verdicts_and_trust_material_out() {
     ));
     let client = connect(&bus).await.unwrap();
     let Buckets { secrets, verdicts, trust, .. } = ensure_buckets(&async_nats::jetstream::new(client)).await.unwrap();
-    let key = names::secret_key(&"shop".parse().unwrap(), &"ca".parse().unwrap());
+    let key = names::secret_key(&portico_model::SecretRef::new("shop", "ca").unwrap());
     let trace = TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
 
     // Garbage first: the service must skip it and keep going.

@@ -147,6 +147,7 @@ fn secret(secret_type: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
         meta: Meta { namespace: "infra".parse::<K8sName>().unwrap(), name: "ca".parse().unwrap() },
         secret_type: secret_type.into(),
+        holder: portico_model::Holder::Secret,
         data: data.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect::<BTreeMap<_, _>>(),
     }
 }

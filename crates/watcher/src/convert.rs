@@ -24,9 +24,12 @@ pub enum ConvertError {
     BadPort { field: String, value: i64 },
     #[error("{field}: {value} is not a valid weight (0-4294967295)")]
     BadWeight { field: String, value: i64 },
+    /// A ConfigMap without `ca.crt` (the Kubernetes source relays none of those).
+    #[error("data.ca.crt is missing")]
+    NoCaCertificate,
 }
 
-fn meta(m: &ObjectMeta) -> Result<Meta, ConvertError> {
+pub(crate) fn meta(m: &ObjectMeta) -> Result<Meta, ConvertError> {
     let name = m.name.as_deref().ok_or(ConvertError::MissingName)?;
     let namespace = m.namespace.as_deref().unwrap_or("default");
     if namespace.contains('.') {
@@ -42,7 +45,7 @@ fn meta(m: &ObjectMeta) -> Result<Meta, ConvertError> {
     })
 }
 
-fn port(field: impl FnOnce() -> String, value: i64) -> Result<u16, ConvertError> {
+pub(crate) fn port(field: impl FnOnce() -> String, value: i64) -> Result<u16, ConvertError> {
     match u16::try_from(value) {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(ConvertError::BadPort { field: field(), value }),
@@ -107,7 +110,26 @@ pub fn secret(s: &core::Secret) -> Result<model::Secret, ConvertError> {
     for (k, v) in s.string_data.iter().flatten() {
         data.insert(k.clone(), v.clone().into_bytes());
     }
-    Ok(model::Secret { meta, secret_type: s.type_.clone().unwrap_or_else(|| "Opaque".to_owned()), data })
+    Ok(model::Secret {
+        meta,
+        secret_type: s.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
+        data,
+        holder: model::Holder::Secret,
+    })
+}
+
+/// A ConfigMap, for its `ca.crt` only (Gateway API `caCertificateRefs`): it travels with
+/// the Secrets to the secrets service, which judges it as a CA bundle. Other keys are
+/// left behind (a ConfigMap holds anything; only this one is trust material).
+pub fn config_map(c: &core::ConfigMap) -> Result<model::Secret, ConvertError> {
+    let meta = meta(&c.metadata)?;
+    let mut data = std::collections::BTreeMap::new();
+    if let Some(ca) = c.data.as_ref().and_then(|d| d.get("ca.crt")) {
+        data.insert("ca.crt".to_owned(), ca.clone().into_bytes());
+    } else if let Some(ca) = c.binary_data.as_ref().and_then(|d| d.get("ca.crt")) {
+        data.insert("ca.crt".to_owned(), ca.0.clone());
+    }
+    Ok(model::Secret { meta, secret_type: String::new(), data, holder: model::Holder::ConfigMap })
 }
 
 pub fn http_proxy(p: &crds::HTTPProxy) -> Result<model::HttpProxy, ConvertError> {

@@ -16,7 +16,7 @@
 //!   that kind.
 
 use crate::service::{apply, existing_keys, key_of, put_marker, Bucket, ServiceError, State};
-use crate::{convert, crds};
+use crate::{convert, convert_gateway, crds, gateway_api};
 use futures_util::StreamExt;
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, networking::v1 as networking};
 use kube::runtime::watcher::{self, Event};
@@ -46,6 +46,9 @@ pub struct KubeConfig {
     pub status: Option<crate::status::StatusConfig>,
     /// Sign the Envoy pods' ADS certificates (`envoy_identity`), in the active replica.
     pub envoy_signer: Option<crate::envoy_identity::SignerConfig>,
+    /// Watch the Gateway API kinds (and ConfigMaps): their CRDs must be installed, or the
+    /// watches fail and the watcher is not ready (`--gateway-api`).
+    pub gateway_api: bool,
 }
 
 /// One watcher: a kind, a namespace (or all) and a field selector.
@@ -93,12 +96,15 @@ impl World {
     }
 }
 
-fn streams(namespaces: &[String]) -> Vec<StreamId> {
+fn streams(namespaces: &[String], gateway_api: bool) -> Vec<StreamId> {
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
     let mut out = Vec::new();
     for kind in Kind::ALL {
-        if kind == Kind::IngressClass {
+        if !gateway_api && (kind.is_gateway_api() || kind == Kind::ConfigMap) {
+            continue;
+        }
+        if matches!(kind, Kind::IngressClass | Kind::GatewayClass) {
             // Cluster-scoped: one watch, whatever namespaces are watched.
             out.push(StreamId { kind, namespace: None, fields: None });
             continue;
@@ -153,6 +159,8 @@ async fn watch_kind<K, F>(
     }
     let convert = |k: &K| match to_object(k) {
         Ok(object) => Some(object),
+        // A ConfigMap without `ca.crt`: not trust material, nothing to relay.
+        Err(convert::ConvertError::NoCaCertificate) => None,
         Err(e) => {
             let name = k.meta().name.clone().unwrap_or_default();
             let namespace = k.meta().namespace.clone().unwrap_or_default();
@@ -302,6 +310,73 @@ fn start_watchers(
                     watch_kind(api, id, s, world, changed, |o| convert::ingress_class(o).map(Object::IngressClass)),
                 ));
             }
+            Kind::ConfigMap => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<core::ConfigMap>(client, ns), id, s, world, changed, |o| {
+                        convert::config_map(o)
+                            .and_then(|c| {
+                                if c.data.is_empty() {
+                                    Err(convert::ConvertError::NoCaCertificate)
+                                } else {
+                                    Ok(c)
+                                }
+                            })
+                            .map(Object::Secret)
+                    }),
+                ));
+            }
+            Kind::GatewayClass => {
+                let api = Api::<gateway_api::gatewayclasses::GatewayClass>::all(client.clone());
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api, id, s, world, changed, |o| {
+                        convert_gateway::gateway_class(o).map(Object::GatewayClass)
+                    }),
+                ));
+            }
+            Kind::Gateway => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<gateway_api::gateways::Gateway>(client, ns), id, s, world, changed, |o| {
+                        convert_gateway::gateway(o).map(Object::Gateway)
+                    }),
+                ));
+            }
+            Kind::HttpRoute => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(api::<gateway_api::httproutes::HttpRoute>(client, ns), id, s, world, changed, |o| {
+                        convert_gateway::http_route(o).map(Object::HttpRoute)
+                    }),
+                ));
+            }
+            Kind::ReferenceGrant => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(
+                        api::<gateway_api::referencegrants::ReferenceGrant>(client, ns),
+                        id,
+                        s,
+                        world,
+                        changed,
+                        |o| convert_gateway::reference_grant(o).map(Object::ReferenceGrant),
+                    ),
+                ));
+            }
+            Kind::BackendTlsPolicy => {
+                tasks.spawn(named(
+                    name,
+                    watch_kind(
+                        api::<gateway_api::backendtlspolicies::BackendTlsPolicy>(client, ns),
+                        id,
+                        s,
+                        world,
+                        changed,
+                        |o| convert_gateway::backend_tls_policy(o).map(Object::BackendTlsPolicy),
+                    ),
+                ));
+            }
         }
     }
     tasks
@@ -396,7 +471,7 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let streams = streams(&config.namespaces);
+    let streams = streams(&config.namespaces, config.gateway_api);
     let world = Arc::new(Mutex::new(World::default()));
     let changed = Arc::new(tokio::sync::Notify::new());
     let mut tasks = start_watchers(&client, &streams, &world, &changed);

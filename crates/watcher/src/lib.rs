@@ -3,6 +3,7 @@
 //! feature, both sources on the bus: files (`service`) and the Kubernetes API (`kubernetes`).
 
 pub mod convert;
+pub mod convert_gateway;
 pub mod crds;
 pub mod gateway_api;
 pub mod manifests;

@@ -30,6 +30,10 @@ struct Args {
     /// With --kubernetes: the namespaces to watch, comma-separated (default: all).
     #[arg(long, env = "PORTICO_NAMESPACES", value_delimiter = ',', requires = "kubernetes")]
     namespaces: Vec<String>,
+    /// With --kubernetes: watch the Gateway API kinds (GatewayClass, Gateway, HTTPRoute,
+    /// ReferenceGrant, BackendTLSPolicy v1) and ConfigMaps; their CRDs must be installed.
+    #[arg(long, env = "PORTICO_GATEWAY_API", requires = "kubernetes")]
+    gateway_api: bool,
     /// With --kubernetes: do not write statuses back to HTTPProxies and Voyager Ingresses.
     #[arg(long, env = "PORTICO_NO_STATUS", requires = "kubernetes")]
     no_status: bool,
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         let config = KubeConfig {
             bus,
             namespaces: args.namespaces,
+            gateway_api: args.gateway_api,
             holdoff: Duration::from_millis(100),
             max_delay: Duration::from_millis(500),
             envoy_signer: args.envoy_signer_ca_secret.map(|ca_secret| portico_watcher::envoy_identity::SignerConfig {

@@ -1,7 +1,7 @@
 //! The file source's decoding: multi-document YAML (and `kind: List`) into Portico's
 //! objects, each problem with its file and line. One bad document never stops the others.
 
-use crate::{convert, crds};
+use crate::{convert, convert_gateway, crds, gateway_api};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
@@ -226,6 +226,12 @@ fn decode_one(
         ("voyager.appscode.com/v1beta1", "Ingress") => Kind::VoyagerIngress,
         ("networking.k8s.io/v1", "Ingress") => Kind::Ingress,
         ("networking.k8s.io/v1", "IngressClass") => Kind::IngressClass,
+        ("v1", "ConfigMap") => Kind::ConfigMap,
+        ("gateway.networking.k8s.io/v1", "GatewayClass") => Kind::GatewayClass,
+        ("gateway.networking.k8s.io/v1", "Gateway") => Kind::Gateway,
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Kind::HttpRoute,
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant") => Kind::ReferenceGrant,
+        ("gateway.networking.k8s.io/v1", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
         _ => {
             out.skipped.push(Skipped { location: at(None), api_version: h.api_version, kind: h.kind, name: h.name });
             return;
@@ -256,6 +262,24 @@ fn decode_one(
         Kind::IngressClass => typed::<networking::IngressClass>(&source)
             .and_then(|o| convert::ingress_class(&o).map_err(|e| (None, e.to_string())))
             .map(Object::IngressClass),
+        Kind::ConfigMap => typed::<core::ConfigMap>(&source)
+            .and_then(|o| convert::config_map(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::Secret),
+        Kind::GatewayClass => typed::<gateway_api::gatewayclasses::GatewayClass>(&source)
+            .and_then(|o| convert_gateway::gateway_class(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::GatewayClass),
+        Kind::Gateway => typed::<gateway_api::gateways::Gateway>(&source)
+            .and_then(|o| convert_gateway::gateway(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::Gateway),
+        Kind::HttpRoute => typed::<gateway_api::httproutes::HttpRoute>(&source)
+            .and_then(|o| convert_gateway::http_route(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::HttpRoute),
+        Kind::ReferenceGrant => typed::<gateway_api::referencegrants::ReferenceGrant>(&source)
+            .and_then(|o| convert_gateway::reference_grant(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::ReferenceGrant),
+        Kind::BackendTlsPolicy => typed::<gateway_api::backendtlspolicies::BackendTlsPolicy>(&source)
+            .and_then(|o| convert_gateway::backend_tls_policy(&o).map_err(|e| (None, e.to_string())))
+            .map(Object::BackendTlsPolicy),
     };
     match result {
         Ok(object) => out.objects.push((object, at(None))),

@@ -101,7 +101,7 @@ pub(crate) struct State {
 pub(crate) fn key_of(object: &Object) -> (Bucket, String) {
     let meta = object.meta();
     match object {
-        Object::Secret(_) => (Bucket::Secrets, names::secret_key(&meta.namespace, &meta.name)),
+        Object::Secret(s) => (Bucket::Secrets, names::secret_key(&s.reference())),
         _ => (Bucket::Objects, names::object_key(object.kind(), &meta.namespace, &meta.name)),
     }
 }

@@ -560,6 +560,7 @@ pub fn kube_config(
         max_delay: Duration::from_millis(200),
         status,
         envoy_signer: None,
+        gateway_api: false,
     }
 }
 
