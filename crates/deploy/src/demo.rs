@@ -45,6 +45,19 @@ impl TestCa {
         self.issue(params)
     }
 
+    /// A server certificate for these DNS names and these URI names (SPIFFE IDs).
+    pub fn server_with_uris(&self, names: &[&str], uris: &[&str]) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        for uri in uris {
+            let uri = rcgen::string::Ia5String::try_from(uri.to_string()).expect("an ASCII URI");
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
     /// A client certificate naming `name` as its DNS subject alternative name (and common
     /// name): how an Envoy proves its node id to renderer-envoy.
     pub fn client_named(&self, name: &str) -> Issued {
