@@ -271,8 +271,9 @@ pub struct Demo {
 }
 
 /// Start the demo's backends and write its manifests (to be written to a file the watcher
-/// reads). The certificates are made now; nothing secret is stored in the repository.
-pub fn start() -> Demo {
+/// reads), the Gateway's listener on `http_port` (the proxies' HTTP port). The
+/// certificates are made now; nothing secret is stored in the repository.
+pub fn start(http_port: u16) -> Demo {
     let demo_ca = TestCa::new("Portico demo CA");
     let internal_ca = TestCa::new("Portico demo internal CA");
     let web = Backend::start("web", BackendKind::Tls { cert: demo_ca.server(&["web.demo.svc"]), client_ca: None });
@@ -287,6 +288,7 @@ pub fn start() -> Demo {
     let mut manifests = manifests(&demo_ca.pem, &internal_ca.pem, web.port, payments.port, legacy.port);
     manifests.push_str(&secure_site(&secure));
     manifests.push_str(INGRESS_SITE);
+    manifests.push_str(&gateway_site(&demo_ca.pem, http_port));
     Demo { web, payments, legacy, manifests, demo_ca_pem: demo_ca.pem, edge_ca, secure_host: SECURE_HOST, secure }
 }
 
@@ -322,6 +324,61 @@ spec:
         pathType: Prefix
         backend: {service: {name: web, port: {number: 8443}}}
 "#;
+
+/// The demo's Gateway API host.
+pub const GATEWAY_HOST: &str = "gateway.example.com";
+
+/// Gateway API with BackendTLSPolicy v1 (SPEC section 6): Portico's GatewayClass, a
+/// Gateway listening on `http_port`, an HTTPRoute to the web backend, and a policy that
+/// makes it TLS verified against a ConfigMap's `ca.crt`.
+pub fn gateway_site(demo_ca: &str, http_port: u16) -> String {
+    format!(
+        r#"---
+# Gateway API (SPEC section 6): a Gateway of Portico's GatewayClass, an HTTPRoute for
+# {GATEWAY_HOST}, and a BackendTLSPolicy (v1) making the web backend TLS, verified against
+# the ca.crt of the ConfigMap demo-ca-bundle with the name web.demo.svc (also the SNI).
+# Point caCertificateRefs at a ConfigMap that does not exist: the route answers 503 and
+# the policy's status says NoValidCACertificate.
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portico}}
+spec: {{controllerName: portico.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: demo, namespace: demo}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - {{name: http, port: {http_port}, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: gateway-web, namespace: demo}}
+spec:
+  parentRefs: [{{name: demo}}]
+  hostnames: [{GATEWAY_HOST}]
+  rules:
+  - backendRefs: [{{name: web, port: 8443}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: demo-ca-bundle, namespace: demo}}
+data:
+  ca.crt: |
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: web-tls, namespace: demo}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: web}}]
+  validation:
+    hostname: web.demo.svc
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: demo-ca-bundle}}]
+"#,
+        indent(demo_ca, 4)
+    )
+}
 
 /// The demo's host served over HTTPS.
 pub const SECURE_HOST: &str = "secure.example.com";

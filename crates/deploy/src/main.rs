@@ -327,7 +327,7 @@ fn main() -> ExitCode {
 /// Ctrl-C or SIGTERM: a part that exits is reported and started again.
 fn run_up(mut options: up::Options) -> Result<(), String> {
     let demo = if options.manifests.is_empty() {
-        let demo = demo::start();
+        let demo = demo::start(options.http_port);
         let dir = options.state_dir.join("manifests");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         std::fs::write(dir.join("demo.yaml"), &demo.manifests).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -378,6 +378,7 @@ fn run_up(mut options: up::Options) -> Result<(), String> {
   curl -H 'Host: web.example.com' http://{e}:{port}/payments    # 200: CA delegated from namespace infra
   curl -H 'Host: legacy.example.com' http://{h}:{port}/         # 200: Voyager backend-tls, verify required verifyhost
   curl -H 'Host: ingress.example.com' http://{e}:{port}/        # 200: a Kubernetes Ingress with ingress-nginx's annotations
+  curl -H 'Host: gateway.example.com' http://{h}:{port}/        # 200: Gateway API HTTPRoute, BackendTLSPolicy v1 (CA in a ConfigMap)
   curl -H 'Host: web.example.com' http://{h}:{port}/broken      # 503: broken on purpose; the status above says why
   curl --cacert {ca} --resolve {secure}:{tls}:{h} https://{secure}:{tls}/   # 200: HTTPS in (SNI), verified TLS out
   curl --cacert {ca} --resolve {secure}:{tls}:{e} https://{secure}:{tls}/   # the same through Envoy

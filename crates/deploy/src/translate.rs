@@ -63,10 +63,16 @@ pub struct StatusEntry {
     pub name: String,
     #[serde(flatten)]
     pub status: ContourStatus,
+    /// A Gateway API object's `status` as Portico would write it (SPEC section 6):
+    /// conditions, parents or ancestors, listeners.
+    #[serde(rename = "gatewayStatus", skip_serializing_if = "Option::is_none")]
+    pub gateway_status: Option<serde_json::Value>,
 }
 
-/// Sorted by kind, namespace, name (DESIGN.md, `portico translate`).
-pub fn status_entries(statuses: &[ObjectStatus]) -> Vec<StatusEntry> {
+/// Sorted by kind, namespace, name (DESIGN.md, `portico translate`). `now` (seconds since
+/// the epoch) is the `lastTransitionTime` of Gateway API conditions.
+pub fn status_entries(statuses: &[ObjectStatus], now: i64) -> Vec<StatusEntry> {
+    let now = portico_secrets::rfc3339(now);
     let mut entries: Vec<StatusEntry> = statuses
         .iter()
         .map(|s| StatusEntry {
@@ -75,6 +81,7 @@ pub fn status_entries(statuses: &[ObjectStatus]) -> Vec<StatusEntry> {
             namespace: s.object.namespace.to_string(),
             name: s.object.name.to_string(),
             status: s.to_contour(),
+            gateway_status: s.gateway.as_ref().map(|g| g.to_json(s.object.kind, &serde_json::Value::Null, &now)),
         })
         .collect();
     entries.sort_by(|a, b| {
@@ -114,7 +121,7 @@ pub fn run(options: &Options) -> Result<Outcome, TranslateError> {
     };
     let resolved = resolve(&snapshot, &config);
 
-    write(&options.out_dir.join("status.json"), &json(&status_entries(&resolved.statuses)))?;
+    write(&options.out_dir.join("status.json"), &json(&status_entries(&resolved.statuses, options.now)))?;
     write(&options.out_dir.join("model.json"), &json(&resolved.model))?;
     let mut render_problems = write_haproxy(options, &resolved.model, &trust)?;
     render_problems.extend(write_envoy(options, &resolved.model, &trust)?);
@@ -232,7 +239,7 @@ pub fn table(header: [&str; 4], rows: &[[String; 4]]) -> String {
 /// The status table: kind, name, status (with the number of warnings), description.
 pub fn status_table(statuses: &[ObjectStatus]) -> String {
     let mut s = String::new();
-    let entries = status_entries(statuses);
+    let entries = status_entries(statuses, 0);
     let rows: Vec<[String; 4]> = entries
         .iter()
         .map(|e| {

@@ -121,19 +121,19 @@ impl LocalStack {
     /// `start_with_env`, running `replicas` of the parts.
     pub fn start_with(extra: &[(&str, &str)], service_env: &[(&str, &str)], replicas: Replicas) -> LocalStack {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let demo = portico_deploy::demo::start();
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).expect("manifests directory");
-        std::fs::write(manifests.join("demo.yaml"), &demo.manifests).expect("demo.yaml");
-        for (name, contents) in extra {
-            std::fs::write(manifests.join(name), contents).expect("an extra manifest");
-        }
         // Free on HAProxy's address and on every Envoy's (127.0.0.2 and up).
         let addresses: Vec<IpAddr> = (1..=1 + replicas.envoys).map(|last| IpAddr::from([127, 0, 0, last])).collect();
         let http_port = portico_deploy::up::pick_port(&addresses).expect("a free port");
         let https_port = std::iter::repeat_with(|| portico_deploy::up::pick_port(&addresses).expect("a free port"))
             .find(|p| *p != http_port)
             .expect("another free port");
+        let demo = portico_deploy::demo::start(http_port);
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("manifests directory");
+        std::fs::write(manifests.join("demo.yaml"), &demo.manifests).expect("demo.yaml");
+        for (name, contents) in extra {
+            std::fs::write(manifests.join(name), contents).expect("an extra manifest");
+        }
         let options = Options {
             state_dir: dir.path().join("state"),
             manifests: vec![manifests],
