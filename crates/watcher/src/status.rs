@@ -1,6 +1,8 @@
 //! Status write-back, in the watcher's Kubernetes mode: the resolver's statuses (from the
 //! `portico-status` bucket) patched onto HTTPProxies and Voyager Ingresses through their
-//! `status` subresource, in Contour's shape.
+//! `status` subresource, in Contour's shape; onto GatewayClasses, Gateways, HTTPRoutes and
+//! BackendTLSPolicies in the Gateway API's (Portico's entries only); Events on Kubernetes
+//! Ingresses.
 //!
 //! - Only the holder of a coordination.k8s.io Lease writes (and publishes objects to the
 //!   bus, see `ActiveLease`), so several watcher replicas never fight; a holder whose
@@ -236,6 +238,26 @@ impl StatusWriter {
             let span = tracing::info_span!(parent: None, "watcher.status", object = %object);
             portico_kit::telemetry::continue_trace(&span, &trace);
             let (ns, name) = (object.namespace.as_str(), object.name.as_str());
+            if object.kind.is_gateway_api() {
+                match self.write_gateway_api(&object, &status).instrument(span.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(parent: &span, object = %object, "Gateway API status written");
+                        self.written.insert(object, status);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        self.desired.remove(&object);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        // Another writer (another controller's entry) came between our read
+                        // and our patch: read again next tick.
+                        tracing::debug!(parent: &span, object = %object, "status changed under us; retrying")
+                    }
+                    Err(e) => {
+                        tracing::warn!(parent: &span, object = %object, error = %e, "writing the status failed; retrying")
+                    }
+                }
+                continue;
+            }
             if object.kind == Kind::Ingress {
                 match self.tell_ingress(&object, &status).instrument(span.clone()).await {
                     Ok(()) => {
@@ -285,6 +307,45 @@ impl StatusWriter {
                 Err(e) => tracing::warn!(object = %object, error = %e, "writing the status failed; retrying"),
             }
         }
+    }
+
+    /// A Gateway API object's status (SPEC section 6): read the object, put Portico's
+    /// entries in place of Portico's (other controllers' `parents`/`ancestors` kept), keep
+    /// each condition's `lastTransitionTime` unless it flipped, and patch with the
+    /// resourceVersion read, so a concurrent writer's entry is never overwritten (409, read
+    /// again next tick).
+    async fn write_gateway_api(&self, object: &ObjectRef, desired: &serde_json::Value) -> Result<(), kube::Error> {
+        use crate::gateway_api::{backendtlspolicies, gatewayclasses, gateways, httproutes};
+        use kube::api::{ApiResource, DynamicObject};
+        let status: Option<portico_model::GatewayApiStatus> =
+            serde_json::from_value(desired.clone()).map_err(kube::Error::SerdeError)?;
+        let Some(status) = status else { return Ok(()) };
+        let resource = match object.kind {
+            Kind::GatewayClass => ApiResource::erase::<gatewayclasses::GatewayClass>(&()),
+            Kind::Gateway => ApiResource::erase::<gateways::Gateway>(&()),
+            Kind::HttpRoute => ApiResource::erase::<httproutes::HttpRoute>(&()),
+            Kind::BackendTlsPolicy => ApiResource::erase::<backendtlspolicies::BackendTlsPolicy>(&()),
+            _ => return Ok(()),
+        };
+        let api: Api<DynamicObject> = if object.kind == Kind::GatewayClass {
+            Api::all_with(self.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(self.client.clone(), object.namespace.as_str(), &resource)
+        };
+        let name = object.name.as_str();
+        let current = api.get_status(name).await?;
+        let previous = current.data.get("status").cloned().unwrap_or_default();
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap_or_default();
+        let body = status.to_json(object.kind, &previous, now.as_str().unwrap_or_default());
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version },
+            "status": body,
+        });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
     }
 
     /// A Kubernetes Ingress has no conditions: its problems become Events (reason
@@ -381,8 +442,12 @@ impl StatusWriter {
         if entry.operation == Operation::Put {
             match open::<ObjectStatus>(&entry.value) {
                 Ok((status, trace)) => {
-                    let contour = serde_json::to_value(status.to_contour()).unwrap_or_default();
-                    self.desired.insert(status.object, (contour, trace));
+                    let desired = if status.object.kind.is_gateway_api() {
+                        serde_json::to_value(&status.gateway).unwrap_or_default()
+                    } else {
+                        serde_json::to_value(status.to_contour()).unwrap_or_default()
+                    };
+                    self.desired.insert(status.object, (desired, trace));
                 }
                 Err(e) => tracing::warn!(key = %entry.key, error = %e, "skipping a status that cannot be opened"),
             }
@@ -391,6 +456,14 @@ impl StatusWriter {
             self.desired.remove(&object);
             self.written.remove(&object);
             self.transitions.remove(&object);
+            if matches!(kind, Kind::HttpRoute | Kind::BackendTlsPolicy) {
+                // No Gateway of Portico's uses it any more (or it is gone): take Portico's
+                // entries out of its parents or ancestors, leaving other controllers' (a
+                // deleted object answers 404 and is forgotten).
+                let none = portico_model::GatewayApiStatus::Parents(Vec::new());
+                let desired = serde_json::to_value(Some(none)).unwrap_or_default();
+                self.desired.insert(object, (desired, TraceContext::default()));
+            }
         }
     }
 }

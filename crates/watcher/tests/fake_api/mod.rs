@@ -20,8 +20,15 @@ pub const PROXIES: &str = "apis/projectcontour.io/v1/httpproxies";
 pub const INGRESSES: &str = "apis/networking.k8s.io/v1/ingresses";
 pub const INGRESS_CLASSES: &str = "apis/networking.k8s.io/v1/ingressclasses";
 
+pub const CONFIG_MAPS: &str = "api/v1/configmaps";
+pub const GATEWAY_CLASSES: &str = "apis/gateway.networking.k8s.io/v1/gatewayclasses";
+pub const GATEWAYS: &str = "apis/gateway.networking.k8s.io/v1/gateways";
+pub const HTTP_ROUTES: &str = "apis/gateway.networking.k8s.io/v1/httproutes";
+pub const REFERENCE_GRANTS: &str = "apis/gateway.networking.k8s.io/v1beta1/referencegrants";
+pub const BACKEND_TLS_POLICIES: &str = "apis/gateway.networking.k8s.io/v1/backendtlspolicies";
+
 /// The collections the watcher asks for, with each item's apiVersion and kind.
-pub const COLLECTIONS: [(&str, &str, &str); 8] = [
+pub const COLLECTIONS: [(&str, &str, &str); 14] = [
     (SERVICES, "v1", "Service"),
     ("apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
     (SECRETS, "v1", "Secret"),
@@ -30,7 +37,27 @@ pub const COLLECTIONS: [(&str, &str, &str); 8] = [
     ("apis/voyager.appscode.com/v1beta1/ingresses", "voyager.appscode.com/v1beta1", "Ingress"),
     (INGRESSES, "networking.k8s.io/v1", "Ingress"),
     (INGRESS_CLASSES, "networking.k8s.io/v1", "IngressClass"),
+    (CONFIG_MAPS, "v1", "ConfigMap"),
+    (GATEWAY_CLASSES, "gateway.networking.k8s.io/v1", "GatewayClass"),
+    (GATEWAYS, "gateway.networking.k8s.io/v1", "Gateway"),
+    (HTTP_ROUTES, "gateway.networking.k8s.io/v1", "HTTPRoute"),
+    (REFERENCE_GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+    (BACKEND_TLS_POLICIES, "gateway.networking.k8s.io/v1", "BackendTLSPolicy"),
 ];
+
+/// The collection, namespace and name of `.../namespaces/<ns>/<plural>/<name>/status`, or
+/// of a cluster-scoped `.../<plural>/<name>/status` (namespace "").
+fn status_target(path: &str) -> (&'static str, String, String) {
+    let parts: Vec<&str> = path.split('/').collect();
+    let (plural, name) = (parts[parts.len() - 3], parts[parts.len() - 2]);
+    let (group, ns) = match path.split_once("/namespaces/") {
+        // The group and version of the path tell Voyager's ingresses from Kubernetes'.
+        Some((group, rest)) => (group.to_owned(), rest.split('/').next().unwrap_or_default().to_owned()),
+        None => (parts[..parts.len() - 3].join("/"), String::new()),
+    };
+    let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| *c == format!("{group}/{plural}")).unwrap();
+    (collection, ns, name.to_owned())
+}
 
 pub struct Watcher {
     pub collection: String,
@@ -255,12 +282,19 @@ impl FakeApi {
     /// PATCH .../namespaces/<ns>/httpproxies/<name>/status with a merge patch.
     pub fn patch_status(&self, path: &str, body: &[u8]) -> hyper::Response<Body> {
         let patch: Value = serde_json::from_slice(body).unwrap();
-        let parts: Vec<&str> = path.split('/').collect();
-        let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
-        // The group and version of the path tell Voyager's ingresses from Kubernetes'.
-        let group = path.split("/namespaces/").next().unwrap_or_default();
-        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| *c == format!("{group}/{plural}")).unwrap();
+        let (collection, ns, name) = status_target(path);
         let mut state = self.state.lock().unwrap();
+        // A patch naming a resourceVersion applies only to that version (optimistic
+        // concurrency), as the API server does.
+        let current = state.objects.get(collection).and_then(|m| m.get(&format!("{ns}/{name}")));
+        if let (Some(wanted), Some(object)) = (patch["metadata"]["resourceVersion"].as_str(), current) {
+            if object["metadata"]["resourceVersion"].as_str() != Some(wanted) {
+                return full(
+                    409,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict", "message": "the object has been modified"}),
+                );
+            }
+        }
         state.patches.push((format!("{ns}/{name}"), patch.clone()));
         state.resource_version += 1;
         let rv = state.resource_version.to_string();
@@ -333,11 +367,7 @@ impl FakeApi {
 
     /// GET .../namespaces/<ns>/<plural>/<name>/status: the object.
     pub fn get_status(&self, path: &str) -> hyper::Response<Body> {
-        let parts: Vec<&str> = path.split('/').collect();
-        let (ns, plural, name) = (parts[parts.len() - 4], parts[parts.len() - 3], parts[parts.len() - 2]);
-        // The group and version of the path tell Voyager's ingresses from Kubernetes'.
-        let group = path.split("/namespaces/").next().unwrap_or_default();
-        let collection = COLLECTIONS.iter().map(|c| c.0).find(|c| *c == format!("{group}/{plural}")).unwrap();
+        let (collection, ns, name) = status_target(path);
         let state = self.state.lock().unwrap();
         match state.objects.get(collection).and_then(|m| m.get(&format!("{ns}/{name}"))) {
             Some(object) => full(200, object),
