@@ -46,9 +46,45 @@ pub struct KubeConfig {
     pub status: Option<crate::status::StatusConfig>,
     /// Sign the Envoy pods' ADS certificates (`envoy_identity`), in the active replica.
     pub envoy_signer: Option<crate::envoy_identity::SignerConfig>,
-    /// Watch the Gateway API kinds (and ConfigMaps): their CRDs must be installed, or the
-    /// watches fail and the watcher is not ready (`--gateway-api`).
-    pub gateway_api: bool,
+    /// Whether to watch the Gateway API kinds (and ConfigMaps) (`--gateway-api`).
+    pub gateway_api: GatewayApiMode,
+}
+
+/// `--gateway-api`: watch the Gateway API kinds always, never, or when the API server
+/// serves BackendTLSPolicy v1 (its CRDs are installed: Standard channel v1.4 or later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GatewayApiMode {
+    Off,
+    #[default]
+    Auto,
+    On,
+}
+
+impl std::str::FromStr for GatewayApiMode {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "off" | "false" => Ok(GatewayApiMode::Off),
+            "auto" => Ok(GatewayApiMode::Auto),
+            "on" | "true" => Ok(GatewayApiMode::On),
+            other => Err(format!("{other:?} is not auto, on or off")),
+        }
+    }
+}
+
+/// Whether the API server serves gateway.networking.k8s.io/v1 BackendTLSPolicies (asked
+/// of its discovery API, again every 2 s while it cannot answer).
+async fn gateway_api_served(client: &Client) -> bool {
+    loop {
+        match client.list_api_group_resources("gateway.networking.k8s.io/v1").await {
+            Ok(list) => return list.resources.iter().any(|r| r.name == "backendtlspolicies"),
+            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "asking the API server whether it serves the Gateway API failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 /// One watcher: a kind, a namespace (or all) and a field selector.
@@ -471,7 +507,24 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let streams = streams(&config.namespaces, config.gateway_api);
+    let gateway_api = match config.gateway_api {
+        GatewayApiMode::Off => false,
+        GatewayApiMode::On => true,
+        GatewayApiMode::Auto => {
+            let served = gateway_api_served(&client).await;
+            if served {
+                tracing::info!(
+                    "the API server serves Gateway API v1 (BackendTLSPolicy): watching its kinds and ConfigMaps"
+                );
+            } else {
+                tracing::warn!(
+                    "the API server does not serve gateway.networking.k8s.io/v1 BackendTLSPolicy: Gateway API objects are not watched; install the Standard-channel CRDs (v1.4 or later) and restart the watcher, or pass --gateway-api off to say so"
+                );
+            }
+            served
+        }
+    };
+    let streams = streams(&config.namespaces, gateway_api);
     let world = Arc::new(Mutex::new(World::default()));
     let changed = Arc::new(tokio::sync::Notify::new());
     let mut tasks = start_watchers(&client, &streams, &world, &changed);
@@ -581,7 +634,9 @@ async fn publish_while_active(s: &mut Session, buckets: &Buckets) -> Result<(), 
             let ready =
                 s.streams.iter().enumerate().filter(|(_, st)| st.kind == kind).all(|(id, _)| listed.contains(&id));
             if ready && marked.insert(kind) {
-                if kind == Kind::Secret {
+                // The secrets bucket holds Secrets and ConfigMaps: its marker waits for both.
+                let other = if kind == Kind::Secret { Kind::ConfigMap } else { Kind::Secret };
+                if matches!(kind, Kind::Secret | Kind::ConfigMap) && marked.contains(&other) {
                     put_marker(&buckets.secrets, names::SECRETS_SYNC_KEY).await?;
                 }
                 put_marker(&buckets.objects, &names::sync_key(kind)).await?;

@@ -31,9 +31,11 @@ struct Args {
     #[arg(long, env = "PORTICO_NAMESPACES", value_delimiter = ',', requires = "kubernetes")]
     namespaces: Vec<String>,
     /// With --kubernetes: watch the Gateway API kinds (GatewayClass, Gateway, HTTPRoute,
-    /// ReferenceGrant, BackendTLSPolicy v1) and ConfigMaps; their CRDs must be installed.
-    #[arg(long, env = "PORTICO_GATEWAY_API", requires = "kubernetes")]
-    gateway_api: bool,
+    /// ReferenceGrant, BackendTLSPolicy v1) and ConfigMaps: `auto` when the API server
+    /// serves BackendTLSPolicy v1 (its CRDs are installed), `on` (the watcher is not ready
+    /// until they are), or `off`.
+    #[arg(long, env = "PORTICO_GATEWAY_API", default_value = "auto")]
+    gateway_api: portico_watcher::kubernetes::GatewayApiMode,
     /// With --kubernetes: do not write statuses back to HTTPProxies and Voyager Ingresses.
     #[arg(long, env = "PORTICO_NO_STATUS", requires = "kubernetes")]
     no_status: bool,

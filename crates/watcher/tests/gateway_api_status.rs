@@ -28,7 +28,7 @@ impl Pipeline {
             max_per_second: 100,
         };
         let mut config = kube_config(bus, Some(status));
-        config.gateway_api = true;
+        config.gateway_api = portico_watcher::kubernetes::GatewayApiMode::Auto;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
             let _ = rx.recv().await;
@@ -117,6 +117,7 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
     let nats = NatsServer::start();
     let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
     let api = FakeApi::start().await;
+    api.state.lock().unwrap().gateway_api_served = true; // the CRDs are installed: auto watches
     api.put(SERVICES, service("web", 443), false);
     api.put(
         "apis/discovery.k8s.io/v1/endpointslices",
@@ -233,5 +234,25 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
         route_after["status"]["parents"][1]["conditions"][0]["lastTransitionTime"],
         parents[1]["conditions"][0]["lastTransitionTime"]
     );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_gateway_api_crds_auto_leaves_its_kinds_unwatched_and_the_rest_works() {
+    let nats = NatsServer::start();
+    let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
+    let api = FakeApi::start().await;
+    api.put(SERVICES, service("web", 443), false);
+    let pipeline = Pipeline::start(&bus, &api);
+    let js = async_nats::jetstream::new(portico_bus::nats::connect(&bus).await.unwrap());
+    let buckets = portico_bus::nats::ensure_buckets(&js).await.unwrap();
+    // The barrier: every kind's initial sync is published (the Gateway API kinds' too: they
+    // have no watch to wait for), and the Service reached the bus.
+    until_keys_include(&buckets.objects, "sync.httproute").await;
+    until_keys_include(&buckets.objects, "service.shop.web").await;
+    for collection in [GATEWAY_CLASSES, GATEWAYS, HTTP_ROUTES, REFERENCE_GRANTS, BACKEND_TLS_POLICIES, CONFIG_MAPS] {
+        assert!(api.lists(collection).is_empty(), "{collection} was listed");
+    }
+    assert!(!api.lists(SERVICES).is_empty());
     pipeline.stop().await;
 }

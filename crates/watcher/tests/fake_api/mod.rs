@@ -80,6 +80,8 @@ pub struct ApiState {
     pub leases: BTreeMap<String, Value>,
     /// Every Lease request: method, the holder it named (sent, or read back), answer code.
     pub lease_log: Vec<(String, Option<String>, u16)>,
+    /// Whether discovery says the Gateway API v1 is served (its CRDs installed).
+    pub gateway_api_served: bool,
     /// Collections whose lists and watches are refused (403), as RBAC would.
     pub forbidden: std::collections::BTreeSet<String>,
     /// CertificateSigningRequests by name.
@@ -189,6 +191,21 @@ impl FakeApi {
     pub fn handle(&self, req: hyper::http::request::Parts, body: Bytes) -> hyper::Response<Body> {
         let path = req.uri.path().trim_start_matches('/').to_owned();
         let query = req.uri.query().unwrap_or_default().to_owned();
+        if path == "apis/gateway.networking.k8s.io/v1" {
+            // Discovery: served when the test installed the Gateway API's CRDs.
+            if !self.state.lock().unwrap().gateway_api_served {
+                return not_found();
+            }
+            let resources: Vec<Value> = COLLECTIONS
+                .iter()
+                .filter_map(|(c, _, kind)| c.strip_prefix("apis/gateway.networking.k8s.io/v1/").map(|plural| (plural, kind)))
+                .map(|(plural, kind)| json!({"name": plural, "singularName": "", "namespaced": *kind != "GatewayClass", "kind": kind, "verbs": ["list", "watch"]}))
+                .collect();
+            return full(
+                200,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.networking.k8s.io/v1", "resources": resources}),
+            );
+        }
         if let Some(rest) = path.strip_prefix("apis/coordination.k8s.io/v1/namespaces/") {
             return self.lease(&req.method, rest, &body);
         }
@@ -590,7 +607,7 @@ pub fn kube_config(
         max_delay: Duration::from_millis(200),
         status,
         envoy_signer: None,
-        gateway_api: false,
+        gateway_api: portico_watcher::kubernetes::GatewayApiMode::Off,
     }
 }
 
