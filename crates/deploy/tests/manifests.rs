@@ -543,3 +543,56 @@ fn both_proxies_serve_https_on_443_from_their_8443_listener() {
     assert!(resolver.contains("--https-port 8443 --https-redirect-port 443"), "{resolver}");
     assert!(args("portico-haproxy").join(" ").contains("--https-port 8443"));
 }
+
+#[test]
+fn the_gateway_api_example_passes_the_published_gateway_api_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    let crd_dir = repo().join("testdata/gateway-api/v1.6.0");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("examples/gateway-api")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(document).unwrap()).unwrap();
+            let Some(api_version) =
+                value["apiVersion"].as_str().filter(|v| v.starts_with("gateway.networking.k8s.io/"))
+            else {
+                continue;
+            };
+            let file = match value["kind"].as_str().unwrap() {
+                "GatewayClass" => "gatewayclasses.yaml",
+                "Gateway" => "gateways.yaml",
+                "HTTPRoute" => "httproutes.yaml",
+                "ReferenceGrant" => "referencegrants.yaml",
+                "BackendTLSPolicy" => "backendtlspolicies.yaml",
+                other => panic!("no vendored CRD for {other}"),
+            };
+            let crd: serde_json::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(crd_dir.join(file)).unwrap()).unwrap();
+            let version = api_version.rsplit('/').next().unwrap();
+            let schema = crd["spec"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == version)
+                .map(|v| v["schema"]["openAPIV3Schema"].clone())
+                .unwrap_or_else(|| panic!("{file} serves no {version}"));
+            let (schema_file, object_file) =
+                (dir.path().join(format!("schema-{checked}.json")), dir.path().join(format!("object-{checked}.json")));
+            std::fs::write(&schema_file, serde_json::to_vec(&schema).unwrap()).unwrap();
+            std::fs::write(&object_file, serde_json::to_vec(&value).unwrap()).unwrap();
+            let out = tool(
+                "check-jsonschema",
+                &["--schemafile", schema_file.to_str().unwrap(), object_file.to_str().unwrap()],
+            );
+            assert!(
+                out.status.success(),
+                "{} {} does not pass its CRD's schema:\n{}",
+                value["kind"],
+                value["metadata"]["name"],
+                String::from_utf8_lossy(&out.stdout)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} Gateway API objects checked");
+}

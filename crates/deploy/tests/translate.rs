@@ -236,3 +236,41 @@ fn the_ingress_nginx_example_translates_to_a_verified_https_backend() {
         "Exact is one path; Prefix is by path element"
     );
 }
+
+#[test]
+fn the_gateway_api_example_translates_to_verified_tls_backends_with_gateway_api_statuses() {
+    let run = portico(&["examples/gateway-api"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let statuses: serde_json::Value = serde_json::from_str(&run.file("status.json")).unwrap();
+    let entry = |kind: &str, name: &str| {
+        statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind && s["name"] == name)
+            .unwrap_or_else(|| panic!("no status of {kind} {name}"))
+            .clone()
+    };
+    let policy = entry("BackendTLSPolicy", "payments-tls");
+    let ancestor = &policy["gatewayStatus"]["ancestors"][0];
+    assert_eq!(ancestor["ancestorRef"]["name"], "edge");
+    assert_eq!(ancestor["controllerName"], "portico.dev/gateway-controller");
+    assert_eq!(ancestor["conditions"][0]["status"], "True", "{policy}");
+    let gateway = entry("Gateway", "edge");
+    assert_eq!(gateway["gatewayStatus"]["listeners"][0]["attachedRoutes"], 2, "{gateway}");
+    // The URI SAN policy: accepted (Envoy enforces it), and told that HAProxy answers 503.
+    let ledger = entry("BackendTLSPolicy", "ledger-tls");
+    assert!(ledger["gatewayStatus"]["ancestors"][0]["conditions"][0]["message"].as_str().unwrap().contains("HAProxy"));
+    assert!(run.stderr.contains("HAProxy checks one DNS name") || run.stdout.contains("HAProxy checks one DNS name"));
+    let model: serde_json::Value = serde_json::from_str(&run.file("model.json")).unwrap();
+    let clusters = model["clusters"].as_array().unwrap();
+    let payments = clusters.iter().find(|c| c["key"]["service"] == "payments" && c["key"]["port"] == 443).unwrap();
+    let tls = &payments["key"]["tls"];
+    assert_eq!(tls["sni"], "payments.shop.svc");
+    assert_eq!(tls["min_version"], "Tls13");
+    assert_eq!(tls["verify"]["Required"]["ca"]["Secret"]["holder"], "ConfigMap");
+    let metrics = clusters.iter().find(|c| c["key"]["port"] == 9090).unwrap();
+    assert!(metrics["key"]["tls"].is_null(), "the port the policy does not target stays plain");
+    let haproxy = run.file("haproxy/haproxy.cfg");
+    assert!(haproxy.contains("verifyhost payments.shop.svc sni str(payments.shop.svc) ssl-min-ver TLSv1.3"));
+}
