@@ -238,6 +238,11 @@ impl Incremental {
         let mut touched = std::mem::take(&mut self.touched);
         let mut slots: BTreeSet<Slot> = BTreeSet::new();
         for unit in &dirty {
+            // An HTTPRoute's status is its parents, which any of its dependencies may change
+            // (a Gateway appearing), problems or not.
+            if let UnitKey::HttpRoute(key) = unit {
+                touched.insert(object(Kind::HttpRoute, key));
+            }
             // Forget the old output.
             if let Some(old) = self.units.remove(unit) {
                 for dep in &old.deps {

@@ -200,6 +200,121 @@ fn ingress_class(default: bool) -> Object {
     })
 }
 
+/// Gateway API: Portico's GatewayClass or another controller's.
+fn gateway_class(ours: bool) -> Object {
+    Object::GatewayClass(portico_model::GatewayClass {
+        meta: meta(portico_model::CLUSTER, "portico"),
+        lifecycle: portico_model::Lifecycle { generation: 1, created: None },
+        controller: if ours { "portico.dev/gateway-controller" } else { "example.com/other" }.into(),
+    })
+}
+
+fn gref(name: &str, namespace: Option<&str>) -> portico_model::GatewayRef {
+    portico_model::GatewayRef { name: name.into(), namespace: namespace.map(str::to_owned), ..Default::default() }
+}
+
+/// A Gateway: who may attach, a hostname, an HTTPS listener, a client certificate.
+fn gateway(ns: usize, shape: usize) -> Object {
+    use portico_model::{Gateway, GatewayListener};
+    let mut listeners = vec![GatewayListener {
+        name: "http".into(),
+        port: 8080,
+        protocol: "HTTP".into(),
+        hostname: (shape % 3 == 2).then(|| "*.example.com".into()),
+        certificate_refs: vec![],
+        tls_mode: None,
+        allowed_from: Some(["Same", "All"][shape % 2].into()),
+        allowed_kinds: vec![],
+    }];
+    if shape / 2 % 2 == 1 {
+        listeners.push(GatewayListener {
+            name: "https".into(),
+            port: 8443,
+            protocol: "HTTPS".into(),
+            hostname: None,
+            certificate_refs: vec![gref("cert", None)],
+            tls_mode: None,
+            allowed_from: Some("All".into()),
+            allowed_kinds: vec![],
+        });
+    }
+    Object::Gateway(Gateway {
+        meta: meta(NAMESPACES[ns % 2], "gw"),
+        lifecycle: portico_model::Lifecycle { generation: (shape % 4) as i64 + 1, created: None },
+        class_name: "portico".into(),
+        listeners,
+        client_certificate: (shape / 4 % 2 == 1).then(|| gref("cert", None)),
+    })
+}
+
+/// An HTTPRoute: its parent, hostnames, backend (here or in the other namespace).
+fn http_route(ns: usize, shape: usize) -> Object {
+    use portico_model::{HttpBackendRef, HttpRoute, HttpRouteMatch, HttpRouteRule};
+    let mut parent = gref("gw", Some(NAMESPACES[shape % 2]));
+    parent.section_name = (shape / 2 % 3 == 1).then(|| "http".into());
+    let backend_ns = (shape / 6 % 3 == 2).then(|| NAMESPACES[(ns + 1) % 2]);
+    Object::HttpRoute(HttpRoute {
+        meta: meta(NAMESPACES[ns % 2], &format!("r{}", shape % 2)),
+        lifecycle: portico_model::Lifecycle { generation: 1, created: None },
+        parent_refs: vec![parent],
+        hostnames: vec![["one.example.com", "two.example.com", "three.example.com"][shape % 3].into()],
+        rules: vec![HttpRouteRule {
+            matches: vec![HttpRouteMatch {
+                path_type: ["PathPrefix", "Exact"][shape / 3 % 2].into(),
+                path: "/gw".into(),
+            }],
+            backend_refs: vec![HttpBackendRef {
+                target: portico_model::GatewayRef { port: Some(443), ..gref(&format!("s{}", shape % 3), backend_ns) },
+                weight: None,
+            }],
+            host_rewrite: None,
+            unsupported: vec![],
+        }],
+    })
+}
+
+/// A BackendTLSPolicy for a Service: its CA (a ConfigMap or a Secret), its age, its names.
+fn backend_tls_policy(ns: usize, shape: usize) -> Object {
+    let ca_kind = ["ConfigMap", "Secret"][shape % 2];
+    Object::BackendTlsPolicy(portico_model::BackendTlsPolicy {
+        meta: meta(NAMESPACES[ns % 2], &format!("pol{}", shape / 2 % 2)),
+        lifecycle: portico_model::Lifecycle {
+            generation: 1,
+            created: Some(format!("2026-0{}-01T00:00:00Z", shape / 4 % 3 + 1)),
+        },
+        target_refs: vec![portico_model::GatewayRef {
+            group: Some(String::new()),
+            kind: Some("Service".into()),
+            name: format!("s{}", shape / 3 % 3),
+            section_name: (shape % 5 == 4).then(|| "https".into()),
+            ..Default::default()
+        }],
+        ca_certificate_refs: vec![portico_model::GatewayRef {
+            group: Some(String::new()),
+            kind: Some(ca_kind.into()),
+            name: "ca".into(),
+            ..Default::default()
+        }],
+        well_known_ca_certificates: None,
+        hostname: "backend.example.com".into(),
+        subject_alt_names: if shape % 7 == 6 { vec![("URI".into(), "spiffe://x/y".into())] } else { vec![] },
+        options: BTreeMap::new(),
+    })
+}
+
+/// A ReferenceGrant letting HTTPRoutes of the other namespace reach Services here.
+fn reference_grant(ns: usize) -> Object {
+    Object::ReferenceGrant(portico_model::ReferenceGrant {
+        meta: meta(NAMESPACES[ns % 2], "grant"),
+        from: vec![portico_model::GrantFrom {
+            group: "gateway.networking.k8s.io".into(),
+            kind: "HTTPRoute".into(),
+            namespace: NAMESPACES[(ns + 1) % 2].into(),
+        }],
+        to: vec![portico_model::GrantTo { group: String::new(), kind: "Service".into(), name: None }],
+    })
+}
+
 fn change() -> impl Strategy<Value = Change> {
     let n = || 0usize..12;
     prop_oneof![
@@ -211,7 +326,13 @@ fn change() -> impl Strategy<Value = Change> {
         (n(), n()).prop_map(|(ns, shape)| Change::Apply(voyager(ns, shape))),
         (n(), n()).prop_map(|(ns, shape)| Change::Apply(k8s_ingress(ns, shape))),
         any::<bool>().prop_map(|default| Change::Apply(ingress_class(default))),
-        (0usize..8, n(), n()).prop_map(|(kind, ns, i)| {
+        any::<bool>().prop_map(|ours| Change::Apply(gateway_class(ours))),
+        (n(), n()).prop_map(|(ns, shape)| Change::Apply(gateway(ns, shape))),
+        (n(), n()).prop_map(|(ns, shape)| Change::Apply(http_route(ns, shape))),
+        (n(), n()).prop_map(|(ns, shape)| Change::Apply(http_route(ns, shape))),
+        (n(), n()).prop_map(|(ns, shape)| Change::Apply(backend_tls_policy(ns, shape))),
+        n().prop_map(|ns| Change::Apply(reference_grant(ns))),
+        (0usize..14, n(), n()).prop_map(|(kind, ns, i)| {
             let (kind, name) = [
                 (Kind::Service, format!("s{}", i % 3)),
                 (Kind::EndpointSlice, format!("slice{}", i % 3)),
@@ -221,9 +342,16 @@ fn change() -> impl Strategy<Value = Change> {
                 (Kind::VoyagerIngress, "ing".to_owned()),
                 (Kind::Ingress, "k8s".to_owned()),
                 (Kind::IngressClass, "portico".to_owned()),
+                (Kind::GatewayClass, "portico".to_owned()),
+                (Kind::Gateway, "gw".to_owned()),
+                (Kind::HttpRoute, format!("r{}", i % 2)),
+                (Kind::BackendTlsPolicy, format!("pol{}", i % 2)),
+                (Kind::ReferenceGrant, "grant".to_owned()),
+                (Kind::HttpRoute, format!("r{}", (i + 1) % 2)),
             ][kind]
                 .clone();
-            let namespace = if kind == Kind::IngressClass { portico_model::CLUSTER } else { NAMESPACES[ns % 2] };
+            let cluster_scoped = matches!(kind, Kind::IngressClass | Kind::GatewayClass);
+            let namespace = if cluster_scoped { portico_model::CLUSTER } else { NAMESPACES[ns % 2] };
             Change::Remove(ObjectRef { kind, namespace: namespace.parse().unwrap(), name: name.parse().unwrap() })
         }),
         (n(), any::<bool>())
@@ -232,7 +360,21 @@ fn change() -> impl Strategy<Value = Change> {
         (n(), any::<bool>())
             .prop_map(|(ns, valid)| Change::Verdict { secret: format!("{}/cert", NAMESPACES[ns % 2]), valid }),
         n().prop_map(|ns| Change::DropVerdict(format!("{}/cert", NAMESPACES[ns % 2]))),
+        (n(), any::<bool>())
+            .prop_map(|(ns, valid)| Change::Verdict { secret: format!("configmap:{}/ca", NAMESPACES[ns % 2]), valid }),
+        n().prop_map(|ns| Change::DropVerdict(format!("configmap:{}/ca", NAMESPACES[ns % 2]))),
     ]
+}
+
+/// `ns/name`, or `configmap:ns/name` for a ConfigMap's `ca.crt`.
+fn holder(secret: &str) -> portico_model::SecretRef {
+    match secret.strip_prefix("configmap:") {
+        Some(rest) => {
+            let (ns, name) = rest.split_once('/').unwrap();
+            portico_model::SecretRef::config_map(ns, name).unwrap()
+        }
+        None => support::secret_ref(secret),
+    }
 }
 
 fn apply(inc: &mut Incremental, change: &Change) {
@@ -243,12 +385,16 @@ fn apply(inc: &mut Incremental, change: &Change) {
             // Covers one and three, not two: a certificate that does not cover its host.
             let names: &[&str] = if *valid { &["one.example.com", "three.example.com"] } else { &[] };
             support::key_pair(secret, &format!("sha-{}", names.len()), names)
-        } else if *valid {
-            support::valid_ca(secret)
         } else {
-            support::invalid_ca(secret, "certificate 1: invalid DER")
+            let plain = secret.trim_start_matches("configmap:");
+            let verdict = if *valid {
+                support::valid_ca(plain)
+            } else {
+                support::invalid_ca(plain, "certificate 1: invalid DER")
+            };
+            portico_model::SecretVerdict { secret: holder(secret), ..verdict }
         }),
-        Change::DropVerdict(secret) => inc.remove_verdict(&support::secret_ref(secret)),
+        Change::DropVerdict(secret) => inc.remove_verdict(&holder(secret)),
     }
 }
 
