@@ -140,7 +140,88 @@ fn k8s_annotation(n: usize, name: &str, value: &str) -> Documents {
     k8s_ingress(n, |i| i["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{name}")] = json!(value))
 }
 
+/// A Gateway API site for `n`: an HTTPRoute on the shared Gateway to `svc-<n>`, whose TLS a
+/// BackendTLSPolicy sets (CA in the shared ConfigMap); `edit` makes one of them hostile;
+/// `reporter` is the kind that must report it.
+fn gateway_site(n: usize, reporter: &'static str, edit: impl FnOnce(&mut Value, &mut Value)) -> Documents {
+    let mut route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": format!("gwr-{n}"), "namespace": "bad"},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [format!("g{n}.bad.test")],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [{"name": format!("svc-{n}"), "port": 8443}]}]}});
+    let mut policy = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+        "metadata": {"name": format!("pol-{n}"), "namespace": "bad"},
+        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": format!("svc-{n}")}],
+                 "validation": {"hostname": "web.bad.svc",
+                                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}]}}});
+    edit(&mut route, &mut policy);
+    let name = if reporter == "HTTPRoute" { format!("gwr-{n}") } else { format!("pol-{n}") };
+    (vec![route, policy, service(n, json!({})), slice(n)], (reporter, name))
+}
+
 const FIELDS: &[Field] = &[
+    Field {
+        name: "HTTPRoute spec.hostnames[]",
+        documents: |n, v| gateway_site(n, "HTTPRoute", |r, _| r["spec"]["hostnames"] = json!([v])),
+        spec_accepts: none,
+    },
+    Field {
+        name: "HTTPRoute rules[].matches[].path.value",
+        documents: |n, v| {
+            gateway_site(n, "HTTPRoute", |r, _| r["spec"]["rules"][0]["matches"][0]["path"]["value"] = json!(v))
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "HTTPRoute rules[].filters[] URLRewrite.hostname",
+        documents: |n, v| {
+            gateway_site(n, "HTTPRoute", |r, _| {
+                r["spec"]["rules"][0]["filters"] = json!([{"type": "URLRewrite", "urlRewrite": {"hostname": v}}])
+            })
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "BackendTLSPolicy validation.hostname",
+        documents: |n, v| gateway_site(n, "BackendTLSPolicy", |_, p| p["spec"]["validation"]["hostname"] = json!(v)),
+        spec_accepts: none,
+    },
+    Field {
+        name: "BackendTLSPolicy validation.subjectAltNames[].hostname",
+        documents: |n, v| {
+            gateway_site(n, "BackendTLSPolicy", |_, p| {
+                p["spec"]["validation"]["subjectAltNames"] = json!([{"type": "Hostname", "hostname": v}])
+            })
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "BackendTLSPolicy validation.subjectAltNames[].uri",
+        documents: |n, v| {
+            gateway_site(n, "BackendTLSPolicy", |_, p| {
+                p["spec"]["validation"]["subjectAltNames"] = json!([{"type": "URI", "uri": v}])
+            })
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "BackendTLSPolicy validation.caCertificateRefs[].name",
+        documents: |n, v| {
+            gateway_site(n, "BackendTLSPolicy", |_, p| {
+                p["spec"]["validation"]["caCertificateRefs"][0]["name"] = json!(v)
+            })
+        },
+        spec_accepts: none,
+    },
+    Field {
+        name: "BackendTLSPolicy options (key and value)",
+        documents: |n, v| {
+            gateway_site(n, "BackendTLSPolicy", |_, p| {
+                p["spec"]["options"] = json!({v: "1.3", "portico.dev/min-tls-version": v})
+            })
+        },
+        spec_accepts: none,
+    },
     Field {
         name: "HTTPProxy spec.virtualhost.fqdn",
         documents: |n, v| proxy(n, |p| p["spec"]["virtualhost"]["fqdn"] = json!(v)),
@@ -341,6 +422,12 @@ fn hostile_values_in_every_field_reach_no_config_and_are_each_reported() {
                "spec": {"ports": [{"name": "https", "port": 8443}]}}),
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "portico"},
                "spec": {"controller": "portico.dev/ingress-controller"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "portico"},
+               "spec": {"controllerName": "portico.dev/gateway-controller"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "bad"},
+               "spec": {"gatewayClassName": "portico", "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca", "namespace": "bad"},
+               "data": {"ca.crt": ca.pem}}),
     ];
     // The check is not vacuous: a canary in a value within its grammar does reach the files.
     {

@@ -548,6 +548,9 @@ pub fn resolve_http_route(
             Ok(host) => hostnames.push(host),
         }
     }
+    // Hostnames were given and none is valid: serving on every host instead would widen the
+    // route, so it attaches nowhere.
+    let no_valid_hostname = !route.hostnames.is_empty() && hostnames.is_empty();
     for parent in &route.parent_refs {
         if parent.group.as_deref().unwrap_or(GROUP) != GROUP || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
         {
@@ -604,7 +607,10 @@ pub fn resolve_http_route(
             };
             attached.push((*listener, state, hosts));
         }
-        if candidates.is_empty() {
+        if no_valid_hostname {
+            attached.clear();
+            accepted = Err(("UnsupportedValue", "spec.hostnames: none is a valid host name".to_owned()));
+        } else if candidates.is_empty() {
             accepted = Err((
                 "NoMatchingParent",
                 format!("Gateway {gw_namespace}/{} has no listener matching sectionName/port", parent.name),
