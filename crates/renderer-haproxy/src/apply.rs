@@ -42,6 +42,8 @@ pub enum ApplyError {
     Refused { answer: String, commands: String },
     #[error("{failed}; and switching back to the running configuration failed ({rollback}): a restart of HAProxy now would read the refused one")]
     RollbackFailed { failed: Box<ApplyError>, rollback: String },
+    #[error("HAProxy is not running (its restart was interrupted); the liveness check starts it again")]
+    NotRunning,
 }
 
 /// An HAProxy master process and the directory it runs from.

@@ -44,8 +44,11 @@ pub enum ServiceError {
 
 struct Renderer {
     config: ServiceConfig,
-    /// Always `Some`, except while an apply runs on a blocking thread.
-    haproxy: Option<Haproxy>,
+    /// The HAProxy the renderer drives, shared with the blocking thread that applies to it:
+    /// a session cancelled mid-apply (NATS reconnected, a stream elected a leader) leaves it
+    /// here for the next session, never lost. `None` only after a restart was cancelled:
+    /// the liveness check starts (or adopts) it again.
+    haproxy: std::sync::Arc<tokio::sync::Mutex<Option<Haproxy>>>,
     /// What HAProxy runs.
     applied: Option<AppliedState>,
     /// The record of the last attempt while it is not yet on the bus (the put failed, say
@@ -143,7 +146,8 @@ impl Renderer {
             if applied.version == record.version() {
                 let digest = files_digest(rendered.files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
                 if applied.files.is_none() {
-                    let current = self.haproxy.as_ref().and_then(|h| h.current_dir()).and_then(read_generation);
+                    let current =
+                        self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).and_then(read_generation);
                     applied.files =
                         current.map(|files| files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))));
                 }
@@ -210,7 +214,7 @@ impl Renderer {
             .and_then(|r| runtime::commands(r, &rendered.runtime));
         // Content-addressed files (CA bundles, client certificates) the running generation
         // has are linked, not written again.
-        let previous = self.haproxy.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
+        let previous = self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
         // So are serving certificates whose bytes did not change (named by host).
         let base = current_base(&self.config.work_dir);
         let same: std::collections::BTreeSet<String> = self
@@ -226,21 +230,21 @@ impl Renderer {
             // The check and the reload confirmation block: on a blocking thread, never on an
             // async worker (block_in_place would also panic on a current-thread runtime).
             Ok(()) => {
-                let mut haproxy = self.haproxy.take().expect("HAProxy is the renderer's between applies");
+                let slot = self.haproxy.clone();
                 let dir = dir.to_owned();
                 // The check and reload spans are children of haproxy.apply: the span goes along.
                 let span = tracing::Span::current();
                 match tokio::task::spawn_blocking(move || {
                     let _entered = span.enter();
-                    let result = haproxy.update(&dir, commands.as_deref());
-                    (haproxy, result)
+                    let mut haproxy = slot.blocking_lock();
+                    match haproxy.as_mut() {
+                        Some(haproxy) => haproxy.update(&dir, commands.as_deref()),
+                        None => Err(ApplyError::NotRunning),
+                    }
                 })
                 .await
                 {
-                    Ok((haproxy, result)) => {
-                        self.haproxy = Some(haproxy);
-                        result
-                    }
+                    Ok(result) => result,
                     // A panic while applying: the same as if it had happened here.
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 }
@@ -295,7 +299,7 @@ impl Renderer {
                     &[],
                     record.changed_at_ms,
                 );
-                if let Some(haproxy) = &self.haproxy {
+                if let Some(haproxy) = self.haproxy.lock().await.as_ref() {
                     haproxy.prune(dir);
                 }
                 tracing::info!(
@@ -400,7 +404,13 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         }
         tracing::info!(version = %version, "HAProxy runs a configuration applied earlier");
     }
-    let mut renderer = Renderer { config, haproxy: Some(haproxy), applied, unreported: None, reported_error: false };
+    let mut renderer = Renderer {
+        config,
+        haproxy: std::sync::Arc::new(tokio::sync::Mutex::new(Some(haproxy))),
+        applied,
+        unreported: None,
+        reported_error: false,
+    };
     tracing::info!("HAProxy renderer running");
     let bus = renderer.config.bus.clone();
     portico_bus::nats::supervise(&bus, &[names::APPLIED], &mut renderer, shutdown, session).await?;
@@ -465,7 +475,16 @@ impl Renderer {
     /// waited for and followed once its container has started it again. Whether anything
     /// changed (then the renderer converges again).
     async fn keep_haproxy_running(&mut self) -> Result<bool, ServiceError> {
-        let Some(haproxy) = self.haproxy.as_mut() else { return Ok(false) };
+        let mut slot = self.haproxy.clone().lock_owned().await;
+        let Some(haproxy) = slot.as_mut() else {
+            // A restart was cancelled with its session: start (or adopt) it now.
+            drop(slot);
+            let (haproxy, _) = start_or_adopt(&self.config).await?;
+            tracing::info!(pid = haproxy.pid(), "HAProxy runs again");
+            self.applied = None;
+            *self.haproxy.lock().await = Some(haproxy);
+            return Ok(true);
+        };
         if haproxy.alive() {
             return Ok(false);
         }
@@ -492,14 +511,15 @@ impl Renderer {
             1.0,
         );
         // The dead master's socket and pid go with it; start anew from the work directory.
-        drop(self.haproxy.take());
+        *slot = None;
+        drop(slot);
         let (haproxy, started) = start_or_adopt(&self.config).await?;
         tracing::info!(pid = haproxy.pid(), started = ?started, "HAProxy runs again");
         if !matches!(started, Started::LastApplied(_)) {
             // Not on what it ran: apply the current model from scratch.
             self.applied = None;
         }
-        self.haproxy = Some(haproxy);
+        *self.haproxy.lock().await = Some(haproxy);
         Ok(true)
     }
 
