@@ -34,8 +34,8 @@ pub enum Dep {
     GatewayApi,
     /// The ReferenceGrants of a namespace.
     ReferenceGrants(K8sName),
-    /// The BackendTLSPolicies of a namespace.
-    BackendTlsPolicies(K8sName),
+    /// The BackendTLSPolicies naming a Service (namespace, Service name) in a targetRef.
+    BackendTlsPolicies(Key),
 }
 
 /// Lookups into the snapshot for one unit of resolution (a root HTTPProxy with what it

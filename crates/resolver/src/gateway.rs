@@ -83,7 +83,7 @@ impl Index<'_> {
             return true;
         }
         self.record(Dep::ReferenceGrants(to_namespace.clone()));
-        self.snapshot.reference_grants.iter().filter(|((ns, _), _)| ns == to_namespace).any(|(_, grant)| {
+        crate::Snapshot::in_namespace(&self.snapshot.reference_grants, to_namespace).any(|grant| {
             grant.from.iter().any(|f| f.group == GROUP && f.kind == from_kind && f.namespace == from_namespace.as_str())
                 && grant
                     .to
@@ -147,20 +147,24 @@ impl Index<'_> {
         service: &str,
         port_name: &str,
     ) -> Vec<(&BackendTlsPolicy, bool)> {
-        self.record(Dep::BackendTlsPolicies(namespace.clone()));
+        self.record_policies(namespace, service);
         self.snapshot
-            .backend_tls_policies
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .filter_map(|(_, p)| targets(p, service, port_name).map(|by_section| (p, by_section)))
+            .policies_naming(namespace, service)
+            .filter_map(|p| targets(p, service, port_name).map(|by_section| (p, by_section)))
             .collect()
+    }
+
+    fn record_policies(&self, namespace: &K8sName, service: &str) {
+        if let Ok(name) = service.parse::<K8sName>() {
+            self.record(Dep::BackendTlsPolicies((namespace.clone(), name)));
+        }
     }
 
     /// The policy that wins over `policy` for one of its targets, if any: it is then
     /// `Conflicted`.
     fn conflicting(&self, policy: &BackendTlsPolicy) -> Option<&BackendTlsPolicy> {
-        self.record(Dep::BackendTlsPolicies(policy.meta.namespace.clone()));
         for target in &policy.target_refs {
+            self.record_policies(&policy.meta.namespace, &target.name);
             let same_target = |other: &BackendTlsPolicy| {
                 other.target_refs.iter().any(|t| {
                     t.group == target.group
@@ -171,10 +175,8 @@ impl Index<'_> {
             };
             let winner = self
                 .snapshot
-                .backend_tls_policies
-                .iter()
-                .filter(|((ns, _), other)| ns == &policy.meta.namespace && same_target(other))
-                .map(|(_, other)| other)
+                .policies_naming(&policy.meta.namespace, &target.name)
+                .filter(|other| same_target(other))
                 .min_by(|a, b| age(a).cmp(&age(b)));
             if let Some(winner) = winner.filter(|w| w.meta != policy.meta) {
                 return Some(winner);

@@ -105,7 +105,7 @@ impl Incremental {
             this.dirty.insert(UnitKey::HttpRoute(key.clone()));
             this.touched.insert(object(Kind::HttpRoute, &key));
         }
-        this.touch_gateway_api(None);
+        this.touch_gateway_api(true);
         this
     }
 
@@ -134,30 +134,41 @@ impl Incremental {
 
     pub fn set_verdict(&mut self, verdict: SecretVerdict) {
         self.mark(&Dep::Secret(verdict.secret.clone()));
-        self.touch_gateway_api(Some(&verdict.secret.namespace));
+        self.touch_trust_users(&verdict.secret);
         self.snapshot.set_verdict(verdict);
     }
 
     pub fn remove_verdict(&mut self, secret: &SecretRef) {
         self.mark(&Dep::Secret(secret.clone()));
-        self.touch_gateway_api(Some(&secret.namespace));
+        self.touch_trust_users(secret);
         self.snapshot.remove_verdict(secret);
     }
 
-    /// Compute the statuses of every Gateway and GatewayClass again, and of the
-    /// BackendTLSPolicies of `namespace` (all with `None`): they are read off the snapshot
-    /// and the HTTPRoutes' facts, and there are few of them.
-    fn touch_gateway_api(&mut self, namespace: Option<&K8sName>) {
+    /// The statuses read off a verdict without a unit reading it: every Gateway's
+    /// (listener and client certificates; there are few), and those of the
+    /// BackendTLSPolicies of its namespace that name it as a CA.
+    fn touch_trust_users(&mut self, secret: &SecretRef) {
+        self.touch_gateway_api(false);
+        let kind = if secret.is_config_map() { "ConfigMap" } else { "Secret" };
+        let users: Vec<ObjectRef> = Snapshot::in_namespace(&self.snapshot.backend_tls_policies, &secret.namespace)
+            .filter(|p| {
+                p.ca_certificate_refs.iter().any(|r| r.name == secret.name.as_str() && r.kind.as_deref() == Some(kind))
+            })
+            .map(|p| p.meta.object_ref(Kind::BackendTlsPolicy))
+            .collect();
+        self.touched.extend(users);
+    }
+
+    /// Compute the statuses of every Gateway and GatewayClass again (they are read off the
+    /// snapshot and the HTTPRoutes' facts, and there are few of them), and with
+    /// `policies` every BackendTLSPolicy's.
+    fn touch_gateway_api(&mut self, policies: bool) {
         let snapshot = &self.snapshot;
         self.touched.extend(snapshot.gateways.keys().map(|k| object(Kind::Gateway, k)));
         self.touched.extend(snapshot.gateway_classes.keys().map(|k| object(Kind::GatewayClass, k)));
-        self.touched.extend(
-            snapshot
-                .backend_tls_policies
-                .keys()
-                .filter(|k| namespace.is_none_or(|ns| &k.0 == ns))
-                .map(|k| object(Kind::BackendTlsPolicy, k)),
-        );
+        if policies {
+            self.touched.extend(snapshot.backend_tls_policies.keys().map(|k| object(Kind::BackendTlsPolicy, k)));
+        }
     }
 
     /// Whether a rebuild has anything to do.
@@ -210,16 +221,33 @@ impl Incremental {
             }
             Kind::Gateway | Kind::GatewayClass => {
                 self.mark(&Dep::GatewayApi);
-                self.touch_gateway_api(None);
+                self.touch_gateway_api(false);
                 self.touched.insert(reference.clone());
             }
             Kind::ReferenceGrant => {
                 self.mark(&Dep::ReferenceGrants(key.0));
-                self.touch_gateway_api(None);
+                // Listener and client certificates in other namespaces.
+                self.touch_gateway_api(false);
             }
             Kind::BackendTlsPolicy => {
-                self.mark(&Dep::BackendTlsPolicies(key.0.clone()));
-                self.touch_gateway_api(Some(&key.0));
+                // Called before and after the change: the old targets and the new ones. The
+                // policies naming the same Services may win or lose a conflict.
+                let services: Vec<String> = self
+                    .snapshot
+                    .backend_tls_policies
+                    .get(&key)
+                    .map(|p| p.target_refs.iter().map(|t| t.name.clone()).collect())
+                    .unwrap_or_default();
+                for service in services {
+                    let Ok(name) = service.parse::<K8sName>() else { continue };
+                    self.mark(&Dep::BackendTlsPolicies((key.0.clone(), name)));
+                    let siblings: Vec<ObjectRef> = self
+                        .snapshot
+                        .policies_naming(&key.0, &service)
+                        .map(|p| p.meta.object_ref(Kind::BackendTlsPolicy))
+                        .collect();
+                    self.touched.extend(siblings);
+                }
                 self.touched.insert(reference.clone());
             }
         }

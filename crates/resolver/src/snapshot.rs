@@ -35,6 +35,8 @@ pub struct Snapshot {
     slices_by_service: BTreeMap<(K8sName, String), BTreeSet<K8sName>>,
     /// TLSCertificateDelegations by namespace.
     delegations_by_namespace: BTreeMap<K8sName, BTreeSet<K8sName>>,
+    /// BackendTLSPolicies by (namespace, the name of a Service a targetRef names).
+    policies_by_service: BTreeMap<(K8sName, String), BTreeSet<K8sName>>,
 }
 
 /// Secrets go to the secrets service, never to the resolver.
@@ -86,6 +88,10 @@ impl Snapshot {
                 self.reference_grants.insert(key, o);
             }
             Object::BackendTlsPolicy(o) => {
+                self.unindex_policy(&key);
+                for service in o.target_refs.iter().map(|t| t.name.clone()) {
+                    self.policies_by_service.entry((key.0.clone(), service)).or_default().insert(key.1.clone());
+                }
                 self.backend_tls_policies.insert(key, o);
             }
             Object::Secret(o) => return Err(SecretNotAccepted(o.meta.object_ref(Kind::Secret))),
@@ -125,8 +131,43 @@ impl Snapshot {
             Kind::Gateway => drop(self.gateways.remove(&key)),
             Kind::HttpRoute => drop(self.http_routes.remove(&key)),
             Kind::ReferenceGrant => drop(self.reference_grants.remove(&key)),
-            Kind::BackendTlsPolicy => drop(self.backend_tls_policies.remove(&key)),
+            Kind::BackendTlsPolicy => {
+                self.unindex_policy(&key);
+                self.backend_tls_policies.remove(&key);
+            }
         }
+    }
+
+    fn unindex_policy(&mut self, key: &Key) {
+        let Some(policy) = self.backend_tls_policies.get(key) else { return };
+        for service in policy.target_refs.iter().map(|t| t.name.clone()) {
+            let index = (key.0.clone(), service);
+            if let Some(names) = self.policies_by_service.get_mut(&index) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.policies_by_service.remove(&index);
+                }
+            }
+        }
+    }
+
+    /// The BackendTLSPolicies of `namespace` with a targetRef naming `service`.
+    pub fn policies_naming<'a>(
+        &'a self,
+        namespace: &K8sName,
+        service: &str,
+    ) -> impl Iterator<Item = &'a BackendTlsPolicy> + 'a {
+        let names = self.policies_by_service.get(&(namespace.clone(), service.to_owned()));
+        let namespace = namespace.clone();
+        names.into_iter().flatten().filter_map(move |n| self.backend_tls_policies.get(&(namespace.clone(), n.clone())))
+    }
+
+    /// The objects of `map` in `namespace`, without looking at the others.
+    pub fn in_namespace<'a, V>(map: &'a BTreeMap<Key, V>, namespace: &K8sName) -> impl Iterator<Item = &'a V> + 'a {
+        // "0" sorts before every valid name (they start with a lowercase letter or a digit).
+        let first: K8sName = "0".parse().expect("a valid name");
+        let namespace = namespace.clone();
+        map.range((namespace.clone(), first)..).take_while(move |((ns, _), _)| *ns == namespace).map(|(_, v)| v)
     }
 
     fn unindex_slice(&mut self, key: &Key) {

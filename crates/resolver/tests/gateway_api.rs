@@ -620,3 +620,49 @@ fn statuses_written_keep_other_controllers_entries_and_move_transition_times_onl
     assert_eq!(ours[1]["lastTransitionTime"], "2026-12-06T00:00:00Z", "ResolvedRefs flipped to True");
     assert_eq!(ours[0]["observedGeneration"], 7);
 }
+
+#[test]
+fn a_listener_certificate_in_another_namespace_needs_a_reference_grant() {
+    let gw = |grant: &str| {
+        format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: portico
+  listeners:
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    tls: {{certificateRefs: [{{name: edge-cert, namespace: certs}}]}}
+    allowedRoutes: {{namespaces: {{from: All}}}}
+{grant}"#
+        )
+    };
+    let grant = r#"---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: gateways, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]
+  to: [{group: "", kind: Secret, name: edge-cert}]
+"#;
+    let r = route("{name: edge, namespace: infra}", 443);
+    let cert = || key_pair("certs/edge-cert", "edge-sha", &["api.example.com"]);
+    let listener = |w: &World| {
+        let GatewayApiStatus::Gateway { listeners, .. } = gateway_status(w, Kind::Gateway, "infra/edge") else {
+            panic!()
+        };
+        listeners[0].clone()
+    };
+    let w = world(&docs(&[CLASS, &gw(""), BACKEND, &r]), vec![cert()]);
+    let resolved = condition(&listener(&w).conditions, "ResolvedRefs").clone();
+    assert_eq!((resolved.status, resolved.reason.as_str()), (false, "RefNotPermitted"), "{resolved:?}");
+    assert!(!w.resolved.model.listeners.iter().any(|l| l.port == 8443), "nothing is served without its certificate");
+    let w = world(&docs(&[CLASS, &gw(grant), BACKEND, &r]), vec![cert()]);
+    assert!(condition(&listener(&w).conditions, "ResolvedRefs").status);
+    assert_eq!(listener(&w).attached_routes, 1);
+    let vhost = &w.resolved.model.listeners.iter().find(|l| l.port == 8443).unwrap().virtual_hosts[0];
+    assert_eq!(vhost.tls.as_ref().unwrap().secret, secret_ref("certs/edge-cert"));
+}
