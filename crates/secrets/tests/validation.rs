@@ -242,3 +242,23 @@ fn a_serving_certificate_must_cover_each_host_it_serves() {
         .unwrap_err();
     assert!(error.to_string().starts_with("the leaf certificate expired at"), "{error}");
 }
+
+#[test]
+fn a_config_maps_ca_crt_is_judged_as_a_ca_bundle_under_its_own_holder() {
+    let ca = cert(-1, 365);
+    let config_map = Secret { secret_type: String::new(), holder: portico_model::Holder::ConfigMap, ..secret("", &[]) };
+    let with = |data: &[(&str, &str)]| Secret {
+        data: data.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+        ..config_map.clone()
+    };
+    let (verdict, material) = validate_secret(&with(&[("ca.crt", &ca)]), now());
+    let reference = portico_model::SecretRef::config_map("infra", "ca").unwrap();
+    assert_eq!(verdict.secret, reference, "the verdict is the ConfigMap's, not a Secret's of the same name");
+    assert_eq!(material.secret, reference);
+    assert!(verdict.ca.is_ok() && material.ca.is_some());
+    assert!(verdict.key_pair.is_err(), "a ConfigMap holds no key pair");
+    let (verdict, _) = validate_secret(&with(&[("ca.crt", "")]), now());
+    assert_eq!(verdict.ca.unwrap_err(), "empty \"ca.crt\" key", "a blank ca.crt is no CA");
+    let (verdict, _) = validate_secret(&with(&[("ca.crt", "not a PEM")]), now());
+    assert!(verdict.ca.is_err());
+}
