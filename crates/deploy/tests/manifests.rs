@@ -471,7 +471,6 @@ fn the_compose_file_passes_the_compose_specification() {
 
 #[test]
 fn the_bundled_examples_pass_the_schemas_of_porticos_crds() {
-    let dir = tempfile::tempdir().unwrap();
     let crds: Vec<CustomResourceDefinition> = documents()
         .into_iter()
         .filter(|(_, v)| v["kind"] == "CustomResourceDefinition")
@@ -493,20 +492,10 @@ fn the_bundled_examples_pass_the_schemas_of_porticos_crds() {
             };
             let version = crd.spec.versions.iter().find(|v| api_version.ends_with(&format!("/{}", v.name))).unwrap();
             let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("a schema");
-            let schema_file = dir.path().join(format!("schema-{checked}.json"));
-            let object_file = dir.path().join(format!("object-{checked}.json"));
-            std::fs::write(&schema_file, serde_json::to_vec(schema).unwrap()).unwrap();
-            std::fs::write(&object_file, serde_json::to_vec(&value).unwrap()).unwrap();
-            let out = tool(
-                "check-jsonschema",
-                &["--schemafile", schema_file.to_str().unwrap(), object_file.to_str().unwrap()],
-            );
-            assert!(
-                out.status.success(),
-                "{kind} {} does not pass its CRD's schema:\n{}",
-                value["metadata"]["name"],
-                String::from_utf8_lossy(&out.stdout)
-            );
+            let schema = serde_json::to_value(schema).unwrap();
+            if let Err(said) = portico_testkit::check_schema(&schema, &value) {
+                panic!("{kind} {} does not pass its CRD's schema:\n{said}", value["metadata"]["name"]);
+            }
             checked += 1;
         }
     }
@@ -546,51 +535,19 @@ fn both_proxies_serve_https_on_443_from_their_8443_listener() {
 
 #[test]
 fn the_gateway_api_example_passes_the_published_gateway_api_crds() {
-    let dir = tempfile::tempdir().unwrap();
-    let crd_dir = repo().join("testdata/gateway-api/v1.6.0");
     let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("examples/gateway-api")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value = serde_json::to_value(serde_yaml::Value::deserialize(document).unwrap()).unwrap();
-            let Some(api_version) =
-                value["apiVersion"].as_str().filter(|v| v.starts_with("gateway.networking.k8s.io/"))
+            let Some(version) = value["apiVersion"].as_str().and_then(|v| v.strip_prefix("gateway.networking.k8s.io/"))
             else {
                 continue;
             };
-            let file = match value["kind"].as_str().unwrap() {
-                "GatewayClass" => "gatewayclasses.yaml",
-                "Gateway" => "gateways.yaml",
-                "HTTPRoute" => "httproutes.yaml",
-                "ReferenceGrant" => "referencegrants.yaml",
-                "BackendTLSPolicy" => "backendtlspolicies.yaml",
-                other => panic!("no vendored CRD for {other}"),
-            };
-            let crd: serde_json::Value =
-                serde_yaml::from_str(&std::fs::read_to_string(crd_dir.join(file)).unwrap()).unwrap();
-            let version = api_version.rsplit('/').next().unwrap();
-            let schema = crd["spec"]["versions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == version)
-                .map(|v| v["schema"]["openAPIV3Schema"].clone())
-                .unwrap_or_else(|| panic!("{file} serves no {version}"));
-            let (schema_file, object_file) =
-                (dir.path().join(format!("schema-{checked}.json")), dir.path().join(format!("object-{checked}.json")));
-            std::fs::write(&schema_file, serde_json::to_vec(&schema).unwrap()).unwrap();
-            std::fs::write(&object_file, serde_json::to_vec(&value).unwrap()).unwrap();
-            let out = tool(
-                "check-jsonschema",
-                &["--schemafile", schema_file.to_str().unwrap(), object_file.to_str().unwrap()],
-            );
-            assert!(
-                out.status.success(),
-                "{} {} does not pass its CRD's schema:\n{}",
-                value["kind"],
-                value["metadata"]["name"],
-                String::from_utf8_lossy(&out.stdout)
-            );
+            let schema = portico_testkit::gateway_api_schema(value["kind"].as_str().unwrap(), version);
+            if let Err(said) = portico_testkit::check_schema(&schema, &value) {
+                panic!("{} {} does not pass its CRD's schema:\n{said}", value["kind"], value["metadata"]["name"]);
+            }
             checked += 1;
         }
     }

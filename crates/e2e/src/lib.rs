@@ -87,6 +87,39 @@ impl Proxy {
 
 pub use portico_testkit::http_get as get;
 
+/// A proxy started on the files `portico translate` wrote for `manifests` into `out`, with
+/// the ports it was given, and what translate said (which must have been no problem).
+pub struct Translated {
+    pub proxy: Proxy,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub outcome: portico_deploy::translate::Outcome,
+}
+
+/// Translate `manifests` for HTTP on `http_port` and HTTPS on `https_port` (of 127.0.0.1)
+/// and start `via` on the result.
+pub fn translated(manifests: &Path, out: &Path, via: Via, http_port: u16, https_port: u16) -> Translated {
+    let options = portico_deploy::translate::Options {
+        paths: vec![manifests.to_owned()],
+        out_dir: out.to_owned(),
+        http_port,
+        https_port,
+        envoy_admin_port: free_port(),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        client_cert: None,
+        root_namespaces: Vec::new(),
+        now: portico_deploy::unix_now(),
+    };
+    let outcome = portico_deploy::translate::run(&options).expect("translate");
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    let proxy = match via {
+        Via::Envoy => Proxy::envoy(&out.join("envoy/envoy.yaml"), http_port),
+        Via::Haproxy => Proxy::haproxy(&out.join("haproxy/haproxy.cfg"), http_port),
+    };
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    Translated { proxy, http: at(http_port), https: at(https_port), outcome }
+}
+
 // ---------------------------------------------------------------- the whole stack
 
 /// Which proxy.

@@ -7,8 +7,7 @@
 //! two conflicting policies; CA references to ConfigMaps and Secrets together; the
 //! Gateway's client certificate to a backend that requires one; HTTPS in, verified TLS out.
 
-use portico_deploy::translate;
-use portico_e2e::{free_port, Backend, BackendKind, Proxy, TestCa};
+use portico_e2e::{free_port, translated, Backend, BackendKind, TestCa, Translated, Via};
 use portico_testkit::{https_get_at, Offer};
 use std::path::Path;
 
@@ -167,36 +166,13 @@ fn manifests(
     yaml
 }
 
-struct Run {
-    proxy: Proxy,
-    https: u16,
-    outcome: translate::Outcome,
-}
-
-fn start(yaml: impl Fn(u16, u16) -> String, out: &Path, envoy: bool) -> Run {
+/// The manifests written for free ports, and the proxy started on their translation.
+fn start(yaml: impl Fn(u16, u16) -> String, out: &Path, via: Via) -> Translated {
     let (http, https) = (free_port(), free_port());
     std::fs::create_dir_all(out).unwrap();
     let file = out.join("gateway.yaml");
     std::fs::write(&file, yaml(http, https)).unwrap();
-    let options = translate::Options {
-        paths: vec![file],
-        out_dir: out.to_owned(),
-        http_port: http,
-        https_port: free_port(),
-        envoy_admin_port: free_port(),
-        bind_address: "127.0.0.1".parse().unwrap(),
-        client_cert: None,
-        root_namespaces: Vec::new(),
-        now: portico_deploy::unix_now(),
-    };
-    let outcome = translate::run(&options).expect("translate");
-    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
-    let proxy = if envoy {
-        Proxy::envoy(&out.join("envoy/envoy.yaml"), http)
-    } else {
-        Proxy::haproxy(&out.join("haproxy/haproxy.cfg"), http)
-    };
-    Run { proxy, https, outcome }
+    translated(&file, out, via, http, https)
 }
 
 #[test]
@@ -227,8 +203,8 @@ fn backend_tls_policy_through_both_proxies_as_the_conformance_tests_check_it() {
     let client = client_ca.client("portico-gateway");
     let dir = tempfile::tempdir().unwrap();
     let yaml = |http, https| manifests(&api_ca, &other_ca, &edge, &client, http, https, &ports);
-    let haproxy = start(yaml, &dir.path().join("h"), false);
-    let envoy = start(yaml, &dir.path().join("e"), true);
+    let haproxy = start(yaml, &dir.path().join("h"), Via::Haproxy);
+    let envoy = start(yaml, &dir.path().join("e"), Via::Envoy);
 
     // The statuses say what the traffic below shows.
     let statuses = &haproxy.outcome.resolved.statuses;
@@ -279,9 +255,9 @@ fn backend_tls_policy_through_both_proxies_as_the_conformance_tests_check_it() {
             }
         }
         // HTTPS in (the Gateway's HTTPS listener, its certificate by SNI), verified TLS out.
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], run.https));
-        let (answer, handshake) = https_get_at(addr, "verified.test", "verified.test", "/", &edge_ca.pem, Offer::Any)
-            .unwrap_or_else(|e| panic!("{} HTTPS: {e}\n{}", p.name, p.log()));
+        let (answer, handshake) =
+            https_get_at(run.https, "verified.test", "verified.test", "/", &edge_ca.pem, Offer::Any)
+                .unwrap_or_else(|e| panic!("{} HTTPS: {e}\n{}", p.name, p.log()));
         assert_eq!(answer.status, 200, "{} HTTPS: {}", p.name, answer.body);
         assert!(answer.body.contains("sni=api.backend.test"), "{}", answer.body);
         assert_eq!(handshake.leaf_sha256, portico_testkit::pem_sha256(&edge.cert_pem));

@@ -5,7 +5,7 @@
 //! verified TLS out to a backend that reports the SNI it saw.
 
 use portico_deploy::translate;
-use portico_e2e::{free_port, Backend, BackendKind, Issued, Proxy, TestCa};
+use portico_e2e::{free_port, translated, Backend, BackendKind, Issued, Proxy, TestCa, Via};
 use portico_testkit::{http_answer_at, https_get_at, pem_sha256, Offer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -83,27 +83,9 @@ struct Edge {
 }
 
 fn edge(manifests: &Path, out: &Path, envoy: bool) -> (Edge, translate::Outcome) {
-    let (http_port, https_port) = (free_port(), free_port());
-    let options = translate::Options {
-        paths: vec![manifests.to_owned()],
-        out_dir: out.to_owned(),
-        http_port,
-        https_port,
-        envoy_admin_port: free_port(),
-        bind_address: "127.0.0.1".parse().unwrap(),
-        client_cert: None,
-        root_namespaces: Vec::new(),
-        now: portico_deploy::unix_now(),
-    };
-    let outcome = translate::run(&options).expect("translate");
-    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
-    let proxy = if envoy {
-        Proxy::envoy(&out.join("envoy/envoy.yaml"), http_port)
-    } else {
-        Proxy::haproxy(&out.join("haproxy/haproxy.cfg"), http_port)
-    };
-    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    (Edge { proxy, http: at(http_port), https: at(https_port) }, outcome)
+    let via = if envoy { Via::Envoy } else { Via::Haproxy };
+    let run = translated(manifests, out, via, free_port(), free_port());
+    (Edge { proxy: run.proxy, http: run.http, https: run.https }, run.outcome)
 }
 
 #[test]

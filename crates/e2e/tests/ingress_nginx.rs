@@ -3,7 +3,7 @@
 //! `portico translate` wrote, in front of real TLS backends that report what they saw.
 
 use portico_deploy::translate;
-use portico_e2e::{free_port, Backend, BackendKind, Issued, Proxy, TestCa};
+use portico_e2e::{free_port, translated, Backend, BackendKind, Issued, Proxy, TestCa, Via};
 use std::path::Path;
 
 /// One Ingress per case: its host, and its annotations.
@@ -98,26 +98,9 @@ fn manifests(api_ca: &str, other_ca: &str, client: &Issued, ports: [u16; 5]) -> 
 }
 
 fn proxy(manifests: &Path, out: &Path, envoy: bool) -> (Proxy, translate::Outcome) {
-    let port = free_port();
-    let options = translate::Options {
-        paths: vec![manifests.to_owned()],
-        out_dir: out.to_owned(),
-        http_port: port,
-        https_port: free_port(),
-        envoy_admin_port: free_port(),
-        bind_address: "127.0.0.1".parse().unwrap(),
-        client_cert: None,
-        root_namespaces: Vec::new(),
-        now: portico_deploy::unix_now(),
-    };
-    let outcome = translate::run(&options).expect("translate");
-    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
-    let proxy = if envoy {
-        Proxy::envoy(&out.join("envoy/envoy.yaml"), port)
-    } else {
-        Proxy::haproxy(&out.join("haproxy/haproxy.cfg"), port)
-    };
-    (proxy, outcome)
+    let via = if envoy { Via::Envoy } else { Via::Haproxy };
+    let run = translated(manifests, out, via, free_port(), free_port());
+    (run.proxy, run.outcome)
 }
 
 #[test]

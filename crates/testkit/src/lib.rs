@@ -449,3 +449,51 @@ pub fn http_answer_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std
             .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 15 s")))
     })
 }
+
+// ---------------------------------------------------------------- published schemas
+
+/// Check `object` against a CRD version's `openAPIV3Schema` with check-jsonschema (PyPI;
+/// scripts/setup.sh installs it): `Err` with what it said.
+pub fn check_schema(schema: &serde_json::Value, object: &serde_json::Value) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (schema_file, object_file) = (dir.path().join("schema.json"), dir.path().join("object.json"));
+    let write = |path: &std::path::Path, value: &serde_json::Value| {
+        std::fs::write(path, serde_json::to_vec(value).expect("JSON")).map_err(|e| e.to_string())
+    };
+    write(&schema_file, schema)?;
+    write(&object_file, object)?;
+    let out = std::process::Command::new("check-jsonschema")
+        .arg("--schemafile")
+        .arg(&schema_file)
+        .arg(&object_file)
+        .output()
+        .map_err(|e| format!("check-jsonschema could not be run ({e}); scripts/setup.sh installs it"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The `openAPIV3Schema` of a Gateway API kind at `version`, from the Standard-channel
+/// CRDs vendored in `testdata/gateway-api/v1.6.0`.
+pub fn gateway_api_schema(kind: &str, version: &str) -> serde_json::Value {
+    let file = match kind {
+        "GatewayClass" => "gatewayclasses.yaml",
+        "Gateway" => "gateways.yaml",
+        "HTTPRoute" => "httproutes.yaml",
+        "ReferenceGrant" => "referencegrants.yaml",
+        "BackendTLSPolicy" => "backendtlspolicies.yaml",
+        other => panic!("no vendored Gateway API CRD for {other}"),
+    };
+    let path = testdata("gateway-api/v1.6.0").join(file);
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("the vendored CRD")).expect("CRD YAML");
+    crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == version)
+        .map(|v| v["schema"]["openAPIV3Schema"].clone())
+        .unwrap_or_else(|| panic!("{} serves no {version}", path.display()))
+}

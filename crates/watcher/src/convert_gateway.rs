@@ -25,6 +25,11 @@ fn optional_port(field: impl FnOnce() -> String, value: Option<i32>) -> Result<O
     value.map(|p| port(field, i64::from(p))).transpose()
 }
 
+/// A reference to a whole object (no section, no port).
+fn object_ref(group: Option<String>, kind: Option<String>, namespace: Option<String>, name: &str) -> GatewayRef {
+    GatewayRef { group, kind, namespace, name: name.to_owned(), section_name: None, port: None }
+}
+
 pub fn gateway_class(c: &gc::GatewayClass) -> Result<model::GatewayClass, ConvertError> {
     let name = c.metadata.name.as_deref().ok_or(ConvertError::MissingName)?;
     let meta = Meta {
@@ -44,14 +49,7 @@ pub fn gateway(g: &gw::Gateway) -> Result<model::Gateway, ConvertError> {
             .and_then(|t| t.certificate_refs.as_ref())
             .into_iter()
             .flatten()
-            .map(|r| GatewayRef {
-                group: r.group.clone(),
-                kind: r.kind.clone(),
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                section_name: None,
-                port: None,
-            })
+            .map(|r| object_ref(r.group.clone(), r.kind.clone(), r.namespace.clone(), &r.name))
             .collect();
         let allowed = l.allowed_routes.as_ref();
         listeners.push(model::GatewayListener {
@@ -70,17 +68,13 @@ pub fn gateway(g: &gw::Gateway) -> Result<model::Gateway, ConvertError> {
                 .collect(),
         });
     }
-    let client_certificate =
-        g.spec.tls.as_ref().and_then(|t| t.backend.as_ref()).and_then(|b| b.client_certificate_ref.as_ref()).map(|r| {
-            GatewayRef {
-                group: r.group.clone(),
-                kind: r.kind.clone(),
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                section_name: None,
-                port: None,
-            }
-        });
+    let client_certificate = g
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+        .map(|r| object_ref(r.group.clone(), r.kind.clone(), r.namespace.clone(), &r.name));
     Ok(model::Gateway {
         meta,
         lifecycle: lifecycle(&g.metadata),
@@ -221,14 +215,7 @@ pub fn backend_tls_policy(p: &btp::BackendTlsPolicy) -> Result<model::BackendTls
             .ca_certificate_refs
             .iter()
             .flatten()
-            .map(|r| GatewayRef {
-                group: Some(r.group.clone()),
-                kind: Some(r.kind.clone()),
-                namespace: None,
-                name: r.name.clone(),
-                section_name: None,
-                port: None,
-            })
+            .map(|r| object_ref(Some(r.group.clone()), Some(r.kind.clone()), None, &r.name))
             .collect(),
         well_known_ca_certificates: validation.well_known_ca_certificates.clone(),
         hostname: validation.hostname.clone(),

@@ -12,87 +12,32 @@ use portico_testkit::NatsServer;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-struct Pipeline {
-    stop: tokio::sync::broadcast::Sender<()>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Pipeline {
-    fn start(bus: &ConnectConfig, api: &FakeApi) -> Pipeline {
-        let status = portico_watcher::status::StatusConfig {
-            lease_namespace: "portico".into(),
-            lease_name: "portico-watcher".into(),
-            identity: "watcher-a".into(),
-            lease_duration: Duration::from_secs(3),
-            publish_address: None,
-            max_per_second: 100,
-        };
-        let mut config = kube_config(bus, Some(status));
-        config.gateway_api = portico_watcher::kubernetes::GatewayApiMode::Auto;
-        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
-            let _ = rx.recv().await;
-        };
-        let mut resolver_config = portico_resolver::service::ServiceConfig::new(
-            bus.clone(),
-            portico_resolver::Config::default(),
-            "resolver-test".into(),
-        );
-        resolver_config.holdoff = Duration::from_millis(20);
-        let watcher = portico_watcher::kubernetes::run(config, client(api), until_stopped(stop.subscribe()));
-        let secrets = portico_secrets::service::run(
-            portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
-            until_stopped(stop.subscribe()),
-        );
-        let resolver = portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe()));
-        let tasks = vec![
-            tokio::spawn(async move { watcher.await.unwrap() }),
-            tokio::spawn(async move { secrets.await.unwrap() }),
-            tokio::spawn(async move { resolver.await.unwrap() }),
-        ];
-        Pipeline { stop, tasks }
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap();
-        }
-    }
+/// The pipeline with the watcher watching the Gateway API when its CRDs are served.
+fn start(bus: &ConnectConfig, api: &FakeApi) -> Pipeline {
+    let status = portico_watcher::status::StatusConfig {
+        lease_namespace: "portico".into(),
+        lease_name: "portico-watcher".into(),
+        identity: "watcher-a".into(),
+        lease_duration: Duration::from_secs(3),
+        publish_address: None,
+        max_per_second: 100,
+    };
+    let mut config = kube_config(bus, Some(status));
+    config.gateway_api = portico_watcher::kubernetes::GatewayApiMode::Auto;
+    Pipeline::start_with(config, client(api))
 }
 
 fn object(api: &FakeApi, collection: &str, key: &str) -> Value {
     api.state.lock().unwrap().objects[collection][key].clone()
 }
 
-/// Validate objects with the published CRD's schema (the Standard-channel CRDs vendored in
-/// testdata/gateway-api/v1.6.0), by check-jsonschema (scripts/setup.sh installs it).
-fn crd_schema_accepts(crd_file: &str, version: &str, object: &Value) {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let crd: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo.join("testdata/gateway-api/v1.6.0").join(crd_file)).unwrap(),
-    )
-    .unwrap();
-    let schema = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == version)
-        .map(|v| v["schema"]["openAPIV3Schema"].clone())
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (schema_file, object_file) = (dir.path().join("schema.json"), dir.path().join("object.json"));
-    std::fs::write(&schema_file, serde_json::to_vec(&schema).unwrap()).unwrap();
-    std::fs::write(&object_file, serde_json::to_vec(object).unwrap()).unwrap();
-    let out = std::process::Command::new("check-jsonschema")
-        .args(["--schemafile", schema_file.to_str().unwrap(), object_file.to_str().unwrap()])
-        .output()
-        .expect("check-jsonschema (scripts/setup.sh installs it with pip)");
-    assert!(
-        out.status.success(),
-        "{crd_file}: the published schema refuses what Portico wrote:\n{}\n{object:#}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+/// Validate an object with the published CRD's schema (the Standard-channel CRDs vendored
+/// in testdata/gateway-api/v1.6.0), by check-jsonschema (scripts/setup.sh installs it).
+fn crd_schema_accepts(object: &Value) {
+    let schema = portico_testkit::gateway_api_schema(object["kind"].as_str().unwrap(), "v1");
+    if let Err(said) = portico_testkit::check_schema(&schema, object) {
+        panic!("the published schema refuses what Portico wrote:\n{said}\n{object:#}");
+    }
 }
 
 /// Every condition has observedGeneration (the object's generation) and lastTransitionTime.
@@ -163,7 +108,7 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
                                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "web-ca"}]}}}),
         false,
     );
-    let pipeline = Pipeline::start(&bus, &api);
+    let pipeline = start(&bus, &api);
 
     // The policy's CA does not exist yet: NoValidCACertificate.
     until("the policy's status", || {
@@ -182,7 +127,7 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
         (Some("False"), Some("NoValidCACertificate"))
     );
     conditions_are_stamped(&ancestors[0]["conditions"], 3);
-    crd_schema_accepts("backendtlspolicies.yaml", "v1", &policy);
+    crd_schema_accepts(&policy);
 
     until("the route's status", || {
         object(&api, HTTP_ROUTES, "shop/web")["status"]["parents"].as_array().is_some_and(|p| p.len() == 2)
@@ -193,20 +138,20 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
     assert_eq!(parents[0], theirs, "the other controller's entry is kept as it was");
     assert_eq!(parents[1]["parentRef"]["name"], "edge");
     conditions_are_stamped(&parents[1]["conditions"], 5);
-    crd_schema_accepts("httproutes.yaml", "v1", &route);
+    crd_schema_accepts(&route);
 
     until("the Gateway's status", || object(&api, GATEWAYS, "shop/edge")["status"]["listeners"].is_array()).await;
     let gateway = object(&api, GATEWAYS, "shop/edge");
     assert_eq!(gateway["status"]["listeners"][0]["attachedRoutes"], 1, "{gateway:#}");
     conditions_are_stamped(&gateway["status"]["conditions"], 2);
     conditions_are_stamped(&gateway["status"]["listeners"][0]["conditions"], 2);
-    crd_schema_accepts("gateways.yaml", "v1", &gateway);
+    crd_schema_accepts(&gateway);
 
     until("the GatewayClass's status", || object(&api, GATEWAY_CLASSES, "/portico")["status"]["conditions"].is_array())
         .await;
     let class = object(&api, GATEWAY_CLASSES, "/portico");
     conditions_are_stamped(&class["status"]["conditions"], 1);
-    crd_schema_accepts("gatewayclasses.yaml", "v1", &class);
+    crd_schema_accepts(&class);
 
     // The ConfigMap appears (through its watch): the policy is accepted, and Accepted's
     // lastTransitionTime moves while ResolvedRefs's... moves too (both flipped).
@@ -227,7 +172,7 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
     let policy = object(&api, BACKEND_TLS_POLICIES, "shop/web-tls");
     let accepted = &policy["status"]["ancestors"][0]["conditions"][0];
     assert_ne!(accepted["lastTransitionTime"], before, "Accepted flipped: a new transition time");
-    crd_schema_accepts("backendtlspolicies.yaml", "v1", &policy);
+    crd_schema_accepts(&policy);
     // The route's Accepted did not flip: its transition time stays.
     let route_after = object(&api, HTTP_ROUTES, "shop/web");
     assert_eq!(
@@ -243,7 +188,7 @@ async fn without_the_gateway_api_crds_auto_leaves_its_kinds_unwatched_and_the_re
     let bus = ConnectConfig { url: nats.url(), name: "test".into(), ..Default::default() };
     let api = FakeApi::start().await;
     api.put(SERVICES, service("web", 443), false);
-    let pipeline = Pipeline::start(&bus, &api);
+    let pipeline = start(&bus, &api);
     let js = async_nats::jetstream::new(portico_bus::nats::connect(&bus).await.unwrap());
     let buckets = portico_bus::nats::ensure_buckets(&js).await.unwrap();
     // The barrier: every kind's initial sync is published (the Gateway API kinds' too: they

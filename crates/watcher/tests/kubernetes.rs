@@ -118,46 +118,6 @@ async fn lists_then_watch_events_reach_the_bus_and_a_410_relists_without_losing_
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().unwrap();
 }
 
-/// The watcher's Kubernetes source (with status write-back), the secrets service and the
-/// resolver, in process on one bus.
-struct Pipeline {
-    stop: tokio::sync::broadcast::Sender<()>,
-    watcher: tokio::task::JoinHandle<Result<(), portico_watcher::service::ServiceError>>,
-    secrets: tokio::task::JoinHandle<Result<(), portico_secrets::service::ServiceError>>,
-    resolver: tokio::task::JoinHandle<Result<(), portico_resolver::service::ServiceError>>,
-}
-
-impl Pipeline {
-    fn start(bus: &ConnectConfig, client: kube::Client, status: portico_watcher::status::StatusConfig) -> Pipeline {
-        let config = kube_config(bus, Some(status));
-        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
-            let _ = rx.recv().await;
-        };
-        let watcher = tokio::spawn(run(config, client, until_stopped(stop.subscribe())));
-        let secrets = tokio::spawn(portico_secrets::service::run(
-            portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
-            until_stopped(stop.subscribe()),
-        ));
-        let mut resolver_config = portico_resolver::service::ServiceConfig::new(
-            bus.clone(),
-            portico_resolver::Config::default(),
-            "resolver-test".into(),
-        );
-        resolver_config.holdoff = Duration::from_millis(20);
-        let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
-        Pipeline { stop, watcher, secrets, resolver }
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        let limit = Duration::from_secs(5);
-        tokio::time::timeout(limit, self.watcher).await.expect("stops").unwrap().unwrap();
-        tokio::time::timeout(limit, self.secrets).await.expect("stops").unwrap().unwrap();
-        tokio::time::timeout(limit, self.resolver).await.expect("stops").unwrap().unwrap();
-    }
-}
-
 /// A TLS Service and an HTTPProxy validating it against the CA secret `shop/ca`, which
 /// does not exist yet.
 fn shop_with_missing_ca(api: &FakeApi) {

@@ -615,3 +615,52 @@ pub fn kube_config(
 pub fn client(api: &FakeApi) -> kube::Client {
     kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap()
 }
+
+/// The watcher's Kubernetes source (with status write-back), the secrets service and the
+/// resolver, in process on one bus.
+pub struct Pipeline {
+    stop: tokio::sync::broadcast::Sender<()>,
+    watcher: tokio::task::JoinHandle<Result<(), portico_watcher::service::ServiceError>>,
+    secrets: tokio::task::JoinHandle<Result<(), portico_secrets::service::ServiceError>>,
+    resolver: tokio::task::JoinHandle<Result<(), portico_resolver::service::ServiceError>>,
+}
+
+impl Pipeline {
+    pub fn start(
+        bus: &portico_bus::nats::ConnectConfig,
+        client: kube::Client,
+        status: portico_watcher::status::StatusConfig,
+    ) -> Pipeline {
+        Pipeline::start_with(kube_config(bus, Some(status)), client)
+    }
+
+    /// `start` with the watcher's configuration as given.
+    pub fn start_with(config: portico_watcher::kubernetes::KubeConfig, client: kube::Client) -> Pipeline {
+        let bus = config.bus.clone();
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let until_stopped = |mut rx: tokio::sync::broadcast::Receiver<()>| async move {
+            let _ = rx.recv().await;
+        };
+        let watcher = tokio::spawn(portico_watcher::kubernetes::run(config, client, until_stopped(stop.subscribe())));
+        let secrets = tokio::spawn(portico_secrets::service::run(
+            portico_secrets::service::ServiceConfig { bus: bus.clone(), revalidate_every: Duration::from_secs(3600) },
+            until_stopped(stop.subscribe()),
+        ));
+        let mut resolver_config = portico_resolver::service::ServiceConfig::new(
+            bus,
+            portico_resolver::Config::default(),
+            "resolver-test".into(),
+        );
+        resolver_config.holdoff = Duration::from_millis(20);
+        let resolver = tokio::spawn(portico_resolver::service::run(resolver_config, until_stopped(stop.subscribe())));
+        Pipeline { stop, watcher, secrets, resolver }
+    }
+
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        let limit = Duration::from_secs(5);
+        tokio::time::timeout(limit, self.watcher).await.expect("stops").unwrap().unwrap();
+        tokio::time::timeout(limit, self.secrets).await.expect("stops").unwrap().unwrap();
+        tokio::time::timeout(limit, self.resolver).await.expect("stops").unwrap().unwrap();
+    }
+}
