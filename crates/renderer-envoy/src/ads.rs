@@ -345,10 +345,26 @@ async fn send_passes(
     for (type_url, pass) in passes {
         let Some(sub) = subs.get_mut(&type_url) else { continue };
         let Some(response) = sub.response(snapshot, &type_url, pass) else { continue };
+        if type_url == Cluster::type_url() {
+            resend_endpoints_of_updated(subs, &response);
+        }
         let nonce = tracker.next_nonce(&type_url, &snapshot.version);
         tx.send(Ok(DeltaDiscoveryResponse { nonce, ..response })).await.map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// A cluster sent again (updated under the same name: its CA rotated, say) is a new
+/// cluster to Envoy, which warms it only once it receives its ClusterLoadAssignment again
+/// (the xDS protocol: it does not reuse the previous one). Forget that the node has those
+/// endpoints, so that the next EDS pass (after CDS in `push_order`) sends them; otherwise
+/// the cluster waits for Envoy's initial fetch timeout (15 s) before it serves.
+fn resend_endpoints_of_updated(subs: &mut BTreeMap<String, DeltaSubscription>, clusters: &DeltaDiscoveryResponse) {
+    if let Some(endpoints) = subs.get_mut(&ClusterLoadAssignment::type_url()) {
+        for resource in &clusters.resources {
+            endpoints.known.remove(&resource.name);
+        }
+    }
 }
 
 /// Incremental: what one type's subscription covers and what the node has.
@@ -710,6 +726,34 @@ mod tests {
         assert_eq!(names(&sub.response(&two, &t, Pass::Update).unwrap()), (vec!["a", "c"], vec![]));
         assert_eq!(names(&sub.response(&two, &t, Pass::Remove).unwrap()), (vec![], vec!["b"]));
         assert!(sub.response(&two, &t, Pass::Both).is_none());
+    }
+
+    #[test]
+    fn a_cluster_updated_under_its_name_gets_its_endpoints_again() {
+        let (cds, eds) = (Cluster::type_url(), ClusterLoadAssignment::type_url());
+        let with_endpoints = |mut s: Snapshot, names: &[&str]| {
+            let entries = names
+                .iter()
+                .map(|n| (n.to_string(), Entry::of(Any { type_url: eds.clone(), value: b"E".to_vec() })))
+                .collect();
+            s.resources.insert(eds.clone(), entries);
+            s
+        };
+        let one = with_endpoints(snapshot("1", &[("a", "A"), ("b", "B")]), &["a", "b"]);
+        let mut subs = BTreeMap::from([
+            (cds.clone(), DeltaSubscription { wildcard: true, ..Default::default() }),
+            (eds.clone(), DeltaSubscription { names: ["a".to_owned(), "b".to_owned()].into(), ..Default::default() }),
+        ]);
+        for t in [&cds, &eds] {
+            subs.get_mut(t).unwrap().response(&one, t, Pass::Both).unwrap();
+        }
+        // Cluster a changes (its CA rotated); its endpoints do not.
+        let two = with_endpoints(snapshot("2", &[("a", "A2"), ("b", "B")]), &["a", "b"]);
+        let clusters = subs.get_mut(&cds).unwrap().response(&two, &cds, Pass::Update).unwrap();
+        assert_eq!(names(&clusters), (vec!["a"], vec![]));
+        resend_endpoints_of_updated(&mut subs, &clusters);
+        let endpoints = subs.get_mut(&eds).unwrap().response(&two, &eds, Pass::Update).expect("a's endpoints again");
+        assert_eq!(names(&endpoints), (vec!["a"], vec![]), "only the updated cluster's");
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl SnapshotBuilder {
                     RenderedCluster::Blocked
                 } else {
                     RenderedCluster::Ready {
-                        cluster: Entry::of(any(&cluster_resource(c, Delivery::Ads))),
+                        cluster: Entry::of(any(&cluster_resource(c, model, Delivery::Ads))),
                         load: matches!(c.servers, Servers::Endpoints(_)).then(|| Entry::of(any(&load_assignment(c)))),
                     }
                 }

@@ -286,7 +286,31 @@ fn load_assignment(cluster: &Cluster) -> endpoint::ClusterLoadAssignment {
     }
 }
 
-fn cluster_resource(cluster: &Cluster, delivery: Delivery) -> cluster::Cluster {
+/// The content hashes of the CA bundles a cluster verifies against, as the model names
+/// them (`None` for a cluster that verifies nothing from the bus).
+fn ca_digests(cluster: &Cluster, model: &Model) -> Option<String> {
+    let Verification::Required { ca, .. } = &cluster.key.tls.as_ref()?.verify else { return None };
+    let shas: Vec<&str> = ca
+        .secrets()
+        .iter()
+        .filter_map(|s| model.trust.iter().find(|t| &t.secret == s).map(|t| t.sha256.as_str()))
+        .collect();
+    (!shas.is_empty()).then(|| shas.join(","))
+}
+
+/// A cluster's `metadata.filter_metadata["portico"]`: the content hashes of its CA bundles.
+/// They make a rotated CA a changed cluster, which Envoy replaces, draining the connections
+/// made under the previous CA: an SDS update of the validation context alone would leave
+/// pooled upstream connections verified by a CA no longer trusted serving for as long as
+/// they live.
+fn trust_metadata(digests: Option<String>) -> Option<core::Metadata> {
+    use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct, Value};
+    let digests = digests?;
+    let fields = [("ca_sha256".to_owned(), Value { kind: Some(ValueKind::StringValue(digests)) })].into();
+    Some(core::Metadata { filter_metadata: [("portico".to_owned(), Struct { fields })].into(), ..Default::default() })
+}
+
+fn cluster_resource(cluster: &Cluster, model: &Model, delivery: Delivery) -> cluster::Cluster {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
     let (discovery, eds, load) = match (&cluster.servers, delivery) {
         (Servers::Dns { .. }, _) => (DiscoveryType::StrictDns, None, Some(load_assignment(cluster))),
@@ -307,6 +331,7 @@ fn cluster_resource(cluster: &Cluster, delivery: Delivery) -> cluster::Cluster {
         dns_lookup_family: cluster::cluster::DnsLookupFamily::V4Preferred as i32,
         transport_socket: upstream_tls(cluster, delivery),
         typed_extension_protocol_options: protocol_options(cluster),
+        metadata: trust_metadata(ca_digests(cluster, model)),
         ..Default::default()
     }
 }
@@ -531,7 +556,7 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
     let mut out = Resources::default();
     let blocked = blocked_clusters(model, trust);
     for c in model.clusters.iter().filter(|c| !blocked.contains_key(c.name.as_str())) {
-        out.clusters.push(cluster_resource(c, delivery));
+        out.clusters.push(cluster_resource(c, model, delivery));
         if delivery == Delivery::Ads && matches!(c.servers, Servers::Endpoints(_)) {
             out.load_assignments.push(load_assignment(c));
         }

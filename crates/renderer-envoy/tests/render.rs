@@ -81,7 +81,9 @@ fn xds_resources_use_rds_eds_and_sds_named_after_the_secret_not_its_content() {
     let cluster = json::to_json(&res.clusters[0]).to_string();
     assert!(cluster.contains("\"EDS\"") && cluster.contains("validation_context_sds_secret_config"), "{cluster}");
 
-    // A rotated CA: the model and the secret change, the clusters do not.
+    // A rotated CA: the model and the secret change, and so do the clusters that verify
+    // with it (their metadata names the bundle's hash: Envoy replaces them, so connections
+    // made under the previous CA do not go on serving); the others do not.
     let mut rotated = model.clone();
     let shop_ca = SecretRef::new("shop", "shop-ca").unwrap();
     rotated.trust.iter_mut().find(|t| t.secret == shop_ca).unwrap().sha256 = "f".repeat(64);
@@ -89,7 +91,28 @@ fn xds_resources_use_rds_eds_and_sds_named_after_the_secret_not_its_content() {
     material.sha256 = "f".repeat(64);
     material.pem.push_str("# rotated\n");
     let after = resources(&rotated, &trust, &options(), Delivery::Ads);
-    assert_eq!(after.clusters, res.clusters, "rotating a CA does not rebuild clusters");
+    let changed: Vec<&str> = after
+        .clusters
+        .iter()
+        .zip(&res.clusters)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| {
+            assert_eq!(a.name, b.name, "a rotated CA keeps the cluster's name");
+            a.name.as_str()
+        })
+        .collect();
+    let using_shop_ca: Vec<&str> = model
+        .clusters
+        .iter()
+        .filter(|c| {
+            c.key.tls.as_ref().is_some_and(|t| {
+                matches!(&t.verify, portico_model::Verification::Required { ca, .. } if ca.secrets().contains(&shop_ca))
+            })
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(changed, using_shop_ca, "exactly the clusters verifying with the rotated CA change");
+    assert!(!changed.is_empty());
     assert_ne!(after.secrets, res.secrets);
 }
 
