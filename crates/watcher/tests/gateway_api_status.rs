@@ -64,13 +64,7 @@ async fn gateway_api_objects_are_watched_and_their_statuses_written_back_with_ot
     let api = FakeApi::start().await;
     api.state.lock().unwrap().gateway_api_served = true; // the CRDs are installed: auto watches
     api.put(SERVICES, service("web", 443), false);
-    api.put(
-        "apis/discovery.k8s.io/v1/endpointslices",
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
-               "addressType": "IPv4", "ports": [{"name": "https", "port": 8443}], "endpoints": [{"addresses": ["10.0.0.9"]}]}),
-        false,
-    );
+    api.put("apis/discovery.k8s.io/v1/endpointslices", slice("web", 8443, "10.0.0.9"), false);
     api.put(
         GATEWAY_CLASSES,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",

@@ -550,6 +550,14 @@ pub fn secret(name: &str, kind: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"}, "type": kind, "data": {"ca.crt": "eA=="}})
 }
 
+/// The EndpointSlice `<service>-1` in namespace shop: one ready address on port `port`
+/// (named https).
+pub fn slice(service: &str, port: u16, address: &str) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{service}-1"), "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4", "ports": [{"name": "https", "port": port}], "endpoints": [{"addresses": [address]}]})
+}
+
 pub fn proxy(name: &str) -> Value {
     json!({"apiVersion": "projectcontour.io/v1", "kind": "HTTPProxy", "metadata": {"name": name, "namespace": "shop", "generation": 3},
            "spec": {"virtualhost": {"fqdn": "shop.example.com"}, "routes": [{"services": [{"name": "web", "port": 443}]}]}})
