@@ -53,7 +53,7 @@ fn problem(message: String) -> Problem {
 
 impl Index<'_> {
     /// Whether Portico serves this GatewayClass name.
-    fn class_is_ours(&self, name: &str) -> bool {
+    pub(crate) fn class_is_ours(&self, name: &str) -> bool {
         self.record(Dep::GatewayApi);
         let Ok(name) = name.parse::<K8sName>() else { return false };
         let key = (portico_model::CLUSTER.parse::<K8sName>().expect("a valid name"), name);
@@ -439,29 +439,7 @@ impl Index<'_> {
         let Some(r) = listener.certificate_refs.first() else {
             return Err(("InvalidCertificateRef", "tls.certificateRefs: an HTTPS listener needs one".into()));
         };
-        if !(r.group.as_deref().unwrap_or("").is_empty() && r.kind.as_deref().unwrap_or("Secret") == "Secret") {
-            return Err((
-                "InvalidCertificateRef",
-                format!("tls.certificateRefs[0]: {} is not a Secret", quote(&r.name)),
-            ));
-        }
-        let namespace = r.namespace.as_deref().unwrap_or(gateway.meta.namespace.as_str());
-        let secret = SecretRef::new(namespace, &r.name)
-            .map_err(|e| ("InvalidCertificateRef", format!("tls.certificateRefs[0]: {e}")))?;
-        if !self.granted("Gateway", &gateway.meta.namespace, "", "Secret", &secret.namespace, &r.name) {
-            return Err((
-                "RefNotPermitted",
-                format!(
-                    "tls.certificateRefs[0]: Secret {secret} is in another namespace and no ReferenceGrant there allows it"
-                ),
-            ));
-        }
-        self.record(Dep::Secret(secret.clone()));
-        match self.snapshot.verdicts.get(&secret).map(|v| &v.key_pair) {
-            None => Err(("InvalidCertificateRef", format!("tls.certificateRefs[0]: Secret {secret} not found"))),
-            Some(Err(why)) => Err(("InvalidCertificateRef", format!("tls.certificateRefs[0]: Secret {secret}: {why}"))),
-            Some(Ok(_)) => Ok(secret),
-        }
+        self.gateway_key_pair(gateway, r, "tls.certificateRefs[0]", "InvalidCertificateRef").map(|(secret, _)| secret)
     }
 
     /// The Gateway's client certificate for its TLS backends: `None` when it names none
@@ -469,12 +447,25 @@ impl Index<'_> {
     pub fn gateway_client_certificate(&self, gateway: &Gateway) -> Result<Option<TrustRef>, (&'static str, String)> {
         let Some(r) = &gateway.client_certificate else { return Ok(None) };
         let field = "spec.tls.backend.clientCertificateRef";
+        let (secret, sha256) = self.gateway_key_pair(gateway, r, field, "InvalidClientCertificateRef")?;
+        Ok(Some(TrustRef { secret, sha256 }))
+    }
+
+    /// A Secret with a key pair that a Gateway names at `field`: of kind Secret, granted by
+    /// a ReferenceGrant when in another namespace (else `RefNotPermitted`), found, and valid;
+    /// any other failure has `invalid` as its reason. The Secret and the pair's hash.
+    fn gateway_key_pair(
+        &self,
+        gateway: &Gateway,
+        r: &GatewayRef,
+        field: &str,
+        invalid: &'static str,
+    ) -> Result<(SecretRef, String), (&'static str, String)> {
         if !(r.group.as_deref().unwrap_or("").is_empty() && r.kind.as_deref().unwrap_or("Secret") == "Secret") {
-            return Err(("InvalidClientCertificateRef", format!("{field}: {} is not a Secret", quote(&r.name))));
+            return Err((invalid, format!("{field}: {} is not a Secret", quote(&r.name))));
         }
         let namespace = r.namespace.as_deref().unwrap_or(gateway.meta.namespace.as_str());
-        let secret =
-            SecretRef::new(namespace, &r.name).map_err(|e| ("InvalidClientCertificateRef", format!("{field}: {e}")))?;
+        let secret = SecretRef::new(namespace, &r.name).map_err(|e| (invalid, format!("{field}: {e}")))?;
         if !self.granted("Gateway", &gateway.meta.namespace, "", "Secret", &secret.namespace, &r.name) {
             return Err((
                 "RefNotPermitted",
@@ -483,9 +474,9 @@ impl Index<'_> {
         }
         self.record(Dep::Secret(secret.clone()));
         match self.snapshot.verdicts.get(&secret).map(|v| &v.key_pair) {
-            None => Err(("InvalidClientCertificateRef", format!("{field}: Secret {secret} not found"))),
-            Some(Err(why)) => Err(("InvalidClientCertificateRef", format!("{field}: Secret {secret}: {why}"))),
-            Some(Ok(pair)) => Ok(Some(TrustRef { secret, sha256: pair.sha256.clone() })),
+            None => Err((invalid, format!("{field}: Secret {secret} not found"))),
+            Some(Err(why)) => Err((invalid, format!("{field}: Secret {secret}: {why}"))),
+            Some(Ok(pair)) => Ok((secret, pair.sha256.clone())),
         }
     }
 }
@@ -643,7 +634,7 @@ pub fn resolve_http_route(
                     ));
                     PendingAction::Reject
                 } else {
-                    resolve_rule(index, route, rule, r, gateway, &gateway_key, &client_cert, &mut resolved, facts)
+                    resolve_rule(index, route, rule, r, &gateway_key, &client_cert, &mut resolved, facts)
                 };
                 let matches: Vec<(PathPrefix, bool)> = if rule.matches.is_empty() {
                     vec![(PathPrefix::root(), false)]
@@ -750,7 +741,6 @@ fn resolve_rule(
     route: &HttpRoute,
     rule: &portico_model::HttpRouteRule,
     r: usize,
-    gateway: &Gateway,
     gateway_key: &Key,
     client_cert: &Result<Option<TrustRef>, (&'static str, String)>,
     resolved: &mut Result<&str, (&str, String)>,
@@ -845,7 +835,6 @@ fn resolve_rule(
                 }
                 Err(_) => return PendingAction::Reject, // the Gateway's status says why
             }
-            let _ = gateway;
             key.protocol = UpstreamProtocol::Tls;
             key.tls = Some(tls);
             ca_trust = trust;

@@ -399,13 +399,7 @@ impl Incremental {
             Kind::GatewayClass => (gateway::class_status(self.snapshot.gateway_classes.get(&key)?)?, Vec::new()),
             Kind::Gateway => {
                 let gw = self.snapshot.gateways.get(&key)?;
-                let class = self
-                    .snapshot
-                    .gateway_classes
-                    .iter()
-                    .find(|((_, name), _)| name.as_str() == gw.class_name)
-                    .map(|(_, c)| c);
-                if class.is_none_or(|c| c.controller != portico_model::GATEWAY_CONTROLLER) {
+                if !index.class_is_ours(&gw.class_name) {
                     return None;
                 }
                 let mut attached = BTreeMap::new();
@@ -428,7 +422,7 @@ impl Incremental {
                 gateway::policy_status(&index, policy, &ancestors)?
             }
             Kind::HttpRoute => {
-                let route = self.snapshot.http_routes.get(&key)?;
+                self.snapshot.http_routes.get(&key)?;
                 let unit = self.units.get(&UnitKey::HttpRoute(key.clone()))?;
                 if unit.output.gateway.parents.is_empty() {
                     return None; // attached to no Gateway of Portico's
@@ -436,7 +430,6 @@ impl Incremental {
                 let mut problems: Vec<Problem> =
                     unit.output.problems.iter().filter(|(o, _)| o == reference).map(|(_, p)| p.clone()).collect();
                 problems.extend(self.table.lost_by(reference).into_iter().map(|(_, p)| p));
-                let _ = route;
                 (GatewayApiStatus::Parents(unit.output.gateway.parents.clone()), problems)
             }
             _ => return None,
