@@ -211,6 +211,11 @@ impl Model {
         hex(&hasher.0.finalize())
     }
 
+    /// The CA bundle `secret` as this model names it (`trust` is sorted by secret).
+    pub fn trust_ref(&self, secret: &SecretRef) -> Option<&TrustRef> {
+        self.trust.binary_search_by(|t| t.secret.cmp(secret)).ok().map(|i| &self.trust[i])
+    }
+
     /// The validated CA bundle of `secret` among `trust`, if it is the very content this
     /// model was resolved against (same content hash, a well-formed SHA-256). Renderers use
     /// nothing else: stale or missing material means the cluster is not rendered.
@@ -219,7 +224,7 @@ impl Model {
         secret: &SecretRef,
         trust: &'t BTreeMap<SecretRef, TrustMaterial>,
     ) -> Result<&'t Pem, String> {
-        let wanted = self.trust.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
+        let wanted = self.trust_ref(secret).map(|t| &t.sha256);
         trust
             .get(secret)
             .and_then(|m| m.ca.as_ref())

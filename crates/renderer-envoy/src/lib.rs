@@ -290,11 +290,7 @@ fn load_assignment(cluster: &Cluster) -> endpoint::ClusterLoadAssignment {
 /// them (`None` for a cluster that verifies nothing from the bus).
 fn ca_digests(cluster: &Cluster, model: &Model) -> Option<String> {
     let Verification::Required { ca, .. } = &cluster.key.tls.as_ref()?.verify else { return None };
-    let shas: Vec<&str> = ca
-        .secrets()
-        .iter()
-        .filter_map(|s| model.trust.iter().find(|t| &t.secret == s).map(|t| t.sha256.as_str()))
-        .collect();
+    let shas: Vec<&str> = ca.secrets().iter().filter_map(|s| model.trust_ref(s).map(|t| t.sha256.as_str())).collect();
     (!shas.is_empty()).then(|| shas.join(","))
 }
 

@@ -155,9 +155,10 @@ struct ClusterFiles {
 }
 
 /// The file written for a secret's material in this rendering (its path, or why there is
-/// none): thousands of clusters share a few CA secrets, whose bytes are copied and digested
-/// once per rendering, not once per cluster.
-type FileMemo<'m> = std::collections::HashMap<(&'m SecretRef, bool), Result<String, String>>;
+/// none): thousands of clusters share a few CA secrets (or unions of them), whose bytes are
+/// copied and digested once per rendering, not once per cluster. Keyed by the secrets (one,
+/// or a union's list) and whether it is the client certificate.
+type FileMemo<'m> = std::collections::HashMap<(&'m [SecretRef], bool), Result<String, String>>;
 
 fn cluster_files<'m>(
     cluster: &'m Cluster,
@@ -185,21 +186,16 @@ fn cluster_files<'m>(
     // Files are named by a digest of the very bytes written (not by the material's label,
     // which covers the certificates' DER): the same name is the same content, which the
     // hard links between generations and the runtime path rely on.
-    if let Verification::Required { ca: CaSource::Union(list), .. } = &tls.verify {
-        // The union of several bundles, in one file named by its bytes.
-        let mut bytes = Vec::new();
-        for secret in list {
-            bytes.extend_from_slice(model.ca_material(secret, trust)?.pem.as_bytes());
-        }
-        let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
-        files.insert(path.clone(), bytes);
-        out.ca_file = Some(path);
-    }
-    if let Verification::Required { ca: CaSource::Secret(secret), .. } = &tls.verify {
+    // A Secret's bundle, or a union of several in one file.
+    if let Verification::Required { ca: ca @ (CaSource::Secret(_) | CaSource::Union(_)), .. } = &tls.verify {
+        let secrets = ca.secrets();
         let path = memo
-            .entry((secret, false))
+            .entry((secrets, false))
             .or_insert_with(|| {
-                let bytes = model.ca_material(secret, trust)?.pem.clone().into_bytes();
+                let mut bytes = Vec::new();
+                for secret in secrets {
+                    bytes.extend_from_slice(model.ca_material(secret, trust)?.pem.as_bytes());
+                }
                 let path = format!("ca/{}.pem", portico_model::hex(&sha2::Sha256::digest(&bytes)));
                 files.insert(path.clone(), bytes);
                 Ok(path)
@@ -209,7 +205,7 @@ fn cluster_files<'m>(
     }
     if let Some(secret) = &tls.client_cert {
         let path = memo
-            .entry((secret, true))
+            .entry((std::slice::from_ref(secret), true))
             .or_insert_with(|| {
                 let client = model.client_material(secret, trust)?;
                 let bytes = format!("{}{}", client.chain_pem, client.key_pem).into_bytes();
