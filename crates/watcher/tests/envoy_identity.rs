@@ -42,17 +42,7 @@ async fn an_envoy_pod_gets_a_certificate_naming_itself_and_nothing_else() {
         false,
     );
 
-    let mut config = kube_config(
-        &bus,
-        Some(portico_watcher::status::StatusConfig {
-            lease_namespace: "portico".into(),
-            lease_name: "portico-watcher".into(),
-            identity: "watcher-a".into(),
-            lease_duration: Duration::from_secs(2),
-            publish_address: None,
-            max_per_second: 50,
-        }),
-    );
+    let mut config = kube_config(&bus, Some(status_config("watcher-a", 2)));
     config.envoy_signer = Some(SignerConfig {
         namespace: "portico".into(),
         service_account: "portico-envoy".into(),

@@ -14,14 +14,7 @@ use std::time::Duration;
 
 /// The pipeline with the watcher watching the Gateway API when its CRDs are served.
 fn start(bus: &ConnectConfig, api: &FakeApi) -> Pipeline {
-    let status = portico_watcher::status::StatusConfig {
-        lease_namespace: "portico".into(),
-        lease_name: "portico-watcher".into(),
-        identity: "watcher-a".into(),
-        lease_duration: Duration::from_secs(3),
-        publish_address: None,
-        max_per_second: 100,
-    };
+    let status = portico_watcher::status::StatusConfig { max_per_second: 100, ..status_config("watcher-a", 3) };
     let mut config = kube_config(bus, Some(status));
     config.gateway_api = portico_watcher::kubernetes::GatewayApiMode::Auto;
     Pipeline::start_with(config, client(api))

@@ -146,14 +146,7 @@ async fn statuses_are_written_back_by_the_lease_holder_only_when_they_change() {
     shop_with_missing_ca(&api);
 
     let client = client(&api);
-    let status = portico_watcher::status::StatusConfig {
-        lease_namespace: "portico".into(),
-        lease_name: "portico-watcher".into(),
-        identity: "watcher-a".into(),
-        lease_duration: Duration::from_secs(3),
-        publish_address: None,
-        max_per_second: 50,
-    };
+    let status = status_config("watcher-a", 3);
     let pipeline = Pipeline::start(&bus, client, status);
 
     // The CA secret is missing: invalid, with the seed's message.
@@ -292,14 +285,7 @@ async fn only_the_lease_holder_writes_and_a_writer_that_loses_the_lease_stops() 
     };
 
     let client = client(&api);
-    let status = portico_watcher::status::StatusConfig {
-        lease_namespace: "portico".into(),
-        lease_name: "portico-watcher".into(),
-        identity: "watcher-a".into(),
-        lease_duration: Duration::from_secs(2),
-        publish_address: None,
-        max_per_second: 50,
-    };
+    let status = status_config("watcher-a", 2);
     let pipeline = Pipeline::start(&bus, client, status);
     let buckets: Buckets = ensure_buckets(&async_nats::jetstream::new(connect(&bus).await.unwrap())).await.unwrap();
     let shop_key = "httpproxy.shop.shop";
@@ -355,14 +341,7 @@ struct Replica {
 
 impl Replica {
     fn start(bus: &ConnectConfig, api: &FakeApi, identity: &str) -> Replica {
-        let status = portico_watcher::status::StatusConfig {
-            lease_namespace: "portico".into(),
-            lease_name: "portico-watcher".into(),
-            identity: identity.into(),
-            lease_duration: Duration::from_secs(2),
-            publish_address: None,
-            max_per_second: 50,
-        };
+        let status = status_config(identity, 2);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(kube_config(bus, Some(status)), client(api), async move {
             let _ = stopped.await;
@@ -457,12 +436,8 @@ async fn a_kubernetes_ingress_is_told_its_problems_by_events_and_gets_its_load_b
         false,
     );
     let status = portico_watcher::status::StatusConfig {
-        lease_namespace: "portico".into(),
-        lease_name: "portico-watcher".into(),
-        identity: "watcher-a".into(),
-        lease_duration: Duration::from_secs(3),
         publish_address: Some("203.0.113.7".into()),
-        max_per_second: 50,
+        ..status_config("watcher-a", 3)
     };
     let pipeline = Pipeline::start(&bus, client(&api), status);
 

@@ -672,3 +672,17 @@ impl Pipeline {
         tokio::time::timeout(limit, self.resolver).await.expect("stops").unwrap().unwrap();
     }
 }
+
+/// The status writer as the tests run it: the Lease `portico/portico-watcher` held as
+/// `identity` for `lease_seconds`, 50 patches a second, no publish address (struct update
+/// for the rest).
+pub fn status_config(identity: &str, lease_seconds: u64) -> portico_watcher::status::StatusConfig {
+    portico_watcher::status::StatusConfig {
+        lease_namespace: "portico".into(),
+        lease_name: "portico-watcher".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(lease_seconds),
+        publish_address: None,
+        max_per_second: 50,
+    }
+}
