@@ -346,3 +346,99 @@ spec:
 "
     )
 }
+
+/// The changes to a cluster's TLS policy the propagation benchmark times (and
+/// `tests/tls_policy.rs` checks): each flips a site
+/// between serving (200) and refusing (not 200), so that each proxy's answer shows which
+/// state it runs. `(what, file, host, the file's contents in each state)`.
+pub fn tls_policy_flips(
+    web_port: u16,
+    demo_ca: &str,
+    other_ca: &str,
+) -> Vec<(&'static str, &'static str, &'static str, [String; 2])> {
+    let secret = |ns: &str, name: &str, pem: &str| {
+        let pem: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{pem}")
+    };
+    let validated = |name: &str, ca: &str, subject: &str| {
+        site(name, web_port, UPSTREAM_TLS, &format!("{{caSecret: {ca}, subjectName: {subject}}}"))
+    };
+    let delegation = "apiVersion: projectcontour.io/v1
+kind: TLSCertificateDelegation
+metadata: {name: to-demo, namespace: bench-ca}
+spec:
+  delegations: [{secretName: ca, targetNamespaces: [demo]}]
+";
+    let delegated = |on: bool| {
+        let mut out =
+            format!("{}---\n{}", secret("bench-ca", "ca", demo_ca), validated("deleg", "bench-ca/ca", "web.demo.svc"));
+        if on {
+            out.push_str("---\n");
+            out.push_str(delegation);
+        }
+        out
+    };
+    vec![
+        (
+            "a Service's TLS annotation (on / off)",
+            "flip-annotation.yaml",
+            "annot.example.com",
+            [site("annot", web_port, UPSTREAM_TLS, ""), site("annot", web_port, "", "")],
+        ),
+        (
+            "a CA secret rotated (the right CA / another)",
+            "flip-ca.yaml",
+            "rot.example.com",
+            [
+                format!("{}---\n{}", secret("demo", "rot-ca", demo_ca), validated("rot", "rot-ca", "web.demo.svc")),
+                format!("{}---\n{}", secret("demo", "rot-ca", other_ca), validated("rot", "rot-ca", "web.demo.svc")),
+            ],
+        ),
+        (
+            "a subject name (the backend's / another)",
+            "flip-subject.yaml",
+            "subj.example.com",
+            [validated("subj", "demo-ca", "web.demo.svc"), validated("subj", "demo-ca", "other.demo.svc")],
+        ),
+        (
+            "a TLSCertificateDelegation (added / removed)",
+            "flip-delegation.yaml",
+            "deleg.example.com",
+            [delegated(true), delegated(false)],
+        ),
+    ]
+}
+
+/// Wait until `via` shows `serving` (200) or not (any other answer) for `host`: how long
+/// after the call the first request that showed it was sent. A request goes out every
+/// 10 ms without waiting for the previous answers, because a refusal can be slow to come
+/// back (HAProxy retries a failed TLS handshake three times, a second apart, before its
+/// 503): timed by its answer, a change would look seconds slower than it reached the proxy.
+pub fn until_state(stack: &LocalStack, via: Via, host: &str, serving: bool) -> Duration {
+    use std::sync::{Arc, Mutex};
+    let started = Instant::now();
+    let address = stack.address(via);
+    // (the earliest send time of a request that showed the state, the last other answer)
+    let seen: Arc<Mutex<(Option<Duration>, String)>> = Arc::default();
+    while started.elapsed() < Duration::from_secs(30) {
+        if seen.lock().unwrap().0.is_some() {
+            // Answers of one kind take about as long each: a request sent a little earlier
+            // that shows the state too has answered by now, or within a moment.
+            std::thread::sleep(Duration::from_millis(20));
+            return seen.lock().unwrap().0.expect("seen above");
+        }
+        let (seen, host, sent) = (seen.clone(), host.to_owned(), started.elapsed());
+        std::thread::spawn(move || {
+            let answer = portico_testkit::http_get_at(address, &host, "/");
+            let mut seen = seen.lock().unwrap();
+            match answer {
+                Ok((status, _)) if (status == 200) == serving => seen.0 = Some(seen.0.map_or(sent, |at| at.min(sent))),
+                Ok((status, _)) => seen.1 = status.to_string(),
+                Err(e) => seen.1 = e.to_string(),
+            }
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let last = seen.lock().unwrap().1.clone();
+    panic!("{via:?} never {} {host} (last: {last})\n{}", if serving { "served" } else { "refused" }, stack.logs())
+}

@@ -10,7 +10,7 @@
 //! ```
 
 use portico_deploy::up::Part;
-use portico_e2e::{site, LocalStack, Via, UPSTREAM_TLS as TLS};
+use portico_e2e::{site, tls_policy_flips, until_state, LocalStack, Via, UPSTREAM_TLS as TLS};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -84,83 +84,6 @@ spec:
 /// connection for seconds before its 503, which would time the retries, not the change.)
 fn churn(port: u16) -> String {
     site("churn", port, TLS, "")
-}
-
-/// The kinds of change timed besides a route's prefix and an endpoint: each flips a site
-/// between serving (200) and refusing (not 200), so that each proxy's answer shows which
-/// state it runs. `(what, file, host, the file's contents in each state)`.
-fn flip_kinds(
-    web_port: u16,
-    demo_ca: &str,
-    other_ca: &str,
-) -> Vec<(&'static str, &'static str, &'static str, [String; 2])> {
-    let secret = |ns: &str, name: &str, pem: &str| {
-        let pem: String = pem.lines().map(|l| format!("    {l}\n")).collect();
-        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{pem}")
-    };
-    let validated = |name: &str, ca: &str, subject: &str| {
-        site(name, web_port, TLS, &format!("{{caSecret: {ca}, subjectName: {subject}}}"))
-    };
-    let delegation = "apiVersion: projectcontour.io/v1
-kind: TLSCertificateDelegation
-metadata: {name: to-demo, namespace: bench-ca}
-spec:
-  delegations: [{secretName: ca, targetNamespaces: [demo]}]
-";
-    let delegated = |on: bool| {
-        let mut out =
-            format!("{}---\n{}", secret("bench-ca", "ca", demo_ca), validated("deleg", "bench-ca/ca", "web.demo.svc"));
-        if on {
-            out.push_str("---\n");
-            out.push_str(delegation);
-        }
-        out
-    };
-    vec![
-        (
-            "a Service's TLS annotation (on / off)",
-            "flip-annotation.yaml",
-            "annot.example.com",
-            [site("annot", web_port, TLS, ""), site("annot", web_port, "", "")],
-        ),
-        (
-            "a CA secret rotated (the right CA / another)",
-            "flip-ca.yaml",
-            "rot.example.com",
-            [
-                format!("{}---\n{}", secret("demo", "rot-ca", demo_ca), validated("rot", "rot-ca", "web.demo.svc")),
-                format!("{}---\n{}", secret("demo", "rot-ca", other_ca), validated("rot", "rot-ca", "web.demo.svc")),
-            ],
-        ),
-        (
-            "a subject name (the backend's / another)",
-            "flip-subject.yaml",
-            "subj.example.com",
-            [validated("subj", "demo-ca", "web.demo.svc"), validated("subj", "demo-ca", "other.demo.svc")],
-        ),
-        (
-            "a TLSCertificateDelegation (added / removed)",
-            "flip-delegation.yaml",
-            "deleg.example.com",
-            [delegated(true), delegated(false)],
-        ),
-    ]
-}
-
-/// Wait until `via` shows `serving` (200) or not (any other answer) for `host`.
-fn until_state(stack: &LocalStack, via: Via, host: &str, serving: bool) -> Duration {
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < Duration::from_secs(30) {
-        match stack.get(via, host, "/") {
-            Ok((200, _)) if serving => return started.elapsed(),
-            Ok((status, _)) if !serving && status != 200 => return started.elapsed(),
-            Ok((status, _)) => last = status.to_string(),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{via:?} never {} {host} (last: {last})\n{}", if serving { "served" } else { "refused" }, stack.logs())
 }
 
 /// Wait until `via` answers from the backend `name` (each demo backend says its name).
@@ -274,7 +197,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut churned: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let other_ca = portico_deploy::demo::TestCa::new("another CA").pem;
-    let kinds = flip_kinds(stack.demo.web.port, &stack.demo.demo_ca_pem, &other_ca);
+    let kinds = tls_policy_flips(stack.demo.web.port, &stack.demo.demo_ca_pem, &other_ca);
     let mut flipped: Vec<(&str, [Vec<Duration>; 2])> = Vec::new();
     let (mut reloads_before_churn, mut reloads_during_churn) = (0, 0);
     // Requests to an unchanged route through both proxies for as long as the changes below

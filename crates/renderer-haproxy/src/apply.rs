@@ -135,6 +135,14 @@ pub fn master_reloads(work_dir: &Path) -> Option<u64> {
     master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(_, r, _)| r)
 }
 
+/// `(reloads, failed reloads)` of the HAProxy master running in `work_dir`, if one answers.
+pub fn master_counters(work_dir: &Path) -> Option<(u64, u64)> {
+    master_command(&work_dir.join("master.sock"), "show proc")
+        .and_then(|o| master_line(&o))
+        .ok()
+        .map(|(_, r, f)| (r, f))
+}
+
 /// The pid of the HAProxy master running in `work_dir`, if one answers on its socket.
 pub fn running_master(work_dir: &Path) -> Option<u32> {
     master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(pid, _, _)| pid)

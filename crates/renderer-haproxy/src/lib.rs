@@ -142,8 +142,21 @@ pub struct Rendered {
     pub runtime: Runtime,
 }
 
-/// Where a server's address goes in the skeleton (a byte no rendered value can hold).
-const SLOT: &str = "\u{1}";
+/// Where a backend's server lines go in the skeleton (a byte no rendered value can hold).
+const SERVERS: &str = "\u{1}";
+
+/// How many spare backends a configuration loaded by a reload gets for `clusters` backends:
+/// a cluster that appears (a Service newly routed, a TLS policy or CA changed) takes one
+/// through the runtime API. A backend whose cluster goes becomes a spare in turn, so a
+/// policy flipped back and forth keeps finding its previous backend.
+pub fn spare_backends(clusters: usize) -> usize {
+    16 + clusters / 32
+}
+
+/// The name of a spare backend made by a reload.
+fn spare_name(i: usize) -> String {
+    format!("portico_spare_{i:03}")
+}
 
 /// Trust material by secret.
 pub type Trust = BTreeMap<SecretRef, TrustMaterial>;
@@ -152,6 +165,36 @@ pub type Trust = BTreeMap<SecretRef, TrustMaterial>;
 struct ClusterFiles {
     ca_file: Option<String>,
     client_file: Option<String>,
+}
+
+impl ClusterFiles {
+    /// The server files these name (as the configuration names them, under `base`), with
+    /// their bytes from `files`; a host CA file (Voyager's `ca-file`) without.
+    fn server_files(
+        &self,
+        cluster: &Cluster,
+        base: &str,
+        files: &BTreeMap<String, Vec<u8>>,
+        out: &mut BTreeMap<String, runtime::ServerFile>,
+    ) -> Vec<String> {
+        let mut named = Vec::new();
+        for (file, certificate) in [(&self.ca_file, false), (&self.client_file, true)] {
+            let Some(file) = file else { continue };
+            let path = format!("{base}/{file}");
+            out.entry(path.clone()).or_insert_with(|| runtime::ServerFile {
+                certificate,
+                pem: files.get(file).map(|bytes| std::sync::Arc::from(bytes.as_slice())),
+            });
+            named.push(path);
+        }
+        if let Some(tls) = &cluster.key.tls {
+            if let Verification::Required { ca: CaSource::File(path), .. } = &tls.verify {
+                out.entry(path.to_string()).or_insert(runtime::ServerFile { certificate: false, pem: None });
+                named.push(path.to_string());
+            }
+        }
+        named
+    }
 }
 
 /// The file written for a secret's material in this rendering (its path, or why there is
@@ -219,15 +262,8 @@ fn cluster_files<'m>(
     Ok(out)
 }
 
-fn address(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("ipv6@{}:{}", a.ip(), a.port()),
-    }
-}
-
 /// The options of every `server` line of a cluster.
-fn server_options(cluster: &Cluster, files: &ClusterFiles, base: &str) -> String {
+fn server_options_of(cluster: &Cluster, files: &ClusterFiles, base: &str) -> String {
     let mut o = String::new();
     if matches!(cluster.key.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c) {
         o.push_str(" proto h2");
@@ -313,9 +349,6 @@ pub fn slots(n: usize, running: Option<usize>) -> usize {
     }
 }
 
-/// The address written for a slot without an endpoint (the server is `disabled`).
-const EMPTY_SLOT: &str = "127.0.0.1:1 disabled";
-
 /// Endpoints into slots: an endpoint that had a slot in the running configuration keeps
 /// it, new ones take the free slots in order. Without a running configuration, in order.
 fn assign_slots(endpoints: &[SocketAddr], running: Option<&Vec<Option<SocketAddr>>>) -> Vec<Option<SocketAddr>> {
@@ -339,6 +372,95 @@ fn assign_slots(endpoints: &[SocketAddr], running: Option<&Vec<Option<SocketAddr
         }
     }
     out
+}
+
+/// Where the clusters' servers live: cluster → backend name, and the spare backends (with
+/// what they held: their servers stay, in maintenance, until a cluster takes them).
+///
+/// Without a running configuration (a reload), each cluster's backend is named after it
+/// and [`spare_backends`] empty spares follow. Over a running one, a cluster keeps its
+/// backend while its servers' options are the same; a cluster that is new, or whose options
+/// changed (a new CA bundle), takes a spare: the one named after it (a policy flipped
+/// back), else one with the same options (nothing to rebuild), else an empty one, else any.
+/// Only when none is left does a cluster get a new backend, which is a reload.
+struct Placement<'m> {
+    of_cluster: BTreeMap<&'m str, String>,
+    spares: BTreeMap<String, runtime::Backend>,
+}
+
+fn place_backends<'m>(
+    clusters: &[(&'m str, &str)],
+    running: Option<&Runtime>,
+    taken: &std::collections::BTreeSet<&str>,
+) -> Placement<'m> {
+    let Some(running) = running else {
+        return Placement {
+            of_cluster: clusters.iter().map(|(c, _)| (*c, c.to_string())).collect(),
+            spares: (0..spare_backends(clusters.len())).map(|i| (spare_name(i), runtime::Backend::default())).collect(),
+        };
+    };
+    let by_cluster: std::collections::HashMap<&str, (&str, &runtime::Backend)> =
+        running.backends.iter().filter_map(|(name, b)| b.cluster.as_deref().map(|c| (c, (name.as_str(), b)))).collect();
+    let mut used = std::collections::BTreeSet::new();
+    let mut of_cluster = BTreeMap::new();
+    for (cluster, options) in clusters {
+        if let Some((name, backend)) = by_cluster.get(cluster) {
+            if backend.options == *options && !taken.contains(name) {
+                of_cluster.insert(*cluster, name.to_string());
+                used.insert(name.to_string());
+            }
+        }
+    }
+    let mut free: BTreeMap<&str, &runtime::Backend> = running
+        .backends
+        .iter()
+        .filter(|(name, b)| b.cluster.is_none() && !taken.contains(name.as_str()))
+        .map(|(name, b)| (name.as_str(), b))
+        .collect();
+    let mut next_spare = 0;
+    for (cluster, options) in clusters {
+        if of_cluster.contains_key(cluster) {
+            continue;
+        }
+        let pick = free
+            .get_key_value(cluster)
+            .or_else(|| free.iter().find(|(_, b)| b.options == *options))
+            .or_else(|| free.iter().find(|(_, b)| b.slots.is_empty()))
+            .or_else(|| free.iter().next())
+            .map(|(name, _)| *name);
+        let name = match pick {
+            Some(name) => {
+                free.remove(name);
+                name.to_owned()
+            }
+            // No spare left: a new backend, which only a reload brings.
+            None if !running.backends.contains_key(*cluster) && !used.contains(*cluster) => cluster.to_string(),
+            None => loop {
+                let name = spare_name(next_spare);
+                next_spare += 1;
+                if !running.backends.contains_key(&name) && !used.contains(&name) {
+                    break name;
+                }
+            },
+        };
+        used.insert(name.clone());
+        of_cluster.insert(*cluster, name);
+    }
+    let spares = running
+        .backends
+        .iter()
+        .filter(|(name, _)| !used.contains(*name) && !taken.contains(name.as_str()))
+        .map(|(name, b)| {
+            let spare = runtime::Backend {
+                cluster: None,
+                options: b.options.clone(),
+                files: b.files.clone(),
+                slots: vec![None; b.slots.len()],
+            };
+            (name.clone(), spare)
+        })
+        .collect();
+    Placement { of_cluster, spares }
 }
 
 /// Render the model.
@@ -375,6 +497,34 @@ pub fn render_over(
             }
         }
     }
+
+    // Where each cluster's servers live (see `place_backends`); DNS clusters keep backends
+    // named after them, with their server line in the skeleton.
+    let mut server_options: BTreeMap<&str, (String, Vec<String>)> = BTreeMap::new();
+    let mut server_files = BTreeMap::new();
+    let mut dns_backends = std::collections::BTreeSet::new();
+    for cluster in &model.clusters {
+        let Some(files_of) = renderable.get(cluster.name.as_str()) else { continue };
+        match &cluster.servers {
+            Servers::Endpoints(_) => {
+                let named = files_of.server_files(cluster, base, &files, &mut server_files);
+                server_options.insert(cluster.name.as_str(), (server_options_of(cluster, files_of, base), named));
+            }
+            Servers::Dns { .. } => {
+                dns_backends.insert(cluster.name.as_str());
+            }
+        }
+    }
+    let placement = {
+        let clusters: Vec<(&str, &str)> = model
+            .clusters
+            .iter()
+            .filter_map(|c| server_options.get(c.name.as_str()).map(|(o, _)| (c.name.as_str(), o.as_str())))
+            .collect();
+        place_backends(&clusters, running, &dns_backends)
+    };
+    let backend_of =
+        |cluster: &str| -> String { placement.of_cluster.get(cluster).cloned().unwrap_or_else(|| cluster.to_owned()) };
 
     let mut runtime = Runtime::default();
     let map_path = |name: &str| format!("{base}/maps/{name}.map");
@@ -472,7 +622,7 @@ pub fn render_over(
                 match live.as_slice() {
                     [] => {} // every weight 0: nothing to send to (404, as before)
                     [one] => {
-                        backend(one.cluster.as_str());
+                        backend(&backend_of(one.cluster.as_str()));
                     }
                     _ => {
                         let this = format!("{{ var(txn.route) -m str {id} }}");
@@ -485,11 +635,12 @@ pub fn render_over(
                                 writeln!(
                                     weighted,
                                     "    use_backend {} if {this} {{ var(txn.pick) -m int lt {below} }}",
-                                    b.cluster
+                                    backend_of(b.cluster.as_str())
                                 )
                                 .unwrap();
                             } else {
-                                writeln!(weighted, "    use_backend {} if {this}", b.cluster).unwrap();
+                                writeln!(weighted, "    use_backend {} if {this}", backend_of(b.cluster.as_str()))
+                                    .unwrap();
                             }
                         }
                     }
@@ -584,28 +735,45 @@ pub fn render_over(
         writeln!(cfg, "    default_backend {NOT_FOUND_BACKEND}\n").unwrap();
     }
 
-    // Server addresses go where the skeleton has SLOT, in this order.
-    let mut addresses: Vec<String> = Vec::new();
+    // Backends whose servers the runtime API manages, by name: which cluster a backend
+    // serves is not in the skeleton (a spare taking a cluster is no reload).
     for cluster in &model.clusters {
+        let Servers::Endpoints(list) = &cluster.servers else { continue };
+        let Some((options, named)) = server_options.remove(cluster.name.as_str()) else { continue };
+        let name = backend_of(cluster.name.as_str());
+        let here = running.and_then(|r| r.backends.get(&name)).filter(|b| b.options == options);
+        let slots = assign_slots(list, here.map(|b| &b.slots));
+        let backend = runtime::Backend { cluster: Some(cluster.name.to_string()), options, files: named, slots };
+        runtime.backends.insert(name, backend);
+    }
+    for (name, spare) in placement.spares {
+        for path in &spare.files {
+            // A spare keeps the files its servers name (from the running configuration).
+            if let Some(file) = running.and_then(|r| r.server_files.get(path)) {
+                if let (Some(pem), Some(relative)) = (&file.pem, path.strip_prefix(base)) {
+                    files.entry(relative.trim_start_matches('/').to_owned()).or_insert_with(|| pem.to_vec());
+                }
+                server_files.entry(path.clone()).or_insert_with(|| file.clone());
+            }
+        }
+        runtime.backends.insert(name, spare);
+    }
+    runtime.server_files = server_files;
+    for name in runtime.backends.keys() {
+        writeln!(cfg, "backend {name}").unwrap();
+        cfg.push_str("    balance roundrobin\n");
+        cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
+        cfg.push_str(SERVERS);
+        cfg.push('\n');
+    }
+    for cluster in &model.clusters {
+        let Servers::Dns { host, port } = &cluster.servers else { continue };
         let Some(cluster_files) = renderable.get(cluster.name.as_str()) else { continue };
+        let opts = server_options_of(cluster, cluster_files, base);
         writeln!(cfg, "backend {}", cluster.name).unwrap();
         cfg.push_str("    balance roundrobin\n");
         cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
-        let opts = server_options(cluster, cluster_files, base);
-        match &cluster.servers {
-            Servers::Endpoints(list) => {
-                let slots = assign_slots(list, running.and_then(|r| r.servers.get(cluster.name.as_str())));
-                for (i, addr) in slots.iter().enumerate() {
-                    writeln!(cfg, "    server s{} {SLOT}{opts}", i + 1).unwrap();
-                    addresses.push(addr.as_ref().map_or_else(|| EMPTY_SLOT.to_owned(), address));
-                }
-                runtime.servers.insert(cluster.name.to_string(), slots);
-            }
-            Servers::Dns { host, port } => {
-                writeln!(cfg, "    server s1 {host}:{port} init-addr last,libc,none{opts}").unwrap();
-            }
-        }
-        cfg.push('\n');
+        writeln!(cfg, "    server s1 {host}:{port} init-addr last,libc,none{opts}\n").unwrap();
     }
     writeln!(
         cfg,
@@ -634,19 +802,11 @@ pub fn render_over(
         .unwrap();
     }
 
-    // The skeleton covers the files the configuration loads at start (CA bundles, client
-    // certificates) too: the runtime API changes none of them, so a change of their
-    // content, even under the same name, is applied by a checked reload. Serving
-    // certificates and their lists are the exception: the runtime API changes them
-    // (`runtime::commands`), so they are not in it.
-    runtime.skeleton = {
-        let mut loaded: Vec<&[u8]> = vec![cfg.as_bytes()];
-        for (path, contents) in &files {
-            loaded.push(path.as_bytes());
-            loaded.push(contents);
-        }
-        runtime::digest_all(&loaded)
-    };
+    // The skeleton is the configuration without the backends' server lines. The files
+    // servers load are named by their content, and the runtime API loads new ones
+    // (`new ssl ca-file`, `new ssl cert`); serving certificates and their lists are changed
+    // through it too (`runtime::commands`): none of them is in the skeleton.
+    runtime.skeleton = runtime::digest_all(&[cfg.as_bytes()]);
     for (list, entries) in &runtime.crt_lists {
         let mut text = String::new();
         for (path, entry) in entries {
@@ -656,11 +816,16 @@ pub fn render_over(
         }
         files.insert(list.strip_prefix(base).unwrap_or(list).trim_start_matches('/').to_owned(), text.into_bytes());
     }
-    let mut filled = String::with_capacity(cfg.len() + addresses.len() * 24);
-    let mut pieces = cfg.split(SLOT);
+    let mut filled = String::with_capacity(cfg.len() + runtime.backends.len() * 4 * 160);
+    let mut pieces = cfg.split(SERVERS);
     filled.push_str(pieces.next().unwrap_or_default());
-    for (piece, addr) in pieces.zip(&addresses) {
-        filled.push_str(addr);
+    for (piece, (name, backend)) in pieces.zip(&runtime.backends) {
+        match &backend.cluster {
+            None => filled.push_str("    # spare: no route uses it\n"),
+            Some(cluster) if cluster != name => writeln!(filled, "    # cluster {cluster}").unwrap(),
+            Some(_) => {}
+        }
+        runtime::server_lines(backend, &mut filled);
         filled.push_str(piece);
     }
     let cfg = filled;

@@ -1,18 +1,25 @@
 //! What HAProxy's runtime API can change without a reload, and the commands that take a
 //! running configuration to a new one.
 //!
-//! A rendering is a skeleton (the configuration with a marker where each server address
-//! goes) plus its map entries and server slots. When the skeleton of the new rendering is
-//! the skeleton HAProxy runs, the difference is only map entries (routes added, removed or
-//! pointed elsewhere; Host rewrites; timeouts) and server addresses (endpoints added,
-//! removed or moved), and [`commands`] expresses it as runtime commands. Anything else
-//! (a backend or listener that appears or goes, TLS settings, weighted routes, a backend
-//! that outgrew its slots) needs a reload.
+//! A rendering is a skeleton (the configuration with a marker where each backend's server
+//! lines go) plus its map entries, its backends' servers and the files those servers load.
+//! When the skeleton of the new rendering is the skeleton HAProxy runs, the difference is
+//! map entries (routes added, removed or pointed elsewhere; Host rewrites; timeouts),
+//! server addresses (endpoints added, removed or moved), servers added or deleted (a
+//! backend that outgrew its slots), and backends that serve another cluster: HAProxy 2.6
+//! cannot add a backend at runtime, so the renderer keeps spare backends, and a cluster
+//! that is new (a TLS policy changed, which is a cluster's identity, a CA rotated, a new
+//! Service) takes a spare whose servers are rebuilt (`del server`, then `add server` with
+//! the new TLS parameters, after `new ssl ca-file` for a new CA bundle). [`commands`]
+//! expresses it as runtime commands. Anything else (a listener that appears or goes, a
+//! weighted route's backends, no spare left) needs a reload.
 //!
 //! The commands are ordered so that a request arriving between two of them is routed as
 //! by the old configuration or by the new one, never to nothing: the entries a route needs
-//! (its backend, rewrite, timeout, and the servers) are added before the host entry that
-//! selects it, and removed after.
+//! (its backend and its servers, rewrite, timeout) are in place before the entry that
+//! selects it, and what only the old configuration used (servers, files) is taken away
+//! after. A backend that still serves a route in the running configuration is never
+//! rebuilt: only spares are.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,11 +34,46 @@ pub struct Runtime {
     pub skeleton: u64,
     /// Map file path (as the configuration names it) → key → value.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
-    /// Backend → its server slots (`s1`, `s2`, …), each with an endpoint or empty.
-    pub servers: BTreeMap<String, Vec<Option<SocketAddr>>>,
+    /// Backend → the cluster it serves (or none: a spare) and its servers.
+    pub backends: BTreeMap<String, Backend>,
+    /// The files servers load (CA bundles, client certificates), as the configuration names
+    /// them: the runtime API loads a new one before a server that names it is added.
+    pub server_files: BTreeMap<String, ServerFile>,
     /// Certificate list path (as the configuration names it) → certificate file path →
     /// its line: the serving certificates of an HTTPS listener.
     pub crt_lists: BTreeMap<String, BTreeMap<String, CrtEntry>>,
+}
+
+/// A backend whose servers the runtime API manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// The cluster it serves; `None` for a spare (no route uses it).
+    pub cluster: Option<String>,
+    /// What every server line has after the address (TLS parameters, protocol): a backend
+    /// whose options change is rebuilt, which only a spare may be.
+    pub options: String,
+    /// The server files (`server_files` keys) the options name.
+    pub files: Vec<String>,
+    /// Its server slots (`s1`, `s2`, …), each with an endpoint or empty (in maintenance).
+    pub slots: Vec<Option<SocketAddr>>,
+}
+
+/// A file servers load.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerFile {
+    /// A client certificate and key (`crt`), else a CA bundle (`ca-file`).
+    pub certificate: bool,
+    /// Its bytes, or `None` for a file on the HAProxy host that the renderer does not
+    /// write (Voyager's `ca-file`): HAProxy loads it at start only, so a server naming it
+    /// for the first time needs a reload.
+    pub pem: Option<std::sync::Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for ServerFile {
+    /// Without the bytes: a client certificate holds a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerFile").field("certificate", &self.certificate).finish_non_exhaustive()
+    }
 }
 
 /// One line of a certificate list, and the certificate file's bytes.
@@ -71,8 +113,35 @@ impl Runtime {
 /// `set ssl cert` with the file's bytes as the payload: PEM lines, ended by an empty line.
 /// The one kind of command sent alone, never in a batch (`;` cannot follow a payload).
 fn set_cert(path: &str, pem: &[u8]) -> String {
+    set_payload("cert", path, pem)
+}
+
+/// `set ssl <what> <path>` with a PEM payload (`cert` or `ca-file`).
+fn set_payload(what: &str, path: &str, pem: &[u8]) -> String {
     let text = String::from_utf8_lossy(pem);
-    format!("set ssl cert {} <<\n{}\n", arg(path), text.trim_end_matches('\n'))
+    format!("set ssl {what} {} <<\n{}\n", arg(path), text.trim_end_matches('\n'))
+}
+
+/// The address written for a slot without an endpoint (the server is in maintenance).
+pub(crate) const EMPTY_ADDRESS: &str = "127.0.0.1:1";
+
+/// A server's address as HAProxy reads it, in the configuration and in `add server`.
+pub(crate) fn address(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("ipv6@{}:{}", a.ip(), a.port()),
+    }
+}
+
+/// The server lines of a backend, as the configuration holds them.
+pub(crate) fn server_lines(backend: &Backend, out: &mut String) {
+    use std::fmt::Write;
+    for (i, slot) in backend.slots.iter().enumerate() {
+        match slot {
+            Some(addr) => writeln!(out, "    server s{} {}{}", i + 1, address(addr), backend.options).unwrap(),
+            None => writeln!(out, "    server s{} {EMPTY_ADDRESS} disabled{}", i + 1, backend.options).unwrap(),
+        }
+    }
 }
 
 /// A keyed digest over several byte strings, each prefixed by its length. The key is drawn
@@ -105,14 +174,23 @@ fn arg(s: &str) -> String {
 }
 
 /// The runtime commands that take `running` to `next`, or `None` when the skeletons differ
-/// (a reload is needed). An empty list: nothing to change.
+/// or a change needs what only a reload does (a live backend rebuilt, a host CA file
+/// named for the first time). An empty list: nothing to change.
 pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     if running.skeleton != next.skeleton
         || running.maps.keys().ne(next.maps.keys())
-        || running.servers.keys().ne(next.servers.keys())
-        || running.servers.iter().zip(&next.servers).any(|((_, a), (_, b))| a.len() != b.len())
+        || running.backends.keys().ne(next.backends.keys())
         || running.crt_lists.keys().ne(next.crt_lists.keys())
     {
+        return None;
+    }
+    for (name, backend) in &next.backends {
+        let old = &running.backends[name];
+        if old.options != backend.options && old.cluster.is_some() {
+            return None; // a route uses it: rebuilding its servers would leave it empty a moment
+        }
+    }
+    if next.server_files.iter().any(|(path, file)| file.pem.is_none() && !running.server_files.contains_key(path)) {
         return None;
     }
     // A certificate whose line changes (its SNI or its TLS version) is taken out and put
@@ -166,23 +244,61 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
             }
         }
     }
-    for path in next.maps.keys().filter(|p| !selects_routes(p)) {
-        upserts(path, &mut out);
+    // The files new servers load, before the servers.
+    for (path, file) in &next.server_files {
+        let (false, Some(pem)) = (running.server_files.contains_key(path), &file.pem) else { continue };
+        let what = if file.certificate { "cert" } else { "ca-file" };
+        out.push(format!("new ssl {what} {}", arg(path)));
+        out.push(set_payload(what, path, pem));
+        out.push(format!("commit ssl {what} {}", arg(path)));
     }
-    for (backend, slots) in &next.servers {
-        for (i, (old, new)) in running.servers[backend].iter().zip(slots).enumerate() {
-            let server = format!("{backend}/s{}", i + 1);
-            match (old, new) {
-                (_, Some(addr)) if old != new => {
+    // Servers: a spare rebuilt for its new cluster, slots added, addresses set; what only
+    // the running configuration routes to is put in maintenance after the maps moved.
+    let mut after_maps = Vec::new();
+    let add = |backend: &str, i: usize, slot: &Option<SocketAddr>, options: &str, out: &mut Vec<String>| {
+        let server = format!("{backend}/s{}", i + 1);
+        let addr = slot.as_ref().map_or_else(|| EMPTY_ADDRESS.to_owned(), address);
+        // A dynamic server starts in maintenance.
+        out.push(format!("add server {server} {addr}{}", arg(options)));
+        if slot.is_some() {
+            out.push(format!("set server {server} state ready"));
+        }
+    };
+    for (name, backend) in &next.backends {
+        let old = &running.backends[name];
+        if old.options != backend.options {
+            // A spare (checked above): nothing routes to it.
+            for i in 0..old.slots.len() {
+                out.push(format!("del server {name}/s{}", i + 1));
+            }
+            for (i, slot) in backend.slots.iter().enumerate() {
+                add(name, i, slot, &backend.options, &mut out);
+            }
+            continue;
+        }
+        for (i, new) in backend.slots.iter().enumerate() {
+            let server = format!("{name}/s{}", i + 1);
+            match (old.slots.get(i), new) {
+                (None, _) => add(name, i, new, &backend.options, &mut out),
+                (Some(old), Some(addr)) if old.as_ref() != Some(addr) => {
                     out.push(format!("set server {server} addr {} port {}", addr.ip(), addr.port()));
                     if old.is_none() {
                         out.push(format!("set server {server} state ready"));
                     }
                 }
-                (Some(_), None) => out.push(format!("set server {server} state maint")),
+                (Some(Some(_)), None) => after_maps.push(format!("set server {server} state maint")),
                 _ => {}
             }
         }
+        for (i, slot) in old.slots.iter().enumerate().skip(backend.slots.len()) {
+            if slot.is_some() {
+                after_maps.push(format!("set server {name}/s{} state maint", i + 1));
+            }
+            after_maps.push(format!("del server {name}/s{}", i + 1));
+        }
+    }
+    for path in next.maps.keys().filter(|p| !selects_routes(p)) {
+        upserts(path, &mut out);
     }
     for path in next.maps.keys().filter(|p| selects_routes(p)) {
         upserts(path, &mut out);
@@ -192,6 +308,14 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     }
     for path in next.maps.keys().filter(|p| !selects_routes(p)) {
         deletes(path, &mut out);
+    }
+    out.append(&mut after_maps);
+    // Files no server names any more (their servers were rebuilt above).
+    for (path, file) in &running.server_files {
+        if !next.server_files.contains_key(path) && file.pem.is_some() {
+            let what = if file.certificate { "cert" } else { "ca-file" };
+            out.push(format!("del ssl {what} {}", arg(path)));
+        }
     }
     // A gone host's certificate last, once nothing routes to it.
     for (list, entries) in &running.crt_lists {
@@ -219,6 +343,12 @@ pub fn is_success_line(line: &str) -> bool {
         || line.starts_with("Inserting certificate '")
         || (line.starts_with("Entry '") && line.contains("' deleted in crtlist '"))
         || (line.starts_with("Certificate '") && line.ends_with("' deleted!"))
+        // Dynamic servers and CA files (HAProxy 2.6's words).
+        || line == "New server registered."
+        || line == "Server deleted."
+        || line.starts_with("New CA file created '")
+        || line.starts_with("transaction created for CA ")
+        || (line.starts_with("CA file '") && line.ends_with("' deleted!"))
 }
 
 #[cfg(test)]
@@ -232,10 +362,14 @@ mod tests {
                 .iter()
                 .map(|(p, e)| (p.to_string(), e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
                 .collect(),
-            servers: servers
+            backends: servers
                 .iter()
-                .map(|(b, s)| (b.to_string(), s.iter().map(|a| a.map(|a| a.parse().unwrap())).collect()))
+                .map(|(b, s)| {
+                    let slots = s.iter().map(|a| a.map(|a| a.parse().unwrap())).collect();
+                    (b.to_string(), Backend { cluster: Some(format!("c_{b}")), slots, ..Backend::default() })
+                })
                 .collect(),
+            server_files: BTreeMap::new(),
             crt_lists: BTreeMap::new(),
         }
     }
@@ -300,28 +434,96 @@ mod tests {
         assert_eq!(
             commands(&before, &after).unwrap(),
             [
-                "add map /m/backend.map r2 b1",
-                "set server b1/s2 state maint",
                 "set server b1/s3 addr ::1 port 8443",
                 "set server b1/s3 state ready",
+                "add map /m/backend.map r2 b1",
                 "add map /m/l80-exact.map a.com/x\\;y r2",
                 "del map /m/l80-exact.map a.com/",
                 "del map /m/backend.map r1",
+                "set server b1/s2 state maint",
             ]
         );
         assert_eq!(commands(&after, &after).unwrap(), Vec::<String>::new());
     }
 
     #[test]
-    fn another_skeleton_or_slot_count_needs_a_reload() {
-        let a = runtime(&[], &[("b1", &[None, None, None, None])]);
+    fn another_skeleton_or_backend_set_needs_a_reload_more_slots_do_not() {
+        let a = runtime(&[], &[("b1", &[Some("10.0.0.1:80"), None, None, None])]);
         let mut b = a.clone();
         b.skeleton = 8;
         assert_eq!(commands(&a, &b), None);
-        let c = runtime(&[], &[("b1", &[None; 8])]);
-        assert_eq!(commands(&a, &c), None);
         let d = runtime(&[], &[("b2", &[None, None, None, None])]);
         assert_eq!(commands(&a, &d), None);
+        let mut grown = runtime(&[], &[("b1", &[Some("10.0.0.1:80"), None, None, None, Some("10.0.0.5:80")])]);
+        grown.backends.get_mut("b1").unwrap().options = " ssl verify none".into();
+        assert_eq!(commands(&a, &grown), None, "a live backend's servers are never rebuilt");
+        grown.backends.get_mut("b1").unwrap().options = String::new();
+        assert_eq!(
+            commands(&a, &grown).unwrap(),
+            ["add server b1/s5 10.0.0.5:80", "set server b1/s5 state ready"],
+            "a slot beyond the running ones is a server added"
+        );
+        assert_eq!(
+            commands(&grown, &a).unwrap(),
+            ["set server b1/s5 state maint", "del server b1/s5"],
+            "and one fewer a server deleted"
+        );
+    }
+
+    #[test]
+    fn a_spare_is_rebuilt_for_a_new_cluster_its_ca_loaded_first_and_the_route_moved_after() {
+        let ca = "/c/ca/1.pem".to_owned();
+        let before = {
+            let mut r = runtime(
+                &[("/m/backend.map", &[("r1", "live")]), ("/m/l80-exact.map", &[("a.com/", "r1")])],
+                &[("live", &[Some("10.0.0.1:443"), None]), ("spare", &[None])],
+            );
+            let spare = r.backends.get_mut("spare").unwrap();
+            spare.cluster = None;
+            spare.options = " ssl verify none".into();
+            r
+        };
+        let mut after = runtime(
+            &[("/m/backend.map", &[("r1", "spare")]), ("/m/l80-exact.map", &[("a.com/", "r1")])],
+            &[("live", &[None, None]), ("spare", &[Some("10.0.0.1:443"), None])],
+        );
+        after.backends.get_mut("live").unwrap().cluster = None;
+        let options = format!(" ssl verify required ca-file {ca} sni str(a.com)");
+        after.backends.get_mut("spare").unwrap().options = options.clone();
+        after.server_files.insert(ca.clone(), ServerFile { certificate: false, pem: Some(b"PEM\n"[..].into()) });
+        assert_eq!(
+            commands(&before, &after).unwrap(),
+            [
+                "new ssl ca-file /c/ca/1.pem".to_owned(),
+                "set ssl ca-file /c/ca/1.pem <<\nPEM\n".to_owned(),
+                "commit ssl ca-file /c/ca/1.pem".to_owned(),
+                "del server spare/s1".to_owned(),
+                format!("add server spare/s1 10.0.0.1:443{options}"),
+                "set server spare/s1 state ready".to_owned(),
+                format!("add server spare/s2 127.0.0.1:1{options}"),
+                "set map /m/backend.map r1 spare".to_owned(),
+                "set server live/s1 state maint".to_owned(),
+            ]
+        );
+        // Back: the backend that served the route is a spare now, but its servers' options
+        // are the same: no rebuild. The CA file goes once no server names it.
+        let mut back = before.clone();
+        back.backends.get_mut("spare").unwrap().options = options.clone();
+        back.backends.get_mut("spare").unwrap().slots = vec![None, None];
+        let mut from = after.clone();
+        from.backends.get_mut("spare").unwrap().options = " ssl verify none".into();
+        assert_eq!(commands(&from, &back), None, "a spare's options differ only when nothing routes to it");
+        let mut back = after.clone();
+        back.maps = before.maps.clone();
+        back.backends = before.backends.clone();
+        back.backends.get_mut("spare").unwrap().options = options.clone();
+        back.backends.get_mut("spare").unwrap().slots = vec![None, None];
+        back.backends.get_mut("spare").unwrap().options = " ssl verify none".into();
+        assert_eq!(commands(&after, &back), None, "a backend a route uses is not rebuilt");
+        let host_file = ServerFile { certificate: false, pem: None };
+        let mut host = after.clone();
+        host.server_files.insert("/etc/ssl/voyager.pem".into(), host_file);
+        assert_eq!(commands(&after, &host), None, "a host CA file HAProxy has not loaded needs a reload");
     }
 
     #[test]

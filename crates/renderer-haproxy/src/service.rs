@@ -140,7 +140,14 @@ impl Renderer {
         // Voyager's `ca-file`s live here, beside HAProxy: one it could not load would make
         // it refuse the whole configuration, so such a cluster's routes answer 503 instead.
         let unusable = crate::unusable_ca_files(&record.model);
-        let rendered = render_over(&record.model, trust, &Renderer::options_for(&self.config)?, running, &unusable);
+        let options = Renderer::options_for(&self.config)?;
+        let mut rendered = render_over(&record.model, trust, &options, running, &unusable);
+        let commands = running.and_then(|r| runtime::commands(r, &rendered.runtime));
+        if running.is_some() && commands.is_none() {
+            // A reload: rendered afresh, so that backends are named after their clusters
+            // again and the spares are renewed.
+            rendered = render_over(&record.model, trust, &options, None, &unusable);
+        }
         if let Some(applied) = &mut self.applied {
             // The same files (named by content hash) for the same version: nothing to do.
             if applied.version == record.version() {
@@ -189,7 +196,7 @@ impl Renderer {
             render_ms = started.elapsed().as_millis() as u64
         );
         let trace = portico_kit::telemetry::fold_causes(&span, causes);
-        self.apply_rendered(record, rendered, &dir, started, buckets, &trace).instrument(span).await?;
+        self.apply_rendered(record, rendered, commands, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
 
@@ -199,6 +206,7 @@ impl Renderer {
         &mut self,
         record: &ModelRecord,
         rendered: Rendered,
+        commands: Option<Vec<String>>,
         dir: &std::path::Path,
         started: std::time::Instant,
         buckets: &Buckets,
@@ -206,12 +214,6 @@ impl Renderer {
     ) -> Result<(), ServiceError> {
         let (version, hash) = (record.version(), record.hash.clone());
         let generation = version.generation;
-        // Maps and server addresses alone changed: the runtime API, no reload.
-        let commands = self
-            .applied
-            .as_ref()
-            .and_then(|a| a.runtime.as_ref())
-            .and_then(|r| runtime::commands(r, &rendered.runtime));
         // Content-addressed files (CA bundles, client certificates) the running generation
         // has are linked, not written again.
         let previous = self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);

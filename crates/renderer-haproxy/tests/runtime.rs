@@ -147,7 +147,7 @@ fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs
 }
 
 #[test]
-fn endpoints_beyond_the_slots_or_a_new_backend_need_a_reload() {
+fn endpoints_beyond_the_slots_and_a_new_backend_take_servers_and_spares_not_a_reload() {
     let work = Path::new("/w");
     let yaml = |endpoints: usize, service: &str| {
         let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
@@ -167,12 +167,26 @@ fn endpoints_beyond_the_slots_or_a_new_backend_need_a_reload() {
     let four = rendering(work, 80, &yaml(4, "web"), Some(&three.runtime));
     assert!(runtime::commands(&three.runtime, &four.runtime).is_some(), "a fourth endpoint fits the four slots");
     let five = rendering(work, 80, &yaml(5, "web"), Some(&four.runtime));
-    assert_eq!(runtime::commands(&four.runtime, &five.runtime), None, "a fifth does not");
-    // Shrinking keeps the eight slots a running backend has, so it needs no reload.
+    let added = runtime::commands(&four.runtime, &five.runtime).expect("a fifth is servers added");
+    assert_eq!(added.iter().filter(|c| c.starts_with("add server ")).count(), 4, "eight slots now: {added:?}");
+    // Shrinking keeps the eight slots a running backend has.
     let two = rendering(work, 80, &yaml(2, "web"), Some(&five.runtime));
-    assert!(runtime::commands(&five.runtime, &two.runtime).is_some());
+    let shrunk = runtime::commands(&five.runtime, &two.runtime).unwrap();
+    assert!(shrunk.iter().all(|c| !c.starts_with("del server")), "{shrunk:?}");
+    // Another Service's cluster takes a spare backend; the one it leaves becomes a spare.
     let other = rendering(work, 80, &yaml(3, "api"), Some(&three.runtime));
-    assert_eq!(runtime::commands(&three.runtime, &other.runtime), None, "another backend");
+    let moved = runtime::commands(&three.runtime, &other.runtime).expect("a spare backend, no reload");
+    let spare = other.runtime.backends.iter().find(|(_, b)| b.cluster.as_deref().is_some_and(|c| c.contains("api")));
+    let (spare, _) = spare.expect("the api cluster has a backend");
+    assert!(spare.starts_with("portico_spare_"), "{spare}");
+    assert!(moved.contains(&format!("add server {spare}/s1 127.0.0.1:8080")), "{moved:?}");
+    let cfg = String::from_utf8(other.files["haproxy.cfg"].clone()).unwrap();
+    assert!(cfg.contains(&format!("backend {spare}\n")) && cfg.contains("    # spare: no route uses it\n"), "{cfg}");
+    // With no spare left, a new cluster is a new backend: a reload.
+    let mut none_left = three.runtime.clone();
+    none_left.backends.retain(|_, b| b.cluster.is_some());
+    let other = rendering(work, 80, &yaml(3, "api"), Some(&none_left));
+    assert_eq!(runtime::commands(&none_left, &other.runtime), None, "a new backend");
 }
 
 /// A rollback that cannot be done is said, not ignored. HAProxy refuses a runtime command,
