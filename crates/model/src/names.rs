@@ -39,7 +39,7 @@ macro_rules! string_newtype {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -50,7 +50,7 @@ macro_rules! string_newtype {
         impl TryFrom<String> for $name {
             type Error = GrammarError;
             fn try_from(value: String) -> Result<Self, GrammarError> {
-                $check(&value).map(|()| $name(value))
+                $check(&value).map(|()| $name(value.into()))
             }
         }
 
@@ -63,7 +63,7 @@ macro_rules! string_newtype {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                value.0.to_string()
             }
         }
 
@@ -159,7 +159,7 @@ string_newtype!(
 
 impl PathPrefix {
     pub fn root() -> Self {
-        PathPrefix("/".to_owned())
+        PathPrefix("/".into())
     }
 }
 
@@ -186,7 +186,7 @@ impl ClusterName {
     /// valid by construction (Kubernetes names, a number, hex digits).
     pub fn of(namespace: &K8sName, service: &K8sName, port: u16, hash: &str) -> ClusterName {
         assert!(hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "a lowercase hex digest");
-        ClusterName(format!("{namespace}_{service}_{port}_{hash}"))
+        ClusterName(format!("{namespace}_{service}_{port}_{hash}").into())
     }
 }
 
