@@ -22,7 +22,7 @@ use crate::nats::{blob_of_entry, delete_blob, put_piece_blob, Buckets, BusError}
 use crate::{codec, names, open, seal, ModelRecord, TraceContext, Version};
 use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
-use portico_model::{Model, ModelPiece, PieceId};
+use portico_model::{Model, ModelPiece, ModelPieceRef, PieceId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -142,7 +142,28 @@ impl Publisher {
         trace: &TraceContext,
         index_revision: Option<u64>,
     ) -> Result<Published, BusError> {
-        self.publish_with(buckets, model, version, trace, Some(index_revision)).await
+        self.publish_with(buckets, model.piece_refs(), None, version, trace, Some(index_revision)).await
+    }
+
+    /// Whether `publish_delta` can follow: this publisher wrote a whole model, and no piece
+    /// of a predecessor is left that it has not written.
+    pub fn can_publish_delta(&self) -> bool {
+        self.synced && self.found.is_empty() && !self.written.is_empty()
+    }
+
+    /// `publish` of the model that `delta` makes of the last one published: only the
+    /// delta's pieces are encoded and compared, its gone pieces deleted. The index is the
+    /// same as a whole publish of that model would write. Only when `can_publish_delta`.
+    pub async fn publish_delta(
+        &mut self,
+        buckets: &Buckets,
+        delta: &portico_model::ModelDelta,
+        version: Version,
+        trace: &TraceContext,
+        index_revision: Option<u64>,
+    ) -> Result<Published, BusError> {
+        assert!(self.can_publish_delta(), "a delta follows a whole model this publisher wrote");
+        self.publish_with(buckets, delta.piece_refs(), Some(&delta.gone), version, trace, Some(index_revision)).await
     }
 
     /// `publish` without compare-and-set (tests, tools): writes over whatever is there.
@@ -153,13 +174,16 @@ impl Publisher {
         version: Version,
         trace: &TraceContext,
     ) -> Result<Published, BusError> {
-        self.publish_with(buckets, model, version, trace, None).await
+        self.publish_with(buckets, model.piece_refs(), None, version, trace, None).await
     }
 
+    /// Write `pieces` where they changed, and delete: with `gone` `None` (a whole model)
+    /// every piece key not among `pieces`; else the keys of `gone` (a delta).
     async fn publish_with(
         &mut self,
         buckets: &Buckets,
-        model: &Model,
+        pieces: Vec<ModelPieceRef<'_>>,
+        gone: Option<&[PieceId]>,
         version: Version,
         trace: &TraceContext,
         fence: Option<Option<u64>>,
@@ -174,7 +198,7 @@ impl Publisher {
         let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
         let mut changes: Vec<(String, Vec<u8>, u64)> = Vec::new();
         // Borrowed: encoded as the pieces they stand for, without copying the model.
-        for piece in model.piece_refs() {
+        for piece in pieces {
             let key = piece_key(&piece.identity());
             let encoded = codec::encode(&piece);
             let c = check(&encoded);
@@ -183,13 +207,21 @@ impl Publisher {
             }
             wanted.insert(key, ());
         }
-        let removed: Vec<(String, Option<u64>)> = self
-            .written
-            .iter()
-            .map(|(k, w)| (k.clone(), Some(w.revision)))
-            .chain(self.found.iter().map(|(k, r)| (k.clone(), Some(*r))))
-            .filter(|(k, _)| !wanted.contains_key(k))
-            .collect();
+        let removed: Vec<(String, Option<u64>)> = match gone {
+            None => self
+                .written
+                .iter()
+                .map(|(k, w)| (k.clone(), Some(w.revision)))
+                .chain(self.found.iter().map(|(k, r)| (k.clone(), Some(*r))))
+                .filter(|(k, _)| !wanted.contains_key(k))
+                .collect(),
+            Some(gone) => gone
+                .iter()
+                .map(|id| piece_key(&id.identity()))
+                .filter(|k| !wanted.contains_key(k))
+                .filter_map(|k| self.written.get(&k).map(|w| w.revision).map(|r| (k, Some(r))))
+                .collect(),
+        };
         if changes.is_empty() && removed.is_empty() {
             return Ok(Published::default());
         }

@@ -77,6 +77,56 @@ async fn a_change_writes_only_its_pieces_and_readers_get_the_published_model() {
     assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, fewer);
 }
 
+/// A delta (what the resolver publishes after its first model) writes and deletes only its
+/// pieces, and the generation it makes is the one a whole publish of the new model makes:
+/// the same model for readers and followers, the same index digest and piece count.
+#[tokio::test]
+async fn a_delta_publishes_the_model_it_makes_with_the_digest_of_a_whole_publish() {
+    let server = NatsServer::start();
+    let buckets = setup(&server).await;
+    let trace = TraceContext::default();
+    let model = example();
+    let mut publisher = Publisher::new();
+    assert!(!publisher.can_publish_delta(), "a delta follows a whole model");
+    let mut watch = portico_bus::nats::watch_current_and_new(&buckets.model).await.unwrap();
+    let mut follower = portico_bus::model::Follower::new();
+    let (_, revision) = publisher.publish(&buckets, &model, v(1), &trace, None).await.unwrap().index.unwrap();
+    assert!(publisher.can_publish_delta());
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, model);
+
+    // One cluster's endpoints move, one virtual host goes, and an unchanged cluster is in
+    // the delta too (a delta may name pieces that did not change: they are not written).
+    let mut next = model.clone();
+    let Servers::Endpoints(endpoints) = &mut next.clusters[0].servers else { panic!("endpoints") };
+    let port = endpoints[0].port();
+    endpoints[0].set_port(port + 1);
+    let listener = next.listeners.iter_mut().find(|l| l.virtual_hosts.len() > 1).expect("a listener with two hosts");
+    let gone = listener.virtual_hosts.pop().unwrap();
+    let gone = portico_model::PieceId::VirtualHost(listener.port, gone.host);
+    let delta = portico_model::ModelDelta {
+        clusters: next.clusters[..2].to_vec(),
+        virtual_hosts: Vec::new(),
+        gone: vec![gone],
+        trust: next.trust.clone(),
+        client_certs: next.client_certs.clone(),
+    };
+    let mut applied = model.clone();
+    delta.apply_to(&mut applied);
+    assert_eq!(applied, next, "the delta makes the new model");
+    let published = publisher.publish_delta(&buckets, &delta, v(2), &trace, Some(revision)).await.unwrap();
+    assert_eq!((published.written, published.deleted), (1, 1), "only the changed cluster and the gone host");
+    let read = read_current(&buckets).await.unwrap().unwrap();
+    assert_eq!((&read.model, read.generation), (&next, 2));
+    assert_eq!(follow_until(&buckets, &mut watch, &mut follower, None).await.unwrap().model, next);
+
+    // A whole publish of the same model elsewhere: the same index.
+    let other = NatsServer::start();
+    let other = setup(&other).await;
+    let whole = Publisher::new().publish(&other, &next, v(2), &trace, None).await.unwrap().index.unwrap().0;
+    let (index, _) = published.index.unwrap();
+    assert_eq!((index.digest, index.pieces), (whole.digest, whole.pieces));
+}
+
 #[tokio::test]
 async fn a_piece_too_large_for_a_message_goes_through_the_object_store() {
     let server = NatsServer::start();

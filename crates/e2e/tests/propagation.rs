@@ -199,7 +199,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     let other_ca = portico_deploy::demo::TestCa::new("another CA").pem;
     let kinds = tls_policy_flips(stack.demo.web.port, &stack.demo.demo_ca_pem, &other_ca);
     let mut flipped: Vec<(&str, [Vec<Duration>; 2])> = Vec::new();
-    let (mut reloads_before_churn, mut reloads_during_churn) = (0, 0);
+    let (mut reloads_before_churn, mut reloads_during_churn, mut reloads_during_flips) = (0, 0, 0);
     // Requests to an unchanged route through both proxies for as long as the changes below
     // are made: none may fail.
     let stop_loop = std::sync::atomic::AtomicBool::new(false);
@@ -239,6 +239,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             churned[1].push(took[1]);
         }
         reloads_during_churn = haproxy_reloads(&stack) - reloads_before_churn;
+        let reloads_before_flips = haproxy_reloads(&stack);
         // The other kinds of change, each flipping a site of its own.
         for (what, file, host, states) in &kinds {
             stack.write(file, &states[0]);
@@ -257,6 +258,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             }
             flipped.push((*what, times));
         }
+        reloads_during_flips = haproxy_reloads(&stack) - reloads_before_flips;
         stop_loop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let store_timed = dir_bytes(&store);
@@ -327,6 +329,11 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         how("ReloadAfterDrift")
     );
     let _ = writeln!(report, "HAProxy reloads during the {endpoint_changes} endpoint changes: {reloads_during_churn}");
+    let _ = writeln!(
+        report,
+        "HAProxy reloads during the {} TLS policy flips (first states and flips): {reloads_during_flips}",
+        kinds.len() * (flips + 1)
+    );
     for line in applied.iter().rev().take(3).rev() {
         let _ = writeln!(report, "  {}", line.split_once("applied ").map_or(*line, |(_, l)| l));
     }

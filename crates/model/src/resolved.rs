@@ -37,10 +37,68 @@ impl ModelPieceRef<'_> {
     /// `ModelPiece::identity` of the piece it stands for.
     pub fn identity(&self) -> String {
         match self {
-            ModelPieceRef::Cluster(c) => format!("cluster/{}", c.name),
-            ModelPieceRef::VirtualHost { port, vhost } => format!("vhost/{port}/{}", vhost.host),
-            ModelPieceRef::Rest { .. } => "rest".to_owned(),
+            ModelPieceRef::Cluster(c) => PieceId::cluster_identity(&c.name),
+            ModelPieceRef::VirtualHost { port, vhost } => PieceId::vhost_identity(*port, &vhost.host),
+            ModelPieceRef::Rest { .. } => PieceId::REST.to_owned(),
         }
+    }
+}
+
+impl PieceId {
+    const REST: &'static str = "rest";
+
+    fn cluster_identity(name: &ClusterName) -> String {
+        format!("cluster/{name}")
+    }
+
+    fn vhost_identity(port: u16, host: &HostMatch) -> String {
+        format!("vhost/{port}/{host}")
+    }
+
+    /// The identity of the piece (`ModelPiece::identity`): what its bus key is made from.
+    pub fn identity(&self) -> String {
+        match self {
+            PieceId::Cluster(name) => PieceId::cluster_identity(name),
+            PieceId::VirtualHost(port, host) => PieceId::vhost_identity(*port, host),
+            PieceId::Rest => PieceId::REST.to_owned(),
+        }
+    }
+}
+
+/// What changed in a model since it was last read, as pieces: the clusters and virtual
+/// hosts that may differ (new, or changed), those that are gone, and the rest (always
+/// whole). Applied to the model it follows (`put_piece`, `remove_piece`), it gives the new
+/// one; a publisher encodes only these pieces instead of the whole model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelDelta {
+    pub clusters: Vec<Cluster>,
+    pub virtual_hosts: Vec<(u16, VirtualHost)>,
+    pub gone: Vec<PieceId>,
+    pub trust: Vec<TrustRef>,
+    pub client_certs: Vec<TrustRef>,
+}
+
+impl ModelDelta {
+    /// The pieces it puts (clusters, virtual hosts, the rest), borrowed for encoding.
+    pub fn piece_refs(&self) -> Vec<ModelPieceRef<'_>> {
+        let mut out: Vec<ModelPieceRef<'_>> = self.clusters.iter().map(ModelPieceRef::Cluster).collect();
+        out.extend(self.virtual_hosts.iter().map(|(port, vhost)| ModelPieceRef::VirtualHost { port: *port, vhost }));
+        out.push(ModelPieceRef::Rest { trust: &self.trust, client_certs: &self.client_certs });
+        out
+    }
+
+    /// `model` with this delta applied.
+    pub fn apply_to(&self, model: &mut Model) {
+        for id in &self.gone {
+            model.remove_piece(id);
+        }
+        for cluster in &self.clusters {
+            model.put_piece(ModelPiece::Cluster(cluster.clone()));
+        }
+        for (port, vhost) in &self.virtual_hosts {
+            model.put_piece(ModelPiece::VirtualHost { port: *port, vhost: vhost.clone() });
+        }
+        model.put_piece(ModelPiece::Rest { trust: self.trust.clone(), client_certs: self.client_certs.clone() });
     }
 }
 
@@ -65,9 +123,9 @@ impl ModelPiece {
     /// `vhost/<port>/<host>`, `rest`.
     pub fn identity(&self) -> String {
         match self {
-            ModelPiece::Cluster(c) => format!("cluster/{}", c.name),
-            ModelPiece::VirtualHost { port, vhost } => format!("vhost/{port}/{}", vhost.host),
-            ModelPiece::Rest { .. } => "rest".to_owned(),
+            ModelPiece::Cluster(c) => PieceId::cluster_identity(&c.name),
+            ModelPiece::VirtualHost { port, vhost } => PieceId::vhost_identity(*port, &vhost.host),
+            ModelPiece::Rest { .. } => PieceId::REST.to_owned(),
         }
     }
 }

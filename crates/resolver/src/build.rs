@@ -4,8 +4,9 @@
 
 use portico_model::names::quote;
 use portico_model::{
-    host_rank, Cluster, ClusterKey, ClusterName, DnsName, HostMatch, Listener, Model, ObjectRef, PathPrefix, Problem,
-    ProblemType, Reason, Route, RouteAction, Servers, ServingTls, Timeout, TrustRef, VirtualHost, WeightedCluster,
+    host_rank, Cluster, ClusterKey, ClusterName, DnsName, HostMatch, Listener, Model, ModelDelta, ObjectRef,
+    PathPrefix, PieceId, Problem, ProblemType, Reason, Route, RouteAction, Servers, ServingTls, Timeout, TrustRef,
+    VirtualHost, WeightedCluster,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -168,6 +169,25 @@ pub struct Table<U: Ord + Clone + std::hash::Hash> {
     clusters: Vec<Option<Interned>>,
     free: Vec<ClusterId>,
     scratch: Vec<u8>,
+    /// What changed since the model was last read (`delta`, `model_read`).
+    changes: TableChanges,
+}
+
+/// How many winning claims (the first of their slot) name each cluster: a cluster is in the
+/// model while its count is above zero. And what changed since the model was last read.
+#[derive(Clone, Debug, Default)]
+struct TableChanges {
+    won: Vec<u32>,
+    /// Short names of the clusters in the model, with how many clusters have each: two with
+    /// one name both get their full digest (`names_of`), which a delta does not follow.
+    shorts: HashMap<ClusterName, u32>,
+    colliding: usize,
+    /// A collision was seen since the last whole read: the next read is whole.
+    collided: bool,
+    hosts: BTreeSet<(u16, HostMatch)>,
+    clusters: BTreeSet<ClusterId>,
+    /// Clusters that left the model, by the name they had there.
+    gone: BTreeSet<ClusterName>,
 }
 
 /// A cluster key's place in the table.
@@ -183,6 +203,7 @@ impl<U: Ord + Clone + std::hash::Hash> Default for Table<U> {
             clusters: Vec::new(),
             free: Vec::new(),
             scratch: Vec::new(),
+            changes: TableChanges::default(),
         }
     }
 }
@@ -191,6 +212,69 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
     /// Replace the claims of `unit` with `routes` (none: the unit is gone). Returns the
     /// slots whose claims changed, old and new.
     pub fn replace(&mut self, unit: &U, routes: Vec<PendingRoute>) -> Vec<Slot> {
+        // The slots this can change: their winners' clusters leave the count first, and
+        // the winners afterwards enter it again.
+        let mut affected: BTreeSet<Slot> =
+            self.by_unit.get(unit).into_iter().flatten().map(|(slot, _)| slot.clone()).collect();
+        affected.extend(routes.iter().map(|r| (r.listener, r.host.clone(), r.prefix.clone(), r.exact)));
+        for slot in &affected {
+            self.count_winner(slot, false);
+            self.changes.hosts.insert((slot.0, slot.1.clone()));
+        }
+        let touched = self.replace_claims(unit, routes);
+        for slot in &affected {
+            self.count_winner(slot, true);
+        }
+        touched
+    }
+
+    /// Count the clusters of `slot`'s winner in (`enter`) or out of the model.
+    fn count_winner(&mut self, slot: &Slot, enter: bool) {
+        let Some(Claimed::Forward { backends, .. }) =
+            self.slots.get(slot).and_then(|c| c.first()).map(|(_, w)| &w.action)
+        else {
+            return;
+        };
+        for (id, _) in backends {
+            let id = *id;
+            let i = id as usize;
+            let changes = &mut self.changes;
+            if changes.won.len() <= i {
+                changes.won.resize(i + 1, 0);
+            }
+            let short = &self.clusters[i].as_ref().expect("a claimed cluster is interned").short;
+            match (enter, changes.won[i]) {
+                (true, n) => {
+                    changes.won[i] = n + 1;
+                    if n == 0 {
+                        let count = changes.shorts.entry(short.clone()).or_default();
+                        *count += 1;
+                        if *count == 2 {
+                            changes.colliding += 1;
+                            changes.collided = true;
+                        }
+                    }
+                }
+                (false, n) => {
+                    changes.won[i] = n - 1;
+                    if n == 1 {
+                        changes.gone.insert(short.clone());
+                        let count = changes.shorts.get_mut(short).expect("counted when it entered");
+                        *count -= 1;
+                        if *count == 1 {
+                            changes.colliding -= 1;
+                        } else if *count == 0 {
+                            changes.shorts.remove(short);
+                        }
+                    }
+                }
+            }
+            changes.clusters.insert(id);
+        }
+    }
+
+    /// `replace` without counting winners.
+    fn replace_claims(&mut self, unit: &U, routes: Vec<PendingRoute>) -> Vec<Slot> {
         let mut touched = Vec::new();
         for (slot, seq) in self.by_unit.remove(unit).unwrap_or_default() {
             let Some(claims) = self.slots.get_mut(&slot) else { continue };
@@ -262,7 +346,10 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
     fn intern(&mut self, key: ClusterKey, servers: Servers) -> ClusterId {
         if let Some(&id) = self.ids.get(&key) {
             let c = self.clusters[id as usize].as_mut().expect("interned");
-            c.servers = servers;
+            if c.servers != servers {
+                c.servers = servers;
+                self.changes.clusters.insert(id);
+            }
             c.claims += 1;
             return id;
         }
@@ -323,23 +410,96 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         out
     }
 
+    /// The model was read whole (and published): what changed is counted from here.
+    pub fn model_read(&mut self) {
+        let changes = &mut self.changes;
+        changes.hosts.clear();
+        changes.clusters.clear();
+        changes.gone.clear();
+        changes.collided = changes.colliding > 0;
+    }
+
+    /// What changed in the model since it was last read (`model_read` or a `delta`), as
+    /// pieces; `None` when only a whole read is right (two clusters of the model shared a
+    /// short name since, and names of clusters no change touched may have moved).
+    pub fn delta(&mut self) -> Option<ModelDelta> {
+        if self.changes.collided {
+            return None;
+        }
+        let changes = std::mem::take(&mut self.changes.hosts);
+        let mut delta = ModelDelta::default();
+        for (port, host) in changes {
+            match self.virtual_host(port, &host) {
+                Some(vhost) => delta.virtual_hosts.push((port, vhost)),
+                None => delta.gone.push(PieceId::VirtualHost(port, host)),
+            }
+        }
+        let mut gone = std::mem::take(&mut self.changes.gone);
+        for id in std::mem::take(&mut self.changes.clusters) {
+            let i = id as usize;
+            if self.changes.won.get(i).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            let interned = self.clusters[i].as_ref().expect("a cluster in the model is interned");
+            gone.remove(&interned.short);
+            delta.clusters.push(Cluster {
+                name: interned.short.clone(),
+                key: interned.key.clone(),
+                servers: interned.servers.clone(),
+            });
+        }
+        delta.gone.extend(gone.into_iter().map(PieceId::Cluster));
+        let (trust, client_certs) = self.trust();
+        (delta.trust, delta.client_certs) = (trust, client_certs);
+        Some(delta)
+    }
+
+    /// The trust references of the winning claims: CA bundles and client certificates.
+    fn trust(&self) -> (Vec<TrustRef>, Vec<TrustRef>) {
+        let mut trust: BTreeSet<&TrustRef> = BTreeSet::new();
+        let mut client_certs: BTreeSet<&TrustRef> = BTreeSet::new();
+        for claims in self.slots.values() {
+            let Some((_, winner)) = claims.first() else { continue };
+            if let Claimed::Forward { trust: t, client_cert: c, .. } = &winner.action {
+                trust.extend(t.iter());
+                client_certs.extend(c.iter());
+            }
+        }
+        (trust.into_iter().cloned().collect(), client_certs.into_iter().cloned().collect())
+    }
+
+    /// The virtual host `host` of listener `port` as the model has it (clusters by their
+    /// short names: no collision, see `delta`), or `None` when no route is there.
+    fn virtual_host(&self, port: u16, host: &HostMatch) -> Option<VirtualHost> {
+        let start: Slot = (port, host.clone(), PathPrefix::root(), false);
+        let mut hosts: Hosts<'_, U> = BTreeMap::new();
+        for (slot, claims) in self.slots.range(start..) {
+            if slot.0 != port || &slot.1 != host {
+                break;
+            }
+            let Some((order, winner)) = claims.first() else { continue };
+            let name = |id: &ClusterId| {
+                self.clusters[*id as usize].as_ref().expect("a claimed cluster is interned").short.clone()
+            };
+            add_route(&mut hosts, slot, order, winner, &name);
+        }
+        hosts.into_iter().next().map(|(host, value)| virtual_host_of(host, value))
+    }
+
     /// The model: each slot's first claim, clusters named collision-free.
     pub fn model(&self) -> Model {
         // The clusters winners use, and their names (the full digest where two short
         // names collide, so different keys never share a cluster).
         let mut used = vec![false; self.clusters.len()];
-        let mut trust: BTreeSet<TrustRef> = BTreeSet::new();
-        let mut client_certs: BTreeSet<TrustRef> = BTreeSet::new();
         for claims in self.slots.values() {
             let Some((_, winner)) = claims.first() else { continue };
-            if let Claimed::Forward { backends, trust: t, client_cert: c, .. } = &winner.action {
+            if let Claimed::Forward { backends, .. } = &winner.action {
                 for (id, _) in backends {
                     used[*id as usize] = true;
                 }
-                trust.extend(t.iter().cloned());
-                client_certs.extend(c.iter().cloned());
             }
         }
+        let (trust, client_certs) = self.trust();
         let interned = |id: usize| self.clusters[id].as_ref().expect("a claimed cluster is interned");
         let used_ids: Vec<usize> = (0..used.len()).filter(|&i| used[i]).collect();
         let mut names: Vec<Option<ClusterName>> = vec![None; used.len()];
@@ -352,44 +512,16 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         }
         let name = |id: &ClusterId| names[*id as usize].clone().expect("a used cluster is named");
 
-        // A virtual host's routes, and its certificate: that of its earliest winning claim
-        // (in conflict order) that has one.
-        type Hosts<'t, U> = BTreeMap<&'t HostMatch, (Vec<Route>, Option<(&'t Order<U>, &'t ServingTls)>)>;
         let mut listeners: BTreeMap<u16, Hosts<'_, U>> = BTreeMap::new();
-        for ((port, host, prefix, exact), claims) in &self.slots {
+        for (slot, claims) in &self.slots {
             let Some((order, winner)) = claims.first() else { continue };
-            let action = match &winner.action {
-                Claimed::Reject => RouteAction::Reject,
-                Claimed::BadGateway => RouteAction::BadGateway,
-                Claimed::RedirectHttps { port } => RouteAction::RedirectHttps { port: *port },
-                Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, .. } => RouteAction::Forward {
-                    backends: backends
-                        .iter()
-                        .map(|(id, weight)| WeightedCluster { cluster: name(id), weight: *weight })
-                        .collect(),
-                    host_rewrite: host_rewrite.clone(),
-                    timeout: *timeout,
-                    idle_timeout: *idle_timeout,
-                },
-            };
-            let (routes, tls) = listeners.entry(*port).or_default().entry(host).or_default();
-            routes.push(Route { prefix: prefix.clone(), exact: *exact, source: winner.owner.clone(), action });
-            if let Some(mine) = &winner.tls {
-                if tls.is_none_or(|(first, _)| order < first) {
-                    *tls = Some((order, mine));
-                }
-            }
+            add_route(listeners.entry(slot.0).or_default(), slot, order, winner, &name);
         }
         let listeners = listeners
             .into_iter()
             .map(|(port, hosts)| {
-                let mut virtual_hosts: Vec<VirtualHost> = hosts
-                    .into_iter()
-                    .map(|(host, (mut routes, tls))| {
-                        routes.sort_by(portico_model::route_order);
-                        VirtualHost { host: host.clone(), tls: tls.map(|(_, t)| t.clone()), routes }
-                    })
-                    .collect();
+                let mut virtual_hosts: Vec<VirtualHost> =
+                    hosts.into_iter().map(|(host, value)| virtual_host_of(host, value)).collect();
                 virtual_hosts.sort_by(|a, b| host_rank(&a.host).cmp(&host_rank(&b.host)).then(a.host.cmp(&b.host)));
                 Listener { port, virtual_hosts }
             })
@@ -402,13 +534,53 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
             })
             .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        Model {
-            listeners,
-            clusters,
-            trust: trust.into_iter().collect(),
-            client_certs: client_certs.into_iter().collect(),
+        Model { listeners, clusters, trust, client_certs }
+    }
+}
+
+/// A virtual host's routes, and its certificate: that of its earliest winning claim (in
+/// conflict order) that has one.
+type Hosts<'t, U> = BTreeMap<&'t HostMatch, (Vec<Route>, Option<(&'t Order<U>, &'t ServingTls)>)>;
+
+/// Add `slot`'s winning claim to the routes of its host.
+fn add_route<'t, U: Ord>(
+    hosts: &mut Hosts<'t, U>,
+    slot: &'t Slot,
+    order: &'t Order<U>,
+    winner: &'t Claim,
+    name: &dyn Fn(&ClusterId) -> ClusterName,
+) {
+    let (_, host, prefix, exact) = slot;
+    let action = match &winner.action {
+        Claimed::Reject => RouteAction::Reject,
+        Claimed::BadGateway => RouteAction::BadGateway,
+        Claimed::RedirectHttps { port } => RouteAction::RedirectHttps { port: *port },
+        Claimed::Forward { backends, host_rewrite, timeout, idle_timeout, .. } => RouteAction::Forward {
+            backends: backends
+                .iter()
+                .map(|(id, weight)| WeightedCluster { cluster: name(id), weight: *weight })
+                .collect(),
+            host_rewrite: host_rewrite.clone(),
+            timeout: *timeout,
+            idle_timeout: *idle_timeout,
+        },
+    };
+    let (routes, tls) = hosts.entry(host).or_default();
+    routes.push(Route { prefix: prefix.clone(), exact: *exact, source: winner.owner.clone(), action });
+    if let Some(mine) = &winner.tls {
+        if tls.is_none_or(|(first, _)| order < first) {
+            *tls = Some((order, mine));
         }
     }
+}
+
+/// A host's routes (in route order) and certificate, as a virtual host.
+fn virtual_host_of<U>(
+    host: &HostMatch,
+    (mut routes, tls): (Vec<Route>, Option<(&Order<U>, &ServingTls)>),
+) -> VirtualHost {
+    routes.sort_by(portico_model::route_order);
+    VirtualHost { host: host.clone(), tls: tls.map(|(_, t)| t.clone()), routes }
 }
 
 /// SHA-256 of a cluster key's canonical encoding (bincode 2, standard config). The encoding

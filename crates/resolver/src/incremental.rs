@@ -491,6 +491,17 @@ impl Incremental {
         self.table.model()
     }
 
+    /// What changed in the model since it was last read whole (`model_read`) or as a
+    /// delta, as pieces; `None` when it must be read whole (`Table::delta`).
+    pub fn delta(&mut self) -> Option<portico_model::ModelDelta> {
+        self.table.delta()
+    }
+
+    /// The model was read whole and published: deltas count from here.
+    pub fn model_read(&mut self) {
+        self.table.model_read()
+    }
+
     /// Every status, sorted by kind, namespace and name.
     pub fn statuses(&self) -> impl Iterator<Item = &ObjectStatus> {
         self.statuses.values()

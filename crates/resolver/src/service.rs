@@ -121,6 +121,13 @@ struct Published {
     statuses: BTreeMap<String, [u8; 16]>,
 }
 
+/// How a rebuild's model is read off the route table for publishing.
+enum Read {
+    /// The pieces the rebuild touched.
+    Delta(portico_model::ModelDelta),
+    Whole(portico_model::Model),
+}
+
 async fn publish(
     buckets: &Buckets,
     state: &mut Incremental,
@@ -130,7 +137,17 @@ async fn publish(
     let started = std::time::Instant::now();
     // Only the units that read what changed are resolved again (`Incremental`).
     let changes = state.rebuild();
-    let model = state.model();
+    // After a whole model, only the pieces the rebuild touched are read off and compared
+    // (`Table::delta`); the whole model when this publisher has not written one, or when
+    // the delta cannot be trusted (cluster names collided).
+    let read = match published.pieces.can_publish_delta().then(|| state.delta()).flatten() {
+        Some(delta) => Read::Delta(delta),
+        None => {
+            let model = state.model();
+            state.model_read();
+            Read::Whole(model)
+        }
+    };
     portico_kit::admin::counter("portico_resolver_rebuilds_total", "Rebuilds of the model.", 1.0);
     portico_kit::admin::counter(
         "portico_resolver_units_resolved_total",
@@ -139,7 +156,14 @@ async fn publish(
     );
     let resolved_ms = started.elapsed().as_millis() as u64;
     let version = Version { epoch: published.epoch, generation: published.generation + 1 };
-    let outcome = published.pieces.publish(buckets, &model, version, trace, published.model_revision).await?;
+    let outcome = match &read {
+        Read::Delta(delta) => {
+            published.pieces.publish_delta(buckets, delta, version, trace, published.model_revision).await?
+        }
+        Read::Whole(model) => {
+            published.pieces.publish(buckets, model, version, trace, published.model_revision).await?
+        }
+    };
     portico_kit::admin::histogram(
         "portico_resolver_rebuild_duration_seconds",
         "How long rebuilds (resolve, and publishing what changed) took.",

@@ -412,6 +412,11 @@ proptest! {
             let got = inc.resolved();
             let want = resolve(inc.snapshot(), &config);
             prop_assert_eq!(&got.model, &want.model, "model after change {} ({:?})", i, change);
+            // The delta the resolver publishes makes the previous model the new one.
+            let mut followed = before.model.clone();
+            let delta = inc.delta().expect("no cluster names collide here");
+            delta.apply_to(&mut followed);
+            prop_assert_eq!(&followed, &got.model, "the delta after change {} ({:?}): {:?}", i, change, delta);
             prop_assert_eq!(&got.statuses, &want.statuses, "statuses after change {} ({:?})", i, change);
             // What the rebuild says changed is exactly what changed.
             let old: BTreeMap<_, _> = before.statuses.iter().map(|s| (s.object.clone(), s)).collect();
