@@ -36,11 +36,16 @@ pub struct Report {
     pub one_change: Vec<Duration>,
     /// Reading the whole model off the table after that change (`Incremental::model`).
     pub one_change_model: Vec<Duration>,
+    /// The pieces that one-object change touched (`Incremental::delta`): what the resolver
+    /// reads off and publishes after its first model.
+    pub one_change_delta: Vec<Duration>,
     /// An EndpointSlice changed (the most frequent change in a real cluster): rebuild.
     pub endpoint_change: Vec<Duration>,
     pub content_hash: Duration,
     /// haproxy.cfg and its files.
     pub render_haproxy: Vec<Duration>,
+    /// A rendering over the running one and the runtime commands between them.
+    pub render_haproxy_over: Vec<Duration>,
     /// Envoy's xDS resources (typed).
     pub render_envoy: Vec<Duration>,
     /// Envoy's static bootstrap as YAML (typed resources through prost-reflect).
@@ -241,7 +246,9 @@ pub fn run(options: &Options, now: i64) -> Report {
     // does): an HTTPProxy's subject name, then an EndpointSlice's endpoints.
     let mut incremental = portico_resolver::Incremental::from_snapshot(snapshot.clone(), config.clone());
     incremental.rebuild();
+    incremental.model_read(); // as after the resolver's first (whole) publish
     let (mut one_change, mut one_change_model, mut endpoint_change) = (Vec::new(), Vec::new(), Vec::new());
+    let mut one_change_delta = Vec::new();
     let proxy = snapshot.http_proxies.values().next().cloned();
     let slice = snapshot.endpoint_slices.values().next().cloned();
     for run in 0..options.runs.max(1) {
@@ -255,9 +262,12 @@ pub fn run(options: &Options, now: i64) -> Report {
         let changes = incremental.rebuild();
         one_change.push(started.elapsed());
         let started = Instant::now();
+        let delta = incremental.delta();
+        one_change_delta.push(started.elapsed());
+        let started = Instant::now();
         let model = incremental.model();
         one_change_model.push(started.elapsed());
-        drop((changes, model)); // outside the timed region, like the full-resolve runs
+        drop((changes, delta, model)); // outside the timed region, like the full-resolve runs
         if let Some(mut slice) = slice.clone() {
             slice.endpoints.truncate(1 + run % 3);
             incremental.apply(Object::EndpointSlice(slice)).expect("not a secret");
@@ -284,6 +294,7 @@ pub fn run(options: &Options, now: i64) -> Report {
         admin_port: 9901,
     };
     let (mut render_haproxy, mut render_envoy, mut haproxy_cfg_bytes) = (Vec::new(), Vec::new(), 0);
+    let mut render_haproxy_over = Vec::new();
     for _ in 0..options.runs.max(1) {
         let started = Instant::now();
         let rendered = portico_renderer_haproxy::render(&resolved.model, &trust, &haproxy_options);
@@ -297,7 +308,20 @@ pub fn run(options: &Options, now: i64) -> Report {
             portico_renderer_envoy::Delivery::Ads,
         );
         render_envoy.push(started.elapsed());
-        drop((rendered, resources));
+        // What renderer-haproxy does per change: render over the running configuration
+        // (slots and spare backends kept) and find the runtime commands between the two.
+        let started = Instant::now();
+        let over = portico_renderer_haproxy::render_over(
+            &resolved.model,
+            &trust,
+            &haproxy_options,
+            Some(&rendered.runtime),
+            &Default::default(),
+        );
+        let commands = portico_renderer_haproxy::runtime::commands(&rendered.runtime, &over.runtime);
+        render_haproxy_over.push(started.elapsed());
+        assert_eq!(commands.map(|c| c.len()), Some(0), "the same model over itself: nothing to change");
+        drop((rendered, resources, over));
     }
     let peak_before_yaml = peak_rss_kib();
     let started = Instant::now();
@@ -312,9 +336,11 @@ pub fn run(options: &Options, now: i64) -> Report {
         resolve: resolve_times,
         one_change,
         one_change_model,
+        one_change_delta,
         endpoint_change,
         content_hash,
         render_haproxy,
+        render_haproxy_over,
         render_envoy,
         envoy_yaml,
         haproxy_cfg_bytes,
@@ -353,10 +379,12 @@ impl Report {
              validate {} CA secrets  {}\n\
              full resolve              median {} (min {}, max {}, {} runs)\n\
              one-object change         median {} (incremental: the dependents of one HTTPProxy)\n\
+             + delta read-off          median {} (the pieces it touched: what the resolver publishes)\n\
              + model read-off          median {} (the whole model from the route table)\n\
              EndpointSlice change      median {} (incremental)\n\
              model content hash        {}\n\
              render haproxy.cfg        median {} ({:.1} MiB)\n\
+             + over the running one    median {} (slots and spares kept, runtime commands found)\n\
              render Envoy resources    median {} (typed, for xDS)\n\
              Envoy bootstrap as YAML   {}\n\
              result                    {} routes, {} clusters, {} invalid objects, model JSON {:.1} MiB\n\
@@ -376,11 +404,13 @@ impl Report {
             ms(max),
             self.resolve.len(),
             ms(median(&self.one_change)),
+            ms(median(&self.one_change_delta)),
             ms(median(&self.one_change_model)),
             ms(median(&self.endpoint_change)),
             ms(self.content_hash),
             ms(median(&self.render_haproxy)),
             self.haproxy_cfg_bytes as f64 / 1_048_576.0,
+            ms(median(&self.render_haproxy_over)),
             ms(median(&self.render_envoy)),
             ms(self.envoy_yaml),
             self.routes,
