@@ -52,7 +52,6 @@ fn parse_secret(value: &str) -> Result<portico_model::SecretRef, String> {
     }
 }
 
-
 // The system allocator (not mimalloc, as before): with the model's names shared and the
 // delta publish, the resolver allocates little per change, and glibc's trim after each
 // publish (`admin::release_memory`) returns what the first load freed: 98 MiB at 10,000
