@@ -338,14 +338,16 @@ fn route_id(
     id
 }
 
-/// How many server slots a backend with `n` endpoints gets: room to grow without a reload
-/// (endpoints fill free slots through the runtime API), and the count a running backend
-/// already has while it still fits, so that shrinking does not reload either.
+/// How many server slots a backend with `n` endpoints gets: one per endpoint when it is
+/// rendered afresh (a reload), since every TLS server line costs HAProxy an SSL context at
+/// parse time, spare or not (at 10,000 backends, four slots each took `haproxy -c` 4.0 s
+/// against 1.2 s for one, docs/PERFORMANCE.md); over a running backend, at least the slots
+/// it has, so that an endpoint that goes leaves its server in maintenance (never a delete
+/// under live connections), and more servers are added (`add server`) when it grows.
 pub fn slots(n: usize, running: Option<usize>) -> usize {
-    let fresh = n.next_power_of_two().max(4);
     match running {
-        Some(r) if n <= r && r <= 2 * fresh => r,
-        _ => fresh,
+        Some(r) if n <= r => r,
+        _ => n,
     }
 }
 
@@ -355,7 +357,7 @@ fn assign_slots(endpoints: &[SocketAddr], running: Option<&Vec<Option<SocketAddr
     let count = slots(endpoints.len(), running.map(Vec::len));
     let mut out: Vec<Option<SocketAddr>> = vec![None; count];
     let mut placed = std::collections::BTreeSet::new();
-    if let Some(running) = running.filter(|r| r.len() == count) {
+    if let Some(running) = running.filter(|r| r.len() <= count) {
         let wanted: std::collections::BTreeSet<&SocketAddr> = endpoints.iter().collect();
         for (slot, addr) in running.iter().enumerate() {
             if let Some(addr) = addr.filter(|a| wanted.contains(a)) {

@@ -147,7 +147,7 @@ fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs
 }
 
 #[test]
-fn endpoints_beyond_the_slots_and_a_new_backend_take_servers_and_spares_not_a_reload() {
+fn a_new_endpoint_is_a_server_added_and_a_new_backend_takes_a_spare_not_a_reload() {
     let work = Path::new("/w");
     let yaml = |endpoints: usize, service: &str| {
         let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
@@ -164,15 +164,23 @@ fn endpoints_beyond_the_slots_and_a_new_backend_take_servers_and_spares_not_a_re
             .replace("kubernetes.io/service-name: web", &format!("kubernetes.io/service-name: {service}"))
     };
     let three = rendering(work, 80, &yaml(3, "web"), None);
+    let slots_of = |r: &Rendered| r.runtime.backends.values().find(|b| b.cluster.is_some()).unwrap().slots.len();
+    assert_eq!(slots_of(&three), 3, "afresh, one server per endpoint: no spare TLS contexts to parse");
     let four = rendering(work, 80, &yaml(4, "web"), Some(&three.runtime));
-    assert!(runtime::commands(&three.runtime, &four.runtime).is_some(), "a fourth endpoint fits the four slots");
-    let five = rendering(work, 80, &yaml(5, "web"), Some(&four.runtime));
-    let added = runtime::commands(&four.runtime, &five.runtime).expect("a fifth is servers added");
-    assert_eq!(added.iter().filter(|c| c.starts_with("add server ")).count(), 4, "eight slots now: {added:?}");
-    // Shrinking keeps the eight slots a running backend has.
-    let two = rendering(work, 80, &yaml(2, "web"), Some(&five.runtime));
-    let shrunk = runtime::commands(&five.runtime, &two.runtime).unwrap();
+    let added = runtime::commands(&three.runtime, &four.runtime).expect("a fourth endpoint is a server added");
+    let backend = four.runtime.backends.iter().find(|(_, b)| b.cluster.is_some()).unwrap().0.clone();
+    assert_eq!(
+        added,
+        [format!("add server {backend}/s4 127.0.0.4:8080"), format!("set server {backend}/s4 state ready")],
+        "the other three keep their servers"
+    );
+    // Shrinking keeps the servers a running backend has (in maintenance: never deleted
+    // under live connections).
+    let two = rendering(work, 80, &yaml(2, "web"), Some(&four.runtime));
+    let shrunk = runtime::commands(&four.runtime, &two.runtime).unwrap();
+    assert_eq!(slots_of(&two), 4);
     assert!(shrunk.iter().all(|c| !c.starts_with("del server")), "{shrunk:?}");
+    assert_eq!(shrunk.iter().filter(|c| c.ends_with("state maint")).count(), 2, "{shrunk:?}");
     // Another Service's cluster takes a spare backend; the one it leaves becomes a spare.
     let other = rendering(work, 80, &yaml(3, "api"), Some(&three.runtime));
     let moved = runtime::commands(&three.runtime, &other.runtime).expect("a spare backend, no reload");
