@@ -287,6 +287,17 @@ impl LocalStack {
                 }
             }
         }
+        // HAProxy's own words (its renderer starts it with this log).
+        let haproxy =
+            std::fs::read_to_string(self.stack.options.state_dir.join("haproxy/haproxy.log")).unwrap_or_default();
+        if !haproxy.is_empty() {
+            out.push_str("==== haproxy (last 40 lines)\n");
+            let tail: Vec<&str> = haproxy.lines().rev().take(40).collect();
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
         out
     }
 }

@@ -44,6 +44,8 @@ pub enum ApplyError {
     RollbackFailed { failed: Box<ApplyError>, rollback: String },
     #[error("HAProxy is not running (its restart was interrupted); the liveness check starts it again")]
     NotRunning,
+    #[error("HAProxy exited during the reload; the liveness check starts it again on the configuration it ran")]
+    ExitedDuringReload,
 }
 
 /// How long a reload may take before it counts as failed. A reload parses the whole
@@ -573,7 +575,7 @@ impl Haproxy {
         }
     }
 
-    fn reload_and_confirm(&self, reloads: u64, failed: u64) -> Result<(), ApplyError> {
+    fn reload_and_confirm(&mut self, reloads: u64, failed: u64) -> Result<(), ApplyError> {
         // HAProxy 2.6's `reload` answers nothing; `show proc` says what happened. The
         // master re-executes, so the socket may refuse connections for a moment.
         let _ = self.master("reload");
@@ -581,6 +583,11 @@ impl Haproxy {
         let mut next_note = RELOAD_NOTE_EVERY;
         while started.elapsed() < RELOAD_LIMIT {
             std::thread::sleep(Duration::from_millis(50));
+            // A master that died (killed, crashed) never confirms: said at once, so that
+            // the liveness check starts HAProxy again instead of waiting out the limit.
+            if !self.alive() {
+                return Err(ApplyError::ExitedDuringReload);
+            }
             match self.reload_counters() {
                 Ok((_, f)) if f > failed => return Err(ApplyError::ReloadFailed),
                 Ok((r, _)) if r > reloads => return Ok(()),

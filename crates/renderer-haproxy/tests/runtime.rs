@@ -247,3 +247,57 @@ fn a_rollback_that_fails_is_reported_and_the_next_reload_repairs_it() {
     assert_eq!(http_get(port, "a.test", "/three/x").unwrap(), (200, "one".to_owned()));
     assert_eq!(std::fs::read_link(&link).unwrap(), gen3);
 }
+
+/// A master that dies during a reload (killed, crashed) is said at once: the renderer does
+/// not wait out `RELOAD_LIMIT` (120 s) for a confirmation that cannot come, which kept its
+/// liveness check from starting HAProxy again for two minutes (found by the chaos run: an
+/// HAProxy master killed while its renderer reloaded it). The master is killed as soon as
+/// its log says it took the reload; the new configuration has 3,000 more TLS server lines
+/// than it needs, so that its parse cannot finish first.
+#[test]
+fn a_master_that_dies_during_a_reload_is_said_at_once_and_current_goes_back() {
+    let one = backend("one");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path().canonicalize().unwrap();
+    let (_, mut haproxy) = started(&work, port, one);
+    let second = rendering(&work, port, &world("/two", one, None), None);
+    let gen2 = work.join("gen-1-2-2");
+    write_files(&gen2, &second.files).unwrap();
+    let mut padding = String::from("\nbackend padding\n");
+    for i in 0..3000 {
+        padding.push_str(&format!("    server s{i} 127.0.0.1:1 disabled ssl verify none\n"));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(gen2.join("haproxy.cfg"))
+        .unwrap()
+        .write_all(padding.as_bytes())
+        .unwrap();
+
+    let log = work.join("haproxy.log");
+    let before = std::fs::read_to_string(&log).unwrap().matches("Reloading HAProxy").count();
+    let pid = haproxy.pid() as libc::pid_t;
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if std::fs::read_to_string(&log).unwrap_or_default().matches("Reloading HAProxy").count() > before {
+                // SAFETY: kill(2) on the master this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        false
+    });
+    let applying = std::time::Instant::now();
+    let error = haproxy.apply(&gen2).unwrap_err();
+    assert!(killer.join().unwrap(), "the master took the reload and was killed");
+    assert!(matches!(error, ApplyError::ExitedDuringReload), "{error}");
+    assert!(
+        applying.elapsed() < std::time::Duration::from_secs(60),
+        "not after the 120 s limit: {:?}",
+        applying.elapsed()
+    );
+    assert_eq!(std::fs::read_link(current_base(&work)).unwrap(), work.join("gen-1-1-1"), "current goes back");
+}
