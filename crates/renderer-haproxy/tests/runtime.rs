@@ -67,6 +67,15 @@ spec:
     )
 }
 
+/// A free port, and a work directory: its guard and its canonical path (the configuration
+/// names files under it, and the tests compare those paths).
+fn place() -> (u16, tempfile::TempDir, std::path::PathBuf) {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().canonicalize().unwrap();
+    (port, dir, path)
+}
+
 /// HAProxy started on the first generation (route `/one` to the backend `one`), serving it.
 fn started(work: &Path, port: u16, one: u16) -> (Rendered, Haproxy) {
     let first = rendering(work, port, &world("/one", one, None), None);
@@ -94,9 +103,7 @@ fn rendering(work: &Path, port: u16, yaml: &str, running: Option<&portico_render
 #[test]
 fn route_and_endpoint_changes_apply_without_a_reload_and_the_files_are_what_runs() {
     let (one, two) = (backend("one"), backend("two"));
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let work = tempfile::tempdir().unwrap();
-    let work = work.path().canonicalize().unwrap();
+    let (port, _dir, work) = place();
 
     let (first, mut haproxy) = started(&work, port, one);
     let reloads = haproxy.reloads().unwrap();
@@ -206,9 +213,7 @@ fn a_new_endpoint_is_a_server_added_and_a_new_backend_takes_a_spare_not_a_reload
 #[test]
 fn a_rollback_that_fails_is_reported_and_the_next_reload_repairs_it() {
     let one = backend("one");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let work = tempfile::tempdir().unwrap();
-    let work = work.path().canonicalize().unwrap();
+    let (port, _dir, work) = place();
     let (first, mut haproxy) = started(&work, port, one);
 
     // The next generation, whose configuration HAProxy refuses.
@@ -257,9 +262,7 @@ fn a_rollback_that_fails_is_reported_and_the_next_reload_repairs_it() {
 #[test]
 fn a_master_that_dies_during_a_reload_is_said_at_once_and_current_goes_back() {
     let one = backend("one");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let work = tempfile::tempdir().unwrap();
-    let work = work.path().canonicalize().unwrap();
+    let (port, _dir, work) = place();
     let (_, mut haproxy) = started(&work, port, one);
     let second = rendering(&work, port, &world("/two", one, None), None);
     let gen2 = work.join("gen-1-2-2");
