@@ -134,7 +134,7 @@ fn master_line(out: &str) -> Result<(u32, u64, u64), ApplyError> {
 /// How many times the HAProxy master running in `work_dir` has reloaded since it started,
 /// if one answers on its socket (`show proc`'s count, not the renderer's word for it).
 pub fn master_reloads(work_dir: &Path) -> Option<u64> {
-    master_command(&work_dir.join("master.sock"), "show proc").and_then(|o| master_line(&o)).ok().map(|(_, r, _)| r)
+    master_counters(work_dir).map(|(reloads, _)| reloads)
 }
 
 /// `(reloads, failed reloads)` of the HAProxy master running in `work_dir`, if one answers.

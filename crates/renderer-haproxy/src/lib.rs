@@ -761,10 +761,14 @@ pub fn render_over(
         runtime.backends.insert(name, spare);
     }
     runtime.server_files = server_files;
-    for name in runtime.backends.keys() {
+    // A backend's lines before its servers: the same for every cluster's backend.
+    let backend_head = |cfg: &mut String, name: &str| {
         writeln!(cfg, "backend {name}").unwrap();
         cfg.push_str("    balance roundrobin\n");
         cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
+    };
+    for name in runtime.backends.keys() {
+        backend_head(&mut cfg, name);
         cfg.push_str(SERVERS);
         cfg.push('\n');
     }
@@ -772,9 +776,7 @@ pub fn render_over(
         let Servers::Dns { host, port } = &cluster.servers else { continue };
         let Some(cluster_files) = renderable.get(cluster.name.as_str()) else { continue };
         let opts = server_options_of(cluster, cluster_files, base);
-        writeln!(cfg, "backend {}", cluster.name).unwrap();
-        cfg.push_str("    balance roundrobin\n");
-        cfg.push_str("    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
+        backend_head(&mut cfg, cluster.name.as_str());
         writeln!(cfg, "    server s1 {host}:{port} init-addr last,libc,none{opts}\n").unwrap();
     }
     writeln!(
@@ -818,7 +820,9 @@ pub fn render_over(
         }
         files.insert(list.strip_prefix(base).unwrap_or(list).trim_start_matches('/').to_owned(), text.into_bytes());
     }
-    let mut filled = String::with_capacity(cfg.len() + runtime.backends.len() * 4 * 160);
+    // Each server line: its name, address and the backend's options.
+    let server_bytes: usize = runtime.backends.values().map(|b| b.slots.len() * (b.options.len() + 48)).sum();
+    let mut filled = String::with_capacity(cfg.len() + server_bytes);
     let mut pieces = cfg.split(SERVERS);
     filled.push_str(pieces.next().unwrap_or_default());
     for (piece, (name, backend)) in pieces.zip(&runtime.backends) {

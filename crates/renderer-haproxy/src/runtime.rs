@@ -5,8 +5,8 @@
 //! lines go) plus its map entries, its backends' servers and the files those servers load.
 //! When the skeleton of the new rendering is the skeleton HAProxy runs, the difference is
 //! map entries (routes added, removed or pointed elsewhere; Host rewrites; timeouts),
-//! server addresses (endpoints added, removed or moved), servers added or deleted (a
-//! backend that outgrew its slots), and backends that serve another cluster: HAProxy 2.6
+//! server addresses (endpoints added, removed or moved), servers added (an endpoint beyond
+//! a backend's servers), and backends that serve another cluster: HAProxy 2.6
 //! cannot add a backend at runtime, so the renderer keeps spare backends, and a cluster
 //! that is new (a TLS policy changed, which is a cluster's identity, a CA rotated, a new
 //! Service) takes a spare whose servers are rebuilt (`del server`, then `add server` with
@@ -67,6 +67,17 @@ pub struct ServerFile {
     /// write (Voyager's `ca-file`): HAProxy loads it at start only, so a server naming it
     /// for the first time needs a reload.
     pub pem: Option<std::sync::Arc<[u8]>>,
+}
+
+impl ServerFile {
+    /// Its store in HAProxy's runtime API: `ssl cert` or `ssl ca-file`.
+    fn store(&self) -> &'static str {
+        if self.certificate {
+            "cert"
+        } else {
+            "ca-file"
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerFile {
@@ -247,7 +258,7 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     // The files new servers load, before the servers.
     for (path, file) in &next.server_files {
         let (false, Some(pem)) = (running.server_files.contains_key(path), &file.pem) else { continue };
-        let what = if file.certificate { "cert" } else { "ca-file" };
+        let what = file.store();
         out.push(format!("new ssl {what} {}", arg(path)));
         out.push(set_payload(what, path, pem));
         out.push(format!("commit ssl {what} {}", arg(path)));
@@ -313,8 +324,7 @@ pub fn commands(running: &Runtime, next: &Runtime) -> Option<Vec<String>> {
     // Files no server names any more (their servers were rebuilt above).
     for (path, file) in &running.server_files {
         if !next.server_files.contains_key(path) && file.pem.is_some() {
-            let what = if file.certificate { "cert" } else { "ca-file" };
-            out.push(format!("del ssl {what} {}", arg(path)));
+            out.push(format!("del ssl {} {}", file.store(), arg(path)));
         }
     }
     // A gone host's certificate last, once nothing routes to it.
@@ -505,21 +515,49 @@ mod tests {
                 "set server live/s1 state maint".to_owned(),
             ]
         );
-        // Back: the backend that served the route is a spare now, but its servers' options
-        // are the same: no rebuild. The CA file goes once no server names it.
-        let mut back = before.clone();
-        back.backends.get_mut("spare").unwrap().options = options.clone();
-        back.backends.get_mut("spare").unwrap().slots = vec![None, None];
-        let mut from = after.clone();
-        from.backends.get_mut("spare").unwrap().options = " ssl verify none".into();
-        assert_eq!(commands(&from, &back), None, "a spare's options differ only when nothing routes to it");
+        // Back: the route returns to "live", whose servers have the options they had:
+        // nothing is rebuilt, and "spare" keeps its servers (in maintenance) and the CA file
+        // they name.
         let mut back = after.clone();
         back.maps = before.maps.clone();
-        back.backends = before.backends.clone();
-        back.backends.get_mut("spare").unwrap().options = options.clone();
-        back.backends.get_mut("spare").unwrap().slots = vec![None, None];
-        back.backends.get_mut("spare").unwrap().options = " ssl verify none".into();
-        assert_eq!(commands(&after, &back), None, "a backend a route uses is not rebuilt");
+        let live = back.backends.get_mut("live").unwrap();
+        (live.cluster, live.slots) = (Some("c_live".into()), vec![Some("10.0.0.1:443".parse().unwrap()), None]);
+        let spare = back.backends.get_mut("spare").unwrap();
+        (spare.cluster, spare.slots) = (None, vec![None, None]);
+        assert_eq!(
+            commands(&after, &back).unwrap(),
+            [
+                "set server live/s1 addr 10.0.0.1 port 443",
+                "set server live/s1 state ready",
+                "set map /m/backend.map r1 live",
+                "set server spare/s1 state maint",
+            ]
+        );
+        // The spare rebuilt for another cluster that names no CA file: the file goes last.
+        let mut other = back.clone();
+        let spare = other.backends.get_mut("spare").unwrap();
+        (spare.cluster, spare.options) = (Some("c_other".into()), " ssl verify none".into());
+        spare.slots = vec![Some("10.0.0.2:443".parse().unwrap())];
+        other.maps.get_mut("/m/backend.map").unwrap().insert("r2".into(), "spare".into());
+        other.server_files.clear();
+        assert_eq!(
+            commands(&back, &other).unwrap(),
+            [
+                "del server spare/s1",
+                "del server spare/s2",
+                "add server spare/s1 10.0.0.2:443 ssl verify none",
+                "set server spare/s1 state ready",
+                "add map /m/backend.map r2 spare",
+                "del ssl ca-file /c/ca/1.pem",
+            ]
+        );
+        // Never a backend a route uses: "spare" while it serves r1, "live" after.
+        let mut rebuilt = after.clone();
+        rebuilt.backends.get_mut("spare").unwrap().options = " ssl verify none".into();
+        assert_eq!(commands(&after, &rebuilt), None, "a spare's options differ only when nothing routes to it");
+        let mut rebuilt = back.clone();
+        rebuilt.backends.get_mut("live").unwrap().options = " ssl verify none".into();
+        assert_eq!(commands(&back, &rebuilt), None, "a backend a route uses is not rebuilt");
         let host_file = ServerFile { certificate: false, pem: None };
         let mut host = after.clone();
         host.server_files.insert("/etc/ssl/voyager.pem".into(), host_file);
