@@ -191,6 +191,16 @@ impl LocalStack {
         local
     }
 
+    /// The HAProxy renderer's work directory (generations, `master.sock`, `haproxy.log`).
+    pub fn haproxy_dir(&self) -> PathBuf {
+        self.stack.options.state_dir.join("haproxy")
+    }
+
+    /// How many times HAProxy's master has reloaded, by its own count (`show proc`).
+    pub fn haproxy_reloads(&self) -> u64 {
+        portico_renderer_haproxy::apply::master_reloads(&self.haproxy_dir()).expect("HAProxy's master answers")
+    }
+
     pub fn manifests(&self) -> PathBuf {
         self.dir.path().join("manifests")
     }
@@ -288,8 +298,7 @@ impl LocalStack {
             }
         }
         // HAProxy's own words (its renderer starts it with this log).
-        let haproxy =
-            std::fs::read_to_string(self.stack.options.state_dir.join("haproxy/haproxy.log")).unwrap_or_default();
+        let haproxy = std::fs::read_to_string(self.haproxy_dir().join("haproxy.log")).unwrap_or_default();
         if !haproxy.is_empty() {
             out.push_str("==== haproxy (last 40 lines)\n");
             let tail: Vec<&str> = haproxy.lines().rev().take(40).collect();

@@ -93,8 +93,7 @@ fn signal(pid: u32, signal: libc::c_int) {
 }
 
 fn haproxy_master(stack: &LocalStack) -> u32 {
-    portico_renderer_haproxy::apply::running_master(&stack.stack.options.state_dir.join("haproxy"))
-        .expect("an HAProxy master answers")
+    portico_renderer_haproxy::apply::running_master(&stack.haproxy_dir()).expect("an HAProxy master answers")
 }
 
 fn inject(stack: &mut LocalStack, fault: Fault) {

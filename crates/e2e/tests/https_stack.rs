@@ -28,11 +28,6 @@ fn until_served(stack: &LocalStack, via: Via, want: &str, limit: Duration) -> Du
     panic!("{via:?} never served {want} within {limit:?} (last: {last})\n{}", stack.logs())
 }
 
-fn haproxy_reloads(stack: &LocalStack) -> u64 {
-    portico_renderer_haproxy::apply::master_reloads(&stack.stack.options.state_dir.join("haproxy"))
-        .expect("HAProxy's master answers")
-}
-
 #[test]
 fn a_renewed_certificate_is_served_without_a_reload_or_a_failed_request() {
     let stack = LocalStack::start(&[]);
@@ -51,7 +46,7 @@ fn a_renewed_certificate_is_served_without_a_reload_or_a_failed_request() {
     // (portico_kit::renderer_inputs::TRUST_GRACE, 10 s from the renderers' session start,
     // which was before the stack first served.)
     std::thread::sleep(Duration::from_secs(11).saturating_sub(up.elapsed()));
-    let reloads = haproxy_reloads(&stack);
+    let reloads = stack.haproxy_reloads();
 
     // The loops: per proxy, one keep-alive connection and one new connection per request.
     let stop = AtomicBool::new(false);
@@ -108,7 +103,7 @@ fn a_renewed_certificate_is_served_without_a_reload_or_a_failed_request() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(counts.iter().all(|n| *n > 10), "every loop ran: {counts:?}");
-    assert_eq!(haproxy_reloads(&stack), reloads, "a renewal is applied through HAProxy's runtime API");
+    assert_eq!(stack.haproxy_reloads(), reloads, "a renewal is applied through HAProxy's runtime API");
     // The files on disk are what runs: the renewed certificate is in HAProxy's directory.
     let on_disk = std::fs::read_to_string(
         stack

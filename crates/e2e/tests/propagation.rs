@@ -385,7 +385,7 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             let _ = writeln!(report, "  {:<18} {:>7.1} MiB", part.name(), rss_mib(pid));
         }
     }
-    if let Some(pid) = portico_renderer_haproxy::apply::running_master(&stack.stack.options.state_dir.join("haproxy")) {
+    if let Some(pid) = portico_renderer_haproxy::apply::running_master(&stack.haproxy_dir()) {
         let _ = writeln!(report, "  {:<18} {:>7.1} MiB (master)", "haproxy", rss_mib(pid));
     }
     eprintln!("{report}");

@@ -10,11 +10,6 @@ use portico_e2e::{tls_policy_flips, until_state, LocalStack, TestCa, Via, BOTH};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-fn haproxy_reloads(stack: &LocalStack) -> u64 {
-    portico_renderer_haproxy::apply::master_reloads(&stack.stack.options.state_dir.join("haproxy"))
-        .expect("HAProxy's master answers")
-}
-
 #[test]
 fn tls_policy_changes_reach_haproxy_without_a_reload() {
     let other_ca = TestCa::new("a CA that signed nothing here");
@@ -29,7 +24,7 @@ fn tls_policy_changes_reach_haproxy_without_a_reload() {
             until_state(&stack, via, host, true);
         }
     }
-    let reloads = haproxy_reloads(&stack);
+    let reloads = stack.haproxy_reloads();
     for round in 0..2 {
         for (what, file, host, states) in &kinds {
             for (state, serving) in [(1, false), (0, true)] {
@@ -44,10 +39,10 @@ fn tls_policy_changes_reach_haproxy_without_a_reload() {
             }
         }
     }
-    assert_eq!(haproxy_reloads(&stack), reloads, "every TLS policy change went through the runtime API");
+    assert_eq!(stack.haproxy_reloads(), reloads, "every TLS policy change went through the runtime API");
 
     // HAProxy reloaded on the files as they are (each site in its serving state): the same.
-    let work_dir = stack.stack.options.state_dir.join("haproxy");
+    let work_dir = stack.haproxy_dir();
     let (_, failed) = portico_renderer_haproxy::apply::master_counters(&work_dir).expect("the master answers");
     let mut master = std::os::unix::net::UnixStream::connect(work_dir.join("master.sock")).expect("the master socket");
     master.write_all(b"reload\n").unwrap();
