@@ -426,9 +426,9 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
         if self.changes.collided {
             return None;
         }
-        let changes = std::mem::take(&mut self.changes.hosts);
+        let hosts = std::mem::take(&mut self.changes.hosts);
         let mut delta = ModelDelta::default();
-        for (port, host) in changes {
+        for (port, host) in hosts {
             match self.virtual_host(port, &host) {
                 Some(vhost) => delta.virtual_hosts.push((port, vhost)),
                 None => delta.gone.push(PieceId::VirtualHost(port, host)),
@@ -472,15 +472,14 @@ impl<U: Ord + Clone + std::hash::Hash> Table<U> {
     /// short names: no collision, see `delta`), or `None` when no route is there.
     fn virtual_host(&self, port: u16, host: &HostMatch) -> Option<VirtualHost> {
         let start: Slot = (port, host.clone(), PathPrefix::root(), false);
+        let name =
+            |id: &ClusterId| self.clusters[*id as usize].as_ref().expect("a claimed cluster is interned").short.clone();
         let mut hosts: Hosts<'_, U> = BTreeMap::new();
         for (slot, claims) in self.slots.range(start..) {
             if slot.0 != port || &slot.1 != host {
                 break;
             }
             let Some((order, winner)) = claims.first() else { continue };
-            let name = |id: &ClusterId| {
-                self.clusters[*id as usize].as_ref().expect("a claimed cluster is interned").short.clone()
-            };
             add_route(&mut hosts, slot, order, winner, &name);
         }
         hosts.into_iter().next().map(|(host, value)| virtual_host_of(host, value))
