@@ -170,37 +170,51 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
 
 /// Write rendered files into `dir` (client and serving keys owner-only).
 pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApplyError> {
-    write_files_reusing(dir, files, None, &std::collections::BTreeSet::new())
+    let names: Vec<String> = files.keys().cloned().collect();
+    write_generation(dir, &names, files, None, |_| None)
 }
 
-/// `write_files`, linking from `previous` (another generation directory) the files named by
-/// their content (`ca/<sha256>.pem`, `client/<sha256>.pem`) that it has: the same name is
-/// the same content, and 1,000 CA bundles are not written again for a one-route change.
-/// `same` names other files known to have the same bytes there (serving certificates,
-/// named by host: `Runtime::same_certificates`).
-pub fn write_files_reusing(
+/// Write a generation directory: the files `changed` holds are written, the others of
+/// `names` are linked from `previous` (the generation HAProxy runs, whose files they are),
+/// and made with `file` when it lacks one. Files named by their content (`ca/`, `client/`)
+/// are linked whenever `previous` has them: the same name is the same content, and 1,000
+/// CA bundles are not written again for a one-route change.
+pub fn write_generation(
     dir: &Path,
-    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    names: &[String],
+    changed: &std::collections::BTreeMap<String, Vec<u8>>,
     previous: Option<&Path>,
-    same: &std::collections::BTreeSet<String>,
+    file: impl Fn(&str) -> Option<Vec<u8>>,
 ) -> Result<(), ApplyError> {
     use std::os::unix::fs::PermissionsExt;
-    for (relative, contents) in files {
+    let mut made = std::collections::HashSet::new();
+    for relative in names {
         let path = dir.join(relative);
-        let addressed = relative.starts_with("ca/") || relative.starts_with("client/") || same.contains(relative);
-        if let Some(source) = previous.filter(|_| addressed).map(|p| p.join(relative)) {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| ApplyError::WriteFailed { path: path.clone(), source })?;
+        let failed = |source| ApplyError::WriteFailed { path: path.clone(), source };
+        if let Some(parent) = path.parent() {
+            if made.insert(parent.to_owned()) {
+                std::fs::create_dir_all(parent).map_err(failed)?;
             }
+        }
+        let bytes = changed.get(relative);
+        let addressed = relative.starts_with("ca/") || relative.starts_with("client/");
+        if let Some(source) = previous.filter(|_| bytes.is_none() || addressed).map(|p| p.join(relative)) {
             if std::fs::hard_link(&source, &path).is_ok() {
                 continue;
             }
         }
-        write(&path, contents)?;
+        let made_now;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => {
+                made_now = file(relative)
+                    .ok_or_else(|| failed(std::io::Error::new(std::io::ErrorKind::NotFound, "not in the rendering")))?;
+                &made_now
+            }
+        };
+        std::fs::write(&path, bytes).map_err(failed)?;
         if relative.starts_with("client/") || (relative.starts_with("certs/") && relative.ends_with(".pem")) {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|source| ApplyError::WriteFailed { path, source })?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
         }
     }
     Ok(())

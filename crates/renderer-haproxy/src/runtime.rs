@@ -105,22 +105,6 @@ impl std::fmt::Debug for CrtEntry {
     }
 }
 
-impl Runtime {
-    /// The certificate files (paths as the configuration names them) whose bytes are the
-    /// same in `next` as here: the renderer links them into the next generation instead of
-    /// writing thousands of unchanged certificates for a one-route change.
-    pub fn same_certificates<'a>(&'a self, next: &'a Runtime) -> impl Iterator<Item = &'a str> + 'a {
-        next.crt_lists.iter().flat_map(move |(list, entries)| {
-            entries
-                .iter()
-                .filter(move |(path, entry)| {
-                    self.crt_lists.get(list).and_then(|old| old.get(*path)).is_some_and(|old| old.pem == entry.pem)
-                })
-                .map(|(path, _)| path.as_str())
-        })
-    }
-}
-
 /// `set ssl cert` with the file's bytes as the payload: PEM lines, ended by an empty line.
 /// The one kind of command sent alone, never in a batch (`;` cannot follow a payload).
 fn set_cert(path: &str, pem: &[u8]) -> String {
@@ -420,13 +404,6 @@ mod tests {
             ["del map /m/l443-exact.map a.com/", "del ssl crt-list /c/l443.list /c/a.pem", "del ssl cert /c/a.pem"],
             "the certificate goes after the route"
         );
-        let two = with_certs(maps(&[]), &[("/c/a.pem", "", "PEM2\n"), ("/c/b.pem", "", "B\n")]);
-        assert_eq!(
-            renewed.same_certificates(&two).collect::<Vec<_>>(),
-            ["/c/a.pem"],
-            "an unchanged certificate is linked, a new one written"
-        );
-        assert_eq!(routed.same_certificates(&renewed).count(), 0, "a renewed one is written");
         let stricter = with_certs(maps(&[("a.com/", "r1")]), &[("/c/a.pem", "[ssl-min-ver TLSv1.3]", "PEM2\n")]);
         assert_eq!(commands(&renewed, &stricter), None, "another TLS version is a reload, never a gap");
     }

@@ -4,11 +4,12 @@
 //! last good configuration when a new one fails, and reports every attempt in
 //! `portico-applied/haproxy.<instance>`.
 
-use crate::apply::{current_base, write_files_reusing, Applied, ApplyError, Haproxy, Started};
-use crate::{render, render_over, runtime, Options, Rendered, Runtime, Trust};
+use crate::apply::{current_base, write_generation, Applied, ApplyError, Haproxy, Started};
+use crate::build::{ConfigBuilder, Step};
+use crate::{render, Options, Trust};
 use portico_bus::nats::{Buckets, BusError};
-use portico_bus::{names, seal, AppliedRecord, ModelRecord, TraceContext, Version};
-use portico_kit::renderer_inputs::{RendererInputs, TrustClock};
+use portico_bus::{names, seal, AppliedRecord, TraceContext, Version};
+use portico_kit::renderer_inputs::RendererInputs;
 use portico_model::Model;
 use std::future::Future;
 use std::net::IpAddr;
@@ -61,6 +62,33 @@ struct Renderer {
     reported_error: bool,
 }
 
+/// What `Renderer::prepare` made of the newest model.
+enum Next {
+    /// No model, or one older than HAProxy runs.
+    Nothing,
+    /// It lacks trust material: try again after this long.
+    Hold(std::time::Duration),
+    Apply(Box<Prepared>),
+}
+
+/// A model rendered: the builder that rendered it and what it changed.
+struct Prepared {
+    header: Header,
+    builder: ConfigBuilder,
+    step: Step,
+    /// Pieces rendered again.
+    rendered: usize,
+    started: std::time::Instant,
+}
+
+/// What the renderer keeps of a model record once it is rendered.
+struct Header {
+    version: Version,
+    hash: String,
+    changed_at_ms: u64,
+    published_at_ms: u64,
+}
+
 /// What HAProxy runs, as far as the renderer knows.
 struct AppliedState {
     version: Version,
@@ -68,10 +96,10 @@ struct AppliedState {
     /// the same files is not applied again. Computed only when the same version comes back
     /// (trust material changed), never on the path of a new generation.
     files: Option<[u8; 32]>,
-    /// The maps and servers HAProxy runs; `None` when not known (HAProxy was started on or
-    /// taken over with a configuration applied earlier, or a rollback failed): the next
-    /// change is applied by a reload.
-    runtime: Option<Runtime>,
+    /// The rendering HAProxy runs, by piece; `None` when not known (HAProxy was started on
+    /// or taken over with a configuration applied earlier, or an apply failed): the next
+    /// change is rendered whole and applied by a reload.
+    builder: Option<ConfigBuilder>,
 }
 
 /// SHA-256 over the files' paths and contents, in order.
@@ -113,59 +141,106 @@ fn read_generation(dir: &std::path::Path) -> Option<std::collections::BTreeMap<S
 }
 
 impl Renderer {
-    /// Render the newest model with the trust material at hand and apply it when it
-    /// differs from what is applied. Reports the attempt.
-    /// Returns how long to wait before trying again when the rendering is held back for
-    /// missing trust material (`RendererInputs::hold_back`).
-    async fn converge(
-        &mut self,
-        model: Option<&ModelRecord>,
-        trust: &Trust,
-        clock: TrustClock,
-        buckets: &Buckets,
-        causes: &[TraceContext],
-    ) -> Result<Option<std::time::Duration>, ServiceError> {
-        self.report(buckets).await?;
-        let Some(record) = model else { return Ok(None) };
+    /// Render the newest model with the trust material at hand, by piece over what HAProxy
+    /// runs (or whole when that is not known). Synchronous: it borrows the inputs, which
+    /// the async part must not hold.
+    fn prepare(&mut self, inputs: &RendererInputs) -> Result<Next, ServiceError> {
+        let Some(record) = inputs.model() else { return Ok(Next::Nothing) };
         if let Some(applied) = &self.applied {
             if record.version() < applied.version {
                 tracing::debug!(version = %record.version(), applied = %applied.version, "older than the applied one; ignored");
-                return Ok(None); // never go back
+                return Ok(Next::Nothing); // never go back
             }
         }
         let started = std::time::Instant::now();
-        let dir =
-            self.config.work_dir.join(format!("gen-{}-{}-{}", record.epoch, record.generation, portico_bus::unix_ms()));
-        let running = self.applied.as_ref().and_then(|a| a.runtime.as_ref());
         // Voyager's `ca-file`s live here, beside HAProxy: one it could not load would make
         // it refuse the whole configuration, so such a cluster's routes answer 503 instead.
         let unusable = crate::unusable_ca_files(&record.model);
         let options = Renderer::options_for(&self.config)?;
-        let mut rendered = render_over(&record.model, trust, &options, running, &unusable);
-        let commands = running.and_then(|r| runtime::commands(r, &rendered.runtime));
-        if running.is_some() && commands.is_none() {
+        let digest = |id: &portico_model::PieceId| inputs.piece_digest(id);
+        // The rendering HAProxy runs, changed by the pieces that changed; or, when it is not
+        // known, a whole rendering (a reload).
+        let (mut builder, warm) = match self.applied.as_mut().and_then(|a| a.builder.take()) {
+            Some(builder) => (builder, true),
+            None => (ConfigBuilder::new(&options), false),
+        };
+        let plan = builder.plan(&record.model, &inputs.trust, inputs.trust_revision, &unusable, &digest);
+        if let Some(wait) = inputs.hold_back(plan.lacks_trust) {
+            tracing::info!(generation = record.generation, "waiting for trust material before applying");
+            if let (Some(applied), true) = (&mut self.applied, warm) {
+                applied.builder = Some(builder); // unchanged: a plan changes nothing
+            }
+            return Ok(Next::Hold(wait));
+        }
+        let rendered = plan.rendered;
+        let mut step = builder.apply(&record.model, &inputs.trust, plan);
+        if warm && step.commands.is_none() {
             // A reload: rendered afresh, so that backends are named after their clusters
             // again and the spares are renewed.
-            rendered = render_over(&record.model, trust, &options, None, &unusable);
+            builder = ConfigBuilder::new(&options);
+            step = builder.build(&record.model, &inputs.trust, inputs.trust_revision, &unusable, &digest);
         }
+        let header = Header {
+            version: record.version(),
+            hash: record.hash.clone(),
+            changed_at_ms: record.changed_at_ms,
+            published_at_ms: record.published_at_ms,
+        };
+        Ok(Next::Apply(Box::new(Prepared { header, builder, step, rendered, started })))
+    }
+
+    /// Apply a prepared rendering when it differs from what is applied, and report the
+    /// attempt. How long to wait before trying again when it was held back for missing
+    /// trust material (`RendererInputs::hold_back`).
+    async fn converge(
+        &mut self,
+        next: Next,
+        buckets: &Buckets,
+        causes: &[TraceContext],
+    ) -> Result<Option<std::time::Duration>, ServiceError> {
+        let Prepared { header: record, builder, step, rendered, started } = match next {
+            Next::Nothing => return Ok(None),
+            Next::Hold(wait) => return Ok(Some(wait)),
+            Next::Apply(prepared) => *prepared,
+        };
+        let record = &record;
+        let dir = self.config.work_dir.join(format!(
+            "gen-{}-{}-{}",
+            record.version.epoch,
+            record.version.generation,
+            portico_bus::unix_ms()
+        ));
         if let Some(applied) = &mut self.applied {
-            // The same files (named by content hash) for the same version: nothing to do.
-            if applied.version == record.version() {
-                let digest = files_digest(rendered.files.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
-                if applied.files.is_none() {
-                    let current =
-                        self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).and_then(read_generation);
-                    applied.files =
-                        current.map(|files| files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))));
-                }
-                if applied.files == Some(digest) {
+            // The same version again (trust material changed): nothing to do when HAProxy
+            // runs the same rendering.
+            if applied.version == record.version {
+                let same = match &step.commands {
+                    Some(commands) => commands.is_empty(),
+                    None => {
+                        let digest = files_digest(step.changed.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
+                        if applied.files.is_none() {
+                            let current = self
+                                .haproxy
+                                .lock()
+                                .await
+                                .as_ref()
+                                .and_then(|h| h.current_dir())
+                                .and_then(read_generation);
+                            applied.files = current
+                                .map(|files| files_digest(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))));
+                        }
+                        applied.files == Some(digest)
+                    }
+                };
+                if same {
+                    applied.builder = Some(builder);
                     if self.reported_error {
                         let record = AppliedRecord {
-                            epoch: record.epoch,
-                            generation: record.generation,
+                            epoch: record.version.epoch,
+                            generation: record.version.generation,
                             hash: record.hash.clone(),
                             error: None,
-                            problems: AppliedRecord::capped(rendered.problems),
+                            problems: AppliedRecord::capped(step.problems),
                             at_unix_ms: portico_bus::unix_ms(),
                             took_ms: 0,
                         };
@@ -181,54 +256,39 @@ impl Renderer {
                 }
             }
         }
-        if let Some(wait) = clock.hold_back(!rendered.problems.is_empty()) {
-            tracing::info!(
-                generation = record.generation,
-                problems = rendered.problems.len(),
-                "waiting for trust material before applying"
-            );
-            return Ok(Some(wait));
-        }
         let span = tracing::info_span!(
             parent: None,
             "haproxy.apply",
-            generation = record.generation,
+            generation = record.version.generation,
+            pieces_rendered = rendered,
             render_ms = started.elapsed().as_millis() as u64
         );
         let trace = portico_kit::telemetry::fold_causes(&span, causes);
-        self.apply_rendered(record, rendered, commands, &dir, started, buckets, &trace).instrument(span).await?;
+        self.apply_rendered(record, builder, step, &dir, started, buckets, &trace).instrument(span).await?;
         Ok(None)
     }
 
-    /// Check, switch and reload to `dir`, and report the attempt in the applied bucket.
+    /// Write the generation to `dir` and make it what HAProxy runs (runtime commands, or a
+    /// checked reload), and report the attempt in the applied bucket.
     #[allow(clippy::too_many_arguments)]
     async fn apply_rendered(
         &mut self,
-        record: &ModelRecord,
-        rendered: Rendered,
-        commands: Option<Vec<String>>,
+        record: &Header,
+        builder: ConfigBuilder,
+        step: Step,
         dir: &std::path::Path,
         started: std::time::Instant,
         buckets: &Buckets,
         trace: &TraceContext,
     ) -> Result<(), ServiceError> {
-        let (version, hash) = (record.version(), record.hash.clone());
+        let (version, hash) = (record.version, record.hash.clone());
         let generation = version.generation;
-        // Content-addressed files (CA bundles, client certificates) the running generation
-        // has are linked, not written again.
+        // The files the step did not change are those of the running generation: linked.
         let previous = self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
-        // So are serving certificates whose bytes did not change (named by host).
-        let base = current_base(&self.config.work_dir);
-        let same: std::collections::BTreeSet<String> = self
-            .applied
-            .as_ref()
-            .and_then(|a| a.runtime.as_ref())
-            .into_iter()
-            .flat_map(|r| r.same_certificates(&rendered.runtime))
-            .filter_map(|path| std::path::Path::new(path).strip_prefix(&base).ok())
-            .filter_map(|relative| relative.to_str().map(str::to_owned))
-            .collect();
-        let result = match write_files_reusing(dir, &rendered.files, previous.as_deref(), &same) {
+        let Step { commands, changed, names, problems } = step;
+        let written = write_generation(dir, &names, &changed, previous.as_deref(), |name| builder.file(name));
+        drop(changed);
+        let result = match written {
             // The check and the reload confirmation block: on a blocking thread, never on an
             // async worker (block_in_place would also panic on a current-thread runtime).
             Ok(()) => {
@@ -255,7 +315,7 @@ impl Renderer {
         };
         let error = match &result {
             Ok(how) => {
-                self.applied = Some(AppliedState { version, files: None, runtime: Some(rendered.runtime) });
+                self.applied = Some(AppliedState { version, files: None, builder: Some(builder) });
                 portico_kit::admin::set_ready(true);
                 portico_kit::admin::counter(
                     "portico_renderer_haproxy_applies_total",
@@ -315,12 +375,9 @@ impl Renderer {
                 None
             }
             Err(e) => {
-                if matches!(e, ApplyError::RollbackFailed { .. }) {
-                    // HAProxy runs something the renderer cannot name: reload next time.
-                    if let Some(applied) = &mut self.applied {
-                        applied.runtime = None;
-                    }
-                }
+                // The builder went ahead of what HAProxy runs: the next change is rendered
+                // whole and applied by a checked reload (HAProxy keeps the previous one).
+                drop(builder);
                 portico_kit::admin::counter(
                     "portico_renderer_haproxy_apply_failures_total",
                     "Configurations refused or not confirmed (HAProxy kept the previous one).",
@@ -336,7 +393,7 @@ impl Renderer {
             generation,
             hash,
             error,
-            problems: AppliedRecord::capped(rendered.problems),
+            problems: AppliedRecord::capped(problems),
             at_unix_ms: portico_bus::unix_ms(),
             took_ms: started.elapsed().as_millis() as u64,
         };
@@ -398,7 +455,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let applied = haproxy.current_version().map(|(epoch, generation)| AppliedState {
         version: Version { epoch, generation },
         files: None,
-        runtime: None,
+        builder: None,
     });
     if let Some(AppliedState { version, .. }) = &applied {
         if version.generation > 0 {
@@ -463,10 +520,9 @@ async fn session(renderer: &mut Renderer, buckets: Buckets) -> Result<std::conve
                 }
             }
         }
-        wait = renderer
-            .converge(inputs.model(), &inputs.trust, inputs.clock(), buckets, &causes)
-            .await?
-            .map(|wait| tokio::time::Instant::now() + wait);
+        renderer.report(buckets).await?;
+        let next = renderer.prepare(&inputs)?;
+        wait = renderer.converge(next, buckets, &causes).await?.map(|wait| tokio::time::Instant::now() + wait);
         portico_kit::admin::release_memory();
     }
 }
