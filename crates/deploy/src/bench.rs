@@ -46,6 +46,12 @@ pub struct Report {
     pub render_haproxy: Vec<Duration>,
     /// A rendering over the running one and the runtime commands between them.
     pub render_haproxy_over: Vec<Duration>,
+    /// renderer-haproxy's builder taking a one-piece change (commands and changed files):
+    /// an endpoint moved, a route's prefix changed; the most bytes of files such a change
+    /// produced.
+    pub render_haproxy_piece: Vec<Duration>,
+    pub render_haproxy_route: Vec<Duration>,
+    pub render_haproxy_piece_files: usize,
     /// Envoy's xDS resources (typed).
     pub render_envoy: Vec<Duration>,
     /// Envoy's static bootstrap as YAML (typed resources through prost-reflect).
@@ -323,6 +329,8 @@ pub fn run(options: &Options, now: i64) -> Report {
         assert_eq!(commands.map(|c| c.len()), Some(0), "the same model over itself: nothing to change");
         drop((rendered, resources, over));
     }
+    let (render_haproxy_piece, render_haproxy_route, render_haproxy_piece_files) =
+        haproxy_by_piece(&resolved.model, &trust, &haproxy_options, options.runs);
     let peak_before_yaml = peak_rss_kib();
     let started = Instant::now();
     let (bootstrap, _) = portico_renderer_envoy::bootstrap(&resolved.model, &trust, &envoy_options);
@@ -341,6 +349,9 @@ pub fn run(options: &Options, now: i64) -> Report {
         content_hash,
         render_haproxy,
         render_haproxy_over,
+        render_haproxy_piece,
+        render_haproxy_route,
+        render_haproxy_piece_files,
         render_envoy,
         envoy_yaml,
         haproxy_cfg_bytes,
@@ -352,6 +363,79 @@ pub fn run(options: &Options, now: i64) -> Report {
         peak_rss_kib: peak_before_yaml,
         peak_with_yaml_rss_kib: peak_rss_kib(),
     }
+}
+
+/// What renderer-haproxy does per change: its builder, kept between changes, takes a
+/// one-piece change (an endpoint moved, a route's prefix changed, in turn) and produces
+/// the runtime commands and the files that changed. The times of each kind, and the
+/// most bytes of files a change produced.
+fn haproxy_by_piece(
+    model: &portico_model::Model,
+    trust: &portico_renderer_haproxy::Trust,
+    options: &portico_renderer_haproxy::Options,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    use portico_model::{PieceId, RouteAction, Servers};
+    // The pieces' digests, as the bus gives them (equal pieces, equal digests).
+    fn digest(piece: impl std::fmt::Debug) -> u128 {
+        struct Hashing(std::hash::DefaultHasher);
+        impl std::fmt::Write for Hashing {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                std::hash::Hasher::write(&mut self.0, s.as_bytes());
+                Ok(())
+            }
+        }
+        let mut h = Hashing(std::hash::DefaultHasher::new());
+        std::fmt::Write::write_fmt(&mut h, format_args!("{piece:?}")).expect("hashing cannot fail");
+        u128::from(std::hash::Hasher::finish(&h.0))
+    }
+    let mut digests: std::collections::HashMap<PieceId, u128> =
+        model
+            .clusters
+            .iter()
+            .map(|c| (PieceId::Cluster(c.name.clone()), digest(c)))
+            .chain(model.listeners.iter().flat_map(|l| {
+                l.virtual_hosts.iter().map(|v| (PieceId::VirtualHost(l.port, v.host.clone()), digest(v)))
+            }))
+            .collect();
+    digests.insert(PieceId::Rest, digest((&model.trust, &model.client_certs)));
+    let unusable = portico_renderer_haproxy::UnusableFiles::new();
+    let mut builder = portico_renderer_haproxy::ConfigBuilder::new(options);
+    builder.build(model, trust, 0, &unusable, &|id| digests.get(id).copied());
+    let mut model = model.clone();
+    let (mut endpoints, mut routes, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for run in 0..runs.max(1) * 2 {
+        let id = if run % 2 == 0 {
+            let cluster = &mut model.clusters[run % 7];
+            if let Servers::Endpoints(list) = &mut cluster.servers {
+                if let Some(first) = list.first_mut() {
+                    first.set_port(first.port() ^ 1);
+                }
+            }
+            let id = PieceId::Cluster(cluster.name.clone());
+            digests.insert(id.clone(), digest(&*cluster));
+            id
+        } else {
+            let listener = &mut model.listeners[0];
+            let vhost = &mut listener.virtual_hosts[run % 5];
+            if let Some(route) = vhost.routes.first_mut().filter(|r| matches!(r.action, RouteAction::Forward { .. })) {
+                route.prefix = format!("/changed-{run}").parse().expect("a path");
+            }
+            let id = PieceId::VirtualHost(listener.port, vhost.host.clone());
+            digests.insert(id.clone(), digest(&*vhost));
+            id
+        };
+        let started = Instant::now();
+        let step = builder.build(&model, trust, 0, &unusable, &|id| digests.get(id).copied());
+        if run % 2 == 0 {
+            endpoints.push(started.elapsed())
+        } else {
+            routes.push(started.elapsed())
+        }
+        assert!(step.commands.as_ref().is_some_and(|c| !c.is_empty()), "{id:?}: through the runtime API");
+        bytes = bytes.max(step.changed.values().map(Vec::len).sum());
+    }
+    (endpoints, routes, bytes)
 }
 
 fn median(times: &[Duration]) -> Duration {
@@ -385,6 +469,7 @@ impl Report {
              model content hash        {}\n\
              render haproxy.cfg        median {} ({:.1} MiB)\n\
              + over the running one    median {} (slots and spares kept, runtime commands found)\n\
+             + by piece                median {} an endpoint, {} a route (renderer-haproxy per change; up to {:.1} MiB of files)\n\
              render Envoy resources    median {} (typed, for xDS)\n\
              Envoy bootstrap as YAML   {}\n\
              result                    {} routes, {} clusters, {} invalid objects, model JSON {:.1} MiB\n\
@@ -411,6 +496,9 @@ impl Report {
             ms(median(&self.render_haproxy)),
             self.haproxy_cfg_bytes as f64 / 1_048_576.0,
             ms(median(&self.render_haproxy_over)),
+            ms(median(&self.render_haproxy_piece)),
+            ms(median(&self.render_haproxy_route)),
+            self.render_haproxy_piece_files as f64 / 1_048_576.0,
             ms(median(&self.render_envoy)),
             ms(self.envoy_yaml),
             self.routes,

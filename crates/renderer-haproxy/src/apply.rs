@@ -171,33 +171,84 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), ApplyError> {
 /// Write rendered files into `dir` (client and serving keys owner-only).
 pub fn write_files(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApplyError> {
     let names: Vec<String> = files.keys().cloned().collect();
-    write_generation(dir, &names, files, None, |_| None)
+    write_generation(dir, &names, files, None, None, |_| None)
+}
+
+/// Where the renderer keeps the files named by their content (`ca/`, `client/`), shared
+/// by its generations: each generation's `ca` and `client` are links to it, so that a
+/// generation is not 1,000 hard links to CA bundles (12 ms to make, 6 ms to prune on the
+/// machine of docs/PERFORMANCE.md).
+pub const STORE: &str = "files";
+
+/// Remove the files of `work_dir`'s store (see [`STORE`]) that no file of `names` (the
+/// generation HAProxy runs) is.
+pub fn prune_store(work_dir: &Path, names: &[String]) {
+    let store = work_dir.join(STORE);
+    let wanted: std::collections::HashSet<&str> =
+        names.iter().map(String::as_str).filter(|n| content_addressed(n)).collect();
+    for top in ["ca", "client"] {
+        let Ok(entries) = std::fs::read_dir(store.join(top)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !wanted.contains(format!("{top}/{name}").as_str()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Whether a file is named by its content (the same name is the same bytes).
+fn content_addressed(relative: &str) -> bool {
+    relative.starts_with("ca/") || relative.starts_with("client/")
 }
 
 /// Write a generation directory: the files `changed` holds are written, the others of
 /// `names` are linked from `previous` (the generation HAProxy runs, whose files they are),
 /// and made with `file` when it lacks one. Files named by their content (`ca/`, `client/`)
 /// are linked whenever `previous` has them: the same name is the same content, and 1,000
-/// CA bundles are not written again for a one-route change.
+/// CA bundles are not written again for a one-route change. With a `store` (see
+/// [`STORE`]), those files go there, once, and the generation's `ca` and `client` link to
+/// it.
 pub fn write_generation(
     dir: &Path,
     names: &[String],
     changed: &std::collections::BTreeMap<String, Vec<u8>>,
     previous: Option<&Path>,
+    store: Option<&Path>,
     file: impl Fn(&str) -> Option<Vec<u8>>,
 ) -> Result<(), ApplyError> {
     use std::os::unix::fs::PermissionsExt;
     let mut made = std::collections::HashSet::new();
     for relative in names {
-        let path = dir.join(relative);
+        let addressed = content_addressed(relative);
+        let (root, linked) = match store.filter(|_| addressed) {
+            // One the previous generation had is in the store (it was written there, and
+            // the store keeps what the running generation names): no look at the disk.
+            Some(store) => (store, !changed.contains_key(relative) || store.join(relative).exists()),
+            None => (dir, false),
+        };
+        let path = root.join(relative);
         let failed = |source| ApplyError::WriteFailed { path: path.clone(), source };
+        if let (Some(store), Some(top)) = (store.filter(|_| addressed), relative.split('/').next()) {
+            // The generation's `ca` (or `client`): a relative link into the store, which
+            // reads the same from another container sharing the work directory.
+            if made.insert(dir.join(top)) {
+                let target = Path::new("..").join(store.file_name().unwrap_or_default()).join(top);
+                std::fs::create_dir_all(store.join(top)).map_err(failed)?;
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                std::os::unix::fs::symlink(&target, dir.join(top)).map_err(failed)?;
+            }
+        }
+        if linked {
+            continue;
+        }
         if let Some(parent) = path.parent() {
             if made.insert(parent.to_owned()) {
                 std::fs::create_dir_all(parent).map_err(failed)?;
             }
         }
         let bytes = changed.get(relative);
-        let addressed = relative.starts_with("ca/") || relative.starts_with("client/");
         if let Some(source) = previous.filter(|_| bytes.is_none() || addressed).map(|p| p.join(relative)) {
             if std::fs::hard_link(&source, &path).is_ok() {
                 continue;

@@ -167,16 +167,18 @@ pub struct ConfigBuilder {
     tail: String,
     trust_key: Option<(u64, Option<u128>)>,
     /// The global maps' paths: backend, Host rewrite, timeout.
-    backend_map: String,
-    rewrite_map: String,
-    timeout_map: String,
+    backend_map: Arc<str>,
+    rewrite_map: Arc<str>,
+    timeout_map: Arc<str>,
+    /// Each listener's route-selection maps' paths (`LISTENER_MAPS` order).
+    listener_maps: HashMap<u16, [Arc<str>; 6]>,
 }
 
 impl ConfigBuilder {
     /// A builder with nothing running: its first build is a whole rendering.
     pub fn new(options: &Options) -> ConfigBuilder {
         let base = options.base_dir.as_str();
-        let map = |name: &str| format!("{base}/maps/{name}.map");
+        let map = |name: &str| Arc::from(format!("{base}/maps/{name}.map"));
         ConfigBuilder {
             fresh: true,
             cold: false,
@@ -196,6 +198,7 @@ impl ConfigBuilder {
             backend_map: map("backend"),
             rewrite_map: map("host-rewrite"),
             timeout_map: map("timeout"),
+            listener_maps: HashMap::new(),
             options: options.clone(),
         }
     }
@@ -522,7 +525,7 @@ impl ConfigBuilder {
         let listeners = self.listeners(model);
         let base = self.options.base_dir.as_str().to_owned();
         let mut map_paths: BTreeSet<String> =
-            [&self.backend_map, &self.rewrite_map, &self.timeout_map].into_iter().cloned().collect();
+            [&self.backend_map, &self.rewrite_map, &self.timeout_map].into_iter().map(|p| p.to_string()).collect();
         let mut crt_paths = BTreeSet::new();
         for (listener, https) in &listeners {
             map_paths.extend((0..LISTENER_MAPS.len()).map(|kind| listener_map(&base, listener.port, kind as u8)));
@@ -571,13 +574,15 @@ impl ConfigBuilder {
     /// Set (or remove) a backend, journalling its previous value, and keep the server
     /// files its servers name (with `files`' bytes for those new to the rendering).
     fn set_backend(&mut self, name: &str, backend: Option<Backend>, files: &[(String, ServerFile)], j: &mut Journal) {
-        let old = match &backend {
-            Some(b) => self.runtime.backends.insert(name.to_owned(), b.clone()),
+        let new_files = backend.as_ref().map(|b| b.files.clone()).unwrap_or_default();
+        let old = match backend {
+            Some(b) => self.runtime.backends.insert(name.to_owned(), b),
             None => self.runtime.backends.remove(name),
         };
-        let (old_files, new_files) =
-            (old.as_ref().map(|b| b.files.clone()).unwrap_or_default(), backend.map(|b| b.files).unwrap_or_default());
-        j.backends.entry(name.to_owned()).or_insert(old);
+        let old_files = old.as_ref().map(|b| b.files.clone()).unwrap_or_default();
+        if !self.fresh {
+            j.backends.entry(name.to_owned()).or_insert(old);
+        }
         j.config = true;
         for path in new_files {
             let count = self.file_refs.entry(path.clone()).or_default();
@@ -601,12 +606,31 @@ impl ConfigBuilder {
     }
 
     fn set_map(&mut self, path: &str, key: &str, value: Option<String>, j: &mut Journal) {
-        let map = self.runtime.maps.entry(path.to_owned()).or_default();
+        if !self.runtime.maps.contains_key(path) {
+            self.runtime.maps.insert(path.to_owned(), BTreeMap::new());
+        }
+        let map = self.runtime.maps.get_mut(path).expect("inserted above");
         let old = match value {
             Some(v) => map.insert(key.to_owned(), v),
             None => map.remove(key),
         };
-        j.maps.entry(path.to_owned()).or_default().entry(key.to_owned()).or_insert(old);
+        if self.fresh {
+            return; // nothing runs: no commands to find
+        }
+        if !j.maps.contains_key(path) {
+            j.maps.insert(path.to_owned(), BTreeMap::new());
+        }
+        j.maps.get_mut(path).expect("inserted above").entry(key.to_owned()).or_insert(old);
+    }
+
+    /// A listener's route-selection map (`LISTENER_MAPS` index).
+    fn listener_map(&mut self, port: u16, kind: u8) -> Arc<str> {
+        let base = self.options.base_dir.as_str();
+        let paths = self
+            .listener_maps
+            .entry(port)
+            .or_insert_with(|| std::array::from_fn(|kind| Arc::from(listener_map(base, port, kind as u8))));
+        paths[usize::from(kind)].clone()
     }
 
     fn set_certificate(&mut self, list: &str, path: &str, entry: Option<CrtEntry>, j: &mut Journal) {
@@ -651,11 +675,12 @@ impl ConfigBuilder {
         let Some(entry) = self.hosts.remove(key) else { return };
         let base = self.options.base_dir.as_str().to_owned();
         for (kind, selection) in &entry.selections {
-            self.set_map(&listener_map(&base, key.0, *kind), selection, None, j);
+            let map = self.listener_map(key.0, *kind);
+            self.set_map(&map, selection, None, j);
         }
         for id in &entry.ids {
             for map in [self.backend_map.clone(), self.rewrite_map.clone(), self.timeout_map.clone()] {
-                if self.runtime.maps.get(&map).is_some_and(|m| m.contains_key(id)) {
+                if self.runtime.maps.get(&*map).is_some_and(|m| m.contains_key(id)) {
                     self.set_map(&map, id, None, j);
                 }
             }
@@ -715,8 +740,8 @@ impl ConfigBuilder {
             };
             // The model lists the longest prefix first, so the first route of a key is
             // the one the model means.
-            let map = listener_map(&base, port, kind);
-            if !self.runtime.maps.get(&map).is_some_and(|m| m.contains_key(&key)) {
+            let map = self.listener_map(port, kind);
+            if !self.runtime.maps.get(&*map).is_some_and(|m| m.contains_key(&key)) {
                 self.set_map(&map, &key, Some(id.clone()), j);
                 entry.selections.push((kind, key));
             }

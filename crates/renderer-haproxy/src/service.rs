@@ -285,8 +285,10 @@ impl Renderer {
         let generation = version.generation;
         // The files the step did not change are those of the running generation: linked.
         let previous = self.haproxy.lock().await.as_ref().and_then(|h| h.current_dir()).map(std::path::Path::to_owned);
-        let Step { commands, changed, names, problems } = step;
-        let written = write_generation(dir, &names, &changed, previous.as_deref(), |name| builder.file(name));
+        let Step { commands, changed, names: file_names, problems } = step;
+        let store = self.config.work_dir.join(crate::apply::STORE);
+        let written =
+            write_generation(dir, &file_names, &changed, previous.as_deref(), Some(&store), |name| builder.file(name));
         drop(changed);
         let result = match written {
             // The check and the reload confirmation block: on a blocking thread, never on an
@@ -363,6 +365,7 @@ impl Renderer {
                 );
                 if let Some(haproxy) = self.haproxy.lock().await.as_ref() {
                     haproxy.prune(dir);
+                    crate::apply::prune_store(&self.config.work_dir, &file_names);
                 }
                 tracing::info!(
                     generation,

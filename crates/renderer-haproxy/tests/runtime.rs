@@ -3,7 +3,9 @@
 //! on disk are what runs (a restart on them serves the same), and a command HAProxy refuses
 //! is followed by a checked reload that brings it to the files.
 
-use portico_renderer_haproxy::apply::{current_base, write_files, Applied, ApplyError, Haproxy, Started};
+use portico_renderer_haproxy::apply::{
+    current_base, prune_store, write_files, write_generation, Applied, ApplyError, Haproxy, Started,
+};
 use portico_renderer_haproxy::{render, render_over, runtime, Options, Rendered};
 use portico_resolver::Config;
 use portico_testkit::{http_get, pipeline_yaml};
@@ -303,4 +305,38 @@ fn a_master_that_dies_during_a_reload_is_said_at_once_and_current_goes_back() {
         applying.elapsed()
     );
     assert_eq!(std::fs::read_link(current_base(&work)).unwrap(), work.join("gen-1-1-1"), "current goes back");
+}
+
+/// Files named by their content live once in the work directory's store, which each
+/// generation reaches through its `ca` and `client` links; a generation links the other
+/// files it did not change from the previous one; the store keeps what the running
+/// generation names.
+#[test]
+fn content_addressed_files_live_once_in_a_store_that_keeps_what_runs() {
+    use std::os::unix::fs::MetadataExt;
+    let (_, _dir, work) = place();
+    let store = work.join(portico_renderer_haproxy::apply::STORE);
+    let files = |list: &[(&str, &str)]| -> std::collections::BTreeMap<String, Vec<u8>> {
+        list.iter().map(|(n, b)| (n.to_string(), b.as_bytes().to_vec())).collect()
+    };
+    let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let (gen1, gen2) = (work.join("gen-1-1-1"), work.join("gen-1-2-2"));
+    let first = files(&[("haproxy.cfg", "one"), ("ca/a.pem", "A"), ("client/c.pem", "C")]);
+    let all = names(&["haproxy.cfg", "ca/a.pem", "client/c.pem"]);
+    write_generation(&gen1, &all, &first, None, Some(&store), |_| None).unwrap();
+    assert_eq!(std::fs::read_link(gen1.join("ca")).unwrap(), std::path::Path::new("../files/ca"));
+    assert_eq!(std::fs::read(gen1.join("ca/a.pem")).unwrap(), b"A");
+    assert_eq!(std::fs::metadata(store.join("client/c.pem")).unwrap().mode() & 0o777, 0o600, "a key: owner only");
+
+    // The next generation: a new CA file, the configuration and the client file unchanged.
+    let second = files(&[("ca/b.pem", "B")]);
+    let all = names(&["haproxy.cfg", "ca/b.pem", "client/c.pem"]);
+    write_generation(&gen2, &all, &second, Some(&gen1), Some(&store), |_| None).unwrap();
+    assert_eq!(std::fs::read(gen2.join("ca/b.pem")).unwrap(), b"B");
+    assert_eq!(std::fs::read(gen2.join("client/c.pem")).unwrap(), b"C");
+    let inode = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(inode(&gen2.join("haproxy.cfg")), inode(&gen1.join("haproxy.cfg")), "linked, not written");
+    prune_store(&work, &all);
+    assert!(!store.join("ca/a.pem").exists(), "no longer named: removed");
+    assert!(store.join("ca/b.pem").exists() && store.join("client/c.pem").exists());
 }
