@@ -51,6 +51,8 @@ pub struct Report {
     /// produced.
     pub render_haproxy_piece: Vec<Duration>,
     pub render_haproxy_route: Vec<Duration>,
+    /// renderer-envoy's builder taking the same changes (the snapshot it serves).
+    pub render_envoy_piece: Vec<Duration>,
     pub render_haproxy_piece_files: usize,
     /// Envoy's xDS resources (typed).
     pub render_envoy: Vec<Duration>,
@@ -329,8 +331,8 @@ pub fn run(options: &Options, now: i64) -> Report {
         assert_eq!(commands.map(|c| c.len()), Some(0), "the same model over itself: nothing to change");
         drop((rendered, resources, over));
     }
-    let (render_haproxy_piece, render_haproxy_route, render_haproxy_piece_files) =
-        haproxy_by_piece(&resolved.model, &trust, &haproxy_options, options.runs);
+    let (render_haproxy_piece, render_haproxy_route, render_haproxy_piece_files, render_envoy_piece) =
+        by_piece(&resolved.model, &trust, &haproxy_options, &envoy_options, options.runs);
     let peak_before_yaml = peak_rss_kib();
     let started = Instant::now();
     let (bootstrap, _) = portico_renderer_envoy::bootstrap(&resolved.model, &trust, &envoy_options);
@@ -352,6 +354,7 @@ pub fn run(options: &Options, now: i64) -> Report {
         render_haproxy_piece,
         render_haproxy_route,
         render_haproxy_piece_files,
+        render_envoy_piece,
         render_envoy,
         envoy_yaml,
         haproxy_cfg_bytes,
@@ -365,16 +368,18 @@ pub fn run(options: &Options, now: i64) -> Report {
     }
 }
 
-/// What renderer-haproxy does per change: its builder, kept between changes, takes a
-/// one-piece change (an endpoint moved, a route's prefix changed, in turn) and produces
-/// the runtime commands and the files that changed. The times of each kind, and the
-/// most bytes of files a change produced.
-fn haproxy_by_piece(
+/// What the renderers do per change: their builders, kept between changes, take a
+/// one-piece change (an endpoint moved, a route's prefix changed, in turn); renderer-haproxy's
+/// produces the runtime commands and the files that changed, renderer-envoy's the snapshot.
+/// renderer-haproxy's times of each kind, the most bytes of files a change produced, and
+/// renderer-envoy's times.
+fn by_piece(
     model: &portico_model::Model,
     trust: &portico_renderer_haproxy::Trust,
     options: &portico_renderer_haproxy::Options,
+    envoy_options: &portico_renderer_envoy::Options,
     runs: usize,
-) -> (Vec<Duration>, Vec<Duration>, usize) {
+) -> (Vec<Duration>, Vec<Duration>, usize, Vec<Duration>) {
     use portico_model::{PieceId, RouteAction, Servers};
     // The pieces' digests, as the bus gives them (equal pieces, equal digests).
     fn digest(piece: impl std::fmt::Debug) -> u128 {
@@ -402,8 +407,10 @@ fn haproxy_by_piece(
     let unusable = portico_renderer_haproxy::UnusableFiles::new();
     let mut builder = portico_renderer_haproxy::ConfigBuilder::new(options);
     builder.build(model, trust, 0, &unusable, &|id| digests.get(id).copied());
+    let mut envoy = portico_renderer_envoy::incremental::SnapshotBuilder::new();
+    let _ = envoy.build("0".into(), model, trust, 0, envoy_options, |id| digests.get(id).copied());
     let mut model = model.clone();
-    let (mut endpoints, mut routes, mut bytes) = (Vec::new(), Vec::new(), 0);
+    let (mut endpoints, mut routes, mut bytes, mut envoy_times) = (Vec::new(), Vec::new(), 0, Vec::new());
     for run in 0..runs.max(1) * 2 {
         let id = if run % 2 == 0 {
             let cluster = &mut model.clusters[run % 7];
@@ -434,8 +441,14 @@ fn haproxy_by_piece(
         }
         assert!(step.commands.as_ref().is_some_and(|c| !c.is_empty()), "{id:?}: through the runtime API");
         bytes = bytes.max(step.changed.values().map(Vec::len).sum());
+        let started = Instant::now();
+        let (snapshot, _, reuse) =
+            envoy.build(format!("{run}"), &model, trust, 0, envoy_options, |id| digests.get(id).copied());
+        envoy_times.push(started.elapsed());
+        assert_eq!(reuse.rendered, 1, "{id:?}: one piece rendered for Envoy");
+        drop(snapshot);
     }
-    (endpoints, routes, bytes)
+    (endpoints, routes, bytes, envoy_times)
 }
 
 fn median(times: &[Duration]) -> Duration {
@@ -471,6 +484,7 @@ impl Report {
              + over the running one    median {} (slots and spares kept, runtime commands found)\n\
              + by piece                median {} an endpoint, {} a route (renderer-haproxy per change; up to {:.1} MiB of files)\n\
              render Envoy resources    median {} (typed, for xDS)\n\
+             + by piece                median {} (renderer-envoy per change: one piece, the snapshot)\n\
              Envoy bootstrap as YAML   {}\n\
              result                    {} routes, {} clusters, {} invalid objects, model JSON {:.1} MiB\n\
              RSS with inputs loaded    {}\n\
@@ -500,6 +514,7 @@ impl Report {
             ms(median(&self.render_haproxy_route)),
             self.render_haproxy_piece_files as f64 / 1_048_576.0,
             ms(median(&self.render_envoy)),
+            ms(median(&self.render_envoy_piece)),
             ms(self.envoy_yaml),
             self.routes,
             self.clusters,

@@ -337,6 +337,30 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     for line in applied.iter().rev().take(3).rev() {
         let _ = writeln!(report, "  {}", line.split_once("applied ").map_or(*line, |(_, l)| l));
     }
+    // Envoy's own time to apply what it was sent, per xDS type (its admin's histograms:
+    // P50 and P99 of every update since it started, the initial load included).
+    if let Ok((200, stats)) =
+        portico_testkit::http_get(stack.stack.options.envoy_admin_port, "localhost", "/stats?filter=update_duration")
+    {
+        let _ = writeln!(report, "Envoy applying updates (its update_duration histograms, ms):");
+        for line in stats.lines().filter(|l| l.contains("P50")) {
+            let (name, values) = line.split_once(": ").unwrap_or((line, ""));
+            let pick = |p: &str| {
+                values.split_whitespace().find_map(|v| {
+                    v.strip_prefix(&format!("{p}(")).map(|v| {
+                        // `P50(interval,cumulative)`: the cumulative one.
+                        v.trim_end_matches(')').rsplit(',').next().unwrap_or_default().to_owned()
+                    })
+                })
+            };
+            let _ = writeln!(
+                report,
+                "  {name:<60} p50 {} p99 {}",
+                pick("P50").unwrap_or_default(),
+                pick("P99").unwrap_or_default()
+            );
+        }
+    }
     // Where the time of the last changes went, as the services log it.
     for (service, marker) in [("resolver", "model published"), ("renderer-envoy", " serving ")] {
         let log = std::fs::read_to_string(stack.stack.options.state_dir.join(format!("logs/{service}.log")))

@@ -35,10 +35,10 @@ struct Args {
     external_haproxy: bool,
 }
 
-// mimalloc: the resolve and the renderings allocate many small strings, and glibc's
-// malloc/free took a third of their time (docs/PERFORMANCE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator (not mimalloc, as before): a change renders only its pieces
+// (`ConfigBuilder`), so little is allocated per change, and glibc's trim after each apply
+// (`admin::release_memory`) returns what a reload's whole rendering freed; mimalloc kept
+// it (docs/PERFORMANCE.md, session 11).
 
 fn main() -> ExitCode {
     let args = Args::parse();
