@@ -9,8 +9,8 @@
 
 use crate::ads::{Entry, Snapshot};
 use crate::{
-    any, any_host_on, blocked_clusters, cluster_resource, listener_for, listener_ports, load_assignment,
-    route_config_name, secrets, virtual_host, Delivery, Options, Trust,
+    any, any_host_on, blocked_cluster, blocked_clusters, cluster_resource, listener_for, listener_ports,
+    load_assignment, route_config_name, secrets, virtual_host, Delivery, Options, Trust,
 };
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
 use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
@@ -37,12 +37,36 @@ struct RenderedHost {
 }
 
 /// What a virtual host's rendering depends on: its piece, for a wildcard the any-host
-/// piece too (whose routes it carries), and the trust (which clusters are blocked).
+/// piece too (whose routes it carries), the trust, and which of the clusters its routes
+/// name are blocked (a cluster can become blocked with the trust unchanged: it names
+/// another secret, whose material is not at hand).
 #[derive(Clone, PartialEq, Eq)]
 struct HostKey {
     piece: u128,
     any_host: Option<u128>,
     trust: u64,
+    blocked: u64,
+}
+
+/// Which of the clusters a host's routes (and the any-host routes it carries) name are
+/// blocked, and why: 0 when none is.
+fn blocked_digest(
+    vhost: &portico_model::VirtualHost,
+    carried: Option<&portico_model::VirtualHost>,
+    blocked: &BTreeMap<String, String>,
+) -> u64 {
+    if blocked.is_empty() {
+        return 0;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    for route in vhost.routes.iter().chain(carried.into_iter().flat_map(|v| &v.routes)) {
+        if let portico_model::RouteAction::Forward { backends, .. } = &route.action {
+            for b in backends {
+                blocked.get(b.cluster.as_str()).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 /// The renderings of the previous snapshot, by piece.
@@ -53,6 +77,13 @@ pub struct SnapshotBuilder {
     clusters: HashMap<ClusterName, (u128, u64, RenderedCluster, u64)>,
     hosts: HashMap<(u16, HostMatch), (RenderedHost, u64)>,
     builds: u64,
+    /// The clusters whose trust material is not at hand, as of the trust key beside: kept
+    /// while it is the same (only clusters rendered again are looked at again).
+    blocked: Option<(u64, BTreeMap<String, String>)>,
+    /// Each port's route configuration, with a digest of the hosts' keys it was made of.
+    routes: HashMap<u16, (u64, Entry)>,
+    /// The SDS secrets, with a digest of what they were made from.
+    secrets: Option<(u64, BTreeMap<String, Entry>)>,
 }
 
 /// How many pieces a build rendered, and how many it reused.
@@ -93,10 +124,27 @@ impl SnapshotBuilder {
         // Clusters and their load assignments.
         self.builds += 1;
         let build = self.builds;
-        let blocked = blocked_clusters(model, trust);
+        let digests: Vec<Option<u128>> =
+            model.clusters.iter().map(|c| digest(&PieceId::Cluster(c.name.clone()))).collect();
+        // Which clusters' trust material is missing: looked at again for the clusters
+        // rendered again, or for all when the trust moved.
+        let blocked = match self.blocked.take() {
+            Some((key, mut blocked)) if key == trust_key && rest.is_some() => {
+                for (c, d) in model.clusters.iter().zip(&digests) {
+                    let same = d.is_some() && self.clusters.get(&c.name).is_some_and(|cached| Some(cached.0) == *d);
+                    if !same {
+                        match blocked_cluster(c, model, trust) {
+                            Some(why) => blocked.insert(c.name.to_string(), why),
+                            None => blocked.remove(c.name.as_str()),
+                        };
+                    }
+                }
+                blocked
+            }
+            _ => blocked_clusters(model, trust),
+        };
         let (mut cluster_entries, mut loads) = (BTreeMap::new(), BTreeMap::new());
-        for c in &model.clusters {
-            let d = digest(&PieceId::Cluster(c.name.clone()));
+        for (c, d) in model.clusters.iter().zip(digests) {
             let fresh = |reuse: &mut Reuse| {
                 reuse.rendered += 1;
                 if blocked.contains_key(c.name.as_str()) {
@@ -150,6 +198,8 @@ impl SnapshotBuilder {
             let any_host = any_host_on(model, port);
             let any_digest = any_host.and_then(|_| digest(&PieceId::VirtualHost(port, HostMatch::Any)));
             let mut encoded_hosts: Vec<&[u8]> = Vec::new();
+            // The hosts' keys in order: the same keys, the same route configuration.
+            let mut made_of = std::hash::DefaultHasher::new();
             // Per host: its key in the cache, or its place among the renderings not kept.
             let mut rendered_here: Vec<Result<(u16, HostMatch), usize>> = Vec::new();
             let mut uncached: Vec<RenderedHost> = Vec::new();
@@ -160,8 +210,10 @@ impl SnapshotBuilder {
                     piece: d.unwrap_or_default(),
                     any_host: if carries_any { any_digest } else { None },
                     trust: trust_key,
+                    blocked: blocked_digest(vhost, any_host.filter(|_| carries_any), &blocked),
                 };
                 let usable = cacheable(d) && (!carries_any || any_digest.is_some());
+                (&vhost.host, &key.piece, &key.any_host, key.trust, key.blocked, usable).hash(&mut made_of);
                 let hit =
                     usable && self.hosts.get(&(port, vhost.host.clone())).is_some_and(|(cached, _)| cached.key == key);
                 if hit {
@@ -192,7 +244,16 @@ impl SnapshotBuilder {
                 encoded_hosts.push(&rendered.encoded);
             }
             let name = route_config_name(port);
-            route_configurations.insert(name.clone(), Entry::of(route_configuration(&name, &encoded_hosts)));
+            let made_of = made_of.finish();
+            let entry = match self.routes.get(&port) {
+                Some((was, entry)) if *was == made_of && uncached.is_empty() => entry.clone(),
+                _ => {
+                    let entry = Entry::of(route_configuration(&name, &encoded_hosts));
+                    self.routes.insert(port, (made_of, entry.clone()));
+                    entry
+                }
+            };
+            route_configurations.insert(name.clone(), entry);
             let listener = listener_for(model, trust, port, options.bind_address, Delivery::Ads, &mut problems);
             if let Some(listener) = listener {
                 listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
@@ -202,8 +263,30 @@ impl SnapshotBuilder {
         let mut seen = std::collections::BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
 
-        let secrets: BTreeMap<String, Entry> =
-            secrets(model, trust).into_iter().map(|s| (s.name.clone(), Entry::of(any(&s)))).collect();
+        // The secrets depend on the trust (material and the model's list of it), the serving
+        // certificates hosts name and the CA unions clusters name.
+        let secrets_of = {
+            let mut h = std::hash::DefaultHasher::new();
+            trust_key.hash(&mut h);
+            for vhost in model.listeners.iter().flat_map(|l| &l.virtual_hosts) {
+                vhost.tls.as_ref().map(|t| (&t.secret, &t.sha256)).hash(&mut h);
+            }
+            for c in &model.clusters {
+                if let Some(portico_model::Verification::Required {
+                    ca: portico_model::CaSource::Union(list), ..
+                }) = c.key.tls.as_ref().map(|t| &t.verify)
+                {
+                    list.hash(&mut h);
+                }
+            }
+            h.finish()
+        };
+        let secrets: BTreeMap<String, Entry> = match self.secrets.take() {
+            Some((was, secrets)) if was == secrets_of && rest.is_some() => secrets,
+            _ => secrets(model, trust).into_iter().map(|s| (s.name.clone(), Entry::of(any(&s)))).collect(),
+        };
+        self.secrets = Some((secrets_of, secrets.clone()));
+        self.blocked = Some((trust_key, blocked));
         let mut resources = BTreeMap::new();
         resources.insert(Secret::type_url(), secrets);
         resources.insert(Cluster::type_url(), cluster_entries);
@@ -303,6 +386,27 @@ mod tests {
         let port = e[0].port() + 1;
         e[0].set_port(port);
         assert_eq!(step(&endpoint, &trust, 1, "an endpoint").rendered, 1);
+
+        // A cluster now names a CA secret whose material is not at hand, the trust and the
+        // model's list of it unchanged: blocked (its routes 503) though nothing else moved;
+        // then back.
+        let mut missing = endpoint.clone();
+        let c = missing
+            .clusters
+            .iter_mut()
+            .find(|c| {
+                matches!(
+                    c.key.tls.as_ref().map(|t| &t.verify),
+                    Some(Verification::Required { ca: CaSource::Secret(_), .. })
+                )
+            })
+            .unwrap();
+        if let Some(Verification::Required { ca, .. }) = c.key.tls.as_mut().map(|t| &mut t.verify) {
+            *ca = CaSource::Secret(portico_model::SecretRef::new("nowhere", "missing").unwrap());
+        }
+        assert!(!crate::resources(&missing, &trust, &options(), Delivery::Ads).problems.is_empty());
+        step(&missing, &trust, 1, "a cluster naming material not at hand");
+        step(&endpoint, &trust, 1, "and back");
 
         // One virtual host gone.
         let mut fewer = endpoint.clone();

@@ -390,8 +390,17 @@ fn direct(status: u32, body: &str) -> route::route::Action {
 
 /// The clusters that cannot be served (trust material missing or stale), with why: their
 /// routes answer 503, never unverified.
-pub fn blocked_clusters<'m>(model: &'m Model, trust: &Trust) -> BTreeMap<&'m str, String> {
-    model.clusters.iter().filter_map(|c| trust_ready(c, model, trust).err().map(|why| (c.name.as_str(), why))).collect()
+pub fn blocked_clusters(model: &Model, trust: &Trust) -> BTreeMap<String, String> {
+    model
+        .clusters
+        .iter()
+        .filter_map(|c| blocked_cluster(c, model, trust).map(|why| (c.name.to_string(), why)))
+        .collect()
+}
+
+/// Why a cluster cannot be served (its trust material is not at hand), if it cannot.
+pub fn blocked_cluster(cluster: &Cluster, model: &Model, trust: &Trust) -> Option<String> {
+    trust_ready(cluster, model, trust).err()
 }
 
 /// The ports Envoy listens on: the model's, and always the main HTTP port.
@@ -417,7 +426,7 @@ pub fn any_host_on(model: &Model, port: u16) -> Option<&portico_model::VirtualHo
 pub fn virtual_host(
     vhost: &portico_model::VirtualHost,
     any_host: Option<&portico_model::VirtualHost>,
-    blocked: &BTreeMap<&str, String>,
+    blocked: &BTreeMap<String, String>,
     problems: &mut Vec<String>,
 ) -> route::VirtualHost {
     let mut route_of = |vhost: &portico_model::VirtualHost, r: &portico_model::Route, headers| {
