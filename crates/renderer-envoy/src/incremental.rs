@@ -75,8 +75,15 @@ pub struct SnapshotBuilder {
     /// By cluster: the piece digest and trust it was rendered with, and the build that
     /// last used it (entries a build did not use are dropped after it).
     clusters: HashMap<ClusterName, (u128, u64, RenderedCluster, u64)>,
-    hosts: HashMap<(u16, HostMatch), (RenderedHost, u64)>,
+    /// By port, then host (looked up by reference: no key is made per host).
+    hosts: HashMap<u16, HashMap<HostMatch, (RenderedHost, u64)>>,
     builds: u64,
+    /// The snapshot's clusters and load assignments as of the last build, changed where
+    /// clusters were rendered again or went; `maps_valid` is false after a build that had
+    /// clusters without a digest (not kept, so their going would not be seen).
+    cluster_map: BTreeMap<String, Entry>,
+    load_map: BTreeMap<String, Entry>,
+    maps_valid: bool,
     /// The clusters whose trust material is not at hand, as of the trust key beside: kept
     /// while it is the same (only clusters rendered again are looked at again).
     blocked: Option<(u64, BTreeMap<String, String>)>,
@@ -143,7 +150,26 @@ impl SnapshotBuilder {
             }
             _ => blocked_clusters(model, trust),
         };
-        let (mut cluster_entries, mut loads) = (BTreeMap::new(), BTreeMap::new());
+        let all_cacheable = rest.is_some() && digests.iter().all(Option::is_some);
+        if !(all_cacheable && self.maps_valid) {
+            self.cluster_map.clear();
+            self.load_map.clear();
+        }
+        let patch = self.maps_valid && all_cacheable;
+        let (cluster_map, load_map) = (&mut self.cluster_map, &mut self.load_map);
+        let mut put = |name: &ClusterName, rendered: &RenderedCluster| match rendered {
+            RenderedCluster::Ready { cluster, load } => {
+                cluster_map.insert(name.to_string(), cluster.clone());
+                match load {
+                    Some(load) => load_map.insert(name.to_string(), load.clone()),
+                    None => load_map.remove(name.as_str()),
+                };
+            }
+            RenderedCluster::Blocked => {
+                cluster_map.remove(name.as_str());
+                load_map.remove(name.as_str());
+            }
+        };
         for (c, d) in model.clusters.iter().zip(digests) {
             let fresh = |reuse: &mut Reuse| {
                 reuse.rendered += 1;
@@ -156,40 +182,39 @@ impl SnapshotBuilder {
                     }
                 }
             };
-            let rendered = match (d.filter(|_| cacheable(d)), self.clusters.get_mut(&c.name)) {
+            match (d.filter(|_| cacheable(d)), self.clusters.get_mut(&c.name)) {
                 (Some(d), Some(cached)) if cached.0 == d && cached.1 == trust_key => {
                     reuse.reused += 1;
                     cached.3 = build;
-                    &cached.2
+                    if !patch {
+                        put(&c.name, &cached.2);
+                    }
                 }
                 (Some(d), Some(cached)) => {
                     *cached = (d, trust_key, fresh(&mut reuse), build);
-                    &cached.2
+                    put(&c.name, &cached.2);
                 }
                 (Some(d), None) => {
                     let rendered = fresh(&mut reuse);
-                    &self.clusters.entry(c.name.clone()).or_insert((d, trust_key, rendered, build)).2
+                    put(&c.name, &rendered);
+                    self.clusters.insert(c.name.clone(), (d, trust_key, rendered, build));
                 }
                 (None, _) => {
                     // No digest: rendered, not kept.
-                    let rendered = fresh(&mut reuse);
-                    if let RenderedCluster::Ready { cluster, load } = rendered {
-                        cluster_entries.insert(c.name.to_string(), cluster);
-                        if let Some(load) = load {
-                            loads.insert(c.name.to_string(), load);
-                        }
-                    }
-                    continue;
-                }
-            };
-            if let RenderedCluster::Ready { cluster, load } = rendered {
-                cluster_entries.insert(c.name.to_string(), cluster.clone());
-                if let Some(load) = load {
-                    loads.insert(c.name.to_string(), load.clone());
+                    put(&c.name, &fresh(&mut reuse));
                 }
             }
         }
-        self.clusters.retain(|_, cached| cached.3 == build);
+        self.clusters.retain(|name, cached| {
+            let kept = cached.3 == build;
+            if !kept {
+                cluster_map.remove(name.as_str());
+                load_map.remove(name.as_str());
+            }
+            kept
+        });
+        self.maps_valid = all_cacheable;
+        let (cluster_entries, loads) = (self.cluster_map.clone(), self.load_map.clone());
 
         // Route configurations, one per port, from their virtual hosts' encodings.
         let mut problems = Vec::new();
@@ -201,7 +226,8 @@ impl SnapshotBuilder {
             // The hosts' keys in order: the same keys, the same route configuration.
             let mut made_of = std::hash::DefaultHasher::new();
             // Per host: its key in the cache, or its place among the renderings not kept.
-            let mut rendered_here: Vec<Result<(u16, HostMatch), usize>> = Vec::new();
+            let mut rendered_here: Vec<Result<&HostMatch, usize>> = Vec::new();
+            let cache = self.hosts.entry(port).or_default();
             let mut uncached: Vec<RenderedHost> = Vec::new();
             for vhost in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts) {
                 let d = digest(&PieceId::VirtualHost(port, vhost.host.clone()));
@@ -214,8 +240,7 @@ impl SnapshotBuilder {
                 };
                 let usable = cacheable(d) && (!carries_any || any_digest.is_some());
                 (&vhost.host, &key.piece, &key.any_host, key.trust, key.blocked, usable).hash(&mut made_of);
-                let hit =
-                    usable && self.hosts.get(&(port, vhost.host.clone())).is_some_and(|(cached, _)| cached.key == key);
+                let hit = usable && cache.get(&vhost.host).is_some_and(|(cached, _)| cached.key == key);
                 if hit {
                     reuse.reused += 1;
                 } else {
@@ -224,20 +249,20 @@ impl SnapshotBuilder {
                     let message = virtual_host(vhost, any_host, &blocked, &mut host_problems);
                     let rendered = RenderedHost { key, encoded: message.encode_to_vec(), problems: host_problems };
                     if usable {
-                        self.hosts.insert((port, vhost.host.clone()), (rendered, build));
+                        cache.insert(vhost.host.clone(), (rendered, build));
                     } else {
                         uncached.push(rendered);
                         rendered_here.push(Err(uncached.len() - 1));
                         continue;
                     }
                 }
-                let cached = self.hosts.get_mut(&(port, vhost.host.clone())).expect("kept above");
+                let cached = cache.get_mut(&vhost.host).expect("kept above");
                 cached.1 = build;
-                rendered_here.push(Ok((port, vhost.host.clone())));
+                rendered_here.push(Ok(&vhost.host));
             }
             for which in &rendered_here {
                 let rendered = match which {
-                    Ok(key) => &self.hosts[key].0,
+                    Ok(host) => &cache[*host].0,
                     Err(i) => &uncached[*i],
                 };
                 problems.extend(rendered.problems.iter().cloned());
@@ -259,7 +284,10 @@ impl SnapshotBuilder {
                 listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
             }
         }
-        self.hosts.retain(|_, (_, used)| *used == build);
+        for hosts in self.hosts.values_mut() {
+            hosts.retain(|_, (_, used)| *used == build);
+        }
+        self.hosts.retain(|_, hosts| !hosts.is_empty());
         let mut seen = std::collections::BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
 
