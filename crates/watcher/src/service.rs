@@ -58,6 +58,10 @@ pub(crate) enum Bucket {
 /// One file's last decoding.
 struct FileState {
     sha256: [u8; 32],
+    /// Its metadata when it was read, once that can be trusted to tell a change (see
+    /// `Stat::settled`): a scan then skips reading and hashing it while the metadata is
+    /// the same. A 7 MiB manifest was read and hashed twice per change (the debounce).
+    stat: Option<Stat>,
     /// The objects of the last version of the file that decoded without problems, each
     /// with its encoding (made once, when the file is decoded).
     good: Vec<Arc<Encoded>>,
@@ -86,6 +90,10 @@ struct Files {
     /// The files in the order the last scan read them (the configured paths' order): a
     /// later definition of an object wins.
     order: Vec<PathBuf>,
+    /// How many times a scan read a file (the others it skipped).
+    reads: u64,
+    /// `SETTLE`, but for tests.
+    settle: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -117,12 +125,51 @@ fn new_trace(seed: &[u8]) -> TraceContext {
     TraceContext::new(&format!("00-{}-{}-01", &hex[..32], &hex[32..48]), None)
 }
 
+/// What a scan compares before reading a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    len: u64,
+    modified: std::time::SystemTime,
+    changed: (i64, i64),
+    inode: (u64, u64),
+}
+
+impl Stat {
+    fn of(meta: &std::fs::Metadata) -> Option<Stat> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Stat {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Whether the file last changed long enough before it was read that a later write
+    /// must show in its metadata. The kernel stamps times from a coarse clock (a few
+    /// milliseconds), so a write of the same length within the same tick as the read leaves
+    /// the metadata as it was: a file changed within `settle` of its read is read again
+    /// every scan (git's "racily clean" entries, the same rule). Judged by the change time,
+    /// which no tool can set back (`cp -p` and `tar` restore the modification time).
+    fn settled(&self, read_at: std::time::SystemTime, settle: Duration) -> bool {
+        let (secs, nanos) = self.changed;
+        let (Ok(secs), Ok(nanos)) = (u64::try_from(secs), u32::try_from(nanos)) else { return false };
+        let changed = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+        read_at.duration_since(changed).is_ok_and(|d| d > settle)
+    }
+}
+
+/// See `Stat::settled`.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Read the files, decoding those whose contents changed; `None` when a configured path
 /// cannot be read at all (then nothing may change). Returns the fingerprint of what was
 /// read: the files' paths and contents (a file that could not be read keeps its last good
 /// objects and counts as unchanged), so two scans that agree saw the same objects, with no
 /// need to encode 10,000 of them to tell.
-fn scan(paths: &[PathBuf], state: &mut Files) -> Option<[u8; 32]> {
+/// Unless `thorough`, a file whose metadata is as when it was last read (and settled) is
+/// not read again.
+fn scan(paths: &[PathBuf], state: &mut Files, thorough: bool) -> Option<[u8; 32]> {
     let files = match manifest_files(paths) {
         Ok(files) => files,
         Err(e) => {
@@ -135,6 +182,17 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<[u8; 32]> {
     state.order = files.clone();
     let mut fingerprint = Sha256::new();
     for file in files {
+        let stat = std::fs::metadata(&file).ok().as_ref().and_then(Stat::of);
+        if let (false, Some(stat), Some(previous)) = (thorough, stat, state.files.get(&file)) {
+            if previous.stat == Some(stat) {
+                fingerprint.update(file.as_os_str().as_encoded_bytes());
+                fingerprint.update(previous.sha256);
+                continue;
+            }
+        }
+        let read_at = std::time::SystemTime::now();
+        let stat = stat.filter(|s| s.settled(read_at, state.settle.unwrap_or(SETTLE)));
+        state.reads += 1;
         let bytes = match crate::manifests::read_manifest(&file) {
             Ok(b) => b,
             Err(e) => {
@@ -149,7 +207,9 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<[u8; 32]> {
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         fingerprint.update(file.as_os_str().as_encoded_bytes());
         fingerprint.update(sha256);
-        if state.files.get(&file).is_none_or(|f| f.sha256 != sha256) {
+        if let Some(same) = state.files.get_mut(&file).filter(|f| f.sha256 == sha256) {
+            same.stat = stat;
+        } else {
             let name = file.display().to_string();
             let mut decoded = Decoded::default();
             match String::from_utf8(bytes) {
@@ -167,7 +227,7 @@ fn scan(paths: &[PathBuf], state: &mut Files) -> Option<[u8; 32]> {
             } else {
                 state.files.get(&file).map(|f| f.good.clone()).unwrap_or_default()
             };
-            state.files.insert(file.clone(), FileState { sha256, good });
+            state.files.insert(file.clone(), FileState { sha256, stat, good });
         }
     }
     Some(fingerprint.finalize().into())
@@ -300,11 +360,14 @@ async fn session(
     let mut unsettled = true;
     let mut first = true;
     loop {
+        // The first scan and the safety rescan read every file; the others skip those
+        // whose metadata did not change.
+        let mut thorough = first;
         if !first {
             let quiet = if unsettled { config.poll_every } else { config.rescan_every };
             tokio::select! {
                 () = changed.notified() => unsettled = true,
-                () = tokio::time::sleep(quiet) => {}
+                () = tokio::time::sleep(quiet) => thorough = !unsettled,
             }
         }
         first = false;
@@ -314,7 +377,7 @@ async fn session(
         let synced = state.synced;
         let previous = state.previous;
         let scanned = tokio::task::spawn_blocking(move || {
-            let scanned = scan(&paths, &mut files).map(|fingerprint| {
+            let scanned = scan(&paths, &mut files, thorough).map(|fingerprint| {
                 // Debounce: publish a scan only when the one before it saw the same files
                 // (the first scan of a session is published at once); only then is the
                 // desired set put together.
@@ -391,4 +454,49 @@ pub(crate) async fn put_marker(store: &async_nats::jetstream::kv::Store, key: &s
         reason: e.to_string(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::{scan, Files};
+    use std::time::{Duration, SystemTime};
+
+    fn service(name: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{ports: [{{port: 80}}]}}\n")
+    }
+
+    fn names(files: &Files) -> Vec<String> {
+        files.files.values().flat_map(|f| &f.good).map(|e| e.object.meta().name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_settled_file_whose_metadata_did_not_change_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, service("one")).unwrap();
+        let paths = vec![dir.path().to_owned()];
+        let mut files = Files::default();
+        let first = scan(&paths, &mut files, false).unwrap();
+        assert_eq!((files.reads, names(&files)), (1, vec!["one".to_owned()]));
+        // Just written: read again (a write within the same clock tick would not show).
+        assert_eq!(scan(&paths, &mut files, false), Some(first));
+        assert_eq!(files.reads, 2, "a file written just now is read every scan");
+        // Changed long before it is read (as if `SETTLE` had passed): its metadata tells a
+        // change from now on.
+        files.settle = Some(Duration::ZERO);
+        assert_eq!(scan(&paths, &mut files, false), Some(first));
+        assert_eq!(files.reads, 3);
+        assert_eq!(scan(&paths, &mut files, false), Some(first));
+        assert_eq!(files.reads, 3, "settled and unchanged: not read");
+        assert_eq!(scan(&paths, &mut files, true), Some(first));
+        assert_eq!(files.reads, 4, "the safety rescan reads every file");
+        // The same length, another content, and the old modification time put back: the
+        // change time (which nobody can set) still tells it.
+        std::fs::write(&path, service("two")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        let second = scan(&paths, &mut files, false).unwrap();
+        assert_ne!(second, first);
+        assert_eq!((files.reads, names(&files)), (5, vec!["two".to_owned()]));
+    }
 }
