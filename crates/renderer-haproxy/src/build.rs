@@ -1015,43 +1015,8 @@ impl ConfigBuilder {
     fn commands(&self, j: &Journal) -> Option<Vec<String>> {
         let mut old = Runtime { skeleton: j.skeleton, ..Runtime::default() };
         let mut new = Runtime { skeleton: self.runtime.skeleton, ..Runtime::default() };
-        // The map and list files: those of both sides, with the entries journalled.
-        for path in &j.map_paths {
-            old.maps.insert(path.clone(), BTreeMap::new());
-        }
-        for path in self.runtime.maps.keys() {
-            new.maps.insert(path.clone(), BTreeMap::new());
-        }
-        for (path, entries) in &j.maps {
-            for (key, value) in entries {
-                if let (Some(map), Some(value)) = (old.maps.get_mut(path), value) {
-                    map.insert(key.clone(), value.clone());
-                }
-                if let (Some(map), Some(value)) =
-                    (new.maps.get_mut(path), self.runtime.maps.get(path).and_then(|m| m.get(key)))
-                {
-                    map.insert(key.clone(), value.clone());
-                }
-            }
-        }
-        for path in &j.crt_paths {
-            old.crt_lists.insert(path.clone(), BTreeMap::new());
-        }
-        for path in self.runtime.crt_lists.keys() {
-            new.crt_lists.insert(path.clone(), BTreeMap::new());
-        }
-        for (list, entries) in &j.certificates {
-            for (path, entry) in entries {
-                if let (Some(l), Some(entry)) = (old.crt_lists.get_mut(list), entry) {
-                    l.insert(path.clone(), entry.clone());
-                }
-                if let (Some(l), Some(entry)) =
-                    (new.crt_lists.get_mut(list), self.runtime.crt_lists.get(list).and_then(|l| l.get(path)))
-                {
-                    l.insert(path.clone(), entry.clone());
-                }
-            }
-        }
+        (old.maps, new.maps) = sides(&j.map_paths, &self.runtime.maps, &j.maps);
+        (old.crt_lists, new.crt_lists) = sides(&j.crt_paths, &self.runtime.crt_lists, &j.certificates);
         for (name, backend) in &j.backends {
             if let Some(backend) = backend {
                 old.backends.insert(name.clone(), backend.clone());
@@ -1191,6 +1156,32 @@ impl ConfigBuilder {
         }
         out
     }
+}
+
+/// Files of entries (a map file's keys and values, a certificate list's certificates) as
+/// the journal and the builder hold them → the two sides `runtime::commands` compares:
+/// each side's files (those before: `before`; now: `current`'s), with the journalled
+/// entries only, as they were and as they are.
+type Files<V> = BTreeMap<String, BTreeMap<String, V>>;
+
+fn sides<V: Clone>(
+    before: &BTreeSet<String>,
+    current: &Files<V>,
+    journalled: &Files<Option<V>>,
+) -> (Files<V>, Files<V>) {
+    let mut old: Files<V> = before.iter().map(|path| (path.clone(), BTreeMap::new())).collect();
+    let mut new: Files<V> = current.keys().map(|path| (path.clone(), BTreeMap::new())).collect();
+    for (path, entries) in journalled {
+        for (key, was) in entries {
+            if let (Some(file), Some(was)) = (old.get_mut(path), was) {
+                file.insert(key.clone(), was.clone());
+            }
+            if let (Some(file), Some(is)) = (new.get_mut(path), current.get(path).and_then(|f| f.get(key))) {
+                file.insert(key.clone(), is.clone());
+            }
+        }
+    }
+    (old, new)
 }
 
 /// Where a cluster's routes go: its backend, or why they answer 503.
