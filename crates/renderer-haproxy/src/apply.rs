@@ -2,7 +2,9 @@
 //! check, switch, hitless reload through the master socket, confirmation, and rollback.
 //!
 //! Layout under the work directory: `gen-<epoch>-<generation>-<ms>/` holds one rendered
-//! configuration with its files; the symlink `current` points at the one HAProxy runs, and
+//! configuration with its files (the service's generations reach the files named by their
+//! content, `ca/` and `client/`, through links into `files/`, see [`STORE`]); the symlink
+//! `current` points at the one HAProxy runs, and
 //! `haproxy.cfg` (what HAProxy is started with) points at `current/haproxy.cfg`. The
 //! configuration names its files through `current` (`<work_dir>/current/maps/…`), so two
 //! generations that differ only in map entries and server addresses have the same text
