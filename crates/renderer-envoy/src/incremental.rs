@@ -84,6 +84,9 @@ pub struct SnapshotBuilder {
     cluster_map: BTreeMap<String, Entry>,
     load_map: BTreeMap<String, Entry>,
     maps_valid: bool,
+    /// The snapshot generations of the clusters, load assignments and secrets
+    /// (`Snapshot::generations`): renewed when their entries change.
+    generations: BTreeMap<String, u64>,
     /// The clusters whose trust material is not at hand, as of the trust key beside: kept
     /// while it is the same (only clusters rendered again are looked at again).
     blocked: Option<(u64, BTreeMap<String, String>)>,
@@ -156,18 +159,23 @@ impl SnapshotBuilder {
             self.load_map.clear();
         }
         let patch = self.maps_valid && all_cacheable;
+        // Whether the clusters' and the load assignments' entries changed.
+        let (mut clusters_changed, mut loads_changed) = (!patch, !patch);
         let (cluster_map, load_map) = (&mut self.cluster_map, &mut self.load_map);
+        let differs =
+            |old: Option<Entry>, new: Option<&Entry>| old.map(|e| e.version) != new.map(|e| e.version.clone());
         let mut put = |name: &ClusterName, rendered: &RenderedCluster| match rendered {
             RenderedCluster::Ready { cluster, load } => {
-                cluster_map.insert(name.to_string(), cluster.clone());
-                match load {
+                clusters_changed |= differs(cluster_map.insert(name.to_string(), cluster.clone()), Some(cluster));
+                let old = match load {
                     Some(load) => load_map.insert(name.to_string(), load.clone()),
                     None => load_map.remove(name.as_str()),
                 };
+                loads_changed |= differs(old, load.as_ref());
             }
             RenderedCluster::Blocked => {
-                cluster_map.remove(name.as_str());
-                load_map.remove(name.as_str());
+                clusters_changed |= cluster_map.remove(name.as_str()).is_some();
+                loads_changed |= load_map.remove(name.as_str()).is_some();
             }
         };
         for (c, d) in model.clusters.iter().zip(digests) {
@@ -208,8 +216,8 @@ impl SnapshotBuilder {
         self.clusters.retain(|name, cached| {
             let kept = cached.3 == build;
             if !kept {
-                cluster_map.remove(name.as_str());
-                load_map.remove(name.as_str());
+                clusters_changed |= cluster_map.remove(name.as_str()).is_some();
+                loads_changed |= load_map.remove(name.as_str()).is_some();
             }
             kept
         });
@@ -309,9 +317,17 @@ impl SnapshotBuilder {
             }
             h.finish()
         };
-        let secrets: BTreeMap<String, Entry> = match self.secrets.take() {
-            Some((was, secrets)) if was == secrets_of && rest.is_some() => secrets,
-            _ => secrets(model, trust).into_iter().map(|s| (s.name.clone(), Entry::of(any(&s)))).collect(),
+        let (secrets, secrets_changed): (BTreeMap<String, Entry>, bool) = match self.secrets.take() {
+            Some((was, secrets)) if was == secrets_of && rest.is_some() => (secrets, false),
+            before => {
+                let made: BTreeMap<String, Entry> =
+                    secrets(model, trust).into_iter().map(|s| (s.name.clone(), Entry::of(any(&s)))).collect();
+                let versions = |m: &BTreeMap<String, Entry>| {
+                    m.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect::<Vec<_>>()
+                };
+                let changed = before.is_none_or(|(_, old)| versions(&old) != versions(&made));
+                (made, changed)
+            }
         };
         self.secrets = Some((secrets_of, secrets.clone()));
         self.blocked = Some((trust_key, blocked));
@@ -321,7 +337,16 @@ impl SnapshotBuilder {
         resources.insert(ClusterLoadAssignment::type_url(), loads);
         resources.insert(Listener::type_url(), listeners);
         resources.insert(RouteConfiguration::type_url(), route_configurations);
-        (Snapshot { version, resources }, problems, reuse)
+        for (type_url, changed) in [
+            (Cluster::type_url(), clusters_changed),
+            (ClusterLoadAssignment::type_url(), loads_changed),
+            (Secret::type_url(), secrets_changed),
+        ] {
+            if changed || !self.generations.contains_key(&type_url) {
+                self.generations.insert(type_url, crate::ads::next_generation());
+            }
+        }
+        (Snapshot { version, resources, generations: self.generations.clone() }, problems, reuse)
     }
 }
 
@@ -391,11 +416,30 @@ mod tests {
             &portico_resolver::Config::default(),
         );
         let mut builder = SnapshotBuilder::new();
+        let mut previous: Option<Snapshot> = None;
+        let mut kept_generations = 0;
         let mut step = |model: &Model, trust: &Trust, revision: u64, what: &str| {
             let digests = local_digests(model);
             let (snapshot, problems, reuse) =
                 builder.build("v".into(), model, trust, revision, &options(), |id| digests.get(id).copied());
             assert_same(&snapshot, &full(model, trust), what);
+            // A generation kept is a promise that the type's entries are the same (the ADS
+            // server then skips the type).
+            if let Some(previous) = &previous {
+                for (type_url, generation) in &snapshot.generations {
+                    if previous.generations.get(type_url) == Some(generation) {
+                        kept_generations += 1;
+                        let versions = |s: &Snapshot| {
+                            s.resources[type_url]
+                                .iter()
+                                .map(|(n, e)| (n.clone(), e.version.clone()))
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(versions(previous), versions(&snapshot), "{what}: {type_url} kept its generation");
+                    }
+                }
+            }
+            previous = Some(snapshot);
             assert_eq!(problems, crate::resources(model, trust, &options(), Delivery::Ads).problems, "{what}");
             reuse
         };
@@ -473,6 +517,10 @@ mod tests {
         step(&file, &trust, 3, "a CA file");
         step(&Model::default(), &Trust::new(), 4, "everything gone");
         step(&model, &trust, 5, "everything back");
+        assert!(
+            kept_generations >= 6,
+            "types kept their generation through changes that left them alone: {kept_generations}"
+        );
     }
 }
 
