@@ -523,5 +523,31 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     assert!(served, "the new site beside the rejected cluster was served");
     let warming_limit = || portico_kit::admin::render().contains("portico_renderer_envoy_warming_limit_total");
     assert!(!warming_limit(), "the routes waited for the warming limit");
+
+    // A later change, the rejected cluster still in the model: its routes are not held
+    // back for that cluster either (it never warms, and it is not this change's).
+    let mut later = next.clone();
+    let mut site = later.listeners[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.host.to_string() == "shop.example.com")
+        .expect("the shop's site")
+        .clone();
+    site.host = portico_model::HostMatch::parse("later.example.com").unwrap();
+    later.listeners[0].virtual_hosts.insert(0, site);
+    publish(buckets, 3, &later).await;
+    let started = std::time::Instant::now();
+    let mut served = false;
+    for _ in 0..200 {
+        let got =
+            tokio::task::spawn_blocking(move || http_get(http_port, "later.example.com", "/legacy")).await.unwrap();
+        if matches!(&got, Ok((503, body)) if body == "route in error, see its status") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the later site was served");
+    assert!(!warming_limit(), "the later change waited {:?}, for the warming limit", started.elapsed());
     with.stop().await;
 }
