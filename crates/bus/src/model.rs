@@ -69,6 +69,17 @@ fn piece_digest(key: &str, encoded: &[u8]) -> u128 {
     u128::from_be_bytes(h.finalize()[..16].try_into().expect("16 bytes"))
 }
 
+/// The digest the renderers' follower gives a piece (`Follower::piece_digest`), made
+/// without a bus: for renderings in tests and benchmarks, keyed as the services' are.
+pub fn digest_of(piece: &ModelPieceRef<'_>) -> u128 {
+    piece_digest(&piece_key(&piece.identity()), &codec::encode(piece))
+}
+
+/// `digest_of` every piece of `model`.
+pub fn digests_of(model: &Model) -> HashMap<PieceId, u128> {
+    model.piece_refs().iter().map(|piece| (piece.id(), digest_of(piece))).collect()
+}
+
 fn digest_hex(sum: u128) -> String {
     format!("{sum:032x}")
 }

@@ -327,6 +327,8 @@ async fn the_follower_gives_each_piece_a_digest_that_changes_with_it_alone() {
         }
         let of: std::collections::HashMap<_, _> =
             next.pieces().iter().map(|p| (p.id(), follower.piece_digest(&p.id()).expect("a digest"))).collect();
+        // What tests and benchmarks that render without a bus key their builders with.
+        assert_eq!(of, portico_bus::model::digests_of(next), "digests_of gives the follower's digests");
         digests.push((of, revision));
     }
     let (one, two) = (&digests[0].0, &digests[1].0);

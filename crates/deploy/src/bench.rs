@@ -380,30 +380,11 @@ fn by_piece(
     envoy_options: &portico_renderer_envoy::Options,
     runs: usize,
 ) -> (Vec<Duration>, Vec<Duration>, usize, Vec<Duration>) {
+    use portico_bus::model::{digest_of, digests_of};
+    use portico_model::ModelPieceRef;
     use portico_model::{PieceId, RouteAction, Servers};
-    // The pieces' digests, as the bus gives them (equal pieces, equal digests).
-    fn digest(piece: impl std::fmt::Debug) -> u128 {
-        struct Hashing(std::hash::DefaultHasher);
-        impl std::fmt::Write for Hashing {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                std::hash::Hasher::write(&mut self.0, s.as_bytes());
-                Ok(())
-            }
-        }
-        let mut h = Hashing(std::hash::DefaultHasher::new());
-        std::fmt::Write::write_fmt(&mut h, format_args!("{piece:?}")).expect("hashing cannot fail");
-        u128::from(std::hash::Hasher::finish(&h.0))
-    }
-    let mut digests: std::collections::HashMap<PieceId, u128> =
-        model
-            .clusters
-            .iter()
-            .map(|c| (PieceId::Cluster(c.name.clone()), digest(c)))
-            .chain(model.listeners.iter().flat_map(|l| {
-                l.virtual_hosts.iter().map(|v| (PieceId::VirtualHost(l.port, v.host.clone()), digest(v)))
-            }))
-            .collect();
-    digests.insert(PieceId::Rest, digest((&model.trust, &model.client_certs)));
+    // The pieces' digests, as the bus gives them.
+    let mut digests = digests_of(model);
     let unusable = portico_renderer_haproxy::UnusableFiles::new();
     let mut builder = portico_renderer_haproxy::ConfigBuilder::new(options);
     builder.build(model, trust, 0, &unusable, &|id| digests.get(id).copied());
@@ -420,7 +401,7 @@ fn by_piece(
                 }
             }
             let id = PieceId::Cluster(cluster.name.clone());
-            digests.insert(id.clone(), digest(&*cluster));
+            digests.insert(id.clone(), digest_of(&ModelPieceRef::Cluster(cluster)));
             id
         } else {
             let listener = &mut model.listeners[0];
@@ -429,7 +410,7 @@ fn by_piece(
                 route.prefix = format!("/changed-{run}").parse().expect("a path");
             }
             let id = PieceId::VirtualHost(listener.port, vhost.host.clone());
-            digests.insert(id.clone(), digest(&*vhost));
+            digests.insert(id.clone(), digest_of(&ModelPieceRef::VirtualHost { port: listener.port, vhost }));
             id
         };
         let started = Instant::now();

@@ -34,6 +34,15 @@ pub enum ModelPieceRef<'a> {
 }
 
 impl ModelPieceRef<'_> {
+    /// `ModelPiece::id` of the piece it stands for.
+    pub fn id(&self) -> PieceId {
+        match self {
+            ModelPieceRef::Cluster(c) => PieceId::Cluster(c.name.clone()),
+            ModelPieceRef::VirtualHost { port, vhost } => PieceId::VirtualHost(*port, vhost.host.clone()),
+            ModelPieceRef::Rest { .. } => PieceId::Rest,
+        }
+    }
+
     /// `ModelPiece::identity` of the piece it stands for.
     pub fn identity(&self) -> String {
         match self {

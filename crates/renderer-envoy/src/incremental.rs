@@ -366,24 +366,6 @@ fn route_configuration(name: &str, hosts: &[&[u8]]) -> Any {
     Any { type_url: RouteConfiguration::type_url(), value }
 }
 
-/// A piece's content digest computed here (SipHash of its bincode encoding): the tests'
-/// stand-in for the bus's digests.
-#[cfg(test)]
-fn local_digests(model: &Model) -> HashMap<PieceId, u128> {
-    model
-        .pieces()
-        .into_iter()
-        .map(|piece: portico_model::ModelPiece| {
-            let bytes = portico_bus::codec::encode(&piece);
-            let mut a = std::hash::DefaultHasher::new();
-            bytes.hash(&mut a);
-            let mut b = std::hash::DefaultHasher::new();
-            (bytes, 1u8).hash(&mut b);
-            (piece.id(), (u128::from(a.finish()) << 64) | u128::from(b.finish()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +401,7 @@ mod tests {
         let mut previous: Option<Snapshot> = None;
         let mut kept_generations = 0;
         let mut step = |model: &Model, trust: &Trust, revision: u64, what: &str| {
-            let digests = local_digests(model);
+            let digests = portico_bus::model::digests_of(model);
             let (snapshot, problems, reuse) =
                 builder.build("v".into(), model, trust, revision, &options(), |id| digests.get(id).copied());
             assert_same(&snapshot, &full(model, trust), what);
@@ -550,7 +532,7 @@ mod bench {
         }
         model.clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let options = Options { bind_address: "127.0.0.1".parse().unwrap(), http_port: 8080, admin_port: 0 };
-        let digests = local_digests(&model);
+        let digests = portico_bus::model::digests_of(&model);
         let mut builder = SnapshotBuilder::new();
         let started = std::time::Instant::now();
         builder.build("1".into(), &model, &trust, 1, &options, |id| digests.get(id).copied());

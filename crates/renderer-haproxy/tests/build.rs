@@ -6,15 +6,15 @@
 //! swapped, weighted routes, new listeners, trust material going and coming back (or its
 //! bytes changing under the same hash), HTTPS hosts.
 
+use portico_bus::model::digests_of;
 use portico_model::{
-    Cluster, ClusterName, HostMatch, KeyPairPem, Model, PieceId, RouteAction, SecretRef, Servers, ServingTls,
-    TlsVersion, TrustMaterial, Verification, VirtualHost, WeightedCluster,
+    Cluster, ClusterName, HostMatch, KeyPairPem, Model, RouteAction, SecretRef, Servers, ServingTls, TlsVersion,
+    TrustMaterial, Verification, VirtualHost, WeightedCluster,
 };
 use portico_renderer_haproxy::{render_over, runtime, ConfigBuilder, Options, Trust};
 use portico_resolver::Config;
 use portico_testkit::{pipeline, repo, testdata, Rng};
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 fn options() -> Options {
     Options {
@@ -23,20 +23,6 @@ fn options() -> Options {
         http_port: 8080,
         https_port: Some(8443),
     }
-}
-
-/// A piece's digest, as the bus gives it: equal pieces, equal digests.
-fn digest(model: &Model, id: &PieceId) -> Option<u128> {
-    let mut h = std::hash::DefaultHasher::new();
-    match id {
-        PieceId::Cluster(name) => format!("{:?}", model.cluster(name)?).hash(&mut h),
-        PieceId::VirtualHost(port, host) => {
-            let listener = model.listeners.iter().find(|l| l.port == *port)?;
-            format!("{:?}", listener.virtual_hosts.iter().find(|v| &v.host == host)?).hash(&mut h)
-        }
-        PieceId::Rest => format!("{:?}{:?}", model.trust, model.client_certs).hash(&mut h),
-    }
-    Some(u128::from(h.finish()))
 }
 
 /// A model and its trust material to start from, with spare material to change to.
@@ -238,7 +224,8 @@ fn a_build_by_piece_equals_a_whole_rendering_over_the_running_one() {
             let mut revision = 0;
             let unusable = portico_renderer_haproxy::unusable_ca_files(&model);
             let mut builder = ConfigBuilder::new(&options);
-            let first = builder.build(&model, &trust, revision, &unusable, &|id| digest(&model, id));
+            let digests = digests_of(&model);
+            let first = builder.build(&model, &trust, revision, &unusable, &|id| digests.get(id).copied());
             assert!(first.commands.is_none(), "a first build is a reload");
             let mut files: BTreeMap<String, Vec<u8>> = first.changed;
             for step in 0..12 {
@@ -253,7 +240,9 @@ fn a_build_by_piece_equals_a_whole_rendering_over_the_running_one() {
                 let running = builder.runtime().clone();
                 let whole = render_over(&model, &trust, &options, Some(&running), &unusable);
                 let expected = runtime::commands(&running, &whole.runtime);
-                let plan = builder.plan(&model, &trust, revision, &unusable, &|id| digest(&model, id));
+                // The pieces' digests, as the bus gives them.
+                let digests = digests_of(&model);
+                let plan = builder.plan(&model, &trust, revision, &unusable, &|id| digests.get(id).copied());
                 assert_eq!(plan.lacks_trust, !whole.problems.is_empty(), "seed {seed} step {step}: lacks trust");
                 rendered_pieces += plan.rendered;
                 total_pieces +=
@@ -266,7 +255,7 @@ fn a_build_by_piece_equals_a_whole_rendering_over_the_running_one() {
                     // The service renders afresh and reloads; so does the test.
                     reloads += 1;
                     builder = ConfigBuilder::new(&options);
-                    files = builder.build(&model, &trust, revision, &unusable, &|id| digest(&model, id)).changed;
+                    files = builder.build(&model, &trust, revision, &unusable, &|id| digests.get(id).copied()).changed;
                     continue;
                 }
                 runtime_steps += 1;
