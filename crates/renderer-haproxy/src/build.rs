@@ -26,8 +26,8 @@ use crate::{
     spare_name, FileMemo, Options, Trust, UnusableFiles, BAD_GATEWAY_BACKEND, NOT_FOUND_BACKEND, REJECT_BACKEND,
 };
 use portico_model::{
-    host_rank, CaSource, Cluster, ClusterName, HostMatch, Listener, Model, PieceId, RouteAction, Servers, Timeout,
-    Verification, VirtualHost,
+    host_rank, CaSource, Cluster, ClusterName, HostMatch, Model, PieceId, RouteAction, Servers, Timeout, Verification,
+    VirtualHost,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
@@ -48,8 +48,9 @@ enum Target {
     /// Its servers are in this backend, which the runtime API manages.
     Backend(String),
     /// An ExternalName Service: a backend named after the cluster, in the configuration's
-    /// tail, with the files its server line loads (relative to the base directory).
-    Dns { text: String, files: Vec<String> },
+    /// tail (its text in `ConfigBuilder::dns`), with the files its server line loads
+    /// (relative to the base directory).
+    Dns { files: Vec<String> },
     /// It cannot be served (trust material missing, a check HAProxy cannot make): its
     /// routes answer 503, for this reason.
     Blocked(String),
@@ -527,10 +528,10 @@ impl ConfigBuilder {
         let mut map_paths: BTreeSet<String> =
             [&self.backend_map, &self.rewrite_map, &self.timeout_map].into_iter().map(|p| p.to_string()).collect();
         let mut crt_paths = BTreeSet::new();
-        for (listener, https) in &listeners {
-            map_paths.extend((0..LISTENER_MAPS.len()).map(|kind| listener_map(&base, listener.port, kind as u8)));
+        for (port, https) in &listeners {
+            map_paths.extend((0..LISTENER_MAPS.len()).map(|kind| listener_map(&base, *port, kind as u8)));
             if *https {
-                crt_paths.insert(format!("{base}/{}", crt_list(listener.port)));
+                crt_paths.insert(format!("{base}/{}", crt_list(*port)));
             }
         }
         self.runtime.maps.retain(|path, _| map_paths.contains(path));
@@ -652,9 +653,9 @@ impl ConfigBuilder {
             }
             names.push(path);
         }
-        self.dns.insert(cluster.name.clone(), text.clone());
+        self.dns.insert(cluster.name.clone(), text);
         j.config = true;
-        Target::Dns { text, files: names }
+        Target::Dns { files: names }
     }
 
     fn drop_dns(&mut self, cluster: &ClusterName, files: &[String], j: &mut Journal) {
@@ -860,30 +861,29 @@ impl ConfigBuilder {
         self.hosts.insert(key, entry);
     }
 
-    /// The listeners (the model's, and the ports always listened on), by port, and whether
-    /// each serves HTTPS.
-    fn listeners(&self, model: &Model) -> Vec<(Listener, bool)> {
-        let mut out: Vec<(Listener, bool)> = model
+    /// The ports listened on (the model's listeners', and those always listened on), in
+    /// order, and whether each serves HTTPS.
+    fn listeners(&self, model: &Model) -> Vec<(u16, bool)> {
+        let mut out: Vec<(u16, bool)> = model
             .listeners
             .iter()
             .map(|l| {
                 let https = self.options.https_port == Some(l.port) || l.virtual_hosts.iter().any(|v| v.tls.is_some());
-                (Listener { port: l.port, virtual_hosts: Vec::new() }, https)
+                (l.port, https)
             })
             .collect();
         for port in [Some(self.options.http_port), self.options.https_port].into_iter().flatten() {
-            if !out.iter().any(|(l, _)| l.port == port) {
-                let https = self.options.https_port == Some(port);
-                out.push((Listener { port, virtual_hosts: Vec::new() }, https));
+            if !out.iter().any(|(p, _)| *p == port) {
+                out.push((port, self.options.https_port == Some(port)));
             }
         }
-        out.sort_by_key(|(l, _)| l.port);
+        out.sort_by_key(|(port, _)| *port);
         out
     }
 
     /// The configuration around the managed backends: global and defaults, the frontends
     /// (head), the ExternalName and fixed backends (tail); the skeleton's digest.
-    fn write_skeleton(&mut self, model: &Model, listeners: &[(Listener, bool)]) {
+    fn write_skeleton(&mut self, model: &Model, listeners: &[(u16, bool)]) {
         let base = self.options.base_dir.as_str();
         let mut head = String::new();
         // No global maxconn: HAProxy 2.6 derives it from the file-descriptor limit, and a
@@ -903,8 +903,7 @@ impl ConfigBuilder {
                 }
             }
         }
-        for (listener, https) in listeners {
-            let port = listener.port;
+        for &(port, https) in listeners {
             let map = |kind: u8| listener_map(base, port, kind);
             let (exact, wildcard, any, exact_path, wildcard_path, any_path) =
                 (map(0), map(1), map(2), map(3), map(4), map(5));
@@ -913,7 +912,7 @@ impl ConfigBuilder {
                 IpAddr::V4(ip) => format!("{ip}:{port}"),
                 IpAddr::V6(ip) => format!("ipv6@{ip}:{port}"),
             };
-            if *https {
+            if https {
                 // The certificate by SNI from the list; an SNI no host has gets none
                 // (strict-sni), never another host's.
                 let list = crt_list(port);
@@ -1039,7 +1038,7 @@ impl ConfigBuilder {
     /// Every file of the rendering, relative to the base directory.
     fn file_names(&self) -> Vec<String> {
         let base = self.options.base_dir.as_str();
-        let relative = |path: &str| path.strip_prefix(base).unwrap_or(path).trim_start_matches('/').to_owned();
+        let relative = |path: &str| self.relative(path);
         let mut out = vec!["haproxy.cfg".to_owned()];
         out.extend(self.runtime.maps.keys().map(|p| relative(p)));
         out.extend(self.runtime.server_files.iter().filter(|(_, f)| f.pem.is_some()).map(|(p, _)| relative(p)));
@@ -1055,8 +1054,7 @@ impl ConfigBuilder {
 
     /// The files a build changed (the others are as in the previous generation).
     fn changed_files(&self, j: &Journal) -> BTreeMap<String, Vec<u8>> {
-        let base = self.options.base_dir.as_str();
-        let relative = |path: &str| path.strip_prefix(base).unwrap_or(path).trim_start_matches('/').to_owned();
+        let relative = |path: &str| self.relative(path);
         let mut names = BTreeSet::new();
         if j.config {
             names.insert("haproxy.cfg".to_owned());
@@ -1073,6 +1071,11 @@ impl ConfigBuilder {
             }
         }
         names.into_iter().filter_map(|name| self.file(&name).map(|bytes| (name, bytes))).collect()
+    }
+
+    /// A path as the configuration names it (under the base directory), relative to it.
+    fn relative(&self, path: &str) -> String {
+        path.strip_prefix(self.options.base_dir.as_str()).unwrap_or(path).trim_start_matches('/').to_owned()
     }
 
     /// A file of the rendering, by its path relative to the base directory.
@@ -1116,11 +1119,7 @@ impl ConfigBuilder {
         let mut cfg = String::with_capacity(self.head.len() + server_bytes + self.tail.len());
         cfg.push_str(&self.head);
         for (name, backend) in &self.runtime.backends {
-            cfg.push_str("backend ");
-            cfg.push_str(name);
-            cfg.push_str(
-                "\n    balance roundrobin\n    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n",
-            );
+            backend_head(name, &mut cfg);
             match &backend.cluster {
                 None => cfg.push_str("    # spare: no route uses it\n"),
                 Some(cluster) if cluster != name => writeln!(cfg, "    # cluster {cluster}").unwrap(),
@@ -1182,6 +1181,14 @@ fn sides<V: Clone>(
         }
     }
     (old, new)
+}
+
+/// A backend's lines before its servers: the same for every cluster's backend (its route's
+/// timeout, carried from the frontend in `txn.timeout`, applied).
+fn backend_head(name: &str, out: &mut String) {
+    out.push_str("backend ");
+    out.push_str(name);
+    out.push_str("\n    balance roundrobin\n    http-request set-timeout server var(txn.timeout) if { var(txn.timeout) -m found }\n");
 }
 
 /// Where a cluster's routes go: its backend, or why they answer 503.
@@ -1279,12 +1286,7 @@ fn render_cluster<'m>(
         Servers::Endpoints(_) => Render::Endpoints { options, files: files.server_files(cluster, base) },
         Servers::Dns { host, port } => {
             let mut text = String::new();
-            writeln!(
-                text,
-                "backend {}\n    balance roundrobin\n    http-request set-timeout server var(txn.timeout) if {{ var(txn.timeout) -m found }}",
-                cluster.name
-            )
-            .unwrap();
+            backend_head(cluster.name.as_str(), &mut text);
             writeln!(text, "    server s1 {host}:{port} init-addr last,libc,none{options}\n").unwrap();
             Render::Dns { text, files: files.written() }
         }
