@@ -34,6 +34,19 @@ async fn answer(port: u16, host: &'static str, path: &'static str, want: u16) ->
     panic!("{host}{path} never answered {want}");
 }
 
+/// Whether `host`'s `/legacy` answers the model's route-in-error 503 within `attempts`
+/// polls 50 ms apart (another 503, an upstream not reached yet, does not count).
+async fn answers_route_in_error(port: u16, host: &'static str, attempts: usize) -> bool {
+    for _ in 0..attempts {
+        let got = tokio::task::spawn_blocking(move || http_get(port, host, "/legacy")).await.unwrap();
+        if matches!(&got, Ok((503, body)) if body == "route in error, see its status") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 async fn applied(buckets: &Buckets, generation: u64) -> AppliedRecord {
     for _ in 0..200 {
         if let Some(raw) = buckets.applied.get("envoy.portico-test").await.unwrap() {
@@ -510,16 +523,7 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     next.listeners[0].virtual_hosts.insert(0, rejected);
     next.listeners[0].virtual_hosts.insert(0, fine);
     publish(buckets, 2, &next).await;
-    let mut served = false;
-    for _ in 0..100 {
-        let got =
-            tokio::task::spawn_blocking(move || http_get(http_port, "fine.example.com", "/legacy")).await.unwrap();
-        if matches!(&got, Ok((503, body)) if body == "route in error, see its status") {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let served = answers_route_in_error(http_port, "fine.example.com", 100).await;
     assert!(served, "the new site beside the rejected cluster was served");
     let warming_limit = || portico_kit::admin::render().contains("portico_renderer_envoy_warming_limit_total");
     assert!(!warming_limit(), "the routes waited for the warming limit");
@@ -537,16 +541,7 @@ async fn a_rejected_cluster_does_not_hold_back_the_rest_of_its_change() {
     later.listeners[0].virtual_hosts.insert(0, site);
     publish(buckets, 3, &later).await;
     let started = std::time::Instant::now();
-    let mut served = false;
-    for _ in 0..200 {
-        let got =
-            tokio::task::spawn_blocking(move || http_get(http_port, "later.example.com", "/legacy")).await.unwrap();
-        if matches!(&got, Ok((503, body)) if body == "route in error, see its status") {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let served = answers_route_in_error(http_port, "later.example.com", 200).await;
     assert!(served, "the later site was served");
     assert!(!warming_limit(), "the later change waited {:?}, for the warming limit", started.elapsed());
     with.stop().await;
