@@ -9,8 +9,8 @@
 
 use crate::ads::{Entry, Snapshot};
 use crate::{
-    any, any_host_on, blocked_cluster, blocked_clusters, cluster_resource, listener_for, listener_ports,
-    load_assignment, route_config_name, secrets, virtual_host, Delivery, Options, Trust,
+    any, any_host_on, blocked_cluster, cluster_resource, listener_for, listener_ports, load_assignment,
+    route_config_name, secrets, virtual_host, Delivery, Options, Trust,
 };
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
 use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
@@ -136,22 +136,12 @@ impl SnapshotBuilder {
         let build = self.builds;
         let digests: Vec<Option<u128>> =
             model.clusters.iter().map(|c| digest(&PieceId::Cluster(c.name.clone()))).collect();
-        // Which clusters' trust material is missing: looked at again for the clusters
-        // rendered again, or for all when the trust moved.
-        let blocked = match self.blocked.take() {
-            Some((key, mut blocked)) if key == trust_key && rest.is_some() => {
-                for (c, d) in model.clusters.iter().zip(&digests) {
-                    let same = d.is_some() && self.clusters.get(&c.name).is_some_and(|cached| Some(cached.0) == *d);
-                    if !same {
-                        match blocked_cluster(c, model, trust) {
-                            Some(why) => blocked.insert(c.name.to_string(), why),
-                            None => blocked.remove(c.name.as_str()),
-                        };
-                    }
-                }
-                blocked
-            }
-            _ => blocked_clusters(model, trust),
+        // Which clusters' trust material is missing: kept while the trust key is, and
+        // looked at again for each cluster rendered again (below). When the trust moved,
+        // every cluster is rendered again, so it starts empty.
+        let mut blocked = match self.blocked.take() {
+            Some((key, blocked)) if key == trust_key && rest.is_some() => blocked,
+            _ => BTreeMap::new(),
         };
         let all_cacheable = rest.is_some() && digests.iter().all(Option::is_some);
         if !(all_cacheable && self.maps_valid) {
@@ -179,9 +169,15 @@ impl SnapshotBuilder {
             }
         };
         for (c, d) in model.clusters.iter().zip(digests) {
-            let fresh = |reuse: &mut Reuse| {
+            let fresh = |reuse: &mut Reuse, blocked: &mut BTreeMap<String, String>| {
                 reuse.rendered += 1;
-                if blocked.contains_key(c.name.as_str()) {
+                let why = blocked_cluster(c, model, trust);
+                let is_blocked = why.is_some();
+                match why {
+                    Some(why) => blocked.insert(c.name.to_string(), why),
+                    None => blocked.remove(c.name.as_str()),
+                };
+                if is_blocked {
                     RenderedCluster::Blocked
                 } else {
                     RenderedCluster::Ready {
@@ -199,17 +195,17 @@ impl SnapshotBuilder {
                     }
                 }
                 (Some(d), Some(cached)) => {
-                    *cached = (d, trust_key, fresh(&mut reuse), build);
+                    *cached = (d, trust_key, fresh(&mut reuse, &mut blocked), build);
                     put(&c.name, &cached.2);
                 }
                 (Some(d), None) => {
-                    let rendered = fresh(&mut reuse);
+                    let rendered = fresh(&mut reuse, &mut blocked);
                     put(&c.name, &rendered);
                     self.clusters.insert(c.name.clone(), (d, trust_key, rendered, build));
                 }
                 (None, _) => {
                     // No digest: rendered, not kept.
-                    put(&c.name, &fresh(&mut reuse));
+                    put(&c.name, &fresh(&mut reuse, &mut blocked));
                 }
             }
         }
