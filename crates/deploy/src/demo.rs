@@ -105,7 +105,9 @@ pub enum BackendKind {
 }
 
 /// A running backend on 127.0.0.1. It answers every request with 200 and the body
-/// `backend=<name> sni=<sni|-> alpn=<alpn|-> version=<HTTP version> client_cert=<yes|no> host=<Host>`.
+/// `backend=<name> sni=<sni|-> alpn=<alpn|-> version=<HTTP version> client_cert=<yes|no> host=<Host>
+/// portico_headers=<the names of the request's x-portico-* headers, comma-separated|->`
+/// (the last: none of Portico's own headers may reach a backend).
 pub struct Backend {
     pub port: u16,
     task: tokio::task::JoinHandle<()>,
@@ -183,12 +185,15 @@ where
                 .map(str::to_owned)
                 .or_else(|| request.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_else(|| "-".to_owned());
+            let ours: Vec<&str> =
+                request.headers().keys().map(|k| k.as_str()).filter(|k| k.starts_with("x-portico")).collect();
             let body = format!(
-                "backend={name} sni={} alpn={} version={:?} client_cert={} host={host}\n",
+                "backend={name} sni={} alpn={} version={:?} client_cert={} host={host} portico_headers={}\n",
                 seen.sni,
                 seen.alpn,
                 request.version(),
-                if seen.client_cert { "yes" } else { "no" }
+                if seen.client_cert { "yes" } else { "no" },
+                if ours.is_empty() { "-".to_owned() } else { ours.join(",") }
             );
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                 hyper::body::Bytes::from(body),

@@ -12,8 +12,9 @@
 //! rejected one (a NACK, with Envoy's reason).
 
 use crate::Resources;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
-use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -62,15 +63,22 @@ pub fn next_generation() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Type URLs in the order an update is pushed.
-pub fn push_order() -> [String; 5] {
+/// Type URLs in the order an update is pushed. A shard's routes go before the scopes
+/// that point at it: a new host's scope arrives once its routes are there.
+pub fn push_order() -> [String; 6] {
     [
         Secret::type_url(),
         Cluster::type_url(),
         ClusterLoadAssignment::type_url(),
         Listener::type_url(),
         RouteConfiguration::type_url(),
+        ScopedRouteConfiguration::type_url(),
     ]
+}
+
+/// The types sent once the node has taken what they use (make before break).
+fn late_types() -> [String; 3] {
+    [Listener::type_url(), RouteConfiguration::type_url(), ScopedRouteConfiguration::type_url()]
 }
 
 /// A resource's version: 64 bits of SipHash over its encoding (std's hasher with fixed
@@ -103,6 +111,7 @@ impl Snapshot {
         );
         resources.insert(Listener::type_url(), entries(r.listeners.iter().map(|l| (&l.name, l))));
         resources.insert(RouteConfiguration::type_url(), entries(r.route_configurations.iter().map(|c| (&c.name, c))));
+        resources.insert(ScopedRouteConfiguration::type_url(), entries(r.scoped_routes.iter().map(|s| (&s.name, s))));
         let generations = resources.keys().map(|t| (t.clone(), next_generation())).collect();
         Snapshot { version, resources, generations }
     }
@@ -112,9 +121,12 @@ impl Snapshot {
     }
 }
 
-/// Listeners and clusters are subscribed to as a whole (wildcard); the other types by name.
+/// Listeners, clusters and scopes are subscribed to as a whole (wildcard); the other
+/// types by name.
 fn is_wildcard_type(type_url: &str) -> bool {
-    type_url == Listener::type_url() || type_url == Cluster::type_url()
+    type_url == Listener::type_url()
+        || type_url == Cluster::type_url()
+        || type_url == ScopedRouteConfiguration::type_url()
 }
 
 /// What the reporter hears from the ADS streams.
@@ -606,6 +618,9 @@ impl AggregatedDiscoveryService for Ads {
             let mut subs: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
             // A snapshot whose listeners and routes wait for its clusters, until when.
             let mut deferred: Option<(Arc<Snapshot>, tokio::time::Instant)> = None;
+            // The snapshot whose listeners, routes and scopes were sent last: what a node
+            // subscribing to more of them meanwhile gets (a new scope's shard, say).
+            let mut released: Option<Arc<Snapshot>> = None;
             let mut release_now = false;
             'stream: loop {
                 // The held-back listeners and routes, once the node has warmed what they use
@@ -618,13 +633,14 @@ impl AggregatedDiscoveryService for Ads {
                     release_now = false;
                     tracker.deferring = false;
                     tracker.sent_clusters.clear();
-                    let passes = [Listener::type_url(), RouteConfiguration::type_url()]
+                    let passes = late_types()
                         .into_iter()
                         .map(|t| (t, Pass::Update))
                         .chain(push_order().into_iter().rev().map(|t| (t, Pass::Remove)));
                     if send_passes(&tx, &mut tracker, &mut subs, &snapshot, passes).await.is_err() {
                         break 'stream;
                     }
+                    released = Some(snapshot);
                     if let Some(event) = tracker.settled() {
                         if acks.send(event).await.is_err() {
                             break;
@@ -680,8 +696,14 @@ impl AggregatedDiscoveryService for Ads {
                         if !(first || changes) {
                             continue; // a plain ACK or NACK
                         }
-                        let Some(snapshot) = snapshots.borrow().clone() else {
+                        let Some(latest) = snapshots.borrow().clone() else {
                             continue; // answered when the first snapshot arrives
+                        };
+                        // While a snapshot's routes wait for its clusters, a subscription to
+                        // routes gets the ones sent before it (they use only warm clusters).
+                        let snapshot = match (&deferred, &released) {
+                            (Some(_), Some(released)) if late_types().contains(&req.type_url) => released.clone(),
+                            _ => latest,
                         };
                         let response = match sub.response(&snapshot, &req.type_url, Pass::Both) {
                             Some(response) => response,

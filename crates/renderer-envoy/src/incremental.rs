@@ -10,13 +10,14 @@
 use crate::ads::{Entry, Snapshot};
 use crate::{
     any, any_host_on, blocked_cluster, cluster_resource, listener_for, listener_ports, load_assignment,
-    route_config_name, secrets, virtual_host, Delivery, Options, Trust,
+    route_config_name, scopes, secrets, virtual_host, Delivery, Options, Trust,
 };
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
-use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
-use portico_model::{ClusterName, HostMatch, Model, PieceId, Servers};
+use portico_model::{ClusterName, DnsName, HostMatch, Model, PieceId, Servers};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -28,12 +29,14 @@ enum RenderedCluster {
     Blocked,
 }
 
-/// What a virtual host was rendered from, and its encoding.
+/// What a virtual host was rendered from, its encoding, and its shard (`None` for the
+/// port's fallback).
 #[derive(Clone)]
 struct RenderedHost {
     key: HostKey,
     encoded: Vec<u8>,
     problems: Vec<String>,
+    shard: Option<u64>,
 }
 
 /// What a virtual host's rendering depends on: its piece, for a wildcard the any-host
@@ -90,8 +93,14 @@ pub struct SnapshotBuilder {
     /// The clusters whose trust material is not at hand, as of the trust key beside: kept
     /// while it is the same (only clusters rendered again are looked at again).
     blocked: Option<(u64, BTreeMap<String, String>)>,
-    /// Each port's route configuration, with a digest of the hosts' keys it was made of.
-    routes: HashMap<u16, (u64, Entry)>,
+    /// Each route configuration (a port's fallback or a shard), with a digest of the
+    /// hosts' keys it was made of, and the build that last used it.
+    routes: HashMap<String, (u64, Entry, u64)>,
+    /// The scopes of the exact hosts (and each port's fallback), with a digest of which
+    /// hosts they were made for; each scope's entry is kept while its host is.
+    scope_map: BTreeMap<String, Entry>,
+    scopes_of: Option<u64>,
+    scope_cache: HashMap<(u16, Option<DnsName>), Entry>,
     /// The SDS secrets, with a digest of what they were made from.
     secrets: Option<(u64, BTreeMap<String, Entry>)>,
 }
@@ -220,17 +229,25 @@ impl SnapshotBuilder {
         self.maps_valid = all_cacheable;
         let (cluster_entries, loads) = (self.cluster_map.clone(), self.load_map.clone());
 
-        // Route configurations, one per port, from their virtual hosts' encodings.
+        // Route configurations: per port, its fallback and its shards of exact hosts, each
+        // from its virtual hosts' encodings; and the scopes that point at them.
         let mut problems = Vec::new();
         let (mut route_configurations, mut listeners) = (BTreeMap::new(), BTreeMap::new());
+        let tails = [false, true].map(|exact| scopes::tail(exact).encode_to_vec());
+        // Which scopes there are: each port, and its exact hosts in order.
+        let mut scopes_of = std::hash::DefaultHasher::new();
+        let mut scoped: Vec<(u16, Option<&DnsName>)> = Vec::new();
         for port in listener_ports(model, options) {
             let any_host = any_host_on(model, port);
             let any_digest = any_host.and_then(|_| digest(&PieceId::VirtualHost(port, HostMatch::Any)));
-            let mut encoded_hosts: Vec<&[u8]> = Vec::new();
-            // The hosts' keys in order: the same keys, the same route configuration.
-            let mut made_of = std::hash::DefaultHasher::new();
-            // Per host: its key in the cache, or its place among the renderings not kept.
+            // Per host in order: its key in the cache, or its place among the renderings not kept.
             let mut rendered_here: Vec<Result<&HostMatch, usize>> = Vec::new();
+            // Per route configuration (`None`: the fallback), the hosts' keys in order (the
+            // same keys, the same configuration) and their places in `rendered_here`.
+            let mut groups: BTreeMap<Option<u64>, (std::hash::DefaultHasher, Vec<usize>)> = BTreeMap::new();
+            groups.insert(None, Default::default());
+            (port, None::<&DnsName>).hash(&mut scopes_of);
+            scoped.push((port, None));
             let cache = self.hosts.entry(port).or_default();
             let mut uncached: Vec<RenderedHost> = Vec::new();
             for vhost in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts) {
@@ -243,50 +260,93 @@ impl SnapshotBuilder {
                     blocked: blocked_digest(vhost, any_host.filter(|_| carries_any), &blocked),
                 };
                 let usable = cacheable(d) && (!carries_any || any_digest.is_some());
-                (&vhost.host, &key.piece, &key.any_host, key.trust, key.blocked, usable).hash(&mut made_of);
+                let made_of = (&vhost.host, key.piece, key.any_host, key.trust, key.blocked, usable);
+                if let HostMatch::Exact(name) = &vhost.host {
+                    name.hash(&mut scopes_of);
+                    scoped.push((port, Some(name)));
+                }
                 let hit = usable && cache.get(&vhost.host).is_some_and(|(cached, _)| cached.key == key);
-                if hit {
+                let shard = if hit {
                     reuse.reused += 1;
+                    let cached = cache.get_mut(&vhost.host).expect("hit");
+                    cached.1 = build;
+                    rendered_here.push(Ok(&vhost.host));
+                    cached.0.shard
                 } else {
                     reuse.rendered += 1;
                     let mut host_problems = Vec::new();
                     let message = virtual_host(vhost, any_host, &blocked, &mut host_problems);
-                    let rendered = RenderedHost { key, encoded: message.encode_to_vec(), problems: host_problems };
+                    let shard = match &vhost.host {
+                        HostMatch::Exact(name) => Some(scopes::shard_of(name)),
+                        HostMatch::Wildcard(_) | HostMatch::Any => None,
+                    };
+                    let rendered =
+                        RenderedHost { key, encoded: message.encode_to_vec(), problems: host_problems, shard };
                     if usable {
                         cache.insert(vhost.host.clone(), (rendered, build));
+                        rendered_here.push(Ok(&vhost.host));
                     } else {
                         uncached.push(rendered);
                         rendered_here.push(Err(uncached.len() - 1));
-                        continue;
                     }
-                }
-                let cached = cache.get_mut(&vhost.host).expect("kept above");
-                cached.1 = build;
-                rendered_here.push(Ok(&vhost.host));
-            }
-            for which in &rendered_here {
-                let rendered = match which {
-                    Ok(host) => &cache[*host].0,
-                    Err(i) => &uncached[*i],
+                    shard
                 };
-                problems.extend(rendered.problems.iter().cloned());
-                encoded_hosts.push(&rendered.encoded);
+                let group = groups.entry(shard).or_default();
+                made_of.hash(&mut group.0);
+                group.1.push(rendered_here.len() - 1);
             }
-            let name = route_config_name(port);
-            let made_of = made_of.finish();
-            let entry = match self.routes.get(&port) {
-                Some((was, entry)) if *was == made_of && uncached.is_empty() => entry.clone(),
-                _ => {
-                    let entry = Entry::of(route_configuration(&name, &encoded_hosts));
-                    self.routes.insert(port, (made_of, entry.clone()));
-                    entry
-                }
+            let rendered_at = |which: &Result<&HostMatch, usize>| match which {
+                Ok(host) => &cache[*host].0,
+                Err(i) => &uncached[*i],
             };
-            route_configurations.insert(name.clone(), entry);
+            for which in &rendered_here {
+                problems.extend(rendered_at(which).problems.iter().cloned());
+            }
+            for (shard, (made_of, places)) in groups {
+                let name = match shard {
+                    Some(shard) => scopes::shard_name(port, shard),
+                    None => route_config_name(port),
+                };
+                let made_of = made_of.finish();
+                let all_kept = places.iter().all(|i| rendered_here[*i].is_ok());
+                let entry = match self.routes.get_mut(&name) {
+                    Some((was, entry, used)) if *was == made_of && all_kept => {
+                        *used = build;
+                        entry.clone()
+                    }
+                    _ => {
+                        let hosts: Vec<&[u8]> =
+                            places.iter().map(|i| rendered_at(&rendered_here[*i]).encoded.as_slice()).collect();
+                        let tail = &tails[usize::from(shard.is_some())];
+                        let entry = Entry::of(route_configuration(&name, &hosts, tail));
+                        self.routes.insert(name.clone(), (made_of, entry.clone(), build));
+                        entry
+                    }
+                };
+                route_configurations.insert(name, entry);
+            }
             let listener = listener_for(model, trust, port, options.bind_address, Delivery::Ads, &mut problems);
             if let Some(listener) = listener {
                 listeners.insert(listener.name.clone(), Entry::of(any(&listener)));
             }
+        }
+        self.routes.retain(|_, (_, _, used)| *used == build);
+        let scopes_of = scopes_of.finish();
+        let scopes_changed = self.scopes_of != Some(scopes_of);
+        if scopes_changed {
+            let cache = std::mem::take(&mut self.scope_cache);
+            let mut map = BTreeMap::new();
+            for (port, host) in scoped {
+                let cache_key = (port, host.cloned());
+                let entry = match cache.get(&cache_key) {
+                    Some(entry) => entry.clone(),
+                    None => Entry::of(any(&scopes::scope(port, host))),
+                };
+                map.insert(scopes::scope_key(port, host), entry.clone());
+                self.scope_cache.insert(cache_key, entry);
+            }
+            self.scope_map = map;
+            self.scopes_of = Some(scopes_of);
         }
         for hosts in self.hosts.values_mut() {
             hosts.retain(|_, (_, used)| *used == build);
@@ -333,10 +393,12 @@ impl SnapshotBuilder {
         resources.insert(ClusterLoadAssignment::type_url(), loads);
         resources.insert(Listener::type_url(), listeners);
         resources.insert(RouteConfiguration::type_url(), route_configurations);
+        resources.insert(ScopedRouteConfiguration::type_url(), self.scope_map.clone());
         for (type_url, changed) in [
             (Cluster::type_url(), clusters_changed),
             (ClusterLoadAssignment::type_url(), loads_changed),
             (Secret::type_url(), secrets_changed),
+            (ScopedRouteConfiguration::type_url(), scopes_changed),
         ] {
             if changed || !self.generations.contains_key(&type_url) {
                 self.generations.insert(type_url, crate::ads::next_generation());
@@ -347,10 +409,10 @@ impl SnapshotBuilder {
 }
 
 /// A `RouteConfiguration` with `name` and these virtual hosts, encoded: field 1, then
-/// field 2 once per host, as prost encodes the message.
-fn route_configuration(name: &str, hosts: &[&[u8]]) -> Any {
+/// field 2 once per host, then the rest (`scopes::tail`), as prost encodes the message.
+fn route_configuration(name: &str, hosts: &[&[u8]], tail: &[u8]) -> Any {
     use prost::encoding::{encode_key, encode_varint, WireType};
-    let mut value = Vec::with_capacity(name.len() + 8 + hosts.iter().map(|h| h.len() + 6).sum::<usize>());
+    let mut value = Vec::with_capacity(name.len() + 8 + tail.len() + hosts.iter().map(|h| h.len() + 6).sum::<usize>());
     if !name.is_empty() {
         prost::encoding::string::encode(1, &name.to_owned(), &mut value);
     }
@@ -359,6 +421,7 @@ fn route_configuration(name: &str, hosts: &[&[u8]]) -> Any {
         encode_varint(host.len() as u64, &mut value);
         value.extend_from_slice(host);
     }
+    value.extend_from_slice(tail);
     Any { type_url: RouteConfiguration::type_url(), value }
 }
 

@@ -1,7 +1,8 @@
 //! The resolved model as Envoy v3 resources (envoy-types), and as a static bootstrap.
 //!
-//! `resources` gives what an xDS server serves: listeners (HTTP connection manager with RDS),
-//! route configurations, clusters (EDS, or STRICT_DNS for ExternalName), load assignments
+//! `resources` gives what an xDS server serves: listeners (HTTP connection manager with
+//! scoped routes: a host's routes are found by its scope, see `scopes`), scopes, route
+//! configurations, clusters (EDS, or STRICT_DNS for ExternalName), load assignments
 //! and SDS secrets. CA bundles and the client certificate are SDS secrets named after the
 //! Secret (not its content), so rotating them changes a secret, not the clusters.
 //! `bootstrap` inlines the same resources as static resources for `envoy -c`.
@@ -14,6 +15,7 @@ pub mod ads;
 #[cfg(feature = "service")]
 pub mod incremental;
 pub mod json;
+pub mod scopes;
 #[cfg(feature = "service")]
 pub mod service;
 
@@ -54,6 +56,8 @@ pub struct Options {
 pub struct Resources {
     pub listeners: Vec<listener::Listener>,
     pub route_configurations: Vec<route::RouteConfiguration>,
+    /// Over ADS, the scopes that pick a route configuration by host (`scopes`).
+    pub scoped_routes: Vec<route::ScopedRouteConfiguration>,
     pub clusters: Vec<cluster::Cluster>,
     pub load_assignments: Vec<endpoint::ClusterLoadAssignment>,
     pub secrets: Vec<tls::Secret>,
@@ -345,7 +349,8 @@ fn domains(host: &HostMatch) -> Vec<String> {
 /// authority against one label before the suffix, with an optional port.
 fn one_label(host: &HostMatch) -> Vec<route::HeaderMatcher> {
     let HostMatch::Wildcard(suffix) = host else { return Vec::new() };
-    let regex = format!("^[^.]+[.]{}(:[0-9]+)?$", suffix.as_str().replace('.', "[.]"));
+    // Case-insensitive, as Envoy's domains and HAProxy's lookup (which lowercases) are.
+    let regex = format!("(?i)^[^.]+[.]{}(:[0-9]+)?$", suffix.as_str().replace('.', "[.]"));
     vec![route::HeaderMatcher {
         name: ":authority".to_owned(),
         header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
@@ -484,6 +489,34 @@ pub fn virtual_host(
     }
 }
 
+/// In one route table (a static configuration, which has no fallback scope), an exact
+/// host's routes are followed by those its requests fall through to when none of its own
+/// match: the wildcard's over it (which carry any host's), else any host's. The order
+/// HAProxy looks up in, and what the scoped table does (see `scopes`).
+fn fall_through(vhosts: &[&portico_model::VirtualHost], rendered: &mut [route::VirtualHost]) {
+    let find = |wanted: &dyn Fn(&HostMatch) -> bool| vhosts.iter().position(|v| wanted(&v.host));
+    let any = find(&|h| *h == HostMatch::Any);
+    let extra: Vec<Option<usize>> = vhosts
+        .iter()
+        .map(|v| match &v.host {
+            HostMatch::Exact(name) => {
+                let over = name
+                    .as_str()
+                    .split_once('.')
+                    .and_then(|(_, suffix)| find(&|h| matches!(h, HostMatch::Wildcard(s) if s.as_str() == suffix)));
+                over.or(any)
+            }
+            HostMatch::Wildcard(_) | HostMatch::Any => None,
+        })
+        .collect();
+    for (i, from) in extra.into_iter().enumerate() {
+        if let Some(from) = from {
+            let routes = rendered[from].routes.clone();
+            rendered[i].routes.extend(routes);
+        }
+    }
+}
+
 /// The SDS secrets: every CA bundle the model names, the client certificate, and the
 /// serving certificates of HTTPS hosts.
 pub fn secrets(model: &Model, trust: &Trust) -> Vec<tls::Secret> {
@@ -568,18 +601,45 @@ pub fn resources(model: &Model, trust: &Trust, options: &Options, delivery: Deli
     }
     for port in listener_ports(model, options) {
         let any_host = any_host_on(model, port);
-        let virtual_hosts = model
-            .listeners
-            .iter()
-            .filter(|l| l.port == port)
-            .flat_map(|l| &l.virtual_hosts)
-            .map(|vhost| virtual_host(vhost, any_host, &blocked, &mut out.problems))
-            .collect();
-        out.route_configurations.push(route::RouteConfiguration {
-            name: route_config_name(port),
-            virtual_hosts,
-            ..Default::default()
-        });
+        let vhosts = model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts);
+        match delivery {
+            Delivery::Static => {
+                let vhosts: Vec<&portico_model::VirtualHost> = vhosts.collect();
+                let mut virtual_hosts: Vec<route::VirtualHost> =
+                    vhosts.iter().map(|vhost| virtual_host(vhost, any_host, &blocked, &mut out.problems)).collect();
+                fall_through(&vhosts, &mut virtual_hosts);
+                out.route_configurations.push(route::RouteConfiguration {
+                    name: route_config_name(port),
+                    virtual_hosts,
+                    // Portico's routing header never reaches a backend, as over ADS.
+                    request_headers_to_remove: vec![scopes::SCOPE_HEADER.to_owned()],
+                    ..Default::default()
+                });
+            }
+            Delivery::Ads => {
+                // Exact hosts by shard, each with its scope; the others in the fallback.
+                let (mut shards, mut rest) = (BTreeMap::<u64, Vec<route::VirtualHost>>::new(), Vec::new());
+                for vhost in vhosts {
+                    let rendered = virtual_host(vhost, any_host, &blocked, &mut out.problems);
+                    match &vhost.host {
+                        HostMatch::Exact(name) => {
+                            shards.entry(scopes::shard_of(name)).or_default().push(rendered);
+                            out.scoped_routes.push(scopes::scope(port, Some(name)));
+                        }
+                        HostMatch::Wildcard(_) | HostMatch::Any => rest.push(rendered),
+                    }
+                }
+                out.route_configurations.push(scopes::route_configuration(route_config_name(port), rest, false));
+                out.scoped_routes.push(scopes::scope(port, None));
+                for (shard, hosts) in shards {
+                    out.route_configurations.push(scopes::route_configuration(
+                        scopes::shard_name(port, shard),
+                        hosts,
+                        true,
+                    ));
+                }
+            }
+        }
         out.listeners.extend(listener_for(model, trust, port, options.bind_address, delivery, &mut out.problems));
     }
     out.secrets = secrets(model, trust);
@@ -711,25 +771,30 @@ pub fn listener_for(
 /// The HTTP connection manager of a listener's filter chains (routes by RDS, or filled in
 /// by the bootstrap).
 fn http_manager(port: u16, delivery: Delivery) -> listener::Filter {
+    let router = hcm::HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+        ..Default::default()
+    };
+    let (early_header_mutation_extensions, route_specifier, http_filters) = match delivery {
+        Delivery::Ads => {
+            let (early, scoped, lua) = scopes::manager(port);
+            (early, scoped, vec![lua, router])
+        }
+        // The bootstrap fills the route configuration in (see `bootstrap`).
+        Delivery::Static => {
+            (Vec::new(), hcm::http_connection_manager::RouteSpecifier::RouteConfig(Default::default()), vec![router])
+        }
+    };
     let manager = hcm::HttpConnectionManager {
         stat_prefix: format!("listener_{port}"),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         // Hosts are matched without the port the client wrote (as HAProxy does), and a
         // redirect to HTTPS does not carry the HTTP port over.
         strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
-        route_specifier: Some(match delivery {
-            Delivery::Ads => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-                config_source: Some(ads_source()),
-                route_config_name: route_config_name(port),
-            }),
-            // The bootstrap fills the route configuration in (see `bootstrap`).
-            Delivery::Static => hcm::http_connection_manager::RouteSpecifier::RouteConfig(Default::default()),
-        }),
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
-            ..Default::default()
-        }],
+        route_specifier: Some(route_specifier),
+        early_header_mutation_extensions,
+        http_filters,
         ..Default::default()
     };
     listener::Filter {

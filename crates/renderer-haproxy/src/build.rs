@@ -924,6 +924,9 @@ impl ConfigBuilder {
             } else {
                 writeln!(head, "    bind {bind}").unwrap();
             }
+            // Portico's own request headers (Envoy's routing key) never reach a backend, whoever
+            // sent them: the same in both proxies.
+            head.push_str("    http-request del-header x-portico-scope\n");
             head.push_str("    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n");
             head.push_str("    http-request set-var(txn.path) path\n");
             // Route selection is map lookups (exact host, wildcard, any host), each the

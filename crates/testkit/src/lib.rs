@@ -209,13 +209,27 @@ pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, Stri
 /// 2 s connect and a 15 s answer limit. It runs on a thread of its own with its own
 /// runtime, so that blocking tests and async tests alike can call it.
 pub fn http_get_at(addr: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, host, path, &[])
+}
+
+/// `http_get_at` with more request headers (a client's own, to check what a proxy does
+/// with them).
+pub fn http_get_with(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     use hyper_util_client::client::legacy::{connect::HttpConnector, Client};
     let uri: hyper_client::Uri = format!("http://{addr}{path}").parse().map_err(std::io::Error::other)?;
-    let request = hyper_client::Request::get(uri)
+    let mut request = hyper_client::Request::get(uri)
         .header(hyper_client::header::HOST, host)
-        .header(hyper_client::header::USER_AGENT, "portico-e2e")
-        .body(http_body_util::Empty::<hyper_client::body::Bytes>::new())
-        .map_err(std::io::Error::other)?;
+        .header(hyper_client::header::USER_AGENT, "portico-e2e");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request =
+        request.body(http_body_util::Empty::<hyper_client::body::Bytes>::new()).map_err(std::io::Error::other)?;
     let get = async move {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
