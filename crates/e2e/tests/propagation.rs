@@ -344,8 +344,8 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         portico_testkit::http_get(stack.stack.options.envoy_admin_port, "localhost", "/stats?filter=update_duration")
     {
         let _ = writeln!(report, "Envoy applying updates (its update_duration histograms, ms, since it started):");
-        // Per-resource subscriptions (a cluster's endpoints, an SDS secret) folded into one
-        // line each: how many, and the largest p99.
+        // Per-resource subscriptions (a cluster's endpoints, an SDS secret, a shard of a
+        // port's routes) folded into one line each: how many, and the largest p99.
         let mut folded: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
         for line in stats.lines().filter(|l| l.contains("P50")) {
             let (name, values) = line.split_once(": ").unwrap_or((line, ""));
@@ -357,7 +357,13 @@ fn propagation_and_memory_at_ten_thousand_routes() {
                 })
             };
             let (p50, p99) = (pick("P50").unwrap_or_default(), pick("P99").unwrap_or_default());
-            match ["cluster.", "sds."].into_iter().find(|prefix| name.starts_with(prefix)) {
+            let shard = name.starts_with("http.") && name.contains(".rds.routes_") && name.matches('.').count() > 4;
+            let kind = if shard {
+                Some("http.*.rds.<shard>.")
+            } else {
+                ["cluster.", "sds."].into_iter().find(|p| name.starts_with(p))
+            };
+            match kind {
                 Some(prefix) => {
                     let entry = folded.entry(prefix).or_default();
                     entry.0 += 1;
