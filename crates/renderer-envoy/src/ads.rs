@@ -48,7 +48,8 @@ impl Entry {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub version: String,
-    pub resources: BTreeMap<String, BTreeMap<String, Entry>>,
+    /// Each type's entries, shared between snapshots while they are the same.
+    pub resources: BTreeMap<String, Arc<BTreeMap<String, Entry>>>,
     /// Per type, a number two snapshots share only when that type's entries are the same
     /// (`next_generation`; a type without one is compared entry by entry): a subscription
     /// synced to it has nothing to do for that type. A route change leaves the 10,000
@@ -102,22 +103,23 @@ impl Snapshot {
                 })
                 .collect()
         }
-        let mut resources = BTreeMap::new();
-        resources.insert(Secret::type_url(), entries(r.secrets.iter().map(|s| (&s.name, s))));
-        resources.insert(Cluster::type_url(), entries(r.clusters.iter().map(|c| (&c.name, c))));
-        resources.insert(
-            ClusterLoadAssignment::type_url(),
-            entries(r.load_assignments.iter().map(|l| (&l.cluster_name, l))),
-        );
-        resources.insert(Listener::type_url(), entries(r.listeners.iter().map(|l| (&l.name, l))));
-        resources.insert(RouteConfiguration::type_url(), entries(r.route_configurations.iter().map(|c| (&c.name, c))));
-        resources.insert(ScopedRouteConfiguration::type_url(), entries(r.scoped_routes.iter().map(|s| (&s.name, s))));
+        let resources: BTreeMap<String, Arc<BTreeMap<String, Entry>>> = BTreeMap::from([
+            (Secret::type_url(), entries(r.secrets.iter().map(|s| (&s.name, s)))),
+            (Cluster::type_url(), entries(r.clusters.iter().map(|c| (&c.name, c)))),
+            (ClusterLoadAssignment::type_url(), entries(r.load_assignments.iter().map(|l| (&l.cluster_name, l)))),
+            (Listener::type_url(), entries(r.listeners.iter().map(|l| (&l.name, l)))),
+            (RouteConfiguration::type_url(), entries(r.route_configurations.iter().map(|c| (&c.name, c)))),
+            (ScopedRouteConfiguration::type_url(), entries(r.scoped_routes.iter().map(|s| (&s.name, s)))),
+        ])
+        .into_iter()
+        .map(|(t, m)| (t, Arc::new(m)))
+        .collect();
         let generations = resources.keys().map(|t| (t.clone(), next_generation())).collect();
         Snapshot { version, resources, generations }
     }
 
     fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &Entry)> {
-        self.resources.get(type_url).into_iter().flatten()
+        self.resources.get(type_url).into_iter().flat_map(|m| m.iter())
     }
 }
 
@@ -769,7 +771,7 @@ mod tests {
             .collect();
         Snapshot {
             version: version.into(),
-            resources: BTreeMap::from([(Cluster::type_url(), entries)]),
+            resources: BTreeMap::from([(Cluster::type_url(), Arc::new(entries))]),
             generations: BTreeMap::new(),
         }
     }
@@ -858,7 +860,7 @@ mod tests {
         };
         let snapshot = |generations: bool, g: u64| Snapshot {
             version: format!("{g}"),
-            resources: BTreeMap::from([(cds.clone(), entries(&cds)), (eds.clone(), entries(&eds))]),
+            resources: BTreeMap::from([(cds.clone(), Arc::new(entries(&cds))), (eds.clone(), Arc::new(entries(&eds)))]),
             generations: if generations {
                 BTreeMap::from([(cds.clone(), g), (eds.clone(), g)])
             } else {
@@ -899,7 +901,7 @@ mod tests {
             .iter()
             .map(|n| (n.to_string(), Entry::of(Any { type_url: eds.clone(), value: b"E".to_vec() })))
             .collect();
-        snap.resources.insert(eds.clone(), loads);
+        snap.resources.insert(eds.clone(), Arc::new(loads));
         let known = |names: &[&str]| names.iter().map(|n| (n.to_string(), "v".to_owned())).collect();
         let mut subs = BTreeMap::from([
             (
@@ -928,7 +930,7 @@ mod tests {
                 .iter()
                 .map(|n| (n.to_string(), Entry::of(Any { type_url: eds.clone(), value: b"E".to_vec() })))
                 .collect();
-            s.resources.insert(eds.clone(), entries);
+            s.resources.insert(eds.clone(), Arc::new(entries));
             s
         };
         let one = with_endpoints(snapshot("1", &[("a", "A"), ("b", "B")]), &["a", "b"]);

@@ -17,10 +17,11 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteC
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
-use portico_model::{ClusterName, DnsName, HostMatch, Model, PieceId, Servers};
+use portico_model::{ClusterName, HostMatch, Model, PieceId, Servers};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// A cluster as rendered: its resources, or why it cannot be served.
 #[derive(Clone)]
@@ -84,8 +85,8 @@ pub struct SnapshotBuilder {
     /// The snapshot's clusters and load assignments as of the last build, changed where
     /// clusters were rendered again or went; `maps_valid` is false after a build that had
     /// clusters without a digest (not kept, so their going would not be seen).
-    cluster_map: BTreeMap<String, Entry>,
-    load_map: BTreeMap<String, Entry>,
+    cluster_map: Arc<BTreeMap<String, Entry>>,
+    load_map: Arc<BTreeMap<String, Entry>>,
     maps_valid: bool,
     /// The snapshot generations of the clusters, load assignments and secrets
     /// (`Snapshot::generations`): renewed when their entries change.
@@ -96,13 +97,13 @@ pub struct SnapshotBuilder {
     /// Each route configuration (a port's fallback or a shard), with a digest of the
     /// hosts' keys it was made of, and the build that last used it.
     routes: HashMap<String, (u64, Entry, u64)>,
-    /// The scopes of the exact hosts (and each port's fallback), with a digest of which
-    /// hosts they were made for; each scope's entry is kept while its host is.
-    scope_map: BTreeMap<String, Entry>,
-    scopes_of: Option<u64>,
-    scope_cache: HashMap<(u16, Option<DnsName>), Entry>,
+    /// The scopes of the exact hosts and of each port's fallback, made again only when a
+    /// port or an exact host comes or goes (each scope's entry is kept while its host is),
+    /// and the ports they were made for.
+    scope_map: Arc<BTreeMap<String, Entry>>,
+    scope_ports: Option<Vec<u16>>,
     /// The SDS secrets, with a digest of what they were made from.
-    secrets: Option<(u64, BTreeMap<String, Entry>)>,
+    secrets: Option<(u64, Arc<BTreeMap<String, Entry>>)>,
 }
 
 /// How many pieces a build rendered, and how many it reused.
@@ -154,27 +155,34 @@ impl SnapshotBuilder {
         };
         let all_cacheable = rest.is_some() && digests.iter().all(Option::is_some);
         if !(all_cacheable && self.maps_valid) {
-            self.cluster_map.clear();
-            self.load_map.clear();
+            self.cluster_map = Default::default();
+            self.load_map = Default::default();
         }
         let patch = self.maps_valid && all_cacheable;
         // Whether the clusters' and the load assignments' entries changed.
         let (mut clusters_changed, mut loads_changed) = (!patch, !patch);
         let (cluster_map, load_map) = (&mut self.cluster_map, &mut self.load_map);
-        let differs =
-            |old: Option<Entry>, new: Option<&Entry>| old.map(|e| e.version) != new.map(|e| e.version.clone());
+        // An entry set or removed only when it differs: the maps are shared with the
+        // snapshots served (copied on the first write), and a type whose map is untouched
+        // is not copied at all.
+        fn set(map: &mut Arc<BTreeMap<String, Entry>>, name: &ClusterName, entry: Option<&Entry>) -> bool {
+            let same = map.get(name.as_str()).map(|e| &e.version) == entry.map(|e| &e.version);
+            if !same {
+                match entry {
+                    Some(entry) => Arc::make_mut(map).insert(name.to_string(), entry.clone()),
+                    None => Arc::make_mut(map).remove(name.as_str()),
+                };
+            }
+            !same
+        }
         let mut put = |name: &ClusterName, rendered: &RenderedCluster| match rendered {
             RenderedCluster::Ready { cluster, load } => {
-                clusters_changed |= differs(cluster_map.insert(name.to_string(), cluster.clone()), Some(cluster));
-                let old = match load {
-                    Some(load) => load_map.insert(name.to_string(), load.clone()),
-                    None => load_map.remove(name.as_str()),
-                };
-                loads_changed |= differs(old, load.as_ref());
+                clusters_changed |= set(cluster_map, name, Some(cluster));
+                loads_changed |= set(load_map, name, load.as_ref());
             }
             RenderedCluster::Blocked => {
-                clusters_changed |= cluster_map.remove(name.as_str()).is_some();
-                loads_changed |= load_map.remove(name.as_str()).is_some();
+                clusters_changed |= set(cluster_map, name, None);
+                loads_changed |= set(load_map, name, None);
             }
         };
         for (c, d) in model.clusters.iter().zip(digests) {
@@ -221,8 +229,8 @@ impl SnapshotBuilder {
         self.clusters.retain(|name, cached| {
             let kept = cached.3 == build;
             if !kept {
-                clusters_changed |= cluster_map.remove(name.as_str()).is_some();
-                loads_changed |= load_map.remove(name.as_str()).is_some();
+                clusters_changed |= set(cluster_map, name, None);
+                loads_changed |= set(load_map, name, None);
             }
             kept
         });
@@ -234,20 +242,19 @@ impl SnapshotBuilder {
         let mut problems = Vec::new();
         let (mut route_configurations, mut listeners) = (BTreeMap::new(), BTreeMap::new());
         let tails = [false, true].map(|exact| scopes::tail(exact).encode_to_vec());
-        // Which scopes there are: each port, and its exact hosts in order.
-        let mut scopes_of = std::hash::DefaultHasher::new();
-        let mut scoped: Vec<(u16, Option<&DnsName>)> = Vec::new();
-        for port in listener_ports(model, options) {
+        // Whether the scopes must be made again: a port or an exact host came or went.
+        let ports = listener_ports(model, options);
+        let mut scopes_dirty = self.scope_ports.as_ref() != Some(&ports);
+        for &port in &ports {
             let any_host = any_host_on(model, port);
             let any_digest = any_host.and_then(|_| digest(&PieceId::VirtualHost(port, HostMatch::Any)));
             // Per host in order: its key in the cache, or its place among the renderings not kept.
             let mut rendered_here: Vec<Result<&HostMatch, usize>> = Vec::new();
-            // Per route configuration (`None`: the fallback), the hosts' keys in order (the
-            // same keys, the same configuration) and their places in `rendered_here`.
-            let mut groups: BTreeMap<Option<u64>, (std::hash::DefaultHasher, Vec<usize>)> = BTreeMap::new();
-            groups.insert(None, Default::default());
-            (port, None::<&DnsName>).hash(&mut scopes_of);
-            scoped.push((port, None));
+            // Per route configuration (0: the fallback, then the shards), the hosts' keys in
+            // order (the same keys, the same configuration) and their places in `rendered_here`.
+            let mut groups: Vec<Option<(std::hash::DefaultHasher, Vec<usize>)>> =
+                (0..=scopes::SHARDS).map(|_| None).collect();
+            groups[0] = Some(Default::default());
             let cache = self.hosts.entry(port).or_default();
             let mut uncached: Vec<RenderedHost> = Vec::new();
             for vhost in model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts) {
@@ -261,10 +268,7 @@ impl SnapshotBuilder {
                 };
                 let usable = cacheable(d) && (!carries_any || any_digest.is_some());
                 let made_of = (&vhost.host, key.piece, key.any_host, key.trust, key.blocked, usable);
-                if let HostMatch::Exact(name) = &vhost.host {
-                    name.hash(&mut scopes_of);
-                    scoped.push((port, Some(name)));
-                }
+                let exact = matches!(vhost.host, HostMatch::Exact(_));
                 let hit = usable && cache.get(&vhost.host).is_some_and(|(cached, _)| cached.key == key);
                 let shard = if hit {
                     reuse.reused += 1;
@@ -283,15 +287,18 @@ impl SnapshotBuilder {
                     let rendered =
                         RenderedHost { key, encoded: message.encode_to_vec(), problems: host_problems, shard };
                     if usable {
-                        cache.insert(vhost.host.clone(), (rendered, build));
+                        // A host new to the cache may be a new exact host: a new scope.
+                        scopes_dirty |= cache.insert(vhost.host.clone(), (rendered, build)).is_none() && exact;
                         rendered_here.push(Ok(&vhost.host));
                     } else {
+                        // Not kept: its coming and going would not be seen.
+                        scopes_dirty |= exact;
                         uncached.push(rendered);
                         rendered_here.push(Err(uncached.len() - 1));
                     }
                     shard
                 };
-                let group = groups.entry(shard).or_default();
+                let group = groups[shard.map_or(0, |s| s as usize + 1)].get_or_insert_with(Default::default);
                 made_of.hash(&mut group.0);
                 group.1.push(rendered_here.len() - 1);
             }
@@ -302,7 +309,9 @@ impl SnapshotBuilder {
             for which in &rendered_here {
                 problems.extend(rendered_at(which).problems.iter().cloned());
             }
-            for (shard, (made_of, places)) in groups {
+            for (index, group) in groups.into_iter().enumerate() {
+                let Some((made_of, places)) = group else { continue };
+                let shard = index.checked_sub(1).map(|s| s as u64);
                 let name = match shard {
                     Some(shard) => scopes::shard_name(port, shard),
                     None => route_config_name(port),
@@ -331,27 +340,41 @@ impl SnapshotBuilder {
             }
         }
         self.routes.retain(|_, (_, _, used)| *used == build);
-        let scopes_of = scopes_of.finish();
-        let scopes_changed = self.scopes_of != Some(scopes_of);
-        if scopes_changed {
-            let cache = std::mem::take(&mut self.scope_cache);
-            let mut map = BTreeMap::new();
-            for (port, host) in scoped {
-                let cache_key = (port, host.cloned());
-                let entry = match cache.get(&cache_key) {
-                    Some(entry) => entry.clone(),
-                    None => Entry::of(any(&scopes::scope(port, host))),
-                };
-                map.insert(scopes::scope_key(port, host), entry.clone());
-                self.scope_cache.insert(cache_key, entry);
-            }
-            self.scope_map = map;
-            self.scopes_of = Some(scopes_of);
-        }
         for hosts in self.hosts.values_mut() {
-            hosts.retain(|_, (_, used)| *used == build);
+            hosts.retain(|host, (_, used)| {
+                let kept = *used == build;
+                // An exact host gone: its scope goes.
+                scopes_dirty |= !kept && matches!(host, HostMatch::Exact(_));
+                kept
+            });
         }
         self.hosts.retain(|_, hosts| !hosts.is_empty());
+        let mut scopes_changed = false;
+        if scopes_dirty || self.scope_ports.is_none() {
+            let old = std::mem::take(&mut self.scope_map);
+            let mut map = BTreeMap::new();
+            for &port in &ports {
+                let exact =
+                    model.listeners.iter().filter(|l| l.port == port).flat_map(|l| &l.virtual_hosts).filter_map(|v| {
+                        match &v.host {
+                            HostMatch::Exact(name) => Some(name),
+                            HostMatch::Wildcard(_) | HostMatch::Any => None,
+                        }
+                    });
+                for host in std::iter::once(None).chain(exact.map(Some)) {
+                    let key = scopes::scope_key(port, host);
+                    let entry = match old.get(&key) {
+                        Some(entry) => entry.clone(),
+                        None => Entry::of(any(&scopes::scope(port, host))),
+                    };
+                    map.insert(key, entry);
+                }
+            }
+            // A scope is made of its key alone: the same keys, the same scopes.
+            scopes_changed = !map.keys().eq(old.keys()) || self.scope_ports.is_none();
+            self.scope_map = if scopes_changed { Arc::new(map) } else { old };
+            self.scope_ports = Some(ports);
+        }
         let mut seen = std::collections::BTreeSet::new();
         problems.retain(|p| seen.insert(p.clone()));
 
@@ -373,7 +396,7 @@ impl SnapshotBuilder {
             }
             h.finish()
         };
-        let (secrets, secrets_changed): (BTreeMap<String, Entry>, bool) = match self.secrets.take() {
+        let (secrets, secrets_changed): (Arc<BTreeMap<String, Entry>>, bool) = match self.secrets.take() {
             Some((was, secrets)) if was == secrets_of && rest.is_some() => (secrets, false),
             before => {
                 let made: BTreeMap<String, Entry> =
@@ -382,7 +405,7 @@ impl SnapshotBuilder {
                     m.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect::<Vec<_>>()
                 };
                 let changed = before.is_none_or(|(_, old)| versions(&old) != versions(&made));
-                (made, changed)
+                (Arc::new(made), changed)
             }
         };
         self.secrets = Some((secrets_of, secrets.clone()));
@@ -391,8 +414,8 @@ impl SnapshotBuilder {
         resources.insert(Secret::type_url(), secrets);
         resources.insert(Cluster::type_url(), cluster_entries);
         resources.insert(ClusterLoadAssignment::type_url(), loads);
-        resources.insert(Listener::type_url(), listeners);
-        resources.insert(RouteConfiguration::type_url(), route_configurations);
+        resources.insert(Listener::type_url(), Arc::new(listeners));
+        resources.insert(RouteConfiguration::type_url(), Arc::new(route_configurations));
         resources.insert(ScopedRouteConfiguration::type_url(), self.scope_map.clone());
         for (type_url, changed) in [
             (Cluster::type_url(), clusters_changed),
@@ -443,7 +466,7 @@ mod tests {
         for (type_url, entries) in &a.resources {
             let other = &b.resources[type_url];
             assert_eq!(entries.keys().collect::<Vec<_>>(), other.keys().collect::<Vec<_>>(), "{what}: {type_url}");
-            for (name, entry) in entries {
+            for (name, entry) in entries.iter() {
                 assert_eq!(entry.any, other[name].any, "{what}: {type_url} {name}");
                 assert_eq!(entry.version, other[name].version, "{what}: {type_url} {name}");
             }
@@ -592,14 +615,34 @@ mod bench {
         model.clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let options = Options { bind_address: "127.0.0.1".parse().unwrap(), http_port: 8080, admin_port: 0 };
         let digests = portico_bus::model::digests_of(&model);
+        // Heap in use (glibc's count of allocated bytes): what the builder and one snapshot hold.
+        let heap = || {
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            (unsafe { libc::mallinfo2() }).uordblks as f64 / 1_048_576.0
+        };
+        let before = heap();
         let mut builder = SnapshotBuilder::new();
         let started = std::time::Instant::now();
-        builder.build("1".into(), &model, &trust, 1, &options, |id| digests.get(id).copied());
+        let (snapshot, _, _) = builder.build("1".into(), &model, &trust, 1, &options, |id| digests.get(id).copied());
         eprintln!("first build: {:?}", started.elapsed());
+        let with_snapshot = heap() - before;
+        drop(snapshot);
+        eprintln!("heap held: {:.1} MiB by the builder, {with_snapshot:.1} MiB with a snapshot", heap() - before);
         for round in 0..5 {
             let started = std::time::Instant::now();
             let (_, _, reuse) = builder.build("2".into(), &model, &trust, 1, &options, |id| digests.get(id).copied());
             eprintln!("build {round} with nothing changed: {:?} {reuse:?}", started.elapsed());
+        }
+        // One host's routes changed: its shard is put together again.
+        let mut changed = model.clone();
+        let route = &mut changed.listeners[0].virtual_hosts[5000].routes[0];
+        route.exact = !route.exact;
+        for round in 0..5 {
+            let model = if round % 2 == 0 { &changed } else { &model };
+            let digests = portico_bus::model::digests_of(model);
+            let started = std::time::Instant::now();
+            let (_, _, reuse) = builder.build("3".into(), model, &trust, 1, &options, |id| digests.get(id).copied());
+            eprintln!("build {round} with one host changed: {:?} {reuse:?}", started.elapsed());
         }
     }
 }
