@@ -154,6 +154,20 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// How many reloads renderer-haproxy has logged (a first start is one).
+/// A service's heap in use and held, from its metrics (`portico_kit::admin::release_memory`).
+fn heap_mib(admin_port: u16) -> String {
+    let Ok((200, metrics)) = portico_testkit::http_get(admin_port, "localhost", "/metrics") else {
+        return String::new();
+    };
+    let value = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|b| b / 1_048_576.0)
+    };
+    match (value("portico_heap_in_use_bytes "), value("portico_heap_held_bytes ")) {
+        (Some(used), Some(held)) => format!("   heap {used:>6.1} in use, {held:>6.1} held"),
+        _ => String::new(),
+    }
+}
+
 fn haproxy_reloads(stack: &LocalStack) -> usize {
     let log =
         std::fs::read_to_string(stack.stack.options.state_dir.join("logs/renderer-haproxy.log")).unwrap_or_default();
@@ -420,10 +434,12 @@ fn propagation_and_memory_at_ten_thousand_routes() {
             large[i].as_secs_f64() * 1000.0
         );
     }
-    let _ = writeln!(report, "resident memory at {routes} routes:");
+    let _ =
+        writeln!(report, "resident memory at {routes} routes (a service's heap in use, and held by its allocator):");
     for part in parts {
         if let Some(pid) = stack.stack.pid(part) {
-            let _ = writeln!(report, "  {:<18} {:>7.1} MiB", part.name(), rss_mib(pid));
+            let heap = stack.stack.admin_port(part).map(heap_mib).unwrap_or_default();
+            let _ = writeln!(report, "  {:<18} {:>7.1} MiB{heap}", part.name(), rss_mib(pid));
         }
     }
     if let Some(pid) = portico_renderer_haproxy::apply::running_master(&stack.haproxy_dir()) {

@@ -229,9 +229,25 @@ pub fn release_memory() {
     }
     let trim = || {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
-        unsafe {
-            libc::malloc_trim(0);
+        {
+            // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            // What the allocator holds against what is in use: a resident size far above
+            // the heap in use is the allocator's, not live data.
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            let info = unsafe { libc::mallinfo2() };
+            gauge(
+                "portico_heap_in_use_bytes",
+                "Heap in use after the last unit of work (glibc's allocated bytes).",
+                (info.uordblks + info.hblkhd) as f64,
+            );
+            gauge(
+                "portico_heap_held_bytes",
+                "Heap the allocator holds after the last unit of work and its trim (in use and free).",
+                (info.arena + info.hblkhd) as f64,
+            );
         }
         RUNNING.store(false, Ordering::SeqCst);
     };

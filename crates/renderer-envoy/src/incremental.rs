@@ -9,8 +9,8 @@
 
 use crate::ads::{Entry, Snapshot};
 use crate::{
-    any, any_host_on, blocked_cluster, cluster_resource, listener_for, listener_ports, load_assignment,
-    route_config_name, scopes, secrets, virtual_host, Delivery, Options, Trust,
+    any, any_host_on, blocked_cluster, cluster_resource, cluster_trust_digest, listener_for, listener_ports,
+    load_assignment, route_config_name, scopes, secrets, virtual_host, Delivery, Options, Trust,
 };
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
@@ -41,14 +41,14 @@ struct RenderedHost {
 }
 
 /// What a virtual host's rendering depends on: its piece, for a wildcard the any-host
-/// piece too (whose routes it carries), the trust, and which of the clusters its routes
-/// name are blocked (a cluster can become blocked with the trust unchanged: it names
-/// another secret, whose material is not at hand).
+/// piece too (whose routes it carries), and which of the clusters its routes name are
+/// blocked and why (the only way trust reaches a virtual host; a cluster can also become
+/// blocked with the trust unchanged: it names another secret, whose material is not at
+/// hand).
 #[derive(Clone, PartialEq, Eq)]
 struct HostKey {
     piece: u128,
     any_host: Option<u128>,
-    trust: u64,
     blocked: u64,
 }
 
@@ -76,8 +76,9 @@ fn blocked_digest(
 /// The renderings of the previous snapshot, by piece.
 #[derive(Default)]
 pub struct SnapshotBuilder {
-    /// By cluster: the piece digest and trust it was rendered with, and the build that
-    /// last used it (entries a build did not use are dropped after it).
+    /// By cluster: the piece digest and the digest of the trust it read
+    /// (`cluster_trust_digest`) it was rendered with, and the build that last used it
+    /// (entries a build did not use are dropped after it).
     clusters: HashMap<ClusterName, (u128, u64, RenderedCluster, u64)>,
     /// By port, then host (looked up by reference: no key is made per host).
     hosts: HashMap<u16, HashMap<HostMatch, (RenderedHost, u64)>>,
@@ -146,11 +147,12 @@ impl SnapshotBuilder {
         let build = self.builds;
         let digests: Vec<Option<u128>> =
             model.clusters.iter().map(|c| digest(&PieceId::Cluster(c.name.clone()))).collect();
-        // Which clusters' trust material is missing: kept while the trust key is, and
-        // looked at again for each cluster rendered again (below). When the trust moved,
-        // every cluster is rendered again, so it starts empty.
+        // Which clusters' trust material is missing: kept, and looked at again for each
+        // cluster rendered again (below). When the trust moved, each cluster's own trust
+        // digest says whether it must be (a rotated CA: the clusters verifying with it).
+        let trust_moved = self.blocked.as_ref().map(|(key, _)| *key) != Some(trust_key);
         let mut blocked = match self.blocked.take() {
-            Some((key, blocked)) if key == trust_key && rest.is_some() => blocked,
+            Some((_, blocked)) if rest.is_some() => blocked,
             _ => BTreeMap::new(),
         };
         let all_cacheable = rest.is_some() && digests.iter().all(Option::is_some);
@@ -203,8 +205,9 @@ impl SnapshotBuilder {
                     }
                 }
             };
+            let trust_of = || cluster_trust_digest(c, model, trust);
             match (d.filter(|_| cacheable(d)), self.clusters.get_mut(&c.name)) {
-                (Some(d), Some(cached)) if cached.0 == d && cached.1 == trust_key => {
+                (Some(d), Some(cached)) if cached.0 == d && (!trust_moved || cached.1 == trust_of()) => {
                     reuse.reused += 1;
                     cached.3 = build;
                     if !patch {
@@ -212,13 +215,13 @@ impl SnapshotBuilder {
                     }
                 }
                 (Some(d), Some(cached)) => {
-                    *cached = (d, trust_key, fresh(&mut reuse, &mut blocked), build);
+                    *cached = (d, trust_of(), fresh(&mut reuse, &mut blocked), build);
                     put(&c.name, &cached.2);
                 }
                 (Some(d), None) => {
                     let rendered = fresh(&mut reuse, &mut blocked);
                     put(&c.name, &rendered);
-                    self.clusters.insert(c.name.clone(), (d, trust_key, rendered, build));
+                    self.clusters.insert(c.name.clone(), (d, trust_of(), rendered, build));
                 }
                 (None, _) => {
                     // No digest: rendered, not kept.
@@ -263,11 +266,10 @@ impl SnapshotBuilder {
                 let key = HostKey {
                     piece: d.unwrap_or_default(),
                     any_host: if carries_any { any_digest } else { None },
-                    trust: trust_key,
                     blocked: blocked_digest(vhost, any_host.filter(|_| carries_any), &blocked),
                 };
                 let usable = cacheable(d) && (!carries_any || any_digest.is_some());
-                let made_of = (&vhost.host, key.piece, key.any_host, key.trust, key.blocked, usable);
+                let made_of = (&vhost.host, key.piece, key.any_host, key.blocked, usable);
                 let exact = matches!(vhost.host, HostMatch::Exact(_));
                 let hit = usable && cache.get(&vhost.host).is_some_and(|(cached, _)| cached.key == key);
                 let shard = if hit {
@@ -543,6 +545,28 @@ mod tests {
         assert!(!crate::resources(&missing, &trust, &options(), Delivery::Ads).problems.is_empty());
         step(&missing, &trust, 1, "a cluster naming material not at hand");
         step(&endpoint, &trust, 1, "and back");
+
+        // A CA rotated (the model's content hash and the material both new): only the
+        // clusters verifying with it are rendered again (their metadata names the hash),
+        // no virtual host; then back.
+        let shop_ca = portico_model::SecretRef::new("shop", "shop-ca").unwrap();
+        let mut rotated = endpoint.clone();
+        rotated.trust.iter_mut().find(|t| t.secret == shop_ca).unwrap().sha256 = "f".repeat(64);
+        let mut rotated_trust = trust.clone();
+        let material = rotated_trust.get_mut(&shop_ca).unwrap().ca.as_mut().unwrap();
+        material.sha256 = "f".repeat(64);
+        material.pem.push_str("# rotated\n");
+        let using: usize = rotated
+            .clusters
+            .iter()
+            .filter(|c| {
+                matches!(c.key.tls.as_ref().map(|t| &t.verify),
+                    Some(Verification::Required { ca, .. }) if ca.secrets().contains(&shop_ca))
+            })
+            .count();
+        assert!(using > 0 && using < rotated.clusters.len());
+        assert_eq!(step(&rotated, &rotated_trust, 2, "a CA rotated").rendered, using, "only its clusters");
+        assert_eq!(step(&endpoint, &trust, 3, "rotated back").rendered, using);
 
         // One virtual host gone.
         let mut fewer = endpoint.clone();

@@ -168,6 +168,28 @@ fn trust_ready(cluster: &Cluster, model: &Model, trust: &Trust) -> Result<(), St
     Ok(())
 }
 
+/// A digest of all the trust a cluster's rendering reads (`trust_ready`, `ca_digests`):
+/// for each secret it names, the model's content hash of it and the material's at hand.
+/// Two trusts with the same digest render the cluster alike, so a rotated CA renders
+/// again only the clusters that verify with it.
+pub fn cluster_trust_digest(cluster: &Cluster, model: &Model, trust: &Trust) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    let Some(policy) = &cluster.key.tls else { return 0 };
+    if let Verification::Required { ca, .. } = &policy.verify {
+        for secret in ca.secrets() {
+            let material = trust.get(secret).and_then(|m| m.ca.as_ref()).map(|p| &p.sha256);
+            (secret, model.trust_ref(secret).map(|t| &t.sha256), material).hash(&mut h);
+        }
+    }
+    if let Some(secret) = &policy.client_cert {
+        let wanted = model.client_certs.iter().find(|t| &t.secret == secret).map(|t| &t.sha256);
+        let material = trust.get(secret).and_then(|m| m.key_pair.as_ref()).map(|c| &c.sha256);
+        (secret, wanted, material).hash(&mut h);
+    }
+    h.finish()
+}
+
 fn upstream_tls(cluster: &Cluster, delivery: Delivery) -> Option<core::TransportSocket> {
     let policy = cluster.key.tls.as_ref()?;
     let validation = match &policy.verify {
