@@ -668,5 +668,27 @@ mod bench {
             let (_, _, reuse) = builder.build("3".into(), model, &trust, 1, &options, |id| digests.get(id).copied());
             eprintln!("build {round} with one host changed: {:?} {reuse:?}", started.elapsed());
         }
+        // One CA rotated (its content hash in the model and its material), one the bench
+        // hosts' clusters do not use (each of theirs is the example's first): the trust moves.
+        let used = |s: &portico_model::SecretRef| {
+            matches!(model.clusters[0].key.tls.as_ref().map(|t| &t.verify),
+                Some(portico_model::Verification::Required { ca, .. }) if ca.secrets().contains(s))
+        };
+        let index = model.trust.iter().position(|t| !used(&t.secret)).expect("a CA the copies do not use");
+        let secret = model.trust[index].secret.clone();
+        for round in 0..5u64 {
+            let mut rotated = model.clone();
+            let mut rotated_trust = trust.clone();
+            let sha = format!("{:064x}", round + 1);
+            rotated.trust[index].sha256 = sha.clone();
+            if let Some(pem) = rotated_trust.get_mut(&secret).and_then(|m| m.ca.as_mut()) {
+                pem.sha256 = sha;
+            }
+            let digests = portico_bus::model::digests_of(&rotated);
+            let started = std::time::Instant::now();
+            let (_, _, reuse) = builder
+                .build("4".into(), &rotated, &rotated_trust, 10 + round, &options, |id| digests.get(id).copied());
+            eprintln!("build {round} with a CA rotated: {:?} {reuse:?}", started.elapsed());
+        }
     }
 }
