@@ -197,12 +197,27 @@ fn propagation_and_memory_at_ten_thousand_routes() {
     stack.write("world.yaml", &big);
     let last = routes - 1;
     let took = stack.until_both(&format!("p-{last}.bench.example.com"), "/", 200);
+    // Then until both proxies have applied the model the load made (Envoy acknowledged every
+    // resource of it, the clusters' endpoints among them): the timed changes measure a
+    // change, not the end of the load.
+    let settling = Instant::now();
+    loop {
+        let report = stack.report();
+        let model = report.model.as_ref().map(|(version, _)| *version);
+        let applied: Vec<portico_bus::Version> = report.applied.values().map(|a| a.version()).collect();
+        if model.is_some() && applied.len() >= 2 && applied.iter().all(|v| Some(*v) == model) {
+            break;
+        }
+        assert!(settling.elapsed() < Duration::from_secs(120), "the load was never applied by both proxies");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!(
-        "{routes} routes ({} MiB of YAML) live: HAProxy after {:?}, Envoy after {:?} (wall {:?})",
+        "{routes} routes ({} MiB of YAML) live: HAProxy after {:?}, Envoy after {:?} (wall {:?}); both applied it {:?} later",
         big.len() / (1 << 20),
         took[0],
         took[1],
-        loaded.elapsed()
+        loaded.elapsed() - settling.elapsed(),
+        settling.elapsed()
     );
 
     let large = request_latency(&stack, 200);
@@ -353,10 +368,22 @@ fn propagation_and_memory_at_ten_thousand_routes() {
         let _ = writeln!(report, "  {}", line.split_once("applied ").map_or(*line, |(_, l)| l));
     }
     // Envoy's own time to apply what it was sent, per xDS type (its admin's histograms:
-    // P50 and P99 of every update since it started, the initial load included).
-    if let Ok((200, stats)) =
+    // P50 and P99 of every update since it started, the initial load included). Envoy
+    // merges its histograms when the admin asks (`stats_flush_on_admin`): the first answer
+    // may have none yet.
+    let envoy_stats = || {
         portico_testkit::http_get(stack.stack.options.envoy_admin_port, "localhost", "/stats?filter=update_duration")
-    {
+            .ok()
+            .filter(|(status, body)| *status == 200 && body.contains("P50"))
+            .map(|(_, body)| body)
+    };
+    let merged = (0..20).find_map(|_| {
+        envoy_stats().or_else(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        })
+    });
+    if let Some(stats) = merged {
         let _ = writeln!(report, "Envoy applying updates (its update_duration histograms, ms, since it started):");
         // Per-resource subscriptions (a cluster's endpoints, an SDS secret, a shard of a
         // port's routes) folded into one line each: how many, and the largest p99.
