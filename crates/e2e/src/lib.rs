@@ -344,25 +344,35 @@ pub const UPSTREAM_TLS: &str = "projectcontour.io/upstream-protocol.tls: \"8443\
 pub fn site(name: &str, port: u16, annotations: &str, validation: &str) -> String {
     let validation = if validation.is_empty() { String::new() } else { format!(", validation: {validation}") };
     format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: demo, annotations: {{{annotations}}}}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{port: {port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: projectcontour.io/v1
+        "{}apiVersion: projectcontour.io/v1
 kind: HTTPProxy
 metadata: {{name: {name}, namespace: demo}}
 spec:
   virtualhost: {{fqdn: {name}.example.com}}
   routes:
   - services: [{{name: {name}, port: 8443{validation}}}]
+",
+        service(name, "demo", annotations, port)
+    )
+}
+
+/// A Service `name` in `namespace` on port 8443 with `annotations` (YAML flow, inside the
+/// braces), and its EndpointSlice: one endpoint, 127.0.0.1:`port`. Each document ends
+/// with `---`.
+pub fn service(name: &str, namespace: &str, annotations: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}, annotations: {{{annotations}}}}}
+spec: {{ports: [{{port: 8443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
 "
     )
 }

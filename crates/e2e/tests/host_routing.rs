@@ -7,29 +7,13 @@
 //! `renderer-envoy/src/scopes.rs`): both proxies must answer alike, and no Portico header
 //! may reach a backend.
 
-use portico_e2e::{LocalStack, BOTH};
+use portico_e2e::{LocalStack, BOTH, UPSTREAM_TLS};
 
 /// An exact host (`scoped.example.com`, only `/app`, to web), a wildcard
 /// (`*.wild.example.com`, to payments) and any host (to legacy), over TLS unverified
 /// (Contour's annotation for the HTTPProxy, ingress-nginx's for the Ingresses).
 fn manifests(web: u16, payments: u16, legacy: u16) -> String {
-    let service = |name: &str, port: u16| {
-        format!(
-            "apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: hosts, annotations: {{projectcontour.io/upstream-protocol.tls: \"8443\"}}}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: hosts, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{port: {port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-"
-        )
-    };
+    let service = |name: &str, port: u16| portico_e2e::service(name, "hosts", UPSTREAM_TLS, port);
     let ingress = |name: &str, host: &str, service: &str| {
         let host = if host.is_empty() { String::new() } else { format!("host: \"{host}\"\n    ") };
         format!(

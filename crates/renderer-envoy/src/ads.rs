@@ -64,20 +64,16 @@ pub fn next_generation() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Type URLs in the order an update is pushed. A shard's routes go before the scopes
-/// that point at it: a new host's scope arrives once its routes are there.
+/// Type URLs in the order an update is pushed: what routes depend on (`early_types`), then
+/// what uses it (`late_types`).
 pub fn push_order() -> [String; 6] {
-    [
-        Secret::type_url(),
-        Cluster::type_url(),
-        ClusterLoadAssignment::type_url(),
-        Listener::type_url(),
-        RouteConfiguration::type_url(),
-        ScopedRouteConfiguration::type_url(),
-    ]
+    let ([a, b, c], [d, e, f]) = (early_types(), late_types());
+    [a, b, c, d, e, f]
 }
 
-/// The types sent once the node has taken what they use (make before break).
+/// The types sent once the node has taken what they use (make before break). A shard's
+/// routes go before the scopes that point at it: a new host's scope arrives once its
+/// routes are there.
 fn late_types() -> [String; 3] {
     [Listener::type_url(), RouteConfiguration::type_url(), ScopedRouteConfiguration::type_url()]
 }
